@@ -1,0 +1,190 @@
+"""Structured-config schemas for every config group. Hydra checks each YAML file and each command-line
+override against these dataclasses, so a misspelled key or a wrong type fails at composition.
+The YAML files in conf/ hold the defaults users see; the schemas hold names and types."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+# Choices are Enums so that a wrong value fails at composition, naming the accepted ones.
+class Placement(Enum):
+    halves = "halves"
+    uniform = "uniform"
+
+
+class KRUNonlinearity(Enum):
+    modrelu = "modrelu"
+    relu = "relu"
+    tanh = "tanh"
+
+
+class FactorInit(Enum):
+    unitary = "unitary"
+    identity = "identity"
+
+
+class RNNNonlinearity(Enum):
+    tanh = "tanh"
+    relu = "relu"
+
+
+class RNNInit(Enum):
+    default = "default"
+    orthogonal = "orthogonal"
+    identity = "identity"
+
+
+class Factorisation(Enum):
+    per_gate = "per_gate"
+    joint = "joint"
+
+
+class OptimName(Enum):
+    rmsprop = "rmsprop"
+    adam = "adam"
+    sgd = "sgd"
+
+
+class Resume(Enum):
+    auto = "auto"
+    never = "never"
+
+
+class Progress(Enum):
+    auto = "auto"
+    always = "always"
+    never = "never"
+
+
+# ---- task ----
+@dataclass
+class CopyConfig:
+    name: str = "copy"
+    T: int = 100  # blank length; sequences are T + 20 long
+    batch_size: int = 20
+    val_size: int = 500  # sequences in the fixed validation set
+
+
+@dataclass
+class AddingConfig:
+    name: str = "adding"
+    T: int = 100  # sequence length
+    placement: Placement = Placement.halves  # halves (one marker per half, Arjovsky) | uniform
+    batch_size: int = 20
+    val_size: int = 500
+
+
+# ---- model ----
+@dataclass
+class KRUConfig:
+    name: str = "kru"
+    hidden_size: int = 128
+    factor_size: int = 2  # square factors of this size: hidden_size must be a power of it
+    factors: Optional[List[int]] = None  # explicit factor sizes instead, e.g. [4, 4, 8]
+    complex: bool = True
+    nonlinearity: KRUNonlinearity = KRUNonlinearity.modrelu  # modrelu | relu | tanh
+    init: FactorInit = FactorInit.unitary  # unitary (Haar random) | identity
+    merge_upto: int = 16  # apply neighbouring factors merged up to this size (same W, fewer ops); 1 = off
+    penalty: float = 0.0  # λ of the soft unitary constraint λ·Σ‖W_f^H W_f − I‖²
+
+
+@dataclass
+class RNNConfig:
+    name: str = "rnn"
+    hidden_size: int = 128
+    nonlinearity: RNNNonlinearity = RNNNonlinearity.tanh  # tanh | relu
+    init: RNNInit = RNNInit.default  # default | orthogonal | identity
+
+
+@dataclass
+class LSTMConfig:
+    name: str = "lstm"
+    hidden_size: int = 128
+
+
+@dataclass
+class LSTMKRUConfig:
+    name: str = "lstm_kru"
+    hidden_size: int = 128
+    factor_size: int = 2
+    factors: Optional[List[int]] = None
+    complex: bool = False
+    init: FactorInit = FactorInit.unitary
+    factorisation: Factorisation = Factorisation.per_gate  # per_gate (four N×N products) | joint (one 4N×N product)
+    merge_upto: int = 16
+    penalty: float = 0.0
+
+
+# ---- optim ----
+@dataclass
+class OptimConfig:
+    name: OptimName = MISSING  # rmsprop | adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    alpha: Optional[float] = None  # rmsprop smoothing constant
+    betas: Optional[List[float]] = None  # adam
+    momentum: Optional[float] = None  # sgd, rmsprop
+
+
+# ---- trainer ----
+@dataclass
+class TrainerConfig:
+    steps: int = 2000  # optimizer steps in total (a resumed run continues up to this)
+    val_every: int = 100
+    log_every: int = 20  # steps between log lines (the progress bar updates every step)
+    ckpt_every: int = 200
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    resume: Resume = Resume.auto  # auto (continue from last.pt if present) | never (refuse if present)
+    deterministic: bool = False  # torch.use_deterministic_algorithms
+    progress: Progress = Progress.auto  # auto (bar on a terminal) | always | never
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass
+class Config:
+    task: Any = MISSING
+    model: Any = MISSING
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+
+
+SCHEMAS = {
+    "task": {"copy": CopyConfig, "adding": AddingConfig},
+    "model": {"kru": KRUConfig, "rnn": RNNConfig, "lstm": LSTMConfig, "lstm_kru": LSTMKRUConfig},
+    "optim": {"rmsprop": OptimConfig, "adam": OptimConfig, "sgd": OptimConfig},
+    "trainer": {"default": TrainerConfig, "debug": TrainerConfig},
+}
+
+
+def register_configs() -> None:
+    """Store each schema as `<group>/schema_<option>`; the YAML of that option lists it first in its
+    defaults, so the YAML's values are validated against the schema."""
+    cs = ConfigStore.instance()
+    cs.store(name="schema", node=Config)
+    for group, options in SCHEMAS.items():
+        for option, node in options.items():
+            cs.store(group=group, name=f"schema_{option}", node=node)
+
+
+def validate(config: dict) -> None:
+    """Checks a schema cannot express (ranges), on the resolved plain config; raises ValueError."""
+    positive = {
+        "trainer.steps": config["trainer"]["steps"], "trainer.val_every": config["trainer"]["val_every"],
+        "trainer.log_every": config["trainer"]["log_every"], "trainer.ckpt_every": config["trainer"]["ckpt_every"],
+        "optim.lr": config["optim"]["lr"], "model.hidden_size": config["model"]["hidden_size"],
+    }
+    for key in ("batch_size", "val_size"):
+        if key in config["task"]:
+            positive[f"task.{key}"] = config["task"][key]
+    for key, value in positive.items():
+        if value <= 0:
+            raise ValueError(f"{key}={value} must be positive")
+    if config["trainer"]["grad_clip"] < 0:
+        raise ValueError(f"trainer.grad_clip={config['trainer']['grad_clip']} must be >= 0 (0 turns clipping off)")

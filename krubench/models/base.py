@@ -1,0 +1,26 @@
+"""What every krubench model offers the trainer: `forward(x, state) -> (y, state)` over a whole
+sequence, and its parameter counts (total and recurrent-only)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def count_real(params) -> int:
+    """Number of real parameters: a complex entry counts as two."""
+    return sum(p.numel() * (2 if p.is_complex() else 1) for p in params)
+
+
+class SequenceModel(nn.Module):
+    """x: (B, T, input_size) -> y: (B, T, output_size), plus the final recurrent state."""
+
+    def recurrent_parameters(self) -> list[nn.Parameter]:
+        """The hidden-to-hidden matrices (what the paper counts as recurrent parameters)."""
+        raise NotImplementedError
+
+    def param_counts(self) -> dict[str, int]:
+        return {"total": count_real(self.parameters()), "recurrent": count_real(self.recurrent_parameters())}
+
+    def unitary_penalty(self) -> torch.Tensor:
+        """Σ_f ‖W_f^H W_f − I‖²; zero for models without Kronecker factors."""
+        return torch.zeros((), device=next(self.parameters()).device)

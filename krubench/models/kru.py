@@ -1,0 +1,105 @@
+"""Kronecker Recurrent Unit: `h_t = σ(W h_{t-1} + U x_t + b)`, `W = W_0 ⊗ … ⊗ W_{F-1}`, `y_t = V h_t + c`."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .. import ops
+from .base import SequenceModel
+
+FACTOR_INITS = ("unitary", "identity")
+
+
+def random_unitary(n: int, complex_: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A Haar-random unitary (complex) or orthogonal (real) n × n matrix: QR of a Gaussian with the
+    phases of R's diagonal moved into Q (Mezzadri 2007)."""
+    if complex_:
+        a = torch.complex(torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator))
+    else:
+        a = torch.randn(n, n, generator=generator)
+    q, r = torch.linalg.qr(a)
+    d = torch.diagonal(r)
+    return q * (d / d.abs()).unsqueeze(0)
+
+
+def init_factor(n: int, how: str, complex_: bool) -> torch.Tensor:
+    if how == "unitary":
+        return random_unitary(n, complex_)
+    if how == "identity":
+        return torch.eye(n, dtype=torch.complex64 if complex_ else torch.float32)
+    raise ValueError(f"model.init={how!r} is not supported: use one of {FACTOR_INITS}")
+
+
+def unitary_penalty(factors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Σ_f ‖W_f^H W_f − I‖_F²: zero exactly when every factor is unitary (orthogonal if real)."""
+    total = 0.0
+    for w in factors:
+        gram = w.conj().transpose(-2, -1) @ w
+        eye = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+        total = total + (gram - eye).abs().pow(2).sum()
+    return total
+
+
+class KronFactors(nn.Module):
+    """Square factors W_f whose Kronecker product is the N × N recurrent matrix."""
+
+    def __init__(self, sizes: Sequence[int], complex_: bool, init: str, merge_upto: int):
+        super().__init__()
+        self.sizes = list(sizes)
+        self.merge_upto = merge_upto
+        self.factors = nn.ParameterList([nn.Parameter(init_factor(s, init, complex_)) for s in self.sizes])
+
+    def stages(self) -> list[torch.Tensor]:
+        """The factors as applied: small neighbours merged up to `merge_upto` (same W, fewer ops)."""
+        fs = list(self.factors)
+        return ops.merge_factors(fs, self.merge_upto) if self.merge_upto > 1 else fs
+
+    def penalty(self) -> torch.Tensor:
+        return unitary_penalty(list(self.factors))
+
+
+class KRU(SequenceModel):
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        hidden_size: int = 128,
+        factor_size: int = 2,
+        factors: Sequence[int] | None = None,
+        complex: bool = True,
+        nonlinearity: str = "modrelu",
+        init: str = "unitary",
+        merge_upto: int = 16,
+    ):
+        super().__init__()
+        if nonlinearity not in ops.NONLINEARITIES:
+            raise ValueError(f"model.nonlinearity={nonlinearity!r} is not supported: use one of {ops.NONLINEARITIES}")
+        self.hidden_size = hidden_size
+        self.complex = complex
+        self.nonlinearity = nonlinearity
+        self.W = KronFactors(ops.factor_sizes(hidden_size, factor_size, factors), complex, init, merge_upto)
+        self.U = nn.Linear(input_size, hidden_size * (2 if complex else 1))  # U x_t + b, [Re; Im] if complex
+        self.modrelu_bias = nn.Parameter(torch.zeros(hidden_size)) if nonlinearity == "modrelu" else None
+        self.V = nn.Linear(hidden_size * (2 if complex else 1), output_size)  # reads [Re h; Im h]
+
+    def recurrent_parameters(self):
+        return list(self.W.factors)
+
+    def unitary_penalty(self):
+        return self.W.penalty()
+
+    def initial_state(self, batch: int, device) -> torch.Tensor:
+        dtype = torch.complex64 if self.complex else torch.float32
+        return torch.zeros(batch, self.hidden_size, dtype=dtype, device=device)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
+        B, T, _ = x.shape
+        h0 = self.initial_state(B, x.device) if state is None else state
+        u = self.U(x)  # (B, T, N) or (B, T, 2N)
+        if self.complex:
+            u = torch.complex(*u.chunk(2, dim=-1))  # (B, T, N) complex
+        H = ops.kru_recurrence(u, h0, self.W.stages(), self.nonlinearity, self.modrelu_bias)  # (B, T, N)
+        features = torch.cat([H.real, H.imag], dim=-1) if self.complex else H  # (B, T, 2N) or (B, T, N)
+        return self.V(features), H[:, -1]

@@ -1,0 +1,49 @@
+"""The KRU recurrence over a whole sequence, `h_t = σ(W h_{t-1} + u_t)` with `W = ⊗ W_f`: the
+reference (the specification for the compiled backends) and the nonlinearities it supports."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .kron import kron_matvec
+
+NONLINEARITIES = ("modrelu", "relu", "tanh")
+
+
+def modrelu(z: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """modReLU (Arjovsky et al.): keep the phase, shift the modulus: `z · relu(|z| + b) / |z|`."""
+    mod = z.abs()
+    return z * (torch.relu(mod + bias) / (mod + eps))
+
+
+def apply_nonlinearity(z: torch.Tensor, name: str, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """σ of the KRU. For complex `z`, relu and tanh act on the real and imaginary parts separately
+    (a complex tanh has poles); modrelu acts on the modulus and needs the per-unit `bias` (N,)."""
+    if name == "modrelu":
+        return modrelu(z, bias)
+    if name == "relu":
+        return torch.complex(torch.relu(z.real), torch.relu(z.imag)) if z.is_complex() else torch.relu(z)
+    if name == "tanh":
+        return torch.complex(torch.tanh(z.real), torch.tanh(z.imag)) if z.is_complex() else torch.tanh(z)
+    raise ValueError(f"nonlinearity={name!r} is not supported: use one of {NONLINEARITIES}")
+
+
+def kru_recurrence_ref(
+    u: torch.Tensor,
+    h0: torch.Tensor,
+    factors: Sequence[torch.Tensor],
+    nonlinearity: str,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """All states of the KRU recurrence.
+
+    u: (B, T, N) the precomputed input projection `U x_t + b`; h0: (B, N); factors: square matrices
+    whose Kronecker product is N × N; bias: (N,) the modReLU bias (real). Returns H: (B, T, N).
+    """
+    h = h0
+    states = []
+    for t in range(u.shape[1]):
+        h = apply_nonlinearity(kron_matvec(h, factors) + u[:, t], nonlinearity, bias)  # (B, N)
+        states.append(h)
+    return torch.stack(states, dim=1)  # (B, T, N)

@@ -1,0 +1,39 @@
+"""The small files a run leaves for people and for the report: status.json while and after it runs,
+results.json when it finishes."""
+from __future__ import annotations
+
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from .checkpoint import atomic_write_json
+
+STATUS, RESULTS = "status.json", "results.json"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("krubench", "hydra-core", "omegaconf"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    out["cuda"] = torch.version.cuda or "none"
+    return out
+
+
+def write_status(run_dir: Path, status: str, step: int | None = None, error: str | None = None) -> None:
+    """status: running | ok (with the steps done) | failed (with the error message)."""
+    record = {"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if step is not None:
+        record["step"] = step
+    if error is not None:
+        record["error"] = error
+    atomic_write_json(Path(run_dir) / STATUS, record)
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    atomic_write_json(Path(run_dir) / RESULTS, {**results, "versions": versions()})

@@ -1,0 +1,81 @@
+"""What a task offers the trainer. A task knows nothing about models beyond `forward(x) -> (y, state)`.
+
+Synthetic tasks draw batch `s` from a generator seeded by (seed, "train", s), so the data of a step
+does not depend on what ran before it: a resumed run sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def seeded_generator(seed: int, stream: str, index: int = 0) -> torch.Generator:
+    """An independent CPU generator per (seed, stream, index)."""
+    digest = hashlib.sha256(f"{seed}/{stream}/{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+class Task:
+    name: str
+    input_size: int
+    output_size: int
+    #: the headline validation metric (a key of `evaluate`) and its direction, used to pick best.pt
+    metric: str = "loss"
+    higher_is_better: bool = False
+
+    #: splits `evaluate` accepts; the trainer validates on "val" and, at the end, evaluates the best
+    #: checkpoint on every other split (e.g. "test")
+    splits: tuple[str, ...] = ("val",)
+
+    def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs (B, T, input_size), targets) for optimizer step `step`."""
+        raise NotImplementedError
+
+    def loss(self, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The training loss from the model's outputs y: (B, T, output_size)."""
+        raise NotImplementedError
+
+    def train_loss(self, model, step: int, device) -> torch.Tensor:
+        """Loss of optimizer step `step`. Tasks that carry state across steps (truncated BPTT) or need
+        masks override this."""
+        x, target = (t.to(device) for t in self.train_batch(step))
+        y, _ = model(x)
+        return self.loss(y, target)
+
+    def evaluate(self, model, device, split: str = "val") -> dict[str, float]:
+        """Metrics on a fixed split; always contains "loss"."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """Task state a resumed run needs (e.g. a carried hidden state); saved in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def baselines(self) -> dict[str, float]:
+        """What the best model without memory achieves, for each key of `evaluate` that has one."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for the log: the task and its memoryless baseline."""
+        return f"{self.name}: memoryless baseline " + ", ".join(f"{k}={v:.4g}" for k, v in self.baselines().items())
+
+
+@torch.no_grad()
+def evaluate_batches(model, batches, loss_fn, device, extra=None) -> dict[str, float]:
+    """Average `loss_fn` (and the per-batch `extra` metrics) over (x, target) batches, weighted by batch size."""
+    sums: dict[str, float] = {}
+    count = 0
+    was_training = model.training
+    model.eval()
+    for x, target in batches:
+        x, target = x.to(device), target.to(device)
+        y, _ = model(x)
+        metrics = {"loss": loss_fn(y, target).item(), **(extra(y, target) if extra else {})}
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v * x.shape[0]
+        count += x.shape[0]
+    model.train(was_training)
+    return {k: v / count for k, v in sums.items()}

@@ -1,0 +1,34 @@
+"""TensorBoard output of a run: scalars, a custom-scalars chart that puts each loss next to its
+memoryless baseline, the resolved config as text, and hyperparameters in the hparams view of the
+same run (not the separate sub-run that `SummaryWriter.add_hparams` creates)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams
+
+
+def open_writer(run_dir: Path, start_step: int, baseline_keys) -> SummaryWriter:
+    """A writer on `run_dir/tb`. `purge_step` drops events a killed run wrote after its last checkpoint."""
+    writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step if start_step > 0 else None)
+    charts = {"loss vs memoryless baseline": ["Multiline", ["train/loss", "val/loss", "val/baseline"]]}
+    for k in baseline_keys:
+        if k != "loss":
+            charts[f"{k} vs memoryless baseline"] = ["Multiline", [f"val/{k}", f"val/baseline_{k}"]]
+    writer.add_custom_scalars({"krubench": charts})
+    return writer
+
+
+def log_baselines(writer: SummaryWriter, baselines: dict[str, float], step: int) -> None:
+    """The baseline as its own scalar, logged at each validation so it draws as a flat line."""
+    for k, v in baselines.items():
+        writer.add_scalar("val/baseline" if k == "loss" else f"val/baseline_{k}", v, step)
+
+
+def log_hparams(writer: SummaryWriter, flat_config: dict, metrics: dict[str, float], step: int) -> None:
+    hp = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat_config.items()}
+    for summary in hparams(hp, metrics):
+        writer.file_writer.add_summary(summary)
+    for k, v in metrics.items():
+        writer.add_scalar(k, v, step)

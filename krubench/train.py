@@ -1,0 +1,195 @@
+"""The training loop: one task, one model, one optimizer, checkpoints and resume, TensorBoard.
+
+Everything a run writes goes to `run_dir`: tb/ (TensorBoard events), last.pt and best.pt
+(checkpoints), status.json, results.json, and Hydra's krubench.log and .hydra/.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from . import checkpoint, ops, tb
+from .config import validate
+from .checkpoint import flatten
+from .models import build_model
+from .results import write_results, write_status
+from .tasks import build_task
+
+log = logging.getLogger("krubench")
+
+
+def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
+    common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
+    if cfg["name"] == "rmsprop":
+        return torch.optim.RMSprop(params, alpha=cfg["alpha"] or 0.99, momentum=cfg["momentum"] or 0.0, **common)
+    if cfg["name"] == "adam":
+        return torch.optim.Adam(params, betas=tuple(cfg["betas"] or (0.9, 0.999)), **common)
+    return torch.optim.SGD(params, momentum=cfg["momentum"] or 0.0, **common)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"trainer.device={name} but torch sees no CUDA device: use trainer.device=cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train as `cfg` says, writing everything under `run_dir`. Returns the results dict."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        write_status(run_dir, "running")
+        results = _train(cfg, run_dir)
+        write_status(run_dir, "ok", results["steps"])
+        return results
+    except BaseException as e:
+        write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        raise
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict:
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # plain dict, stored everywhere
+    validate(config)
+    tcfg = config["trainer"]
+    if tcfg["threads"] > 0:
+        torch.set_num_threads(tcfg["threads"])
+    device = pick_device(tcfg["device"])
+    seed_everything(config["seed"], tcfg["deterministic"])
+
+    task = build_task(config["task"], seed=config["seed"])
+    model = build_model(config["model"], task.input_size, task.output_size).to(device)
+    optimizer = build_optimizer(config["optim"], model.parameters())
+    penalty_weight = config["model"].get("penalty", 0.0)
+    has_factors = config["model"]["name"] in ("kru", "lstm_kru")
+    counts, baselines, backend = model.param_counts(), task.baselines(), ops.backend_name(device)
+
+    # ---- resume ----
+    step, best, best_step, elapsed = 0, None, None, 0.0
+    ckpt = checkpoint.load_for_resume(run_dir, config, tcfg["resume"])
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        task.load_state_dict(ckpt["task"])
+        step, best, best_step, elapsed = ckpt["step"], ckpt["best"], ckpt["best_step"], ckpt["elapsed"]
+        log.info(f"resumed from {run_dir / checkpoint.LAST} at step {step}")
+
+    log.info(task.describe())
+    log.info(f"model {config['model']['name']}: {counts['total']:,} parameters, {counts['recurrent']:,} recurrent; "
+             f"Kronecker backend: {backend}; device: {device}")
+    log.info(f"run directory: {run_dir}")
+
+    writer = tb.open_writer(run_dir, step, baselines)
+    if step == 0:
+        writer.add_text("config", "    " + OmegaConf.to_yaml(config).replace("\n", "\n    "))
+        writer.add_text("backend", f"Kronecker backend: {backend}, device: {device}")
+
+    def save(path, at_step):
+        checkpoint.save(path, model=model.state_dict(), optimizer=optimizer.state_dict(), step=at_step,
+                        rng=checkpoint.rng_state(), task=task.state_dict(), best=best, best_step=best_step,
+                        elapsed=elapsed + time.time() - started, config=config)
+
+    def better(value):
+        return best is None or (value > best if task.higher_is_better else value < best)
+
+    steps = tcfg["steps"]
+    started, window_start, window_steps = time.time(), time.time(), 0
+    val = task.evaluate(model, device) if step >= steps else None  # a finished run: just re-report
+    progress = {"auto": None, "always": False, "never": True}[tcfg["progress"]]
+    model.train()
+    with logging_redirect_tqdm(), tqdm(total=steps, initial=step, disable=progress, desc="train",
+                                       dynamic_ncols=True) as bar:
+        while step < steps:
+            loss = task.train_loss(model, step, device)
+            penalty = model.unitary_penalty() if has_factors else None
+            total = loss + penalty_weight * penalty if penalty_weight > 0 else loss
+            optimizer.zero_grad(set_to_none=True)
+            if torch.isfinite(total):
+                total.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"] or math.inf)
+            if not torch.isfinite(total) or not torch.isfinite(grad_norm):
+                what = "loss" if not torch.isfinite(total) else "gradient norm"
+                save(run_dir / checkpoint.LAST, step)  # parameters are still those of the last good step
+                raise NonFiniteLoss(
+                    f"the {what} became non-finite at step {step}. The last good state (step {step}) is in "
+                    f"{run_dir / checkpoint.LAST}. Lower optim.lr, set trainer.grad_clip, or add model.penalty, "
+                    f"then rerun with hydra.run.dir={run_dir} to continue from it.")
+            optimizer.step()
+            step += 1
+            window_steps += 1
+            bar.update(1)
+
+            if step % tcfg["log_every"] == 0 or step == steps:
+                rate = window_steps / max(time.time() - window_start, 1e-9)
+                window_start, window_steps = time.time(), 0
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/grad_norm", grad_norm.item(), step)
+                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
+                writer.add_scalar("train/steps_per_s", rate, step)
+                line = f"step {step}/{steps} loss {loss.item():.4f} (baseline {baselines['loss']:.4f})"
+                if penalty is not None:
+                    writer.add_scalar("kru/unitary_penalty", penalty.item(), step)
+                    line += f" unitary penalty {penalty.item():.3g}"
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                log.info(f"{line} {rate:.1f} steps/s")
+
+            if step % tcfg["val_every"] == 0 or step == steps:
+                val = task.evaluate(model, device)
+                for k, v in val.items():
+                    writer.add_scalar(f"val/{k}", v, step)
+                tb.log_baselines(writer, baselines, step)
+                log.info(f"step {step} validation " + ", ".join(f"{k} {v:.4f}" for k, v in val.items())
+                         + f" | memoryless baseline loss {baselines['loss']:.4f}")
+                if better(val[task.metric]):
+                    best, best_step = val[task.metric], step
+                    save(run_dir / checkpoint.BEST, step)
+
+            if step % tcfg["ckpt_every"] == 0 or step == steps:
+                save(run_dir / checkpoint.LAST, step)
+
+    wall = elapsed + time.time() - started
+    final_metrics = {f"hparam/val_{k}": v for k, v in val.items()} | {f"hparam/best_val_{task.metric}": best}
+    held_out = {}
+    if len(task.splits) > 1:  # held-out splits are measured once, with the best-on-validation weights
+        model.load_state_dict(torch.load(run_dir / checkpoint.BEST, map_location=device, weights_only=False)["model"])
+        held_out = {split: task.evaluate(model, device, split) for split in task.splits if split != "val"}
+        for split, metrics in held_out.items():
+            log.info(f"{split} (best checkpoint, step {best_step}): "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
+    tb.log_hparams(writer, flatten(config), final_metrics, step)
+    writer.close()
+    results = {
+        "task": config["task"]["name"], "model": config["model"]["name"], "seed": config["seed"],
+        "metric": task.metric, "final_val": val, "best_val": {task.metric: best, "step": best_step}, **held_out,
+        "baseline": baselines, "params": counts, "steps": step, "wall_time_s": wall,
+        "backend": backend, "device": str(device), "config": config,
+    }
+    write_results(run_dir, results)
+    log.info(f"done: {step} steps in {wall:.0f} s; validation {task.metric} {val[task.metric]:.4f} "
+             f"(best {best:.4f} at step {best_step}; memoryless baseline {baselines[task.metric]:.4f}); "
+             f"results in {run_dir / 'results.json'}")
+    return results
