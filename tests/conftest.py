@@ -1,0 +1,54 @@
+"""Shared test helpers: compose the real config (as the CLI would) and run the installed CLI."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from krubench.config import register_configs
+from krubench.paths import config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_config(overrides=(), return_hydra_config: bool = False) -> DictConfig:
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def small_run_config(tmp_path: Path, *overrides: str) -> DictConfig:
+    """A tiny run: debug trainer, small KRU and copy task, quiet."""
+    return compose_config(["trainer=debug", "task.T=10", "task.val_size=40", "model.hidden_size=16",
+                           "trainer.progress=never", *overrides])
+
+
+def krubench_command() -> list[str]:
+    """The installed console script next to this interpreter (what a user runs)."""
+    script = Path(sys.executable).parent / "krubench"
+    if not script.exists():
+        found = shutil.which("krubench")
+        assert found, "the krubench console script is not installed: run pip install -e ."
+        script = Path(found)
+    return [str(script)]
+
+
+def run_cli(args, cwd: Path, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the installed `krubench` command in `cwd`."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [*krubench_command(), *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def compose_cfg():
+    return compose_config

@@ -1,0 +1,122 @@
+"""The installed `krubench` command, run as a user would: from a temporary directory, one run, a
+multirun sweep, a killed run resumed, and a wheel that carries its configs."""
+import json
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, krubench_command, run_cli
+
+TINY = ["trainer=debug", "task.T=10", "task.val_size=40", "model.hidden_size=16"]
+
+
+def scalars(run_dir: Path) -> dict:
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_one_run_from_a_temp_dir(tmp_path):
+    proc = run_cli([*TINY, "trainer.steps=2", "trainer.val_every=1"], cwd=tmp_path)
+    runs = list((tmp_path / "outputs").glob("*/*_copy_kru"))
+    assert len(runs) == 1, proc.stderr
+    run = runs[0]
+    results = json.loads((run / "results.json").read_text())
+    assert results["steps"] == 2 and results["task"] == "copy" and results["model"] == "kru"
+    assert results["params"]["recurrent"] == 8 * 4
+    assert results["baseline"]["loss"] == pytest.approx(10 * 2.0794415 / 30)
+    assert results["backend"] and results["versions"]["torch"]
+    assert json.loads((run / "status.json").read_text())["status"] == "ok"
+    assert (run / "last.pt").exists() and (run / "best.pt").exists() and (run / "krubench.log").exists()
+    tags = scalars(run)
+    for tag in ("train/loss", "val/loss", "val/baseline", "val/loss_bits", "val/baseline_loss_bits",
+                "val/recall_accuracy", "kru/unitary_penalty", "train/lr", "train/steps_per_s"):
+        assert tag in tags, tag
+    assert tags["val/baseline"][0][1] == pytest.approx(results["baseline"]["loss"])
+    log = (run / "krubench.log").read_text()
+    assert "memoryless baseline" in log and "32 recurrent" in log
+
+
+def test_tensorboard_text_custom_scalars_and_hparams(tmp_path):
+    run = tmp_path / "run"
+    run_cli([*TINY, "trainer.steps=1", f"hydra.run.dir={run}"], cwd=tmp_path)
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    plugins = set(acc.PluginTagToContent("hparams")) | set(acc.PluginTagToContent("custom_scalars"))
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info",
+            "custom_scalars__config__"} <= plugins
+    assert "config/text_summary" in acc.Tags()["tensors"]
+    assert list((run / "tb").iterdir()) == [p for p in (run / "tb").iterdir() if p.is_file()]  # hparams in the same run
+
+
+def test_multirun_two_jobs(tmp_path):
+    run_cli(["--multirun", *TINY, "trainer.steps=1", "model=kru,lstm"], cwd=tmp_path)
+    jobs = sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if (p / "results.json").exists())
+    assert len(jobs) == 2, jobs
+    assert jobs[0].startswith("0_copy_kru_") and jobs[1].startswith("1_copy_lstm_"), jobs
+    assert "model=lstm" in jobs[1]
+
+
+def test_killed_run_resumes_from_its_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY, "trainer.steps=400", "trainer.ckpt_every=20", "trainer.val_every=1000",
+            f"hydra.run.dir={run}"]
+    proc = subprocess.Popen([*krubench_command(), *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (run / "last.pt").exists(), "the run never wrote a checkpoint"
+    assert json.loads((run / "status.json").read_text())["status"] == "running"
+    assert not (run / "results.json").exists()
+    done = run_cli(args, cwd=tmp_path)
+    assert "resumed from" in done.stderr + done.stdout
+    assert json.loads((run / "results.json").read_text())["steps"] == 400
+    steps = [s for s, _ in scalars(run)["train/loss"]]
+    assert steps == sorted(set(steps)) and steps[-1] == 400  # no duplicate points from the killed process
+
+
+def test_resume_with_another_model_is_refused(tmp_path):
+    run = tmp_path / "run"
+    run_cli([*TINY, "trainer.steps=1", f"hydra.run.dir={run}"], cwd=tmp_path)
+    proc = run_cli([*TINY, "trainer.steps=2", "model.hidden_size=32", f"hydra.run.dir={run}"], cwd=tmp_path,
+                   check=False)
+    assert proc.returncode != 0
+    assert "model.hidden_size: 16 (checkpoint) -> 32 (now)" in proc.stderr
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+
+
+def test_bad_value_fails_before_running(tmp_path):
+    proc = run_cli(["model.hidden_size=100"], cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "model.hidden_size=100 is not a power of model.factor_size=2" in proc.stderr
+
+
+def test_wheel_ships_the_configs(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
+                    str(REPO)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("krubench-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    for f in ("krubench/conf/config.yaml", "krubench/conf/task/copy.yaml", "krubench/conf/model/kru.yaml",
+              "krubench/conf/optim/rmsprop.yaml", "krubench/conf/trainer/debug.yaml"):
+        assert f in names, f
+    # Installed from the wheel (no checkout beside it), the app composes its config from the package.
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    code = ("import krubench.paths as p; print(p.config_dir())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(site / "krubench" / "conf")
+    proc = subprocess.run([sys.executable, "-m", "krubench.cli", "--cfg", "job", "model=lstm"], cwd=tmp_path,
+                          env={"PYTHONPATH": str(site)}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "name: lstm" in proc.stdout

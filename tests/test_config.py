@@ -1,0 +1,74 @@
+"""Config composition: every task × model composes; typos and bad values fail at composition."""
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from conftest import compose_config
+from krubench.config import SCHEMAS, validate
+from krubench.models import build_model
+from krubench.tasks import build_task
+
+
+def plain(cfg):
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+@pytest.mark.parametrize("task", sorted(SCHEMAS["task"]))
+@pytest.mark.parametrize("model", sorted(SCHEMAS["model"]))
+def test_every_task_model_composes_and_builds(task, model):
+    cfg = plain(compose_config([f"task={task}", f"model={model}", "model.hidden_size=16", "task.val_size=4"]))
+    assert cfg["task"]["name"] == task and cfg["model"]["name"] == model
+    validate(cfg)
+    t = build_task(cfg["task"], seed=0)
+    m = build_model(cfg["model"], t.input_size, t.output_size)
+    x, target = t.train_batch(0)
+    assert t.loss(m(x)[0], target).ndim == 0
+
+
+@pytest.mark.parametrize("group", ["optim", "trainer"])
+def test_every_option_of_other_groups_composes(group):
+    for option in SCHEMAS[group]:
+        cfg = plain(compose_config([f"{group}={option}"]))
+        validate(cfg)
+
+
+def test_defaults_are_the_documented_experiment():
+    cfg = plain(compose_config())
+    assert (cfg["task"]["name"], cfg["task"]["T"], cfg["model"]["name"], cfg["model"]["hidden_size"]) == ("copy", 100, "kru", 128)
+    assert cfg["optim"]["name"] == "rmsprop" and cfg["optim"]["lr"] == 1e-3
+
+
+def test_typo_in_key_fails_with_the_key_named():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_config(["model.hiden_size=64"])
+    assert "hiden_size" in str(e.value) + str(e.value.__cause__)
+
+
+def test_wrong_type_fails():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_config(["task.T=abc"])
+    assert "abc" in str(e.value.__cause__)
+
+
+def test_bad_choice_lists_accepted_values():
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_config(["model.nonlinearity=selu"])
+    assert "modrelu, relu, tanh" in str(e.value.__cause__)
+
+
+def test_key_of_another_model_is_refused():
+    with pytest.raises(ConfigCompositionException):
+        compose_config(["model=lstm", "model.complex=false"])
+
+
+def test_struct_mode_stays_on():
+    cfg = compose_config()
+    with pytest.raises((ConfigKeyError, ValidationError, AttributeError)):
+        cfg.model.hiden_size = 3
+
+
+def test_range_checks():
+    cfg = plain(compose_config(["trainer.steps=0"]))
+    with pytest.raises(ValueError, match="trainer.steps=0 must be positive"):
+        validate(cfg)

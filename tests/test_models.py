@@ -1,0 +1,106 @@
+"""Models: shapes, parameter counts, the unitary penalty, and the KRU recurrence against its definition."""
+import math
+
+import pytest
+import torch
+
+from krubench.models import KRU, LSTM, LSTMKRU, MODELS, RNN
+from krubench.ops import apply_nonlinearity, kron_dense
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_forward_shapes_and_state(name):
+    model = MODELS[name](input_size=3, output_size=5, hidden_size=16)
+    x = torch.randn(4, 7, 3)
+    y, state = model(x)
+    assert y.shape == (4, 7, 5)
+    # Feeding the sequence in two halves with the carried state gives the same outputs.
+    y1, s1 = model(x[:, :3])
+    y2, _ = model(x[:, 3:], s1)
+    torch.testing.assert_close(torch.cat([y1, y2], 1), y, rtol=1e-4, atol=1e-5)
+    y.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("N", [4, 16, 128, 1024])
+def test_kru_recurrent_count_is_8_log2_N(N):
+    counts = KRU(10, 10, hidden_size=N).param_counts()
+    assert counts["recurrent"] == 8 * int(math.log2(N))
+    assert counts["total"] > counts["recurrent"]
+
+
+def test_parameter_counts_of_dense_models():
+    assert RNN(10, 10, hidden_size=32).param_counts()["recurrent"] == 32 * 32
+    assert LSTM(10, 10, hidden_size=32).param_counts()["recurrent"] == 4 * 32 * 32
+    # real 2×2 factors: 4 reals per factor, per gate
+    assert LSTMKRU(10, 10, hidden_size=32).param_counts()["recurrent"] == 4 * 4 * 5
+    assert LSTMKRU(10, 10, hidden_size=32, complex=True).param_counts()["recurrent"] == 4 * 8 * 5
+    total = KRU(3, 5, hidden_size=16).param_counts()["total"]
+    # factors 8·4, U: 3→2·16 (+bias), modReLU bias 16, V: 2·16→5 (+bias)
+    assert total == 32 + (3 * 32 + 32) + 16 + (32 * 5 + 5)
+
+
+@pytest.mark.parametrize("nonlinearity", ["modrelu", "relu", "tanh"])
+@pytest.mark.parametrize("complex_", [True, False])
+def test_kru_follows_its_definition(nonlinearity, complex_):
+    """h_t = σ(W h_{t-1} + U x_t + b) with the dense W = ⊗ W_f, step by step."""
+    torch.manual_seed(0)
+    model = KRU(3, 2, hidden_size=8, complex=complex_, nonlinearity=nonlinearity, merge_upto=1)
+    if model.modrelu_bias is not None:
+        torch.nn.init.uniform_(model.modrelu_bias, -0.5, 0.1)
+    x = torch.randn(2, 5, 3)
+    y, h_last = model(x)
+    W = kron_dense(list(model.W.factors))
+    u = model.U(x)
+    if complex_:
+        u = torch.complex(*u.chunk(2, -1))
+    h = torch.zeros(2, 8, dtype=W.dtype)
+    for t in range(5):
+        h = apply_nonlinearity(h @ W.T + u[:, t], nonlinearity, model.modrelu_bias)
+    torch.testing.assert_close(h_last, h, rtol=1e-5, atol=1e-6)
+
+
+def test_merging_factors_changes_nothing():
+    torch.manual_seed(0)
+    a = KRU(3, 2, hidden_size=64, merge_upto=1)
+    b = KRU(3, 2, hidden_size=64, merge_upto=16)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 6, 3)
+    torch.testing.assert_close(a(x)[0], b(x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_unitary_penalty():
+    model = KRU(3, 2, hidden_size=16)
+    assert model.unitary_penalty().item() < 1e-10  # Haar-random unitary init
+    with torch.no_grad():
+        model.W.factors[0].mul_(1.5)
+    assert model.unitary_penalty().item() > 1.0
+    assert KRU(3, 2, hidden_size=16, init="identity").unitary_penalty().item() == 0
+    assert RNN(3, 2, hidden_size=16).unitary_penalty().item() == 0
+    for fact in ("per_gate", "joint"):
+        assert LSTMKRU(3, 2, hidden_size=16, factorisation=fact).unitary_penalty().item() < 1e-10
+
+
+def test_lstm_kru_joint_is_one_4N_by_N_product():
+    model = LSTMKRU(3, 2, hidden_size=8, factorisation="joint", merge_upto=1)
+    factors = list(model.W_hh[0].factors)
+    assert tuple(factors[0].shape) == (8, 2) and kron_dense(factors).shape == (32, 8)
+    h = torch.randn(4, 8)
+    torch.testing.assert_close(model._recurrent(h, [factors]), h @ kron_dense(factors).T)
+
+
+def test_rnn_inits():
+    assert torch.equal(RNN(2, 2, hidden_size=8, init="identity").rnn.weight_hh_l0, torch.eye(8))
+    w = RNN(2, 2, hidden_size=8, init="orthogonal").rnn.weight_hh_l0
+    torch.testing.assert_close(w @ w.T, torch.eye(8), atol=1e-5, rtol=0)
+
+
+def test_bad_model_options_raise():
+    with pytest.raises(ValueError, match="model.nonlinearity='selu'"):
+        KRU(2, 2, hidden_size=8, nonlinearity="selu")
+    with pytest.raises(ValueError, match="model.init='zeros'"):
+        KRU(2, 2, hidden_size=8, init="zeros")
+    with pytest.raises(ValueError, match="model.factorisation='both'"):
+        LSTMKRU(2, 2, hidden_size=8, factorisation="both")
+    with pytest.raises(ValueError, match="not a power of model.factor_size"):
+        KRU(2, 2, hidden_size=12)

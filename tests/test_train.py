@@ -1,0 +1,72 @@
+"""The training loop in-process: exact resume, non-finite losses, refusing to reuse a run directory."""
+import json
+
+import pytest
+import torch
+
+from conftest import small_run_config
+from krubench.models.kru import unitary_penalty
+from krubench.tasks.copy import CopyTask
+from krubench.train import NonFiniteLoss, train
+
+
+def final_weights(run_dir):
+    return torch.load(run_dir / "last.pt", weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("model", ["kru", "lstm_kru"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, model):
+    straight = small_run_config(tmp_path, f"model={model}", "model.hidden_size=16", "trainer.steps=12")
+    train(straight, tmp_path / "straight")
+    first = small_run_config(tmp_path, f"model={model}", "model.hidden_size=16", "trainer.steps=6")
+    train(first, tmp_path / "resumed")
+    train(straight, tmp_path / "resumed")  # same directory, more steps: continues from step 6
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ra = json.loads((tmp_path / "straight" / "results.json").read_text())
+    rb = json.loads((tmp_path / "resumed" / "results.json").read_text())
+    assert ra["final_val"] == rb["final_val"] and rb["steps"] == 12
+
+
+def test_non_finite_loss_stops_with_a_checkpoint(tmp_path, monkeypatch):
+    original = CopyTask.train_loss
+
+    def poisoned(self, model, step, device):
+        loss = original(self, model, step, device)
+        return loss * float("nan") if step == 3 else loss
+
+    monkeypatch.setattr(CopyTask, "train_loss", poisoned)
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss, match="non-finite at step 3"):
+        train(small_run_config(tmp_path), run)
+    ckpt = torch.load(run / "last.pt", weights_only=False)
+    assert ckpt["step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and "non-finite" in status["error"]
+
+
+def test_resume_never_refuses_an_existing_run(tmp_path):
+    train(small_run_config(tmp_path, "trainer.steps=1"), tmp_path / "run")
+    with pytest.raises(FileExistsError, match="trainer.resume=never"):
+        train(small_run_config(tmp_path, "trainer.resume=never"), tmp_path / "run")
+
+
+def test_other_task_in_same_dir_is_refused_with_a_diff(tmp_path):
+    train(small_run_config(tmp_path, "trainer.steps=1"), tmp_path / "run")
+    cfg = small_run_config(tmp_path, "task=adding", "task.val_size=8")
+    with pytest.raises(ValueError, match=r"task.name: 'copy' \(checkpoint\) -> 'adding' \(now\)"):
+        train(cfg, tmp_path / "run")
+
+
+def test_unitary_penalty_keeps_factors_unitary(tmp_path):
+    """Same init, same data: with λ > 0 the factors end closer to unitary than without."""
+    def penalty_after(weight):
+        cfg = small_run_config(tmp_path, f"model.penalty={weight}", "optim.lr=0.03", "trainer.steps=10")
+        train(cfg, tmp_path / f"run{weight}")
+        factors = [v for k, v in final_weights(tmp_path / f"run{weight}").items() if k.startswith("W.factors")]
+        return unitary_penalty(factors).item()
+
+    free, constrained = penalty_after(0.0), penalty_after(10.0)
+    assert free > 1e-3 and constrained < free / 3
