@@ -21,7 +21,7 @@ def random_unitary(n: int, complex_: bool, generator: torch.Generator | None = N
         a = torch.randn(n, n, generator=generator)
     q, r = torch.linalg.qr(a)
     d = torch.diagonal(r)
-    return q * (d / d.abs()).unsqueeze(0)
+    return (q * (d / d.abs()).unsqueeze(0)).contiguous()  # LAPACK's Q is column-major
 
 
 def init_factor(n: int, how: str, complex_: bool) -> torch.Tensor:

@@ -55,7 +55,7 @@ def kron_dense(factors: Sequence[torch.Tensor]) -> torch.Tensor:
     """The materialised product `F_0 ⊗ … ⊗ F_{k-1}` (for tests and small-factor merging only)."""
     out = factors[0]
     for f in factors[1:]:
-        out = torch.kron(out, f)
+        out = torch.kron(out.contiguous(), f.contiguous())  # torch.kron needs contiguous inputs
     return out
 
 
@@ -67,7 +67,7 @@ def merge_factors(factors: Sequence[torch.Tensor], max_size: int) -> list[torch.
     for f in factors:
         last = merged[-1] if merged else None
         if last is not None and last.shape[0] * f.shape[0] <= max_size and last.shape[1] * f.shape[1] <= max_size:
-            merged[-1] = torch.kron(last, f)
+            merged[-1] = kron_dense([last, f])
         else:
             merged.append(f)
     return merged
