@@ -17,6 +17,13 @@ class Placement(Enum):
     uniform = "uniform"
 
 
+class MusicDataset(Enum):
+    jsb = "jsb"
+    piano = "piano"
+    nottingham = "nottingham"
+    musedata = "musedata"
+
+
 class KRUNonlinearity(Enum):
     modrelu = "modrelu"
     relu = "relu"
@@ -42,6 +49,13 @@ class RNNInit(Enum):
 class Factorisation(Enum):
     per_gate = "per_gate"
     joint = "joint"
+
+
+class Kernel(Enum):
+    auto = "auto"
+    cuda = "cuda"
+    cpp = "cpp"
+    reference = "reference"
 
 
 class OptimName(Enum):
@@ -79,6 +93,35 @@ class AddingConfig:
     val_size: int = 500
 
 
+@dataclass
+class PixelMNISTConfig:
+    name: str = "pixel_mnist"
+    permute: bool = False  # permuted MNIST: one fixed permutation of the 784 pixels
+    permutation_seed: int = 92916  # numpy RandomState(seed).permutation(784); 92916 as in uRNN/expRNN
+    val_size: int = 5000  # the last val_size training images are the validation split
+    batch_size: int = 100
+    eval_batch_size: int = 100
+    eval_limit: Optional[int] = None  # evaluate on the first eval_limit images of a split only (smoke runs)
+
+
+@dataclass
+class PTBCharConfig:
+    name: str = "ptb_char"
+    bptt: int = 150  # truncated-BPTT segment length (steps); the state is carried across segments
+    batch_size: int = 128  # parallel columns of the training stream
+    eval_batch_size: int = 64  # parallel columns of the valid/test stream
+    eval_limit: Optional[int] = None  # evaluate on the first eval_limit tokens of a split only (smoke runs)
+
+
+@dataclass
+class MusicConfig:
+    name: str = "music"
+    dataset: MusicDataset = MusicDataset.jsb  # jsb | piano | nottingham | musedata
+    batch_size: int = 8  # whole sequences per step, padded and masked
+    eval_batch_size: int = 32
+    eval_limit: Optional[int] = None  # evaluate on the first eval_limit sequences of a split only (smoke runs)
+
+
 # ---- model ----
 @dataclass
 class KRUConfig:
@@ -90,6 +133,7 @@ class KRUConfig:
     nonlinearity: KRUNonlinearity = KRUNonlinearity.modrelu  # modrelu | relu | tanh
     init: FactorInit = FactorInit.unitary  # unitary (Haar random) | identity
     merge_upto: int = 16  # apply neighbouring factors merged up to this size (same W, fewer ops); 1 = off
+    kernel: Kernel = Kernel.auto  # auto (fastest for the device) | cuda | cpp | reference (pure PyTorch)
     penalty: float = 0.0  # λ of the soft unitary constraint λ·Σ‖W_f^H W_f − I‖²
 
 
@@ -117,6 +161,7 @@ class LSTMKRUConfig:
     init: FactorInit = FactorInit.unitary
     factorisation: Factorisation = Factorisation.per_gate  # per_gate (four N×N products) | joint (one 4N×N product)
     merge_upto: int = 16
+    kernel: Kernel = Kernel.auto  # auto | cuda | cpp | reference, as for kru
     penalty: float = 0.0
 
 
@@ -134,9 +179,9 @@ class OptimConfig:
 # ---- trainer ----
 @dataclass
 class TrainerConfig:
-    steps: int = 2000  # optimizer steps in total (a resumed run continues up to this)
+    steps: int = 1500  # optimizer steps in total (a resumed run continues up to this)
     val_every: int = 100
-    log_every: int = 20  # steps between log lines (the progress bar updates every step)
+    log_every: int = 100  # steps between log lines (the progress bar updates every step)
     ckpt_every: int = 200
     grad_clip: float = 1.0  # max global gradient norm; 0 = off
     resume: Resume = Resume.auto  # auto (continue from last.pt if present) | never (refuse if present)
@@ -153,10 +198,12 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
+    data_dir: Optional[str] = None  # root of the real data sets; None: $KRUBENCH_DATA, else ~/.cache/krubench/data
 
 
 SCHEMAS = {
-    "task": {"copy": CopyConfig, "adding": AddingConfig},
+    "task": {"copy": CopyConfig, "adding": AddingConfig, "pixel_mnist": PixelMNISTConfig, "ptb_char": PTBCharConfig,
+             "music": MusicConfig},
     "model": {"kru": KRUConfig, "rnn": RNNConfig, "lstm": LSTMConfig, "lstm_kru": LSTMKRUConfig},
     "optim": {"rmsprop": OptimConfig, "adam": OptimConfig, "sgd": OptimConfig},
     "trainer": {"default": TrainerConfig, "debug": TrainerConfig},
@@ -180,8 +227,8 @@ def validate(config: dict) -> None:
         "trainer.log_every": config["trainer"]["log_every"], "trainer.ckpt_every": config["trainer"]["ckpt_every"],
         "optim.lr": config["optim"]["lr"], "model.hidden_size": config["model"]["hidden_size"],
     }
-    for key in ("batch_size", "val_size"):
-        if key in config["task"]:
+    for key in ("batch_size", "val_size", "eval_batch_size", "eval_limit", "bptt"):
+        if config["task"].get(key) is not None:
             positive[f"task.{key}"] = config["task"][key]
     for key, value in positive.items():
         if value <= 0:

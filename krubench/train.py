@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import checkpoint, ops, tb
+from . import checkpoint, tb
 from .config import validate
 from .checkpoint import flatten
 from .models import build_model
@@ -79,12 +79,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
     device = pick_device(tcfg["device"])
     seed_everything(config["seed"], tcfg["deterministic"])
 
-    task = build_task(config["task"], seed=config["seed"])
+    task = build_task(config["task"], seed=config["seed"], data_dir=config["data_dir"])
     model = build_model(config["model"], task.input_size, task.output_size).to(device)
     optimizer = build_optimizer(config["optim"], model.parameters())
     penalty_weight = config["model"].get("penalty", 0.0)
     has_factors = config["model"]["name"] in ("kru", "lstm_kru")
-    counts, baselines, backend = model.param_counts(), task.baselines(), ops.backend_name(device)
+    counts, baselines, backend = model.param_counts(), task.baselines(), model.kron_backend(device)
 
     # ---- resume ----
     step, best, best_step, elapsed = 0, None, None, 0.0
@@ -149,11 +149,11 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
                 writer.add_scalar("train/grad_norm", grad_norm.item(), step)
                 writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
                 writer.add_scalar("train/steps_per_s", rate, step)
-                line = f"step {step}/{steps} loss {loss.item():.4f} (baseline {baselines['loss']:.4f})"
+                line = f"step {step}/{steps} loss {loss.item():.4g} (baseline {baselines['loss']:.4f})"
                 if penalty is not None:
                     writer.add_scalar("kru/unitary_penalty", penalty.item(), step)
                     line += f" unitary penalty {penalty.item():.3g}"
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
                 log.info(f"{line} {rate:.1f} steps/s")
 
             if step % tcfg["val_every"] == 0 or step == steps:

@@ -21,6 +21,10 @@ class SequenceModel(nn.Module):
     def param_counts(self) -> dict[str, int]:
         return {"total": count_real(self.parameters()), "recurrent": count_real(self.recurrent_parameters())}
 
+    def kron_backend(self, device) -> str:
+        """The Kronecker backend (ops.BACKENDS) this model's forward runs on `device`; 'none' without factors."""
+        return "none"
+
     def unitary_penalty(self) -> torch.Tensor:
         """Σ_f ‖W_f^H W_f − I‖²; zero for models without Kronecker factors."""
         return torch.zeros((), device=next(self.parameters()).device)

@@ -72,6 +72,7 @@ class KRU(SequenceModel):
         nonlinearity: str = "modrelu",
         init: str = "unitary",
         merge_upto: int = 16,
+        kernel: str = "auto",
     ):
         super().__init__()
         if nonlinearity not in ops.NONLINEARITIES:
@@ -79,6 +80,7 @@ class KRU(SequenceModel):
         self.hidden_size = hidden_size
         self.complex = complex
         self.nonlinearity = nonlinearity
+        self.kernel = kernel  # ops.KERNELS: which backend runs the recurrence
         self.W = KronFactors(ops.factor_sizes(hidden_size, factor_size, factors), complex, init, merge_upto)
         self.U = nn.Linear(input_size, hidden_size * (2 if complex else 1))  # U x_t + b, [Re; Im] if complex
         self.modrelu_bias = nn.Parameter(torch.zeros(hidden_size)) if nonlinearity == "modrelu" else None
@@ -90,6 +92,9 @@ class KRU(SequenceModel):
     def unitary_penalty(self):
         return self.W.penalty()
 
+    def kron_backend(self, device) -> str:
+        return ops.backend_name(device, self.kernel)
+
     def initial_state(self, batch: int, device) -> torch.Tensor:
         dtype = torch.complex64 if self.complex else torch.float32
         return torch.zeros(batch, self.hidden_size, dtype=dtype, device=device)
@@ -100,6 +105,7 @@ class KRU(SequenceModel):
         u = self.U(x)  # (B, T, N) or (B, T, 2N)
         if self.complex:
             u = torch.complex(*u.chunk(2, dim=-1))  # (B, T, N) complex
-        H = ops.kru_recurrence(u, h0, self.W.stages(), self.nonlinearity, self.modrelu_bias)  # (B, T, N)
+        H = ops.kru_recurrence(u, h0, self.W.stages(), self.nonlinearity, self.modrelu_bias,
+                               kernel=self.kernel)  # (B, T, N)
         features = torch.cat([H.real, H.imag], dim=-1) if self.complex else H  # (B, T, 2N) or (B, T, N)
         return self.V(features), H[:, -1]

@@ -39,11 +39,12 @@ class LSTMKRU(SequenceModel):
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, factor_size: int = 2,
                  factors: Sequence[int] | None = None, complex: bool = False, init: str = "unitary",
-                 factorisation: str = "per_gate", merge_upto: int = 16):
+                 factorisation: str = "per_gate", merge_upto: int = 16, kernel: str = "auto"):
         super().__init__()
         sizes = ops.factor_sizes(hidden_size, factor_size, factors)
         self.hidden_size = hidden_size
         self.factorisation = factorisation
+        self.kernel = kernel  # ops.KERNELS: which backend runs kron_matvec
         self.W_ih = nn.Linear(input_size, 4 * hidden_size)
         if factorisation == "per_gate":
             self.W_hh = nn.ModuleList([KronFactors(sizes, complex, init, merge_upto) for _ in range(4)])
@@ -63,11 +64,14 @@ class LSTMKRU(SequenceModel):
     def unitary_penalty(self):
         return sum(kf.penalty() for kf in self.W_hh)
 
+    def kron_backend(self, device) -> str:
+        return ops.backend_name(device, self.kernel)
+
     def _recurrent(self, h: torch.Tensor, stages: list[list[torch.Tensor]]) -> torch.Tensor:
         if self.factorisation == "joint":
-            out = ops.kron_matvec(h, stages[0])  # (B, 4N), gate-major because the gate index is the first factor's row block
+            out = ops.kron_matvec(h, stages[0], self.kernel)  # (B, 4N), gate-major because the gate index is the first factor's row block
         else:
-            out = torch.cat([ops.kron_matvec(h, s) for s in stages], dim=-1)  # (B, 4N)
+            out = torch.cat([ops.kron_matvec(h, s, self.kernel) for s in stages], dim=-1)  # (B, 4N)
         return out.real if out.is_complex() else out
 
     def forward(self, x: torch.Tensor, state=None):

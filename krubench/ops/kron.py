@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 
-def _check(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> None:
+def check_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> None:
     if len(factors) == 0:
         raise ValueError("kron_matvec needs at least one factor; got an empty sequence")
     shapes = []
@@ -28,13 +28,13 @@ def _check(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> None:
         )
 
 
-def kron_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
+def kron_matvec_ref(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Return `y = (F_0 ⊗ … ⊗ F_{k-1}) x` for every leading index of `x`.
 
     x: (..., N) real or complex, N = prod(q_i). factors: matrices F_i of shape (p_i, q_i).
     Returns (..., prod(p_i)), in the common dtype of `x` and the factors. Differentiable.
     """
-    _check(x, factors)
+    check_matvec(x, factors)
     dtype = x.dtype
     for f in factors:
         dtype = torch.promote_types(dtype, f.dtype)

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from .kron import kron_matvec
+from .kron import kron_matvec_ref
 
 NONLINEARITIES = ("modrelu", "relu", "tanh")
 
@@ -44,6 +44,6 @@ def kru_recurrence_ref(
     h = h0
     states = []
     for t in range(u.shape[1]):
-        h = apply_nonlinearity(kron_matvec(h, factors) + u[:, t], nonlinearity, bias)  # (B, N)
+        h = apply_nonlinearity(kron_matvec_ref(h, factors) + u[:, t], nonlinearity, bias)  # (B, N)
         states.append(h)
     return torch.stack(states, dim=1)  # (B, T, N)

@@ -16,6 +16,14 @@ def seeded_generator(seed: int, stream: str, index: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
+def epoch_batch(seed: int, stream: str, n: int, batch_size: int, step: int) -> torch.Tensor:
+    """Indices (batch_size,) of batch `step` of a walk over n examples in epochs, each epoch in its own
+    order drawn from (seed, stream, epoch); an epoch's last partial batch is dropped."""
+    epoch, i = divmod(step, n // batch_size)
+    order = torch.randperm(n, generator=seeded_generator(seed, stream, epoch))  # (n,)
+    return order[i * batch_size:(i + 1) * batch_size]
+
+
 class Task:
     name: str
     input_size: int
@@ -27,6 +35,9 @@ class Task:
     #: splits `evaluate` accepts; the trainer validates on "val" and, at the end, evaluates the best
     #: checkpoint on every other split (e.g. "test")
     splits: tuple[str, ...] = ("val",)
+
+    #: real-data tasks take the data root as the constructor keyword `data_dir` (None: the default root)
+    needs_data: bool = False
 
     def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs (B, T, input_size), targets) for optimizer step `step`."""

@@ -1,0 +1,131 @@
+// Per-element arithmetic of the Kronecker kernels, shared by the CPU (kru_cpu.cpp) and the CUDA
+// (kru_cuda.cu) backends so that the CPU tests exercise the very code the GPU runs: the index map of
+// a factor stage, the dot product of one factor row with its inputs, the complex multiply-adds, and
+// the nonlinearities with their derivatives.
+//
+// Conventions. Data are split into real and imaginary planes (the imaginary pointers are ignored
+// when CPLX is false). A stage applies factor f (p_f × q_f, row-major) to the axis f of the state
+// viewed as (pre, q_f, post), pre = Π_{g<f} p_g, post = Π_{g>f} q_g, writing (pre, p_f, post).
+// `stride` is the distance between consecutive state elements: the batch width L on the CPU
+// (batch-minor layout [N][L]), 1 on the GPU.
+#pragma once
+
+#include <cmath>
+
+#if defined(__CUDACC__)
+#define KRU_HD __host__ __device__ __forceinline__
+#else
+#define KRU_HD inline
+#endif
+#if defined(__CUDA_ARCH__)
+#define KRU_UNROLL _Pragma("unroll")
+#else
+#define KRU_UNROLL _Pragma("GCC unroll 16")
+#endif
+
+namespace kru {
+
+enum Nonlinearity : int { kModRelu = 0, kRelu = 1, kTanh = 2 };
+
+constexpr double kModReluEps = 1e-6;  // |z| + eps in modReLU's denominator, as in the reference
+
+KRU_HD float hd_sqrt(float x) { return sqrtf(x); }
+KRU_HD double hd_sqrt(double x) { return sqrt(x); }
+KRU_HD float hd_tanh(float x) { return tanhf(x); }
+KRU_HD double hd_tanh(double x) { return tanh(x); }
+
+// y += w · x (complex when CPLX, else the real parts only).
+template <typename T, bool CPLX>
+KRU_HD void cmac(T wr, T wi, T xr, T xi, T& yr, T& yi) {
+  yr += wr * xr;
+  if (CPLX) {
+    yr -= wi * xi;
+    yi += wr * xi + wi * xr;
+  }
+}
+
+// y += a · conj(b): the factor-gradient outer product dW[i][j] += dy[i] · conj(x[j]).
+template <typename T, bool CPLX>
+KRU_HD void cmac_conj(T ar, T ai, T br, T bi, T& yr, T& yi) {
+  yr += ar * br;
+  if (CPLX) {
+    yr += ai * bi;
+    yi += ai * br - ar * bi;
+  }
+}
+
+// Position of element (a, j, r) of a state viewed as (pre, q, post).
+KRU_HD long stage_index(long a, long j, long r, long q, long post) { return (a * q + j) * post + r; }
+
+// Coordinates (a, i, r) of output element o of a stage whose output is viewed as (pre, p, post).
+KRU_HD void stage_coords(long o, long p, long post, long& a, long& i, long& r) {
+  r = o % post;
+  i = (o / post) % p;
+  a = o / (post * p);
+}
+
+// y = Σ_j w[j] · x[j·xstep]: one output of a stage, w a factor row, x the group's first input.
+// Q > 0 fixes the row length at compile time (unrolled, so that the CPU's loop over batch lanes around
+// this call vectorises with the accumulators in registers); Q == 0 reads it from q.
+template <typename T, bool CPLX, int Q>
+KRU_HD void row_dot(const T* wr, const T* wi, int q, const T* xr, const T* xi, long xstep, T& yr, T& yi) {
+  const int n = Q > 0 ? Q : q;
+  T ar = 0, ai = 0;
+  KRU_UNROLL
+  for (int j = 0; j < n; ++j) cmac<T, CPLX>(wr[j], CPLX ? wi[j] : T(0), xr[j * xstep], CPLX ? xi[j * xstep] : T(0), ar, ai);
+  yr = ar;
+  if (CPLX) yi = ai;
+}
+
+// h = σ(z). relu and tanh act on the real and imaginary parts separately; modReLU keeps the phase
+// and shifts the modulus: z · relu(|z| + b) / (|z| + eps). NL is a compile-time Nonlinearity so
+// that a loop over lanes has no branch on it (and vectorises).
+template <int NL, typename T, bool CPLX>
+KRU_HD void nl_forward(T zr, T zi, T bias, T& hr, T& hi) {
+  if (NL == kModRelu) {
+    const T m = CPLX ? hd_sqrt(zr * zr + zi * zi) : (zr < 0 ? -zr : zr);
+    const T s = m + bias > 0 ? m + bias : T(0);
+    const T c = s / (m + T(kModReluEps));
+    hr = zr * c;
+    hi = CPLX ? zi * c : T(0);
+  } else if (NL == kRelu) {
+    hr = zr > 0 ? zr : T(0);
+    hi = CPLX && zi > 0 ? zi : T(0);
+  } else {
+    hr = hd_tanh(zr);
+    hi = CPLX ? hd_tanh(zi) : T(0);
+  }
+}
+
+// Backward of nl_forward: given g = ∂L/∂h (real and imaginary parts), return ∂L/∂z and add the
+// modReLU bias gradient to db. Matches torch autograd at the kinks: relu'(0) = 0, ∂|z|/∂z = 0 at 0.
+template <int NL, typename T, bool CPLX>
+KRU_HD void nl_backward(T zr, T zi, T bias, T gr, T gi, T& dzr, T& dzi, T& db) {
+  if (NL == kModRelu) {
+    const T m = CPLX ? hd_sqrt(zr * zr + zi * zi) : (zr < 0 ? -zr : zr);
+    const T den = m + T(kModReluEps);
+    const bool on = m + bias > 0;
+    const T s = on ? m + bias : T(0);
+    const T c = s / den;                                // h = z · c
+    const T dc_dm = on ? (T(kModReluEps) - bias) / (den * den) : T(0);  // (den - s) / den², without cancellation
+    const T gz = gr * zr + (CPLX ? gi * zi : T(0));     // Re(conj(g) z)
+    const T k = m > 0 ? gz * dc_dm / m : T(0);          // ∂|z|/∂z = z/|z|, taken as 0 at z = 0
+    dzr = gr * c + k * zr;
+    dzi = CPLX ? gi * c + k * zi : T(0);
+    db += on ? gz / den : T(0);
+  } else if (NL == kRelu) {
+    dzr = zr > 0 ? gr : T(0);
+    dzi = CPLX && zi > 0 ? gi : T(0);
+  } else {
+    const T tr = hd_tanh(zr);
+    dzr = gr * (T(1) - tr * tr);
+    if (CPLX) {
+      const T ti = hd_tanh(zi);
+      dzi = gi * (T(1) - ti * ti);
+    } else {
+      dzi = T(0);
+    }
+  }
+}
+
+}  // namespace kru

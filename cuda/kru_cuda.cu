@@ -1,0 +1,393 @@
+// CUDA backend of krubench's Kronecker operators (the schemas are defined in kru_cpu.cpp).
+//
+// One thread block per sequence (per row for kron_matvec): batch rows are independent, so no grid-wide
+// barrier. The factors and the state live in shared memory across all T steps; each thread computes
+// whole outputs of a stage (one factor row against its inputs) with the per-element arithmetic of
+// kron_math.h, which the CPU backend shares. Backward: a reverse sweep that recomputes each step's stage
+// inputs from the stored h_{t-1} (kept in a per-block global scratch that stays in L2), applies the
+// conjugate-transposed factors, and accumulates each factor's gradient per block across all steps
+// (a block reduction, no atomics); the blocks' partials are summed once at the end.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "kru_plan.h"
+
+namespace kru {
+namespace {
+
+constexpr int kMaxStages = 32;
+
+struct DevStage {
+  int p, q, pre, post, woff;
+};
+
+struct DevPlan {
+  int k, n_in, n_out, max_size, wsize, max_entries;  // max_entries: the largest p·q
+  DevStage s[kMaxStages];
+};
+
+DevPlan device_plan(const Plan& plan) {
+  TORCH_CHECK(plan.stages.size() <= kMaxStages, "krubench (cuda): at most ", kMaxStages, " factors are supported, got ",
+              plan.stages.size(), "; merge small factors (model.merge_upto)");
+  DevPlan d{};
+  d.k = static_cast<int>(plan.stages.size());
+  d.n_in = plan.n_in;
+  d.n_out = plan.n_out;
+  d.max_size = plan.max_size;
+  d.wsize = plan.wsize;
+  for (int f = 0; f < d.k; ++f) {
+    const Stage& s = plan.stages[f];
+    d.s[f] = {s.p, s.q, static_cast<int>(s.pre), static_cast<int>(s.post), static_cast<int>(s.woff)};
+    d.max_entries = std::max(d.max_entries, s.p * s.q);
+  }
+  return d;
+}
+
+template <typename T>
+__device__ void load_planes(const T* src, int n, bool cplx, T* re, T* im) {  // interleaved -> planes
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    re[j] = src[cplx ? 2 * j : j];
+    im[j] = cplx ? src[2 * j + 1] : T(0);
+  }
+}
+
+template <typename T>
+__device__ void store_planes(const T* re, const T* im, int n, bool cplx, T* dst) {
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    dst[cplx ? 2 * j : j] = re[j];
+    if (cplx) dst[2 * j + 1] = im[j];
+  }
+}
+
+// y = factor s · x (shared or global planes); every thread computes whole outputs. Ends with a barrier.
+template <typename T, bool CPLX>
+__device__ void stage(const DevStage& s, const T* wr, const T* wi, const T* xr, const T* xi, T* yr, T* yi) {
+  const int outputs = s.pre * s.p * s.post;
+  for (int o = threadIdx.x; o < outputs; o += blockDim.x) {
+    long a, i, r;
+    stage_coords(o, s.p, s.post, a, i, r);
+    const long x0 = stage_index(a, 0, r, s.q, s.post);
+    row_dot<T, CPLX, 0>(wr + s.woff + i * s.q, wi + s.woff + i * s.q, s.q, xr + x0, xi + x0, s.post, yr[o], yi[o]);
+  }
+  __syncthreads();
+}
+
+// g[woff + i q + j] += Σ_{a,r} dy[(a,i,r)] conj(x[(a,j,r)]): work items (entry, slice) reduce over the
+// groups of their slice into red (shared), then the owner of each entry adds the slices up.
+template <typename T, bool CPLX>
+__device__ void accumulate_factor_grad(const DevStage& s, const T* dyr, const T* dyi, const T* xr, const T* xi,
+                                       T* redr, T* redi, T* gr, T* gi) {
+  const int E = s.p * s.q, groups = s.pre * s.post;
+  const int slices = max(1, static_cast<int>(blockDim.x) / E);
+  for (int item = threadIdx.x; item < E * slices; item += blockDim.x) {
+    const int e = item % E, slice = item / E, i = e / s.q, j = e % s.q;
+    T ar = 0, ai = 0;
+    for (int grp = slice; grp < groups; grp += slices) {
+      const long a = grp / s.post, r = grp % s.post;
+      const long yo = stage_index(a, i, r, s.p, s.post), xo = stage_index(a, j, r, s.q, s.post);
+      cmac_conj<T, CPLX>(dyr[yo], dyi[yo], xr[xo], xi[xo], ar, ai);
+    }
+    redr[item] = ar;
+    redi[item] = ai;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    T sr = 0, si = 0;
+    for (int slice = 0; slice < slices; ++slice) {
+      sr += redr[slice * E + e];
+      si += redi[slice * E + e];
+    }
+    gr[s.woff + e] += sr;
+    gi[s.woff + e] += si;
+  }
+  __syncthreads();
+}
+
+template <typename T>
+__device__ void load_factors(const T* wr, const T* wi, int n, T* sr, T* si) {
+  for (int j = threadIdx.x; j < n; j += blockDim.x) {
+    sr[j] = wr[j];
+    si[j] = wi[j];
+  }
+}
+
+// Shared memory: factors (2 wsize), state ping-pong (4 N). Block b runs sequence b.
+template <typename T, bool CPLX, int NL>
+__global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* u, const T* h0,
+                                          const T* bias, T* H, int steps) {
+  extern __shared__ unsigned char smem[];
+  constexpr int C = CPLX ? 2 : 1;
+  const int N = plan.n_in;
+  T* wr = reinterpret_cast<T*>(smem);
+  T *wi = wr + plan.wsize, *br[2] = {wi + plan.wsize, wi + plan.wsize + 2 * N}, *bi[2] = {br[0] + N, br[1] + N};
+  const long b = blockIdx.x;
+  load_factors(wr_g, wi_g, plan.wsize, wr, wi);
+  load_planes(h0 + b * N * C, N, CPLX, br[0], bi[0]);
+  __syncthreads();
+  for (int t = 0; t < steps; ++t) {
+    int cur = 0;
+    for (int f = 0; f < plan.k; ++f, cur ^= 1) stage<T, CPLX>(plan.s[f], wr, wi, br[cur], bi[cur], br[cur ^ 1], bi[cur ^ 1]);
+    const T* ut = u + (b * steps + t) * N * C;
+    T* ht = H + (b * steps + t) * N * C;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {  // h_t = σ(W h_{t-1} + u_t) into buffer 0
+      T hr, hi;
+      nl_forward<NL, T, CPLX>(br[cur][n] + ut[n * C], CPLX ? bi[cur][n] + ut[n * C + 1] : T(0), bias[n], hr, hi);
+      br[0][n] = hr;
+      bi[0][n] = hi;
+      ht[n * C] = hr;
+      if (CPLX) ht[n * C + 1] = hi;
+    }
+    __syncthreads();
+  }
+}
+
+// Shared memory: factors and their adjoints (4 wsize), ∂L/∂h (2 N), dy ping-pong (4 N), the reduction
+// scratch (2 max(blockDim, max p q)). Global scratch ws: this block's stage inputs, (k + 1) × 2 N.
+template <typename T, bool CPLX, int NL>
+__global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* awr_g,
+                                           const T* awi_g, const T* u, const T* h0, const T* H, const T* gH,
+                                           const T* bias, int steps, T* gu, T* gh0, T* gwr, T* gwi, T* gb, T* ws) {
+  extern __shared__ unsigned char smem[];
+  constexpr int C = CPLX ? 2 : 1;
+  const int N = plan.n_in, red = max(static_cast<int>(blockDim.x), plan.max_entries);
+  T* wr = reinterpret_cast<T*>(smem);
+  T *wi = wr + plan.wsize, *awr = wi + plan.wsize, *awi = awr + plan.wsize;
+  T *gr = awi + plan.wsize, *gi = gr + N;
+  T *dr[2] = {gi + N, gi + 3 * N}, *di[2] = {gi + 2 * N, gi + 4 * N};
+  T *redr = gi + 5 * N, *redi = redr + red;
+  const long b = blockIdx.x;
+  T* sr = ws + b * (plan.k + 1) * 2 * N;  // stage input f: planes sr + 2 f N (re), + N (im)
+  T *bgr = gwr + b * plan.wsize, *bgi = gwi + b * plan.wsize, *bgb = gb + b * N;
+  load_factors(wr_g, wi_g, plan.wsize, wr, wi);
+  load_factors(awr_g, awi_g, plan.wsize, awr, awi);
+  for (int n = threadIdx.x; n < N; n += blockDim.x) gr[n] = gi[n] = T(0);
+  __syncthreads();
+  for (int t = steps - 1; t >= 0; --t) {
+    load_planes(t > 0 ? H + (b * steps + t - 1) * N * C : h0 + b * N * C, N, CPLX, sr, sr + N);
+    __syncthreads();
+    for (int f = 0; f < plan.k; ++f)  // recompute the stage inputs of step t
+      stage<T, CPLX>(plan.s[f], wr, wi, sr + 2 * f * N, sr + (2 * f + 1) * N, sr + 2 * (f + 1) * N,
+                     sr + (2 * (f + 1) + 1) * N);
+    const T *zr = sr + 2 * plan.k * N, *zi = zr + N;
+    const long row = (b * steps + t) * N * C;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {
+      const long x = row + n * C;
+      nl_backward<NL, T, CPLX>(zr[n] + u[x], CPLX ? zi[n] + u[x + 1] : T(0), bias[n], gr[n] + gH[x],
+                               CPLX ? gi[n] + gH[x + 1] : T(0), dr[0][n], di[0][n], bgb[n]);
+      gu[x] = dr[0][n];
+      if (CPLX) gu[x + 1] = di[0][n];
+    }
+    __syncthreads();
+    int cur = 0;
+    for (int f = plan.k - 1; f >= 0; --f, cur ^= 1) {
+      accumulate_factor_grad<T, CPLX>(plan.s[f], dr[cur], di[cur], sr + 2 * f * N, sr + (2 * f + 1) * N, redr, redi,
+                                      bgr, bgi);
+      DevStage adj = plan.s[f];
+      adj.p = plan.s[f].q;
+      adj.q = plan.s[f].p;
+      stage<T, CPLX>(adj, awr, awi, dr[cur], di[cur], dr[cur ^ 1], di[cur ^ 1]);
+    }
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {  // ∂L/∂h_{t-1}
+      gr[n] = dr[cur][n];
+      gi[n] = di[cur][n];
+    }
+    __syncthreads();
+  }
+  store_planes(gr, gi, N, CPLX, gh0 + b * N * C);
+}
+
+// Row m of x through every stage. Shared memory: factors (2 wsize), ping-pong (4 max_size).
+template <typename T, bool CPLX>
+__global__ void matvec_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* x, T* y) {
+  extern __shared__ unsigned char smem[];
+  constexpr int C = CPLX ? 2 : 1;
+  const int S = plan.max_size;
+  T* wr = reinterpret_cast<T*>(smem);
+  T *wi = wr + plan.wsize, *br[2] = {wi + plan.wsize, wi + plan.wsize + 2 * S}, *bi[2] = {br[0] + S, br[1] + S};
+  const long m = blockIdx.x;
+  load_factors(wr_g, wi_g, plan.wsize, wr, wi);
+  load_planes(x + m * plan.n_in * C, plan.n_in, CPLX, br[0], bi[0]);
+  __syncthreads();
+  int cur = 0;
+  for (int f = 0; f < plan.k; ++f, cur ^= 1) stage<T, CPLX>(plan.s[f], wr, wi, br[cur], bi[cur], br[cur ^ 1], bi[cur ^ 1]);
+  store_planes(br[cur], bi[cur], plan.n_out, CPLX, y + m * plan.n_out * C);
+}
+
+// Shared memory: factors and adjoints (4 wsize), dy ping-pong (4 max_size), reduction scratch.
+// Global scratch ws: this row's stage inputs, (k + 1) × 2 max_size.
+template <typename T, bool CPLX>
+__global__ void matvec_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* awr_g, const T* awi_g,
+                                       const T* x, const T* gy, T* gx, T* gwr, T* gwi, T* ws) {
+  extern __shared__ unsigned char smem[];
+  constexpr int C = CPLX ? 2 : 1;
+  const int S = plan.max_size, red = max(static_cast<int>(blockDim.x), plan.max_entries);
+  T* wr = reinterpret_cast<T*>(smem);
+  T *wi = wr + plan.wsize, *awr = wi + plan.wsize, *awi = awr + plan.wsize;
+  T *dr[2] = {awi + plan.wsize, awi + plan.wsize + 2 * S}, *di[2] = {dr[0] + S, dr[1] + S};
+  T *redr = dr[1] + 2 * S, *redi = redr + red;
+  const long m = blockIdx.x;
+  T* sr = ws + m * (plan.k + 1) * 2 * S;
+  T *mgr = gwr + m * plan.wsize, *mgi = gwi + m * plan.wsize;
+  load_factors(wr_g, wi_g, plan.wsize, wr, wi);
+  load_factors(awr_g, awi_g, plan.wsize, awr, awi);
+  load_planes(x + m * plan.n_in * C, plan.n_in, CPLX, sr, sr + S);
+  load_planes(gy + m * plan.n_out * C, plan.n_out, CPLX, dr[0], di[0]);
+  __syncthreads();
+  for (int f = 0; f < plan.k; ++f)
+    stage<T, CPLX>(plan.s[f], wr, wi, sr + 2 * f * S, sr + (2 * f + 1) * S, sr + 2 * (f + 1) * S, sr + (2 * f + 3) * S);
+  int cur = 0;
+  for (int f = plan.k - 1; f >= 0; --f, cur ^= 1) {
+    accumulate_factor_grad<T, CPLX>(plan.s[f], dr[cur], di[cur], sr + 2 * f * S, sr + (2 * f + 1) * S, redr, redi, mgr,
+                                    mgi);
+    DevStage adj = plan.s[f];
+    adj.p = plan.s[f].q;
+    adj.q = plan.s[f].p;
+    stage<T, CPLX>(adj, awr, awi, dr[cur], di[cur], dr[cur ^ 1], di[cur ^ 1]);
+  }
+  store_planes(dr[cur], di[cur], plan.n_in, CPLX, gx + m * plan.n_in * C);
+}
+
+// ---- host side ----
+
+int block_threads(long size) { return size >= 512 ? 256 : 128; }
+
+template <typename T>
+T* ptr(const at::Tensor& t) { return static_cast<T*>(t.data_ptr()); }
+
+// Checks that `smem` bytes of shared memory fit a block and lets `kernel` use more than the default 48 KB.
+template <typename Kernel>
+void allow_shared_memory(Kernel kernel, size_t smem, const char* what) {
+  TORCH_CHECK(smem <= 227 * 1024, "krubench (cuda): ", what, " needs ", smem, " bytes of shared memory, more than ",
+              "a GPU block offers; use a smaller hidden size or the cpp/reference backend");
+  if (smem > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+}
+
+at::Tensor real_zeros(std::initializer_list<int64_t> sizes, const at::Tensor& like) {
+  return at::zeros(sizes, like.options().dtype(c10::toRealValueType(like.scalar_type())));
+}
+
+at::Tensor kru_recurrence_cuda(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
+                               c10::string_view nonlinearity, const at::Tensor& bias) {
+  const Plan plan = check_recurrence(u, h0, w, shapes, bias);
+  const c10::cuda::CUDAGuard guard(u.device());
+  const DevPlan dp = device_plan(plan);
+  at::Tensor wr, wi;
+  std::tie(wr, wi) = factor_planes(w, plan, false);
+  at::Tensor H = new_output(u.sizes(), u.options());
+  const long B = u.size(0);
+  if (B == 0 || u.size(1) == 0) return H;
+  const int threads = block_threads(plan.n_in);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  dispatch_dtype(u.scalar_type(), [&](auto t, auto c) {
+    dispatch_nonlinearity(nonlinearity, [&](auto nl) {
+      using T = decltype(t);
+      auto kernel = recurrence_forward_kernel<T, decltype(c)::value, decltype(nl)::value>;
+      const size_t smem = (2 * plan.wsize + 4 * plan.n_in) * sizeof(T);
+      allow_shared_memory(kernel, smem, "the recurrence");
+      kernel<<<B, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0), ptr<T>(bias), ptr<T>(H),
+                                           static_cast<int>(u.size(1)));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+  return H;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
+    const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
+    at::IntArrayRef shapes, c10::string_view nonlinearity, const at::Tensor& bias) {
+  const Plan plan = check_recurrence(u, h0, w, shapes, bias);
+  check_same(u, grad_H, "grad_H");
+  check_same(u, H, "H");
+  const c10::cuda::CUDAGuard guard(u.device());
+  const DevPlan dp = device_plan(plan);
+  at::Tensor wr, wi;
+  std::tie(wr, wi) = factor_planes(w, plan, false);
+  at::Tensor awr, awi;
+  std::tie(awr, awi) = factor_planes(w, plan, true);
+  const long B = u.size(0), N = plan.n_in;
+  at::Tensor gu = new_output(u.sizes(), u.options()), gh0 = new_output(h0.sizes(), h0.options());
+  at::Tensor gwr = real_zeros({B, plan.wsize}, u), gwi = real_zeros({B, plan.wsize}, u), gb = real_zeros({B, N}, u);
+  at::Tensor ws = real_zeros({B, static_cast<long>(plan.stages.size()) + 1, 2, N}, u);
+  if (B > 0) {
+    const int threads = block_threads(N);
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_dtype(u.scalar_type(), [&](auto t, auto c) {
+      dispatch_nonlinearity(nonlinearity, [&](auto nl) {
+        using T = decltype(t);
+        auto kernel = recurrence_backward_kernel<T, decltype(c)::value, decltype(nl)::value>;
+        const size_t smem = (4 * plan.wsize + 6 * N + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
+        allow_shared_memory(kernel, smem, "the recurrence's backward pass");
+        kernel<<<B, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(u),
+                                             ptr<T>(h0), ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias),
+                                             static_cast<int>(u.size(1)), ptr<T>(gu), ptr<T>(gh0), ptr<T>(gwr),
+                                             ptr<T>(gwi), ptr<T>(gb), ptr<T>(ws));
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+    });
+  }
+  at::Tensor gw = combine_planes(gwr.sum(0), gwi.sum(0), u.is_complex());
+  return {gu, gh0, gw, gb.sum(0)};
+}
+
+at::Tensor kron_matvec_cuda(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef shapes) {
+  const Plan plan = check_matvec(x, w, shapes);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const DevPlan dp = device_plan(plan);
+  at::Tensor wr, wi;
+  std::tie(wr, wi) = factor_planes(w, plan, false);
+  at::Tensor y = new_output({x.size(0), plan.n_out}, x.options());
+  const long M = x.size(0);
+  if (M == 0) return y;
+  const int threads = block_threads(plan.max_size);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  dispatch_dtype(x.scalar_type(), [&](auto t, auto c) {
+    using T = decltype(t);
+    auto kernel = matvec_forward_kernel<T, decltype(c)::value>;
+    const size_t smem = (2 * plan.wsize + 4 * plan.max_size) * sizeof(T);
+    allow_shared_memory(kernel, smem, "kron_matvec");
+    kernel<<<M, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(x), ptr<T>(y));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return y;
+}
+
+std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x,
+                                                             const at::Tensor& w, at::IntArrayRef shapes) {
+  const Plan plan = check_matvec(x, w, shapes);
+  check_same(x, grad_y, "grad_y");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const DevPlan dp = device_plan(plan);
+  at::Tensor wr, wi;
+  std::tie(wr, wi) = factor_planes(w, plan, false);
+  at::Tensor awr, awi;
+  std::tie(awr, awi) = factor_planes(w, plan, true);
+  const long M = x.size(0), S = plan.max_size;
+  at::Tensor gx = new_output(x.sizes(), x.options());
+  at::Tensor gwr = real_zeros({M, plan.wsize}, x), gwi = real_zeros({M, plan.wsize}, x);
+  at::Tensor ws = real_zeros({M, static_cast<long>(plan.stages.size()) + 1, 2, S}, x);
+  if (M > 0) {
+    const int threads = block_threads(S);
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    dispatch_dtype(x.scalar_type(), [&](auto t, auto c) {
+      using T = decltype(t);
+      auto kernel = matvec_backward_kernel<T, decltype(c)::value>;
+      const size_t smem = (4 * plan.wsize + 4 * S + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
+      allow_shared_memory(kernel, smem, "kron_matvec's backward pass");
+      kernel<<<M, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(x),
+                                           ptr<T>(grad_y), ptr<T>(gx), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(ws));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  }
+  return {gx, combine_planes(gwr.sum(0), gwi.sum(0), x.is_complex())};
+}
+
+}  // namespace
+}  // namespace kru
+
+TORCH_LIBRARY_IMPL(krubench, CUDA, m) {
+  m.impl("kron_matvec", &kru::kron_matvec_cuda);
+  m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cuda);
+  m.impl("kru_recurrence", &kru::kru_recurrence_cuda);
+  m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cuda);
+}

@@ -1,0 +1,169 @@
+// Host-side preparation shared by the CPU and CUDA backends: the stage plan of a Kronecker product,
+// the factors as real/imaginary planes, and the argument checks (errors name the bad value).
+#pragma once
+
+#include <torch/extension.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "kron_math.h"
+
+namespace kru {
+
+// Stage f maps a state viewed as (pre, q, post) to (pre, p, post) with factor f (p × q).
+struct Stage {
+  int p, q;
+  long pre, post;
+  long woff;  // offset of the factor in the flat factor array
+};
+
+struct Plan {
+  std::vector<Stage> stages;
+  long n_in = 1, n_out = 1;  // Π q_f, Π p_f
+  long max_size = 1;         // largest intermediate state
+  long wsize = 0;            // Σ p_f q_f
+};
+
+// shapes = [p_0, q_0, p_1, q_1, ...] as the Python wrapper packs them.
+inline Plan make_plan(at::IntArrayRef shapes) {
+  TORCH_CHECK(!shapes.empty() && shapes.size() % 2 == 0,
+              "krubench: factor shapes must be [p0, q0, p1, q1, ...], got ", shapes);
+  Plan plan;
+  const size_t k = shapes.size() / 2;
+  for (size_t f = 0; f < k; ++f) {
+    TORCH_CHECK(shapes[2 * f] > 0 && shapes[2 * f + 1] > 0, "krubench: factor ", f, " has shape ",
+                shapes[2 * f], "x", shapes[2 * f + 1], "; factor sizes must be positive");
+    plan.n_in *= shapes[2 * f + 1];
+  }
+  long pre = 1, post = plan.n_in, off = 0;
+  plan.max_size = plan.n_in;
+  for (size_t f = 0; f < k; ++f) {
+    const int p = static_cast<int>(shapes[2 * f]), q = static_cast<int>(shapes[2 * f + 1]);
+    post /= q;
+    plan.stages.push_back({p, q, pre, post, off});
+    off += static_cast<long>(p) * q;
+    pre *= p;
+    plan.max_size = std::max(plan.max_size, pre * post);
+  }
+  plan.n_out = pre;
+  plan.wsize = off;
+  return plan;
+}
+
+// The adjoint plan: stage f maps (pre, p, post) back to (pre, q, post) with the conjugate transpose
+// of its factor (q × p), stored at the same offset by `factor_planes(..., adjoint=true)`.
+inline Plan adjoint_plan(const Plan& plan) {
+  Plan adj = plan;
+  std::swap(adj.n_in, adj.n_out);
+  for (auto& s : adj.stages) std::swap(s.p, s.q);
+  return adj;
+}
+
+// Real and imaginary planes of the flat factors (the imaginary plane is zeros for real factors).
+// adjoint: each factor replaced by its conjugate transpose, at the same offset.
+inline std::pair<at::Tensor, at::Tensor> factor_planes(const at::Tensor& w, const Plan& plan, bool adjoint) {
+  at::Tensor flat = w;
+  if (adjoint) {
+    std::vector<at::Tensor> parts;
+    for (const auto& s : plan.stages)
+      parts.push_back(w.narrow(0, s.woff, static_cast<long>(s.p) * s.q).view({s.p, s.q}).t().conj().reshape(-1));
+    flat = at::cat(parts);
+  }
+  if (flat.is_complex()) {
+    auto ri = at::view_as_real(flat.resolve_conj());
+    return {ri.select(-1, 0).contiguous(), ri.select(-1, 1).contiguous()};
+  }
+  return {flat.contiguous(), at::zeros_like(flat)};
+}
+
+// Calls f(std::integral_constant<int, NL>{}) for the nonlinearity called `name`.
+template <typename F>
+void dispatch_nonlinearity(c10::string_view name, F&& f) {
+  if (name == "modrelu") return f(std::integral_constant<int, kModRelu>{});
+  if (name == "relu") return f(std::integral_constant<int, kRelu>{});
+  if (name == "tanh") return f(std::integral_constant<int, kTanh>{});
+  TORCH_CHECK(false, "krubench: nonlinearity '", name, "' is not supported: use modrelu, relu or tanh");
+}
+
+inline void check_same(const at::Tensor& ref, const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "krubench: ", name, " has dtype ", t.scalar_type(),
+              " but the state has ", ref.scalar_type(), "; cast them to one dtype");
+  TORCH_CHECK(t.device() == ref.device(), "krubench: ", name, " is on ", t.device(), " but the state is on ",
+              ref.device(), "; move them to one device");
+  TORCH_CHECK(t.is_contiguous(), "krubench: ", name, " must be contiguous");
+}
+
+inline void check_dtype(const at::Tensor& t) {
+  const auto st = t.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kComplexFloat || st == at::kComplexDouble,
+              "krubench: dtype ", st, " is not supported: use float32, float64, complex64 or complex128");
+}
+
+// u, H: (B, T, N); h0: (B, N); w: (Σ p q,); bias: (N,) real.
+inline Plan check_recurrence(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
+                             at::IntArrayRef shapes, const at::Tensor& bias) {
+  check_dtype(u);
+  Plan plan = make_plan(shapes);
+  TORCH_CHECK(plan.n_in == plan.n_out, "krubench: the recurrence needs square factors, got shapes ", shapes);
+  TORCH_CHECK(u.dim() == 3 && u.size(2) == plan.n_in, "krubench: u must be (B, T, N) with N = ", plan.n_in,
+              ", got ", u.sizes());
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == u.size(0) && h0.size(1) == plan.n_in, "krubench: h0 must be (B, N) = (",
+              u.size(0), ", ", plan.n_in, "), got ", h0.sizes());
+  TORCH_CHECK(w.dim() == 1 && w.numel() == plan.wsize, "krubench: the flat factors must have ", plan.wsize,
+              " entries, got ", w.sizes());
+  TORCH_CHECK(bias.dim() == 1 && bias.numel() == plan.n_in, "krubench: bias must be (N,) = (", plan.n_in, ",), got ",
+              bias.sizes());
+  TORCH_CHECK(bias.scalar_type() == c10::toRealValueType(u.scalar_type()), "krubench: bias has dtype ",
+              bias.scalar_type(), "; expected the real dtype of u, ", c10::toRealValueType(u.scalar_type()));
+  check_same(u, u, "u");
+  check_same(u, h0, "h0");
+  check_same(u, w, "factors");
+  TORCH_CHECK(bias.device() == u.device() && bias.is_contiguous(), "krubench: bias must be contiguous on ", u.device());
+  return plan;
+}
+
+// x: (M, Π q); w: (Σ p q,).
+inline Plan check_matvec(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef shapes) {
+  check_dtype(x);
+  Plan plan = make_plan(shapes);
+  TORCH_CHECK(x.dim() == 2 && x.size(1) == plan.n_in, "krubench: x must be (M, ", plan.n_in, "), got ", x.sizes());
+  TORCH_CHECK(w.dim() == 1 && w.numel() == plan.wsize, "krubench: the flat factors must have ", plan.wsize,
+              " entries, got ", w.sizes());
+  check_same(x, x, "x");
+  check_same(x, w, "factors");
+  return plan;
+}
+
+// Calls f(T{}, std::bool_constant<CPLX>{}) for the tensor's dtype: T the real scalar type, CPLX
+// whether the data are complex (interleaved re, im).
+template <typename F>
+void dispatch_dtype(at::ScalarType st, F&& f) {
+  switch (st) {
+    case at::kFloat: return f(float{}, std::false_type{});
+    case at::kDouble: return f(double{}, std::false_type{});
+    case at::kComplexFloat: return f(float{}, std::true_type{});
+    case at::kComplexDouble: return f(double{}, std::true_type{});
+    default: TORCH_CHECK(false, "krubench: dtype ", st, " is not supported: use float32, float64, complex64 or complex128");
+  }
+}
+
+// An uninitialised output; with KRUBENCH_POISON_OUTPUTS=1 it is filled with NaN first, so that the
+// tests can check that a kernel writes every element.
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  const char* poison = std::getenv("KRUBENCH_POISON_OUTPUTS");
+  if (poison != nullptr && poison[0] == '1') (t.is_complex() ? at::view_as_real(t) : t).fill_(NAN);
+  return t;
+}
+
+// Factor gradients from their planes: complex when the factors are complex.
+inline at::Tensor combine_planes(const at::Tensor& re, const at::Tensor& im, bool complex) {
+  return complex ? at::complex(re, im) : re;
+}
+
+}  // namespace kru

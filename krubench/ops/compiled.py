@@ -1,0 +1,103 @@
+"""The compiled backends seen from Python: wrappers that pack the factors for the `torch.ops.krubench`
+operators (C++/CUDA sources in cuda/), and the operators' autograd and fake (meta) registrations.
+
+The operators take the factors flattened into one tensor `w` (Σ p_f q_f,) with `shapes` = [p_0, q_0,
+p_1, q_1, ...]; autograd splits the gradient of `w` back onto the factors through the concatenation.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+_registered = False
+
+
+def _ready(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t` as a plain contiguous tensor of `dtype` (a lazily conjugated view would reach C++ unconjugated)."""
+    return t.to(dtype).resolve_conj().resolve_neg().contiguous()
+
+
+def _pack(factors: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, list[int]]:
+    w = torch.cat([_ready(f, dtype).reshape(-1) for f in factors])  # (Σ p q,)
+    shapes = [s for f in factors for s in f.shape]
+    return w, shapes
+
+
+def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
+def kron_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Compiled `kron_matvec` (same contract as `kron_matvec_ref`)."""
+    dtype = _common_dtype(x, *factors)
+    w, shapes = _pack(factors, dtype)
+    y = torch.ops.krubench.kron_matvec(_ready(x.reshape(-1, x.shape[-1]), dtype), w, shapes)  # (M, Π p)
+    return y.reshape(*x.shape[:-1], -1)
+
+
+def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:
+    """Compiled whole-sequence recurrence (same contract as `kru_recurrence_ref`)."""
+    if nonlinearity == "modrelu" and bias is None:
+        raise ValueError("nonlinearity='modrelu' needs its per-unit bias (N,); pass bias, or use relu or tanh")
+    dtype = _common_dtype(u, h0, *factors)
+    w, shapes = _pack(factors, dtype)
+    real = dtype.to_real()
+    b = u.new_zeros(u.shape[-1], dtype=real) if bias is None else _ready(bias, real)  # (N,) modReLU bias
+    return torch.ops.krubench.kru_recurrence(_ready(u, dtype), _ready(h0, dtype), w, shapes, nonlinearity, b)
+
+
+def _matvec_setup(ctx, inputs, output):
+    x, w, shapes = inputs
+    ctx.save_for_backward(x, w)
+    ctx.shapes = shapes
+
+
+def _matvec_backward(ctx, grad):
+    x, w = ctx.saved_tensors
+    gx, gw = torch.ops.krubench.kron_matvec_backward(_ready(grad, x.dtype), x, w, ctx.shapes)
+    return gx, gw, None
+
+
+def _recurrence_setup(ctx, inputs, output):
+    u, h0, w, shapes, nonlinearity, bias = inputs
+    ctx.save_for_backward(u, h0, w, bias, output)
+    ctx.shapes, ctx.nonlinearity = shapes, nonlinearity
+
+
+def _recurrence_backward(ctx, grad):
+    u, h0, w, bias, H = ctx.saved_tensors
+    gu, gh0, gw, gb = torch.ops.krubench.kru_recurrence_backward(
+        _ready(grad, u.dtype), H, u, h0, w, ctx.shapes, ctx.nonlinearity, bias)
+    return gu, gh0, gw, None, None, gb
+
+
+def register() -> None:
+    """Attach autograd and fake implementations to the operators; once, after the library is loaded."""
+    global _registered
+    if _registered:
+        return
+    torch.library.register_autograd("krubench::kron_matvec", _matvec_backward, setup_context=_matvec_setup)
+    torch.library.register_autograd("krubench::kru_recurrence", _recurrence_backward, setup_context=_recurrence_setup)
+
+    @torch.library.register_fake("krubench::kron_matvec")
+    def _(x, w, shapes):
+        return x.new_empty(x.shape[0], math.prod(shapes[0::2]))
+
+    @torch.library.register_fake("krubench::kron_matvec_backward")
+    def _(grad_y, x, w, shapes):
+        return torch.empty_like(x), torch.empty_like(w)
+
+    @torch.library.register_fake("krubench::kru_recurrence")
+    def _(u, h0, w, shapes, nonlinearity, bias):
+        return torch.empty_like(u)
+
+    @torch.library.register_fake("krubench::kru_recurrence_backward")
+    def _(grad_H, H, u, h0, w, shapes, nonlinearity, bias):
+        return torch.empty_like(u), torch.empty_like(h0), torch.empty_like(w), torch.empty_like(bias)
+
+    _registered = True

@@ -1,0 +1,79 @@
+"""Which implementation of `kron_matvec` / `kru_recurrence` runs, and the dispatching functions.
+
+`kernel` (the model's `model.kernel` option) is one of KERNELS: `auto` picks the fastest backend for the
+tensors' device (`cpp` on the CPU, `cuda` on a GPU); `cpp`/`cuda` ask for one; `reference` is the
+pure-PyTorch specification. A compiled backend is built and loaded on first use; if that fails, the
+reference runs instead and one warning says why and how to fix it.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+
+from . import build, compiled
+from .kron import check_matvec, kron_matvec_ref
+from .recurrence import kru_recurrence_ref
+
+log = logging.getLogger("krubench")
+
+KERNELS = ("auto", "cuda", "cpp", "reference")
+BACKENDS = ("cuda", "cpp", "reference")
+NATIVE = {"cpu": "cpp", "cuda": "cuda"}  # the compiled backend for each device type
+
+_unavailable: dict[str, str | None] = {}  # backend -> None once loaded, else why it cannot load
+
+
+def load(backend: str) -> str | None:
+    """Build and load a compiled backend, once per process. Returns None if it works, else the reason."""
+    if backend not in _unavailable:
+        try:
+            if backend == "cuda":
+                build.build("cpp")  # the CPU library defines the operator schemas the CUDA one implements
+            build.build(backend)
+            compiled.register()
+            _unavailable[backend] = None
+        except build.BuildError as e:
+            _unavailable[backend] = str(e)
+            log.warning(f"the {backend} Kronecker backend is unavailable, using the reference instead: {e}. "
+                        f"Set model.kernel=reference to skip it; `krubench-doctor` shows what works.")
+    return _unavailable[backend]
+
+
+def select(kernel: str, device) -> str:
+    """The backend that runs for `kernel` on tensors on `device`: 'cuda', 'cpp' or 'reference'."""
+    if kernel not in KERNELS:
+        raise ValueError(f"model.kernel={kernel!r} is not supported: use one of {KERNELS}")
+    if kernel == "reference":
+        return "reference"
+    device = torch.device(device)
+    native = NATIVE.get(device.type)
+    if kernel == "auto":
+        if native is None:
+            return "reference"
+        kernel = native
+    elif kernel != native:
+        raise ValueError(f"model.kernel={kernel} cannot run tensors on {device}: cpp runs on the CPU, cuda on CUDA "
+                         f"devices. Use model.kernel=auto, or trainer.device={'cpu' if kernel == 'cpp' else 'cuda'}")
+    return kernel if load(kernel) is None else "reference"
+
+
+def backend_name(device="cpu", kernel: str = "auto") -> str:
+    """The implementation of `kron_matvec`/`kru_recurrence` that runs for `kernel` on `device`."""
+    return select(kernel, device)
+
+
+def kron_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor], kernel: str = "auto") -> torch.Tensor:
+    """`(F_0 ⊗ … ⊗ F_{k-1}) x` on the backend `kernel` selects; the contract is `kron_matvec_ref`'s."""
+    check_matvec(x, factors)
+    if select(kernel, x.device) == "reference":
+        return kron_matvec_ref(x, factors)
+    return compiled.kron_matvec(x, factors)
+
+
+def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None, kernel: str = "auto") -> torch.Tensor:
+    """All states of the KRU recurrence on the backend `kernel` selects; the contract is `kru_recurrence_ref`'s."""
+    if select(kernel, u.device) == "reference":
+        return kru_recurrence_ref(u, h0, factors, nonlinearity, bias)
+    return compiled.kru_recurrence(u, h0, factors, nonlinearity, bias)

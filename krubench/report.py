@@ -1,0 +1,230 @@
+"""`krubench-report RUN_DIRS…`: collect the finished runs under the given folders, group them by benchmark
+setting and model, and print mean ± std over seeds beside the paper's numbers (Markdown or CSV), with a
+learning-curve plot per setting (PNG) next to the table.
+
+A run is a folder holding results.json (written when it finished) and status.json; runs that failed or
+never finished are skipped and listed. The paper's numbers live in paper_numbers.yaml beside this file.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .checkpoint import flatten
+from .results import RESULTS, STATUS
+
+PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
+MODEL_ORDER = ("kru", "lstm_kru", "lstm", "rnn")
+#: config keys that do not change what a run measures: runs differing only in these are seeds of one row
+INCIDENTAL = ("seed", "data_dir", "trainer.device", "trainer.threads", "trainer.progress", "trainer.resume",
+              "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "model.kernel")
+FORMATS = ("md", "csv")
+
+
+def setting_key(config: dict) -> str:
+    """The benchmark setting of a run's resolved config, e.g. copy_T1000, permuted_mnist, music_jsb; the same
+    as the prefix of its preset conf/experiment/paper/<setting>_<model>.yaml."""
+    task = config["task"]
+    name = task["name"]
+    if name in ("copy", "adding"):
+        return f"{name}_T{task['T']}" + ("_uniform" if task.get("placement") == "uniform" else "")
+    if name == "pixel_mnist":
+        return "permuted_mnist" if task["permute"] else "pixel_mnist"
+    if name == "music":
+        return f"music_{task['dataset']}"
+    return name
+
+
+def load_paper_numbers(path: Path = PAPER_NUMBERS) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+@dataclass
+class Run:
+    dir: Path
+    results: dict
+
+    @property
+    def config(self) -> dict:
+        return self.results["config"]
+
+
+def find_runs(roots) -> tuple[list[Run], list[tuple[Path, str]]]:
+    """The finished runs under `roots` (folders searched recursively), and (folder, why) for the others."""
+    folders = set()
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root} is not a folder: pass run folders or folders holding them "
+                                    "(e.g. outputs/ or multirun/)")
+        for name in (RESULTS, STATUS):
+            folders |= {p.parent for p in root.rglob(name)}
+    runs, skipped = [], []
+    for folder in sorted(folders):
+        status = json.loads((folder / STATUS).read_text()) if (folder / STATUS).exists() else {"status": "ok"}
+        if status["status"] != "ok":
+            skipped.append((folder, status["status"] + (f": {status['error']}" if "error" in status else "")))
+        elif not (folder / RESULTS).exists():
+            skipped.append((folder, "no results.json"))
+        else:
+            runs.append(Run(folder, json.loads((folder / RESULTS).read_text())))
+    return runs, skipped
+
+
+@dataclass
+class Row:
+    """One table row: the runs of one setting and model that differ only in seed (and INCIDENTAL keys)."""
+    setting: str
+    model: str
+    hidden_size: int
+    recurrent: int
+    total: int
+    steps: int
+    metric: str
+    split: str
+    runs: list[Run] = field(default_factory=list)
+    paper: dict | None = None
+
+    @property
+    def values(self) -> list[float]:
+        return [r.results[self.split][self.metric] for r in self.runs]
+
+    @property
+    def baseline(self) -> float:
+        return self.runs[0].results["baseline"][self.metric]
+
+    @property
+    def differences(self) -> list[str]:
+        """Config keys (other than INCIDENTAL ones) whose values differ between this row's runs."""
+        flat = [flatten(r.config) for r in self.runs]
+        keys = set().union(*flat)
+        return sorted(k for k in keys if not k.startswith(INCIDENTAL) and len({repr(f.get(k)) for f in flat}) > 1)
+
+
+def group(runs: list[Run], paper: dict) -> list[Row]:
+    """Rows ordered as the settings in the paper-numbers file (others after), models as MODEL_ORDER."""
+    rows: dict[tuple, Row] = {}
+    for run in runs:
+        r, setting = run.results, setting_key(run.config)
+        metric = paper.get(setting, {}).get("metric", r["metric"])
+        split = "test" if "test" in r else "final_val"
+        key = (setting, r["model"], r["config"]["model"]["hidden_size"], r["params"]["recurrent"],
+               r["params"]["total"], r["config"]["trainer"]["steps"], metric, split)
+        if key not in rows:
+            rows[key] = Row(*key, paper=paper.get(setting, {}).get("models", {}).get(r["model"]))
+        rows[key].runs.append(run)
+    order = list(paper)
+    return sorted(rows.values(), key=lambda row: (
+        order.index(row.setting) if row.setting in order else len(order), row.setting,
+        MODEL_ORDER.index(row.model) if row.model in MODEL_ORDER else len(MODEL_ORDER), row.hidden_size, row.steps))
+
+
+def fmt(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+def summary(row: Row) -> dict:
+    """The numbers of a row, as printed."""
+    values = row.values
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else None
+    paper_value = row.paper["value"] if row.paper else None
+    return {
+        "setting": row.setting, "model": row.model, "hidden_size": row.hidden_size, "recurrent_params": row.recurrent,
+        "total_params": row.total, "steps": row.steps,
+        "metric": f"{'test' if row.split == 'test' else 'val'} {row.metric}", "mean": mean, "std": std,
+        "n": len(values), "baseline": row.baseline, "paper": paper_value,
+        "paper_source": row.paper["source"] if row.paper else "",
+        "verified": ("verified" if row.paper["verified"] else "unverified") if row.paper else "",
+        "difference": None if paper_value is None else mean - paper_value,
+    }
+
+
+def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, Path]) -> str:
+    head = ["setting", "model", "N", "recurrent params", "total params", "steps", "metric", "ours: mean ± std (n)",
+            "memoryless baseline", "paper", "ours − paper", "paper's source"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        s = summary(row)
+        ours = f"{fmt(s['mean'])} ± {fmt(s['std'])} ({s['n']})"
+        paper = "—" if s["paper"] is None else f"{fmt(s['paper'])} ({s['verified']})"
+        source = f"{s['paper_source']} ({s['verified']})" if row.paper and s["paper"] is None else s["paper_source"]
+        cells = [s["setting"], s["model"], s["hidden_size"], f"{s['recurrent_params']:,}", f"{s['total_params']:,}",
+                 f"{s['steps']:,}", s["metric"], ours, fmt(s["baseline"]), paper, fmt(s["difference"]), source]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    notes = [f"- {r.setting} {r.model} N={r.hidden_size}: its runs also differ in {', '.join(r.differences)}"
+             for r in rows if r.differences]
+    if notes:
+        lines += ["", "Rows that mix configurations (check before comparing):", *notes]
+    if plots:
+        lines += ["", *(f"![{setting}: loss vs memoryless baseline]({path.name})" for setting, path in plots.items())]
+    if skipped:
+        lines += ["", f"Skipped {len(skipped)} run(s) that did not finish:",
+                  *(f"- `{folder}`: {why}" for folder, why in skipped)]
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[Row]) -> str:
+    out = io.StringIO()
+    fields = list(summary(rows[0])) if rows else []
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in summary(row).items()})
+    return out.getvalue()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="krubench-report", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dirs", nargs="+", type=Path, help="run folders, or folders holding them (searched recursively)")
+    p.add_argument("--format", default="md", help="md (Markdown table, default) or csv")
+    p.add_argument("--out", type=Path, help="write the table to this file (plots go beside it) instead of stdout")
+    p.add_argument("--plots", type=Path, help="folder for the PNG plots (default: beside --out; none without --out)")
+    p.add_argument("--paper-numbers", type=Path, default=PAPER_NUMBERS, help="the paper's numbers (YAML)")
+    args = p.parse_args(argv)
+    if args.format not in FORMATS:
+        p.error(f"--format {args.format} is not supported: use one of {', '.join(FORMATS)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    runs, skipped = find_runs(args.run_dirs)
+    if not runs:
+        print(f"krubench-report: no finished run (results.json with status ok) under "
+              f"{', '.join(map(str, args.run_dirs))}; {len(skipped)} unfinished", file=sys.stderr)
+        for folder, why in skipped:
+            print(f"  skipped {folder}: {why}", file=sys.stderr)
+        return 1
+    rows = group(runs, load_paper_numbers(args.paper_numbers))
+    plot_dir = args.plots or (args.out.parent if args.out else None)
+    plots = {}
+    if plot_dir is not None:
+        from .plots import plot_settings  # matplotlib and TensorBoard's reader load only when plotting
+
+        stem = args.out.stem if args.out else "report"
+        plots = plot_settings(rows, Path(plot_dir), stem)
+    if args.format == "md":
+        text = markdown(rows, skipped, plots)
+    else:
+        text = csv_table(rows)
+        for folder, why in skipped:
+            print(f"skipped {folder}: {why}", file=sys.stderr)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(f"wrote {args.out}" + (f" and {len(plots)} plot(s) in {plot_dir}" if plots else ""), file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

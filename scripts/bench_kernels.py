@@ -1,0 +1,169 @@
+"""Benchmark the Kronecker backends side by side in one run (results go to BENCHMARKS.md).
+
+Complex KRU with 2×2 factors (applied as the model applies them: merged up to `--merge`), modReLU,
+batch B, length T, forward + backward of the recurrence given the input projection u, for each N:
+the fused compiled kernel vs the reference backend vs a dense real `torch.nn.RNN` (tanh, input size 1,
+so it is its recurrence too). Also the forward GFLOP/s (16·B·N·log2 N·T flops) against the dense GEMM
+rate measured in the same run, the memory a training step at T=1000 keeps for its backward pass
+against the stored states (B·T·N·8 bytes), and optionally (--e2e) `krubench task=copy model=kru`
+steps/s with model.kernel=reference vs auto. Timings are wall-clock, the best of --repeats rounds;
+the candidates of one N run interleaved, so that load from other processes hits them alike.
+
+    python scripts/bench_kernels.py                 # CPU, N in 128 512 1024
+    python scripts/bench_kernels.py --device cuda --batch 128 --steps 1000 --sizes 1024
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+from krubench import ops
+from krubench.models.kru import random_unitary
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_times(fns: dict, repeats: int, device) -> dict:
+    """Best wall time of each callable over `repeats` interleaved rounds (after one warm-up call each)."""
+    for f in fns.values():
+        f()
+    best = {k: math.inf for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            sync(device)
+            t = time.perf_counter()
+            f()
+            sync(device)
+            best[k] = min(best[k], time.perf_counter() - t)
+    return best
+
+
+def gemm_gflops(device, n=2048, repeats=5) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    t = best_times({"mm": lambda: a @ b}, repeats, device)["mm"]
+    return 2 * n**3 / t / 1e9
+
+
+def kru_problem(N, B, T, merge, device, requires_grad=True):
+    k = int(math.log2(N))
+    factors = [random_unitary(2, True).to(device).requires_grad_(requires_grad) for _ in range(k)]
+    u = torch.randn(B, T, N, dtype=torch.complex64, device=device, requires_grad=requires_grad)
+    h0 = torch.zeros(B, N, dtype=torch.complex64, device=device)
+    bias = torch.zeros(N, device=device, requires_grad=requires_grad)
+    return factors, u, h0, bias, (lambda: ops.merge_factors(factors, merge))
+
+
+def kru_step(kernel, factors, u, h0, bias, stages, backward=True):
+    def run():
+        H = ops.kru_recurrence(u, h0, stages(), "modrelu", bias, kernel=kernel)  # (B, T, N)
+        if backward:
+            H.real.sum().backward()
+    return run
+
+
+def rnn_step(N, B, T, device):
+    rnn = torch.nn.RNN(1, N, batch_first=True).to(device)
+    x = torch.randn(B, T, 1, device=device)
+
+    def run():
+        out, _ = rnn(x)
+        out.sum().backward()
+    return run
+
+
+def saved_bytes(fn) -> int:
+    """Bytes of the distinct tensors autograd keeps for the backward pass while `fn` runs forward."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
+def e2e_steps_per_s(kernel: str, steps: int) -> float:
+    """steps/s of `krubench task=copy model=kru` (default settings, `steps` steps), from its log."""
+    with tempfile.TemporaryDirectory() as d:
+        cmd = [sys.executable, "-m", "krubench.cli", "task=copy", "model=kru", f"model.kernel={kernel}",
+               f"trainer.steps={steps}", f"trainer.log_every={steps // 4}", f"trainer.val_every={steps}",
+               "trainer.progress=never", f"hydra.run.dir={d}"]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+        out += subprocess.run(["cat", f"{d}/krubench.log"], capture_output=True, text=True).stdout
+    rates = [float(r) for r in re.findall(r"([0-9.]+) steps/s", out)]
+    return max(rates[1:] or rates)  # the first window includes start-up
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[128, 512, 1024])
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--merge", type=int, default=16, help="merge 2×2 factors up to this size (model.merge_upto)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--memory-steps", type=int, default=1000, help="T of the memory measurement")
+    p.add_argument("--skip-reference-above", type=int, default=512, help="time the reference only up to this N")
+    p.add_argument("--e2e", type=int, default=0, help="also time krubench task=copy model=kru for this many steps")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    fused = ops.backend_name(device, "auto")
+    B, T = args.batch, args.steps
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}; fused backend: {fused}")
+    gemm = gemm_gflops(device)
+    print(f"# dense GEMM (2048², float32): {gemm:.0f} GFLOP/s; complex KRU, 2×2 factors merged up to {args.merge}, "
+          f"modReLU, B={B}, T={T}; best of {args.repeats}\n")
+    print("| N | fused fwd+bwd ms | reference ms | nn.RNN ms | fused vs reference | fused vs RNN "
+          "| fused fwd ms | fwd GFLOP/s | % of GEMM |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for N in args.sizes:
+        factors, u, h0, bias, stages = kru_problem(N, B, T, args.merge, device)
+        fns = {"fused": kru_step(fused, factors, u, h0, bias, stages),
+               "rnn": rnn_step(N, B, T, device)}
+        if N <= args.skip_reference_above:
+            fns["reference"] = kru_step("reference", factors, u, h0, bias, stages)
+        with torch.no_grad():
+            fwd = best_times({"fwd": kru_step(fused, factors, u, h0, bias, stages, backward=False)}, args.repeats,
+                             device)["fwd"]
+        t = best_times(fns, args.repeats, device)
+        ref = t.get("reference", math.nan)
+        gflops = 16 * B * N * math.log2(N) * T / fwd / 1e9
+        print(f"| {N} | {t['fused'] * 1e3:.1f} | {ref * 1e3:.0f} | {t['rnn'] * 1e3:.1f} | {ref / t['fused']:.1f}× "
+              f"| {t['rnn'] / t['fused']:.2f}× | {fwd * 1e3:.2f} | {gflops:.0f} | {100 * gflops / gemm:.0f}% |", flush=True)
+
+    print(f"\nMemory kept for backward by one training step at T={args.memory_steps} (B={B}), vs the stored states "
+          "B·T·N·8 bytes:\n")
+    print("| N | backend | saved MB | states MB | ratio |")
+    print("|---|---|---|---|---|")
+    for N in args.sizes:
+        factors, u, h0, bias, stages = kru_problem(N, B, args.memory_steps, args.merge, device)
+        states = B * args.memory_steps * N * 8
+        for kernel in (fused, "reference") if N <= args.skip_reference_above else (fused,):
+            saved = saved_bytes(lambda: ops.kru_recurrence(u, h0, stages(), "modrelu", bias, kernel=kernel))
+            print(f"| {N} | {kernel} | {saved / 2**20:.0f} | {states / 2**20:.0f} | {saved / states:.2f} |", flush=True)
+
+    if args.e2e:
+        print(f"\nEnd to end, `krubench task=copy model=kru` (defaults), {args.e2e} steps:\n")
+        rates = {k: e2e_steps_per_s(k, args.e2e) for k in ("reference", "auto")}
+        print(f"| model.kernel=reference | model.kernel=auto ({fused}) | speed-up |\n|---|---|---|\n"
+              f"| {rates['reference']:.1f} steps/s | {rates['auto']:.1f} steps/s | {rates['auto'] / rates['reference']:.1f}× |")
+
+
+if __name__ == "__main__":
+    main()

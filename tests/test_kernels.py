@@ -1,0 +1,207 @@
+"""The compiled Kronecker backends against the pure-PyTorch reference (the specification).
+
+Fresh random inputs; values and gradients w.r.t. u, h0, the factors and the modReLU bias; complex and
+real; several N, factor sizes, B (including 1) and T (including 1). The tolerance rule of STYLE.md: the
+kernel's float32 error against a float64 reference is at most ~2× the float32 reference's own error.
+Outputs are poisoned with NaN before every call (KRUBENCH_POISON_OUTPUTS), so an element a kernel
+forgets to write fails the comparison. The cuda rows skip without a GPU.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from krubench import ops
+from krubench.models.kru import random_unitary
+from krubench.ops import dispatch
+
+BACKENDS = [
+    pytest.param("cpp", "cpu", id="cpp"),
+    pytest.param("cuda", "cuda", id="cuda",
+                 marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    monkeypatch.setenv("KRUBENCH_POISON_OUTPUTS", "1")
+
+
+def loaded(backend: str) -> None:
+    reason = dispatch.load(backend)
+    assert reason is None, f"the {backend} backend must build and load here: {reason}"
+
+
+def assert_as_accurate(got, ref32, ref64, what: str) -> None:
+    """The kernel's error vs float64 is at most 2× that of the float32 reference (plus float32 resolution)."""
+    err = (got.detach().cpu().to(ref64.dtype) - ref64).abs().max().item()
+    base = (ref32.detach().to(ref64.dtype) - ref64).abs().max().item()
+    floor = 1e-6 * ref64.abs().max().item()
+    assert err <= 2 * base + floor, f"{what}: kernel error {err:.3g} > 2 × float32 reference error {base:.3g} (+{floor:.2g})"
+
+
+def recurrence_problem(sizes, B, T, complex_, nonlinearity, seed):
+    """float64/complex128 inputs of a KRU recurrence with near-unitary factors and an upstream gradient."""
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.complex128 if complex_ else torch.float64
+    N = math.prod(sizes)
+    factors = [(random_unitary(s, complex_, g) + 0.05 * torch.randn(s, s, generator=g)).to(dtype) for s in sizes]
+    u = torch.randn(B, T, N, dtype=dtype, generator=g)
+    h0 = torch.randn(B, N, dtype=dtype, generator=g)
+    # b <= 0: with b > 0 modReLU jumps at z = 0 (h -> b·z/|z|), where float32 rounding decides the side
+    bias = -0.3 * torch.rand(N, dtype=torch.float64, generator=g) if nonlinearity == "modrelu" else None
+    grad = torch.randn(B, T, N, dtype=dtype, generator=g)
+    return factors, u, h0, bias, grad
+
+
+def recurrence_outputs(kernel, factors, u, h0, bias, grad, nonlinearity, dtype, device="cpu"):
+    """H and the gradients w.r.t. (u, h0, *factors[, bias]) in `dtype` on `device`."""
+    real = dtype.to_real()
+    leaves = [u.to(device, dtype), h0.to(device, dtype), *(f.to(device, dtype) for f in factors)]
+    if bias is not None:
+        leaves.append(bias.to(device, real))
+    leaves = [t.requires_grad_() for t in leaves]
+    u_, h0_, *rest = leaves
+    fs, b = (rest[:-1], rest[-1]) if bias is not None else (rest, None)
+    H = ops.kru_recurrence(u_, h0_, fs, nonlinearity, b, kernel=kernel)  # (B, T, N)
+    grads = torch.autograd.grad((H * grad.to(device, dtype).conj()).real.sum(), leaves)
+    return [H.detach().cpu(), *(gr.cpu() for gr in grads)]
+
+
+RECURRENCE_CASES = [  # (factor sizes, B, T)
+    ([2, 2, 2, 2], 1, 1),
+    ([2] * 5, 5, 9),
+    ([4, 4, 8], 17, 9),
+    ([8], 16, 2),
+    ([16, 16, 2], 3, 4),
+    ([3, 2], 2, 3),  # a size without an unrolled path
+]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("nonlinearity", ops.NONLINEARITIES)
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+@pytest.mark.parametrize("sizes,B,T", RECURRENCE_CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_recurrence_matches_reference(backend, device, nonlinearity, complex_, sizes, B, T):
+    loaded(backend)
+    problem = recurrence_problem(sizes, B, T, complex_, nonlinearity, seed=hash((tuple(sizes), B, T)) % 2**31)
+    f32 = torch.complex64 if complex_ else torch.float32
+    f64 = torch.complex128 if complex_ else torch.float64
+    ref64 = recurrence_outputs("reference", *problem, nonlinearity, f64)
+    ref32 = recurrence_outputs("reference", *problem, nonlinearity, f32)
+    got = recurrence_outputs(backend, *problem, nonlinearity, f32, device)
+    names = ["H", "grad u", "grad h0"] + [f"grad factor {i}" for i in range(len(sizes))] + ["grad bias"]
+    for name, g, r32, r64 in zip(names, got, ref32, ref64):
+        assert torch.isfinite(g).all(), f"{name}: some elements were not written (NaN poison left)"
+        assert_as_accurate(g, r32, r64, name)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("nonlinearity", ops.NONLINEARITIES)
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+def test_recurrence_gradcheck(backend, device, nonlinearity, complex_):
+    loaded(backend)
+    factors, u, h0, bias, _ = recurrence_problem([2, 4], 2, 3, complex_, nonlinearity, seed=7)
+    leaves = [t.to(device).requires_grad_() for t in (u, h0, *factors)]
+    b = bias.to(device).requires_grad_() if bias is not None else None
+
+    def f(u, h0, a, c, *bias):
+        return ops.kru_recurrence(u, h0, [a, c], nonlinearity, bias[0] if bias else None, kernel=backend)
+    assert torch.autograd.gradcheck(f, (*leaves, *([b] if b is not None else [])))
+
+
+MATVEC_CASES = [  # (factor shapes (p, q), leading shape of x, complex x, complex factors)
+    ([(2, 2)] * 3, (1,), True, True),
+    ([(2, 2)] * 4, (19,), False, False),
+    ([(4, 4), (8, 8)], (3, 5), True, True),
+    ([(8, 2), (3, 3), (2, 4)], (17,), False, True),  # rectangular (LSTM+KRU joint), real x, complex factors
+    ([(16, 16)], (4,), False, False),
+]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("shapes,lead,complex_x,complex_f", MATVEC_CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_kron_matvec_matches_reference(backend, device, shapes, lead, complex_x, complex_f):
+    loaded(backend)
+    g = torch.Generator().manual_seed(len(shapes) * 100 + lead[0])
+    n_in, n_out = math.prod(q for _, q in shapes), math.prod(p for p, _ in shapes)
+    fdt, xdt = (torch.complex128 if c else torch.float64 for c in (complex_f, complex_x))
+    factors = [torch.randn(p, q, dtype=fdt, generator=g) / q**0.5 for p, q in shapes]
+    x = torch.randn(*lead, n_in, dtype=xdt, generator=g)
+    out_dtype = torch.promote_types(fdt, xdt)
+    grad = torch.randn(*lead, n_out, dtype=out_dtype, generator=g)
+
+    def outputs(kernel, lowp, dev="cpu"):
+        to = lambda t: t.to(dev, (torch.complex64 if t.is_complex() else torch.float32) if lowp else t.dtype)
+        leaves = [to(x).requires_grad_(), *(to(f).requires_grad_() for f in factors)]
+        y = ops.kron_matvec(leaves[0], leaves[1:], kernel)
+        grads = torch.autograd.grad((y * to(grad).conj()).real.sum(), leaves)
+        return [y.detach().cpu(), *(gr.cpu() for gr in grads)]
+
+    ref64, ref32, got = outputs("reference", False), outputs("reference", True), outputs(backend, True, device)
+    for i, (o, r32, r64) in enumerate(zip(got, ref32, ref64)):
+        assert torch.isfinite(o).all(), f"output {i}: some elements were not written (NaN poison left)"
+        assert_as_accurate(o, r32, r64, ["y", "grad x", *(f"grad factor {j}" for j in range(len(shapes)))][i])
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_kron_matvec_gradcheck(backend, device):
+    loaded(backend)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 8, dtype=torch.complex128, generator=g, device="cpu").to(device).requires_grad_()
+    a = torch.randn(4, 2, dtype=torch.complex128, generator=g).to(device).requires_grad_()
+    b = torch.randn(3, 4, dtype=torch.complex128, generator=g).to(device).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, a, b: ops.kron_matvec(x, [a, b], backend), (x, a, b))
+
+
+# ---- dispatch ----
+
+def test_auto_picks_the_compiled_backend_of_the_device():
+    loaded("cpp")
+    assert ops.backend_name("cpu", "auto") == "cpp"
+    assert ops.backend_name("cpu", "reference") == "reference"
+
+
+def test_a_backend_for_another_device_or_an_unknown_kernel_is_refused():
+    with pytest.raises(ValueError, match="model.kernel=cuda cannot run tensors on cpu"):
+        ops.backend_name("cpu", "cuda")
+    with pytest.raises(ValueError, match="model.kernel='gpu' is not supported"):
+        ops.backend_name("cpu", "gpu")
+
+
+def test_a_backend_that_cannot_build_falls_back_with_one_warning(monkeypatch, caplog):
+    def fail(backend):
+        raise ops.build.BuildError("the compiler is missing")
+    monkeypatch.setattr(dispatch, "_unavailable", {})
+    monkeypatch.setattr(ops.build, "build", fail)
+    x, f = torch.randn(3, 4), [torch.randn(2, 2), torch.randn(2, 2)]
+    with caplog.at_level("WARNING", logger="krubench"):
+        y = ops.kron_matvec(x, f, "auto")
+        ops.kron_matvec(x, f, "cpp")
+    torch.testing.assert_close(y, ops.kron_matvec_ref(x, f))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "the compiler is missing" in warnings[0] and "model.kernel=reference" in warnings[0]
+    assert ops.backend_name("cpu", "auto") == "reference"
+
+
+@pytest.mark.parametrize("model", ["kru", "lstm_kru"])
+def test_models_agree_across_kernels_and_report_their_backend(model):
+    from krubench.models import build_model
+    loaded("cpp")
+    cfg = {"name": model, "hidden_size": 16, "complex": True, "merge_upto": 4}
+    if model == "lstm_kru":
+        cfg["factorisation"] = "joint"
+    torch.manual_seed(0)
+    fast = build_model({**cfg, "kernel": "cpp"}, 3, 5)
+    slow = build_model({**cfg, "kernel": "reference"}, 3, 5)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(4, 6, 3)
+    (yf, _), (ys, _) = fast(x), slow(x)
+    torch.testing.assert_close(yf, ys, rtol=1e-4, atol=1e-5)
+    yf.square().sum().backward()
+    ys.square().sum().backward()
+    for (name, pf), ps in zip(fast.named_parameters(), slow.parameters()):
+        torch.testing.assert_close(pf.grad, ps.grad, rtol=1e-3, atol=1e-5, msg=f"grad of {name}")
+    assert fast.kron_backend("cpu") == "cpp" and slow.kron_backend("cpu") == "reference"

@@ -1,0 +1,81 @@
+"""The paper presets in conf/experiment/paper/: every one composes to the task and model its name says,
+and trains for two steps, shrunk by overrides (real-data ones on ../shared/data; skipped without it)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REPO, compose_config
+from krubench.data import paths
+from krubench.report import setting_key
+from krubench.train import train
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment" / "paper").glob("*.yaml"))
+REAL = ("pixel_mnist", "ptb_char", "music")
+#: overrides that shrink a preset to a couple of cheap steps, per task
+SHRINK = {
+    "copy": ["task.batch_size=2", "task.val_size=2"],
+    "adding": ["task.batch_size=2", "task.val_size=2"],
+    # batch 10, not 2: on 784 steps the KRU's initial state grows large, and a 2-image batch can overflow at step 2
+    "pixel_mnist": ["task.batch_size=10", "task.eval_batch_size=4", "task.eval_limit=4"],
+    "ptb_char": ["task.batch_size=2", "task.bptt=20", "task.eval_batch_size=4", "task.eval_limit=200"],
+    "music": ["task.batch_size=2", "task.eval_batch_size=2", "task.eval_limit=2"],
+}
+STEPS = ["trainer.steps=2", "trainer.val_every=1", "trainer.log_every=1", "trainer.ckpt_every=2",
+         "trainer.progress=never", "trainer.threads=1"]
+
+
+def compose(name: str, *overrides: str):
+    return compose_config([f"experiment=paper/{name}", *overrides])
+
+
+def test_there_is_a_preset_per_benchmark_setting_and_model():
+    settings = {"copy_T1000", "copy_T2000", "adding_T100", "adding_T200", "adding_T400", "adding_T750",
+                "pixel_mnist", "permuted_mnist", "ptb_char", "music_jsb", "music_piano", "music_nottingham",
+                "music_musedata"}
+    for setting in settings:
+        for model in ("kru", "rnn", "lstm"):
+            assert f"{setting}_{model}" in PRESETS
+    assert len(PRESETS) == 46
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_composes_to_what_its_name_says(name):
+    cfg = compose(name)
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    assert f"{setting_key(config)}_{config['model']['name']}" == name  # the report groups runs by this key
+    assert config["optim"]["name"] == "rmsprop" and config["trainer"]["steps"] > 1000
+    # a command-line value still wins over the preset's
+    assert compose(name, "model.hidden_size=16", "trainer.steps=3").trainer.steps == 3
+
+
+def test_no_experiment_keeps_the_default_run():
+    cfg = compose_config([])
+    assert (cfg.task.name, cfg.task.T, cfg.model.name, cfg.trainer.steps) == ("copy", 100, "kru", 1500)
+
+
+@pytest.fixture(scope="module")
+def data_cache(tmp_path_factory):
+    """One writable cache for the module (decompressed MNIST), offline: tests never touch the network."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(paths.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        mp.setenv(paths.OFFLINE_ENV, "1")
+        yield
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PRESETS)
+def test_preset_trains_two_steps(name, tmp_path, data_cache):
+    task = compose(name).task.name
+    overrides = [*SHRINK[task], *STEPS]
+    if task in REAL:
+        if not SHARED_DATA.is_dir():
+            pytest.skip(f"real data folder {SHARED_DATA} is absent")
+        overrides.append(f"data_dir={SHARED_DATA}")
+    results = train(compose(name, *overrides), tmp_path / "run")
+    assert results["steps"] == 2 and f"{setting_key(results['config'])}_{results['model']}" == name
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "ok"
