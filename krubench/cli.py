@@ -16,8 +16,10 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train one run; returns the final validation metric (for Hydra sweepers)."""
+    from .sweep import job_device
     from .train import train  # imported here so `krubench --help` stays quick
 
+    cfg.trainer.device = job_device(cfg.trainer.device)  # parallel sweep jobs: one GPU each
     results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
     return results["final_val"][results["metric"]]
 

@@ -55,6 +55,13 @@ def gemm_gflops(device, n=2048, repeats=5) -> float:
     return 2 * n**3 / t / 1e9
 
 
+def copy_bandwidth(device, nbytes=2**30) -> float:
+    """Bytes moved per second (read + write) by a device-to-device copy."""
+    a = torch.empty(nbytes // 4, device=device)
+    t = best_times({"copy": lambda: a.clone()}, 5, device)["copy"]
+    return 2 * nbytes / t
+
+
 def kru_problem(N, B, T, merge, device, requires_grad=True):
     k = int(math.log2(N))
     factors = [random_unitary(2, True).to(device).requires_grad_(requires_grad) for _ in range(k)]
@@ -132,6 +139,7 @@ def main(argv=None):
     print("| N | fused fwd+bwd ms | reference ms | nn.RNN ms | fused vs reference | fused vs RNN "
           "| fused fwd ms | fwd GFLOP/s | % of GEMM |")
     print("|---|---|---|---|---|---|---|---|---|")
+    rows = []
     for N in args.sizes:
         factors, u, h0, bias, stages = kru_problem(N, B, T, args.merge, device)
         fns = {"fused": kru_step(fused, factors, u, h0, bias, stages),
@@ -144,8 +152,17 @@ def main(argv=None):
         t = best_times(fns, args.repeats, device)
         ref = t.get("reference", math.nan)
         gflops = 16 * B * N * math.log2(N) * T / fwd / 1e9
+        rows.append((N, fwd))
         print(f"| {N} | {t['fused'] * 1e3:.1f} | {ref * 1e3:.0f} | {t['rnn'] * 1e3:.1f} | {ref / t['fused']:.1f}× "
               f"| {t['rnn'] / t['fused']:.2f}× | {fwd * 1e3:.2f} | {gflops:.0f} | {100 * gflops / gemm:.0f}% |", flush=True)
+
+    if device.type == "cuda":  # the fused forward reads u_t and writes h_t once: 16·B·N bytes per step
+        bandwidth = copy_bandwidth(device)
+        print(f"\nForward vs the memory-traffic floor 16·B·N·T bytes at the copy bandwidth {bandwidth / 1e12:.2f} TB/s:\n")
+        print("| N | fused fwd ms | floor ms | ratio |\n|---|---|---|---|")
+        for N, fwd in rows:
+            floor = 16 * B * N * T / bandwidth
+            print(f"| {N} | {fwd * 1e3:.2f} | {floor * 1e3:.2f} | {fwd / floor:.1f}× |")
 
     print(f"\nMemory kept for backward by one training step at T={args.memory_steps} (B={B}), vs the stored states "
           "B·T·N·8 bytes:\n")

@@ -69,6 +69,17 @@ def build_dir(backend: str) -> Path:
     return Path(root) / key.replace("+", "_") / EXTENSIONS[backend][0]
 
 
+def cudart_dir(cuda_home: str) -> Path:
+    """The folder of libcudart.so: CUDA_HOME/lib64 normally; nvcc found at /usr/local/bin makes torch
+    guess CUDA_HOME=/usr/local while the libraries sit in /usr/local/cuda/lib."""
+    home = Path(cuda_home)
+    for folder in (home / "lib64", home / "lib", home / "cuda" / "lib64", home / "cuda" / "lib"):
+        if (folder / "libcudart.so").exists():
+            return folder
+    raise BuildError(f"libcudart.so is not under CUDA_HOME={cuda_home} (lib64/, lib/, cuda/lib64/, cuda/lib/): set "
+                     "CUDA_HOME to the CUDA toolkit's folder (the one holding bin/nvcc and lib64/)")
+
+
 def _flags(backend: str) -> dict:
     src = source_dir()
     name, files = EXTENSIONS[backend]
@@ -78,7 +89,10 @@ def _flags(backend: str) -> dict:
         flags["extra_cflags"] += ["-march=native", "-fopenmp", "-fno-math-errno"]
         flags["extra_ldflags"] = ["-fopenmp"]
     else:
+        from torch.utils.cpp_extension import CUDA_HOME
+
         flags["extra_cuda_cflags"] = ["-O3"]
+        flags["extra_ldflags"] = [f"-L{cudart_dir(CUDA_HOME)}"]
     return flags
 
 

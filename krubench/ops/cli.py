@@ -54,7 +54,8 @@ def _version(cmd: list[str]) -> str:
     if exe is None:
         return "not found"
     out = subprocess.run([exe, *cmd[1:]], capture_output=True, text=True).stdout.strip().splitlines()
-    return (out[-1] if cmd[0] == "nvcc" else out[0]) if out else "unknown"
+    release = [ln for ln in out if "release" in ln]  # nvcc: "Cuda compilation tools, release 13.0, V13.0.88"
+    return (release or out or ["unknown"])[0]
 
 
 def _check(backend: str, device: str) -> str:

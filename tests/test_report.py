@@ -1,0 +1,106 @@
+"""krubench-report on the tiny committed runs in tests/data/runs (made by tests/data/make_runs.py): finished
+runs grouped by setting and model beside the paper's numbers, unfinished ones listed, CSV, and plots."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from krubench.plots import read_scalars
+from krubench.report import find_runs, group, load_paper_numbers, main, setting_key, summary
+
+RUNS = Path(__file__).resolve().parent / "data" / "runs"
+
+
+def test_find_runs_skips_and_lists_unfinished_ones():
+    runs, skipped = find_runs([RUNS])
+    assert len(runs) == 5
+    assert {folder.name: why for folder, why in skipped} == {
+        "3_copy_rnn_seed=0": "failed: NonFiniteLoss: the loss became non-finite at step 3",
+        "4_copy_rnn_seed=1": "running"}
+
+
+def test_rows_group_seeds_and_carry_the_paper_numbers():
+    runs, _ = find_runs([RUNS])
+    rows = {(r.setting, r.model): r for r in group(runs, load_paper_numbers())}
+    assert list(rows) == [("copy_T1000", "kru"), ("copy_T1000", "lstm"), ("adding_T100", "kru"), ("pixel_mnist", "kru")]
+    copy = summary(rows["copy_T1000", "kru"])
+    values = [json.loads((RUNS / "sweep" / f"{i}_copy_kru_seed={i}" / "results.json").read_text())["final_val"]["loss_bits"]
+              for i in (0, 1)]
+    assert copy["n"] == 2 and copy["mean"] == pytest.approx(sum(values) / 2)
+    assert copy["metric"] == "val loss_bits" and copy["baseline"] == pytest.approx(10 * 3 / 1020)  # log2(8) = 3 bits
+    assert copy["paper"] is None and copy["verified"] == "unverified"
+    mnist = summary(rows["pixel_mnist", "kru"])
+    test = json.loads((RUNS / "pixel_mnist_kru" / "results.json").read_text())["test"]["accuracy"]
+    assert mnist["metric"] == "test accuracy" and mnist["mean"] == pytest.approx(test) and mnist["std"] is None
+    assert mnist["paper"] == 0.964 and mnist["verified"] == "verified"
+    assert mnist["difference"] == pytest.approx(test - 0.964)
+    assert (mnist["hidden_size"], mnist["recurrent_params"]) == (512, 72)
+
+
+def test_setting_key_names_the_presets():
+    assert setting_key({"task": {"name": "copy", "T": 2000}}) == "copy_T2000"
+    assert setting_key({"task": {"name": "adding", "T": 100, "placement": "uniform"}}) == "adding_T100_uniform"
+    assert setting_key({"task": {"name": "pixel_mnist", "permute": True}}) == "permuted_mnist"
+    assert setting_key({"task": {"name": "music", "dataset": "jsb"}}) == "music_jsb"
+
+
+def test_every_paper_number_has_a_source_and_a_verified_flag():
+    for setting, entry in load_paper_numbers().items():
+        assert entry["metric"], setting
+        for model, number in entry["models"].items():
+            assert set(number) == {"value", "source", "verified"}, (setting, model)
+            assert number["source"] and isinstance(number["verified"], bool), (setting, model)
+
+
+def test_markdown_table_plots_and_skipped_runs(tmp_path, capsys):
+    out = tmp_path / "RESULTS.md"
+    assert main([str(RUNS), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("| setting | model | N | recurrent params | total params | steps | metric |")
+    assert "| pixel_mnist | kru | 512 | 72 | 12,882 |" in text and "0.964 (verified)" in text
+    assert "Skipped 2 run(s)" in text and "3_copy_rnn_seed=0`: failed: NonFiniteLoss" in text
+    for setting in ("copy_T1000", "adding_T100", "pixel_mnist"):
+        png = tmp_path / f"RESULTS_{setting}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f"]({png.name})" in text
+
+
+def test_csv_to_stdout(capsys):
+    assert main([str(RUNS), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["setting"], r["model"], r["n"]) for r in rows] == [
+        ("copy_T1000", "kru", "2"), ("copy_T1000", "lstm", "1"), ("adding_T100", "kru", "1"), ("pixel_mnist", "kru", "1")]
+    assert rows[3]["paper"] == "0.964" and rows[3]["verified"] == "verified" and rows[0]["paper"] == ""
+
+
+def test_bad_format_and_no_runs_are_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([str(RUNS), "--format", "xlsx"])
+    assert "--format xlsx is not supported: use one of md, csv" in capsys.readouterr().err
+    assert main([str(tmp_path)]) == 1
+    assert "no finished run" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        main([str(tmp_path / "nope")])
+
+
+def test_curves_are_read_with_tensorboards_reader():
+    curves = read_scalars(RUNS / "sweep" / "0_copy_kru_seed=0")
+    steps, values = curves["train/loss"]
+    assert steps == list(range(1, 7)) and all(v > 0 for v in values)
+    assert curves["val/loss"][0] == [2, 4, 6]
+
+
+def test_installed_command(tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(RUNS, runs)
+    script = Path(sys.executable).parent / "krubench-report"
+    cmd = [str(script)] if script.exists() else [shutil.which("krubench-report")]
+    proc = subprocess.run([*cmd, str(runs)], capture_output=True, text=True, check=True)
+    assert "| copy_T1000 | kru | 16 |" in proc.stdout
