@@ -34,23 +34,16 @@ KRU_HD double hd_sqrt(double x) { return sqrt(x); }
 KRU_HD float hd_tanh(float x) { return tanhf(x); }
 KRU_HD double hd_tanh(double x) { return tanh(x); }
 
-// y += w · x (complex when CPLX, else the real parts only).
+// The four partial sums of Σ a·b over complex a, b, kept apart so that a loop of multiply-adds has
+// four independent dependency chains instead of one: Σ a·b = (rr − ii) + i(ri + ir) and
+// Σ a·conj(b) = (rr + ii) + i(ir − ri). Real data (CPLX false) use rr alone.
 template <typename T, bool CPLX>
-KRU_HD void cmac(T wr, T wi, T xr, T xi, T& yr, T& yi) {
-  yr += wr * xr;
+KRU_HD void cmac4(T ar, T ai, T br, T bi, T& rr, T& ii, T& ri, T& ir) {
+  rr += ar * br;
   if (CPLX) {
-    yr -= wi * xi;
-    yi += wr * xi + wi * xr;
-  }
-}
-
-// y += a · conj(b): the factor-gradient outer product dW[i][j] += dy[i] · conj(x[j]).
-template <typename T, bool CPLX>
-KRU_HD void cmac_conj(T ar, T ai, T br, T bi, T& yr, T& yi) {
-  yr += ar * br;
-  if (CPLX) {
-    yr += ai * bi;
-    yi += ai * br - ar * bi;
+    ii += ai * bi;
+    ri += ar * bi;
+    ir += ai * br;
   }
 }
 
@@ -70,11 +63,12 @@ KRU_HD void stage_coords(long o, long p, long post, long& a, long& i, long& r) {
 template <typename T, bool CPLX, int Q>
 KRU_HD void row_dot(const T* wr, const T* wi, int q, const T* xr, const T* xi, long xstep, T& yr, T& yi) {
   const int n = Q > 0 ? Q : q;
-  T ar = 0, ai = 0;
+  T rr = 0, ii = 0, ri = 0, ir = 0;
   KRU_UNROLL
-  for (int j = 0; j < n; ++j) cmac<T, CPLX>(wr[j], CPLX ? wi[j] : T(0), xr[j * xstep], CPLX ? xi[j * xstep] : T(0), ar, ai);
-  yr = ar;
-  if (CPLX) yi = ai;
+  for (int j = 0; j < n; ++j)
+    cmac4<T, CPLX>(wr[j], CPLX ? wi[j] : T(0), xr[j * xstep], CPLX ? xi[j * xstep] : T(0), rr, ii, ri, ir);
+  yr = rr - ii;
+  if (CPLX) yi = ri + ir;
 }
 
 // h = σ(z). relu and tanh act on the real and imaginary parts separately; modReLU keeps the phase

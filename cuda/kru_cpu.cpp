@@ -10,28 +10,29 @@
 #include <algorithm>
 #include <vector>
 
+#include "cpu_layout.h"
 #include "kru_plan.h"
 
 namespace kru {
 namespace {
 
-constexpr int L = 16;  // batch lanes per chunk: one AVX-512 vector of float
-
-// y = factor · x for one stage, x: (pre, q, post) × L lanes -> y: (pre, p, post) × L lanes.
+// y = factor · x for one stage, x: (pre, q, post) × L lanes -> y: (pre, p, post) × L lanes. The factor
+// row is the outer loop, so that its entries stay in registers over the groups.
 template <typename T, bool CPLX, int Q>
-void stage_impl(const Stage& s, const T* wr, const T* wi, const T* xr, const T* xi, T* yr, T* yi) {
+void stage_impl(const Stage& s, const T* __restrict wr, const T* __restrict wi, const T* __restrict xr,
+                const T* __restrict xi, T* __restrict yr, T* __restrict yi) {
   const long xstep = s.post * L;
-  for (long a = 0; a < s.pre; ++a)
-    for (long i = 0; i < s.p; ++i) {
-      const T* rowr = wr + s.woff + i * s.q;
-      const T* rowi = wi + s.woff + i * s.q;
+  for (long i = 0; i < s.p; ++i) {
+    const T* rowr = wr + s.woff + i * s.q;
+    const T* rowi = wi + s.woff + i * s.q;
+    for (long a = 0; a < s.pre; ++a)
       for (long r = 0; r < s.post; ++r) {
         const long xo = stage_index(a, 0, r, s.q, s.post) * L, yo = stage_index(a, i, r, s.p, s.post) * L;
 #pragma omp simd
         for (int l = 0; l < L; ++l)  // vertical multiply-adds across the batch lanes
           row_dot<T, CPLX, Q>(rowr, rowi, s.q, xr + xo + l, xi + xo + l, xstep, yr[yo + l], yi[yo + l]);
       }
-    }
+  }
 }
 
 template <typename T, bool CPLX>
@@ -47,58 +48,25 @@ void stage(const Stage& s, const T* wr, const T* wi, const T* xr, const T* xi, T
 
 // g[(i, j)] += Σ_{a, r} dy[(a, i, r)] · conj(x[(a, j, r)]) per lane: the gradient of stage s's factor.
 template <typename T, bool CPLX>
-void accumulate_factor_grad(const Stage& s, const T* dyr, const T* dyi, const T* xr, const T* xi, T* gr, T* gi) {
+void accumulate_factor_grad(const Stage& s, const T* __restrict dyr, const T* __restrict dyi, const T* __restrict xr,
+                            const T* __restrict xi, T* __restrict gr, T* __restrict gi) {
   for (long i = 0; i < s.p; ++i)
     for (long j = 0; j < s.q; ++j) {
-      T accr[L], acci[L];
-      const long go = (s.woff + i * s.q + j) * L;
-      std::copy(gr + go, gr + go + L, accr);
-      std::copy(gi + go, gi + go + L, acci);
+      T rr[L] = {}, ii[L] = {}, ri[L] = {}, ir[L] = {};
       for (long a = 0; a < s.pre; ++a)
         for (long r = 0; r < s.post; ++r) {
           const long yo = stage_index(a, i, r, s.p, s.post) * L, xo = stage_index(a, j, r, s.q, s.post) * L;
 #pragma omp simd
-          for (int l = 0; l < L; ++l) cmac_conj<T, CPLX>(dyr[yo + l], dyi[yo + l], xr[xo + l], xi[xo + l], accr[l], acci[l]);
+          for (int l = 0; l < L; ++l) cmac4<T, CPLX>(dyr[yo + l], dyi[yo + l], xr[xo + l], xi[xo + l], rr[l], ii[l], ri[l], ir[l]);
         }
-      std::copy(accr, accr + L, gr + go);
-      std::copy(acci, acci + L, gi + go);
+      const long go = (s.woff + i * s.q + j) * L;
+#pragma omp simd
+      for (int l = 0; l < L; ++l) {
+        gr[go + l] += rr[l] + ii[l];
+        gi[go + l] += ir[l] - ri[l];
+      }
     }
 }
-
-// Planes [n][lane] of `lanes` rows of a row-major (rows, n) tensor; the padding lanes are zero.
-template <typename T, bool CPLX>
-void gather(const T* src, long rowstride, long lanes, long n, T* pr, T* pi) {
-  constexpr int C = CPLX ? 2 : 1;
-  for (long l = 0; l < L; ++l) {
-    const T* row = src + l * rowstride * C;
-    for (long j = 0; j < n; ++j) {
-      pr[j * L + l] = l < lanes ? row[j * C] : T(0);
-      pi[j * L + l] = CPLX && l < lanes ? row[j * C + 1] : T(0);
-    }
-  }
-}
-
-template <typename T, bool CPLX>
-void scatter(const T* pr, const T* pi, long lanes, long n, T* dst, long rowstride) {
-  constexpr int C = CPLX ? 2 : 1;
-  for (long l = 0; l < lanes; ++l) {
-    T* row = dst + l * rowstride * C;
-    for (long j = 0; j < n; ++j) {
-      row[j * C] = pr[j * L + l];
-      if (CPLX) row[j * C + 1] = pi[j * L + l];
-    }
-  }
-}
-
-// Per-thread scratch: `count` pairs of planes (real, imaginary) of `size` elements × L lanes.
-template <typename T>
-struct Scratch {
-  std::vector<T> buf;
-  long m;
-  Scratch(long count, long size) : buf(2 * count * size * L, T(0)), m(size * L) {}
-  T* re(long k) { return buf.data() + 2 * k * m; }
-  T* im(long k) { return buf.data() + (2 * k + 1) * m; }
-};
 
 // Forward through every stage from slot 0; returns the slot holding the result. keep_inputs: slot k
 // keeps the input of stage k (for the backward pass); otherwise slots 0 and 1 alternate.

@@ -82,14 +82,14 @@ __device__ void accumulate_factor_grad(const DevStage& s, const T* dyr, const T*
   const int slices = max(1, static_cast<int>(blockDim.x) / E);
   for (int item = threadIdx.x; item < E * slices; item += blockDim.x) {
     const int e = item % E, slice = item / E, i = e / s.q, j = e % s.q;
-    T ar = 0, ai = 0;
+    T rr = 0, ii = 0, ri = 0, ir = 0;
     for (int grp = slice; grp < groups; grp += slices) {
       const long a = grp / s.post, r = grp % s.post;
       const long yo = stage_index(a, i, r, s.p, s.post), xo = stage_index(a, j, r, s.q, s.post);
-      cmac_conj<T, CPLX>(dyr[yo], dyi[yo], xr[xo], xi[xo], ar, ai);
+      cmac4<T, CPLX>(dyr[yo], dyi[yo], xr[xo], xi[xo], rr, ii, ri, ir);
     }
-    redr[item] = ar;
-    redi[item] = ai;
+    redr[item] = rr + ii;  // Σ dy · conj(x)
+    redi[item] = ir - ri;
   }
   __syncthreads();
   for (int e = threadIdx.x; e < E; e += blockDim.x) {

@@ -11,6 +11,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -147,15 +148,16 @@ def summary(row: Row) -> dict:
     }
 
 
-def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, Path]) -> str:
+def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, str]) -> str:
+    """The table, notes on mixed rows, links to the plots ({setting: relative path}) and the skipped runs."""
     head = ["setting", "model", "N", "recurrent params", "total params", "steps", "metric", "ours: mean ± std (n)",
             "memoryless baseline", "paper", "ours − paper", "paper's source"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         s = summary(row)
-        ours = f"{fmt(s['mean'])} ± {fmt(s['std'])} ({s['n']})"
+        ours = f"{fmt(s['mean'])} ± {fmt(s['std'])} ({s['n']})" if s["n"] > 1 else f"{fmt(s['mean'])} (1)"
         paper = "—" if s["paper"] is None else f"{fmt(s['paper'])} ({s['verified']})"
-        source = f"{s['paper_source']} ({s['verified']})" if row.paper and s["paper"] is None else s["paper_source"]
+        source = f"{s['paper_source']} ({s['verified']})" if row.paper and s["paper"] is None else s["paper_source"] or "—"
         cells = [s["setting"], s["model"], s["hidden_size"], f"{s['recurrent_params']:,}", f"{s['total_params']:,}",
                  f"{s['steps']:,}", s["metric"], ours, fmt(s["baseline"]), paper, fmt(s["difference"]), source]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -164,7 +166,7 @@ def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, 
     if notes:
         lines += ["", "Rows that mix configurations (check before comparing):", *notes]
     if plots:
-        lines += ["", *(f"![{setting}: loss vs memoryless baseline]({path.name})" for setting, path in plots.items())]
+        lines += ["", *(f"![{setting}: loss vs memoryless baseline]({path})" for setting, path in plots.items())]
     if skipped:
         lines += ["", f"Skipped {len(skipped)} run(s) that did not finish:",
                   *(f"- `{folder}`: {why}" for folder, why in skipped)]
@@ -212,7 +214,8 @@ def main(argv=None) -> int:
         stem = args.out.stem if args.out else "report"
         plots = plot_settings(rows, Path(plot_dir), stem)
     if args.format == "md":
-        text = markdown(rows, skipped, plots)
+        base = args.out.parent if args.out else Path.cwd()  # plot links relative to the table's folder
+        text = markdown(rows, skipped, {k: os.path.relpath(v, base) for k, v in plots.items()})
     else:
         text = csv_table(rows)
         for folder, why in skipped:

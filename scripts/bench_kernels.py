@@ -1,6 +1,7 @@
 """Benchmark the Kronecker backends side by side in one run (results go to BENCHMARKS.md).
 
-Complex KRU with 2×2 factors (applied as the model applies them: merged up to `--merge`), modReLU,
+Complex KRU with 2×2 factors (applied as the model applies them: merged up to `--merge`, the model's
+merge_upto, capped where a backend runs smaller stages faster: ops.merge_limit), modReLU,
 batch B, length T, forward + backward of the recurrence given the input projection u, for each N:
 the fused compiled kernel vs the reference backend vs a dense real `torch.nn.RNN` (tanh, input size 1,
 so it is its recurrence too). Also the forward GFLOP/s (16·B·N·log2 N·T flops) against the dense GEMM
@@ -68,12 +69,14 @@ def kru_problem(N, B, T, merge, device, requires_grad=True):
     u = torch.randn(B, T, N, dtype=torch.complex64, device=device, requires_grad=requires_grad)
     h0 = torch.zeros(B, N, dtype=torch.complex64, device=device)
     bias = torch.zeros(N, device=device, requires_grad=requires_grad)
-    return factors, u, h0, bias, (lambda: ops.merge_factors(factors, merge))
+    return factors, u, h0, bias, (lambda backend: ops.merge_factors(factors, ops.merge_limit(backend, merge)))
 
 
 def kru_step(kernel, factors, u, h0, bias, stages, backward=True):
     def run():
-        H = ops.kru_recurrence(u, h0, stages(), "modrelu", bias, kernel=kernel)  # (B, T, N)
+        for leaf in (u, bias, *factors):  # as optimizer.zero_grad(set_to_none=True) leaves them
+            leaf.grad = None
+        H = ops.kru_recurrence(u, h0, stages(kernel), "modrelu", bias, kernel=kernel)  # (B, T, N)
         if backward:
             H.real.sum().backward()
     return run
@@ -84,6 +87,7 @@ def rnn_step(N, B, T, device):
     x = torch.randn(B, T, 1, device=device)
 
     def run():
+        rnn.zero_grad(set_to_none=True)
         out, _ = rnn(x)
         out.sum().backward()
     return run
@@ -99,6 +103,31 @@ def saved_bytes(fn) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
     return sum(seen.values())
+
+
+def peak_step_bytes(kernel: str, N: int, B: int, T: int, merge: int) -> int:
+    """Peak memory (resident-set high-water mark) that one forward+backward adds, in a fresh process."""
+    out = subprocess.run([sys.executable, __file__, "--peak-child", kernel, str(N), str(B), str(T), str(merge)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[-1])
+
+
+def _status_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}: the peak-memory measurement needs Linux")
+
+
+def peak_child(kernel: str, N: int, B: int, T: int, merge: int) -> None:
+    cpu = torch.device("cpu")
+    kru_step(kernel, *kru_problem(N, B, 2, merge, cpu))()  # load the backend, warm the allocator up
+    step = kru_step(kernel, *kru_problem(N, B, T, merge, cpu))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the high-water mark VmHWM to the current RSS
+    base = _status_kib("VmRSS")
+    step()
+    print((_status_kib("VmHWM") - base) * 1024)
 
 
 def e2e_steps_per_s(kernel: str, steps: int) -> float:
@@ -122,10 +151,14 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--memory-steps", type=int, default=1000, help="T of the memory measurement")
+    p.add_argument("--memory-steps", type=int, default=1000, help="T of the memory measurement (0: skip it)")
     p.add_argument("--skip-reference-above", type=int, default=512, help="time the reference only up to this N")
     p.add_argument("--e2e", type=int, default=0, help="also time krubench task=copy model=kru for this many steps")
+    p.add_argument("--peak-child", nargs=5, help=argparse.SUPPRESS)  # internal: one step in a fresh process
     args = p.parse_args(argv)
+    if args.peak_child:
+        kernel, *sizes = args.peak_child
+        return peak_child(kernel, *map(int, sizes))
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -134,7 +167,8 @@ def main(argv=None):
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}; fused backend: {fused}")
     gemm = gemm_gflops(device)
-    print(f"# dense GEMM (2048², float32): {gemm:.0f} GFLOP/s; complex KRU, 2×2 factors merged up to {args.merge}, "
+    print(f"# dense GEMM (2048², float32): {gemm:.0f} GFLOP/s; complex KRU, 2×2 factors merged up to {args.merge} "
+          f"(the {fused} backend: {ops.merge_limit(fused, args.merge)}), "
           f"modReLU, B={B}, T={T}; best of {args.repeats}\n")
     print("| N | fused fwd+bwd ms | reference ms | nn.RNN ms | fused vs reference | fused vs RNN "
           "| fused fwd ms | fwd GFLOP/s | % of GEMM |")
@@ -164,16 +198,20 @@ def main(argv=None):
             floor = 16 * B * N * T / bandwidth
             print(f"| {N} | {fwd * 1e3:.2f} | {floor * 1e3:.2f} | {fwd / floor:.1f}× |")
 
-    print(f"\nMemory kept for backward by one training step at T={args.memory_steps} (B={B}), vs the stored states "
-          "B·T·N·8 bytes:\n")
-    print("| N | backend | saved MB | states MB | ratio |")
-    print("|---|---|---|---|---|")
-    for N in args.sizes:
-        factors, u, h0, bias, stages = kru_problem(N, B, args.memory_steps, args.merge, device)
-        states = B * args.memory_steps * N * 8
-        for kernel in (fused, "reference") if N <= args.skip_reference_above else (fused,):
-            saved = saved_bytes(lambda: ops.kru_recurrence(u, h0, stages(), "modrelu", bias, kernel=kernel))
-            print(f"| {N} | {kernel} | {saved / 2**20:.0f} | {states / 2**20:.0f} | {saved / states:.2f} |", flush=True)
+    if args.memory_steps:
+        print(f"\nMemory of one training step (forward+backward of the recurrence) at T={args.memory_steps}, B={B}: what "
+              "autograd keeps for backward, and the peak that the step adds (RSS high-water mark, fresh process, CPU "
+              "only), vs the stored states B·T·N·8 bytes:\n")
+        print("| N | backend | kept for backward MB | step peak MB | states MB | kept / states | peak / states |")
+        print("|---|---|---|---|---|---|---|")
+        for N in args.sizes:
+            factors, u, h0, bias, stages = kru_problem(N, B, args.memory_steps, args.merge, device)
+            states = B * args.memory_steps * N * 8
+            for kernel in (fused, "reference") if N <= args.skip_reference_above else (fused,):
+                saved = saved_bytes(lambda: ops.kru_recurrence(u, h0, stages(kernel), "modrelu", bias, kernel=kernel))
+                peak = peak_step_bytes(kernel, N, B, args.memory_steps, args.merge) if device.type == "cpu" else math.nan
+                print(f"| {N} | {kernel} | {saved / 2**20:.0f} | {peak / 2**20:.0f} | {states / 2**20:.0f} "
+                      f"| {saved / states:.2f} | {peak / states:.2f} |", flush=True)
 
     if args.e2e:
         print(f"\nEnd to end, `krubench task=copy model=kru` (defaults), {args.e2e} steps:\n")

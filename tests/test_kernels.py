@@ -156,6 +156,22 @@ def test_kron_matvec_gradcheck(backend, device):
     assert torch.autograd.gradcheck(lambda x, a, b: ops.kron_matvec(x, [a, b], backend), (x, a, b))
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_operators_pass_opcheck(backend, device):
+    """Schemas, autograd and fake (meta) registrations, as torch.library.opcheck checks them."""
+    from krubench.ops import compiled
+    loaded(backend)
+    g = torch.Generator().manual_seed(0)
+    rand = lambda *shape, dtype=torch.complex64: torch.randn(*shape, dtype=dtype, generator=g).to(device)
+    w, shapes = compiled._pack([rand(2, 2) for _ in range(3)], torch.complex64)
+    args = (rand(3, 4, 8), rand(3, 8), w, shapes, "modrelu", -rand(8, dtype=torch.float32).abs())
+    torch.library.opcheck(torch.ops.krubench.kru_recurrence.default, [a.requires_grad_() if isinstance(a, torch.Tensor)
+                                                                       else a for a in args])
+    w, shapes = compiled._pack([rand(2, 4, dtype=torch.float32), rand(4, 2, dtype=torch.float32)], torch.float32)
+    torch.library.opcheck(torch.ops.krubench.kron_matvec.default,
+                          (rand(5, 8, dtype=torch.float32).requires_grad_(), w.requires_grad_(), shapes))
+
+
 # ---- dispatch ----
 
 def test_auto_picks_the_compiled_backend_of_the_device():

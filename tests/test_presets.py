@@ -3,6 +3,7 @@ and trains for two steps, shrunk by overrides (real-data ones on ../shared/data;
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,11 @@ def test_preset_composes_to_what_its_name_says(name):
     assert config["optim"]["name"] == "rmsprop" and config["trainer"]["steps"] > 1000
     # a command-line value still wins over the preset's
     assert compose(name, "model.hidden_size=16", "trainer.steps=3").trainer.steps == 3
+
+
+def test_reproduce_script_runs_every_preset():
+    script = (REPO / "scripts" / "reproduce_paper.sh").read_text()
+    assert set(re.findall(r"paper/(\w+)", script)) == set(PRESETS)
 
 
 def test_no_experiment_keeps_the_default_run():

@@ -51,10 +51,12 @@ class KronFactors(nn.Module):
         self.merge_upto = merge_upto
         self.factors = nn.ParameterList([nn.Parameter(init_factor(s, init, complex_)) for s in self.sizes])
 
-    def stages(self) -> list[torch.Tensor]:
-        """The factors as applied: small neighbours merged up to `merge_upto` (same W, fewer ops)."""
+    def stages(self, backend: str = "reference") -> list[torch.Tensor]:
+        """The factors as applied by `backend`: small neighbours merged up to `merge_upto`, capped at the
+        size that backend runs fastest (same W, fewer ops)."""
         fs = list(self.factors)
-        return ops.merge_factors(fs, self.merge_upto) if self.merge_upto > 1 else fs
+        size = ops.merge_limit(backend, self.merge_upto)
+        return ops.merge_factors(fs, size) if size > 1 else fs
 
     def penalty(self) -> torch.Tensor:
         return unitary_penalty(list(self.factors))
@@ -105,7 +107,8 @@ class KRU(SequenceModel):
         u = self.U(x)  # (B, T, N) or (B, T, 2N)
         if self.complex:
             u = torch.complex(*u.chunk(2, dim=-1))  # (B, T, N) complex
-        H = ops.kru_recurrence(u, h0, self.W.stages(), self.nonlinearity, self.modrelu_bias,
-                               kernel=self.kernel)  # (B, T, N)
+        backend = ops.backend_name(x.device, self.kernel)
+        H = ops.kru_recurrence(u, h0, self.W.stages(backend), self.nonlinearity, self.modrelu_bias,
+                               kernel=backend)  # (B, T, N)
         features = torch.cat([H.real, H.imag], dim=-1) if self.complex else H  # (B, T, 2N) or (B, T, N)
         return self.V(features), H[:, -1]

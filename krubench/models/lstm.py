@@ -78,7 +78,8 @@ class LSTMKRU(SequenceModel):
         B, T, _ = x.shape
         N = self.hidden_size
         h, c = (x.new_zeros(B, N), x.new_zeros(B, N)) if state is None else state
-        stages = [kf.stages() for kf in self.W_hh]
+        backend = ops.backend_name(x.device, self.kernel)
+        stages = [kf.stages(backend) for kf in self.W_hh]
         gx = self.W_ih(x)  # (B, T, 4N)
         outs = []
         for t in range(T):

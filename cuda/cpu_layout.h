@@ -1,0 +1,107 @@
+// The CPU backend's batch-minor layout: chunks of L batch rows held as planes [n][lane] (real,
+// imaginary), moved from and to the row-major (rows, n) tensors by 16×16 register transposes.
+#pragma once
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <type_traits>
+#include <vector>
+
+namespace kru {
+
+constexpr int L = 16;  // batch lanes per chunk: one AVX-512 vector of float
+
+#if defined(__AVX512F__)
+// In-register transpose of 16 rows of 16 floats: afterwards r[c] holds column c, in row order.
+inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int m = 0; m < 4; ++m) {
+      t[8 * i + m] = _mm512_shuffle_f32x4(r[8 * i + m], r[8 * i + 4 + m], 0x88);
+      t[8 * i + 4 + m] = _mm512_shuffle_f32x4(r[8 * i + m], r[8 * i + 4 + m], 0xdd);
+    }
+  for (int m = 0; m < 8; ++m) {
+    r[m] = _mm512_shuffle_f32x4(t[m], t[8 + m], 0x88);
+    r[8 + m] = _mm512_shuffle_f32x4(t[m], t[8 + m], 0xdd);
+  }
+}
+#endif
+
+// Elements [0, done) of all L lanes moved between rows and planes by 16×16 register transposes
+// (float, full chunks, AVX-512); 0 where that does not apply. Blocks hold 16 floats of a row:
+// 8 complex elements (interleaved re, im) or 16 real ones.
+template <typename T, bool CPLX, bool TO_PLANES>
+long transpose_blocks(T* rows, long rowstride, long lanes, long n, T* pr, T* pi) {
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && L == 16) {
+    constexpr int C = CPLX ? 2 : 1, E = 16 / C;  // elements per block
+    if (lanes != L) return 0;
+    __m512 r[16];
+    long j0 = 0;
+    for (; j0 + E <= n; j0 += E) {
+      if (TO_PLANES) {
+        for (int l = 0; l < 16; ++l) r[l] = _mm512_loadu_ps(rows + l * rowstride * C + j0 * C);
+        transpose16(r);
+        for (int c = 0; c < 16; ++c) _mm512_storeu_ps((CPLX && c % 2 ? pi : pr) + (j0 + c / C) * L, r[c]);
+      } else {
+        for (int c = 0; c < 16; ++c) r[c] = _mm512_loadu_ps((CPLX && c % 2 ? pi : pr) + (j0 + c / C) * L);
+        transpose16(r);
+        for (int l = 0; l < 16; ++l) _mm512_storeu_ps(rows + l * rowstride * C + j0 * C, r[l]);
+      }
+    }
+    return j0;
+  }
+#endif
+  return 0;
+}
+
+// Planes [n][lane] of `lanes` rows of a row-major (rows, n) tensor; the padding lanes are zero.
+template <typename T, bool CPLX>
+void gather(const T* src, long rowstride, long lanes, long n, T* pr, T* pi) {
+  constexpr int C = CPLX ? 2 : 1;
+  const long done = transpose_blocks<T, CPLX, true>(const_cast<T*>(src), rowstride, lanes, n, pr, pi);
+  for (long l = 0; l < L; ++l) {
+    const T* row = src + l * rowstride * C;
+    for (long j = done; j < n; ++j) {
+      pr[j * L + l] = l < lanes ? row[j * C] : T(0);
+      pi[j * L + l] = CPLX && l < lanes ? row[j * C + 1] : T(0);
+    }
+  }
+}
+
+template <typename T, bool CPLX>
+void scatter(const T* pr, const T* pi, long lanes, long n, T* dst, long rowstride) {
+  constexpr int C = CPLX ? 2 : 1;
+  const long done = transpose_blocks<T, CPLX, false>(dst, rowstride, lanes, n, const_cast<T*>(pr), const_cast<T*>(pi));
+  for (long l = 0; l < lanes; ++l) {
+    T* row = dst + l * rowstride * C;
+    for (long j = done; j < n; ++j) {
+      row[j * C] = pr[j * L + l];
+      if (CPLX) row[j * C + 1] = pi[j * L + l];
+    }
+  }
+}
+
+// Per-thread scratch: `count` pairs of planes (real, imaginary) of `size` elements × L lanes.
+template <typename T>
+struct Scratch {
+  std::vector<T> buf;
+  long m;
+  Scratch(long count, long size) : buf(2 * count * size * L, T(0)), m(size * L) {}
+  T* re(long k) { return buf.data() + 2 * k * m; }
+  T* im(long k) { return buf.data() + (2 * k + 1) * m; }
+};
+
+}  // namespace kru

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The paper's experiments: one Hydra sweep per figure/table over the presets in conf/experiment/paper/
+# (their comments give the source of every value; several are unverified). Usage:
+#
+#   bash scripts/reproduce_paper.sh fig1                      # copy memory, T=1000 and 2000
+#   bash scripts/reproduce_paper.sh mnist launcher=slurm hydra.launcher.partition=gpu    # extra Hydra args
+#   SEEDS=0 bash scripts/reproduce_paper.sh all               # every figure and table, one seed
+#   krubench-report multirun/paper --out RESULTS.md            # the table and plots beside the paper's numbers
+#
+# Each sweep writes to a fixed folder, multirun/paper/<name>: rerun the same command after an interruption
+# and finished jobs re-report while the others resume from their last.pt. Real-data tasks read
+# $KRUBENCH_DATA (or download on first use; `krubench-data download all` fetches ahead of time).
+set -euo pipefail
+
+SEEDS=${SEEDS:-0,1,2}  # the paper's seeds are unknown; three per row give a mean ± std
+
+sweep() {  # sweep <name> <comma-separated presets> [extra Hydra args]
+  local name=$1 presets=$2
+  shift 2
+  ( set -x; krubench --multirun "experiment=$presets" "seed=$SEEDS" "hydra.sweep.dir=multirun/paper/$name" "$@" )
+}
+
+what=${1:-help}
+[ $# -gt 0 ] && shift
+case "$what" in
+  fig1)  # Fig. 1: copy memory, KRU vs LSTM vs RNN
+    sweep fig1 paper/copy_T1000_kru,paper/copy_T1000_lstm,paper/copy_T1000_rnn,paper/copy_T2000_kru,paper/copy_T2000_lstm,paper/copy_T2000_rnn "$@" ;;
+  fig2)  # Fig. 2: adding problem
+    sweep fig2 paper/adding_T100_kru,paper/adding_T100_lstm,paper/adding_T100_rnn,paper/adding_T200_kru,paper/adding_T200_lstm,paper/adding_T200_rnn,paper/adding_T400_kru,paper/adding_T400_lstm,paper/adding_T400_rnn,paper/adding_T750_kru,paper/adding_T750_lstm,paper/adding_T750_rnn "$@" ;;
+  mnist)  # pixel and permuted MNIST (test accuracy)
+    sweep mnist paper/pixel_mnist_kru,paper/pixel_mnist_lstm_kru,paper/pixel_mnist_lstm,paper/pixel_mnist_rnn,paper/permuted_mnist_kru,paper/permuted_mnist_lstm_kru,paper/permuted_mnist_lstm,paper/permuted_mnist_rnn "$@" ;;
+  table3)  # Table 3: PTB char (test BPC)
+    sweep table3 paper/ptb_char_kru,paper/ptb_char_lstm_kru,paper/ptb_char_lstm,paper/ptb_char_rnn "$@" ;;
+  table4)  # Table 4: polyphonic music (test NLL per time step)
+    sweep table4 paper/music_jsb_kru,paper/music_jsb_lstm_kru,paper/music_jsb_lstm,paper/music_jsb_rnn,paper/music_piano_kru,paper/music_piano_lstm_kru,paper/music_piano_lstm,paper/music_piano_rnn,paper/music_nottingham_kru,paper/music_nottingham_lstm_kru,paper/music_nottingham_lstm,paper/music_nottingham_rnn,paper/music_musedata_kru,paper/music_musedata_lstm_kru,paper/music_musedata_lstm,paper/music_musedata_rnn "$@" ;;
+  all)
+    for t in fig1 fig2 mnist table3 table4; do "$0" "$t" "$@"; done ;;
+  *)
+    echo "usage: $0 fig1|fig2|mnist|table3|table4|all [Hydra overrides, e.g. launcher=slurm]" >&2; exit 2 ;;
+esac
