@@ -11,68 +11,22 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
-# Choices are Enums so that a wrong value fails at composition, naming the accepted ones.
-class Placement(Enum):
-    halves = "halves"
-    uniform = "uniform"
+def choices(name: str, *values: str) -> type[Enum]:
+    """An Enum of accepted strings: a wrong value fails at composition, naming the accepted ones."""
+    return Enum(name, {v: v for v in values})
 
 
-class MusicDataset(Enum):
-    jsb = "jsb"
-    piano = "piano"
-    nottingham = "nottingham"
-    musedata = "musedata"
-
-
-class KRUNonlinearity(Enum):
-    modrelu = "modrelu"
-    relu = "relu"
-    tanh = "tanh"
-
-
-class FactorInit(Enum):
-    unitary = "unitary"
-    identity = "identity"
-
-
-class RNNNonlinearity(Enum):
-    tanh = "tanh"
-    relu = "relu"
-
-
-class RNNInit(Enum):
-    default = "default"
-    orthogonal = "orthogonal"
-    identity = "identity"
-
-
-class Factorisation(Enum):
-    per_gate = "per_gate"
-    joint = "joint"
-
-
-class Kernel(Enum):
-    auto = "auto"
-    cuda = "cuda"
-    cpp = "cpp"
-    reference = "reference"
-
-
-class OptimName(Enum):
-    rmsprop = "rmsprop"
-    adam = "adam"
-    sgd = "sgd"
-
-
-class Resume(Enum):
-    auto = "auto"
-    never = "never"
-
-
-class Progress(Enum):
-    auto = "auto"
-    always = "always"
-    never = "never"
+Placement = choices("Placement", "halves", "uniform")
+MusicDataset = choices("MusicDataset", "jsb", "piano", "nottingham", "musedata")
+KRUNonlinearity = choices("KRUNonlinearity", "modrelu", "relu", "tanh")
+FactorInit = choices("FactorInit", "unitary", "identity")
+RNNNonlinearity = choices("RNNNonlinearity", "tanh", "relu")
+RNNInit = choices("RNNInit", "default", "orthogonal", "identity")
+Factorisation = choices("Factorisation", "per_gate", "joint")
+Kernel = choices("Kernel", "auto", "cuda", "cpp", "reference")
+OptimName = choices("OptimName", "rmsprop", "adam", "sgd")
+Resume = choices("Resume", "auto", "never")
+Progress = choices("Progress", "auto", "always", "never")
 
 
 # ---- task ----

@@ -1,9 +1,12 @@
-"""kron_matvec against the dense torch.kron product; factor-shape helpers."""
+"""kron_matvec (the reference and the dispatched default) against the dense torch.kron product;
+factor-shape helpers."""
 import pytest
 import torch
 
 from krubench.models.kru import random_unitary, unitary_penalty
-from krubench.ops import factor_sizes, kron_dense, kron_matvec, merge_factors
+from krubench.ops import factor_sizes, kron_dense, kron_matvec, kron_matvec_ref, merge_factors
+
+IMPLS = pytest.mark.parametrize("impl", [kron_matvec_ref, kron_matvec], ids=["reference", "auto"])
 
 SHAPES = [
     [(2, 2)],
@@ -18,35 +21,38 @@ def _factors(shapes, dtype, requires_grad=False):
     return [torch.randn(*s, dtype=dtype, requires_grad=requires_grad) for s in shapes]
 
 
+@IMPLS
 @pytest.mark.parametrize("shapes", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_matches_dense_kron(shapes, dtype):
+def test_matches_dense_kron(impl, shapes, dtype):
     factors = _factors(shapes, dtype)
     n = kron_dense(factors).shape[1]
     x = torch.randn(3, 5, n, dtype=dtype)
     expected = x @ kron_dense(factors).T  # (3, 5, prod p)
-    y = kron_matvec(x, factors)
+    y = impl(x, factors)
     assert y.shape == expected.shape
     torch.testing.assert_close(y, expected)
 
 
+@IMPLS
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_gradients_match_dense(dtype):
+def test_gradients_match_dense(impl, dtype):
     shapes = [(3, 2), (2, 4), (2, 2)]
     factors = _factors(shapes, dtype, requires_grad=True)
     x = torch.randn(4, 16, dtype=dtype, requires_grad=True)
     g = torch.randn(4, 12, dtype=dtype)
-    grads = torch.autograd.grad((kron_matvec(x, factors) * g.conj()).real.sum(), [x, *factors])
+    grads = torch.autograd.grad((impl(x, factors) * g.conj()).real.sum(), [x, *factors])
     dense_grads = torch.autograd.grad((x @ kron_dense(factors).T * g.conj()).real.sum(), [x, *factors])
     for a, b in zip(grads, dense_grads):
         torch.testing.assert_close(a, b)
 
 
+@IMPLS
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_gradcheck(dtype):
+def test_gradcheck(impl, dtype):
     factors = _factors([(2, 3), (3, 2)], dtype, requires_grad=True)
     x = torch.randn(2, 6, dtype=dtype, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, a, b: kron_matvec(x, [a, b]), (x, *factors))
+    assert torch.autograd.gradcheck(lambda x, a, b: impl(x, [a, b]), (x, *factors))
 
 
 def test_mixed_real_input_complex_factors():
@@ -55,13 +61,14 @@ def test_mixed_real_input_complex_factors():
     torch.testing.assert_close(kron_matvec(x, factors), x.to(torch.complex64) @ kron_dense(factors).T)
 
 
-def test_wrong_shapes_raise_clear_errors():
+@IMPLS
+def test_wrong_shapes_raise_clear_errors(impl):
     with pytest.raises(ValueError, match=r"last dimension of prod\(q_i\) = 8"):
-        kron_matvec(torch.randn(3, 6), [torch.randn(2, 2)] * 3)
+        impl(torch.randn(3, 6), [torch.randn(2, 2)] * 3)
     with pytest.raises(ValueError, match="must be a matrix"):
-        kron_matvec(torch.randn(2), [torch.randn(2)])
+        impl(torch.randn(2), [torch.randn(2)])
     with pytest.raises(ValueError, match="at least one factor"):
-        kron_matvec(torch.randn(2), [])
+        impl(torch.randn(2), [])
 
 
 def test_unitary_factors_give_unitary_product():
