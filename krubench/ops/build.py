@@ -105,6 +105,9 @@ def _torch_uses_baton(cpp_extension) -> bool:
 def build(backend: str) -> Path:
     """Compile (if needed) and load `backend` ('cpp' or 'cuda'); returns its build folder.
     Raises BuildError saying why and what to do."""
+    # Importing cpp_extension warns "No CUDA runtime is found" on a machine with nvcc but no GPU: expected
+    # when building the C++ backend there, and noise in every run's log.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension  # slow import: only when a kernel is wanted
 
     if backend == "cuda":
