@@ -22,6 +22,10 @@ commands() {
   for m in kru lstm_kru lstm rnn; do  # JSB Chorales: the full preset budget, 3,000 steps (≈100 epochs; our choice)
     echo "krubench experiment=paper/music_jsb_$m $COMMON hydra.run.dir=results/runs/music_jsb_$m"
   done
+  for m in kru lstm_kru lstm rnn; do  # JSB Chorales, a second seed
+    echo "krubench experiment=paper/music_jsb_$m seed=1 $COMMON hydra.run.dir=results/runs/music_jsb_${m}_seed1"
+  done
+  echo "krubench experiment=paper/adding_T100_kru model.penalty=0.01 seed=1 trainer.val_every=200 $COMMON hydra.run.dir=results/runs/adding_T100_kru_penalty_seed1"
   # PTB char, LSTM N=512: 200 of the preset's 5,220 steps; valid/test on their first 50,000 characters only
   echo "krubench experiment=paper/ptb_char_lstm trainer.steps=200 trainer.val_every=100 task.eval_limit=50000 $COMMON hydra.run.dir=results/runs/ptb_char_lstm"
   # pixel MNIST, KRU N=512: 200 of the preset's 38,500 steps; val/test on their first 1,000 images only
