@@ -106,7 +106,9 @@ def test_wheel_ships_the_configs(tmp_path):
     wheel = next(tmp_path.glob("krubench-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     for f in ("krubench/conf/config.yaml", "krubench/conf/task/copy.yaml", "krubench/conf/model/kru.yaml",
-              "krubench/conf/optim/rmsprop.yaml", "krubench/conf/trainer/debug.yaml"):
+              "krubench/conf/optim/rmsprop.yaml", "krubench/conf/trainer/debug.yaml",
+              "krubench/conf/experiment/paper/copy_T1000_kru.yaml", "krubench/conf/launcher/slurm.yaml",
+              "krubench/paper_numbers.yaml", "krubench/cuda/kru_cpu.cpp", "krubench/cuda/kru_cuda.cu"):
         assert f in names, f
     # Installed from the wheel (no checkout beside it), the app composes its config from the package.
     site = tmp_path / "site"
