@@ -13,6 +13,26 @@ namespace kru {
 
 constexpr int L = 16;  // batch lanes per chunk: one AVX-512 vector of float
 
+// The L lanes of one state element as a GCC/Clang vector (a zmm register of float on AVX-512; split
+// into narrower registers elsewhere). It may alias T, so planes of T can be read as Lanes<T>.
+template <typename T>
+struct LanesOf;
+template <>
+struct LanesOf<float> {
+  typedef float type __attribute__((vector_size(L * sizeof(float)), aligned(64), may_alias));
+};
+template <>
+struct LanesOf<double> {
+  typedef double type __attribute__((vector_size(L * sizeof(double)), aligned(64), may_alias));
+};
+template <typename T>
+using Lanes = typename LanesOf<T>::type;
+
+template <typename T>
+Lanes<T>* as_lanes(T* p) { return reinterpret_cast<Lanes<T>*>(p); }
+template <typename T>
+const Lanes<T>* as_lanes(const T* p) { return reinterpret_cast<const Lanes<T>*>(p); }
+
 #if defined(__AVX512F__)
 // In-register transpose of 16 rows of 16 floats: afterwards r[c] holds column c, in row order.
 inline void transpose16(__m512 r[16]) {
@@ -94,14 +114,15 @@ void scatter(const T* pr, const T* pi, long lanes, long n, T* dst, long rowstrid
   }
 }
 
-// Per-thread scratch: `count` pairs of planes (real, imaginary) of `size` elements × L lanes.
+// Per-thread scratch: `count` pairs of planes (real, imaginary) of `size` elements × L lanes, 64-byte
+// aligned (whole vectors of lanes).
 template <typename T>
 struct Scratch {
-  std::vector<T> buf;
-  long m;
-  Scratch(long count, long size) : buf(2 * count * size * L, T(0)), m(size * L) {}
-  T* re(long k) { return buf.data() + 2 * k * m; }
-  T* im(long k) { return buf.data() + (2 * k + 1) * m; }
+  std::vector<Lanes<T>> buf;
+  long m;  // elements × lanes of one plane
+  Scratch(long count, long size) : buf(2 * count * size, Lanes<T>{}), m(size * L) {}
+  T* re(long k) { return reinterpret_cast<T*>(buf.data()) + 2 * k * m; }
+  T* im(long k) { return reinterpret_cast<T*>(buf.data()) + (2 * k + 1) * m; }
 };
 
 }  // namespace kru

@@ -37,8 +37,10 @@ KRU_HD double hd_tanh(double x) { return tanh(x); }
 // The four partial sums of Σ a·b over complex a, b, kept apart so that a loop of multiply-adds has
 // four independent dependency chains instead of one: Σ a·b = (rr − ii) + i(ri + ir) and
 // Σ a·conj(b) = (rr + ii) + i(ir − ri). Real data (CPLX false) use rr alone.
-template <typename T, bool CPLX>
-KRU_HD void cmac4(T ar, T ai, T br, T bi, T& rr, T& ii, T& ri, T& ir) {
+// A may be a scalar while T is a vector of lanes (the CPU kernel's GCC vector types): the scalar
+// multiplies every lane.
+template <typename T, bool CPLX, typename A = T>
+KRU_HD void cmac4(A ar, A ai, T br, T bi, T& rr, T& ii, T& ri, T& ir) {
   rr += ar * br;
   if (CPLX) {
     ii += ai * bi;
@@ -57,16 +59,16 @@ KRU_HD void stage_coords(long o, long p, long post, long& a, long& i, long& r) {
   a = o / (post * p);
 }
 
-// y = Σ_j w[j] · x[j·xstep]: one output of a stage, w a factor row, x the group's first input.
-// Q > 0 fixes the row length at compile time (unrolled, so that the CPU's loop over batch lanes around
-// this call vectorises with the accumulators in registers); Q == 0 reads it from q.
-template <typename T, bool CPLX, int Q>
-KRU_HD void row_dot(const T* wr, const T* wi, int q, const T* xr, const T* xi, long xstep, T& yr, T& yi) {
+// y = Σ_j w[j] · x[j·xstep]: one output of a stage, w a factor row (scalars of type W), x the group's
+// first input (T: a scalar on the GPU, a vector of batch lanes on the CPU). Q > 0 fixes the row length
+// at compile time (unrolled, accumulators in registers); Q == 0 reads it from q.
+template <typename T, bool CPLX, int Q, typename W = T>
+KRU_HD void row_dot(const W* wr, const W* wi, int q, const T* xr, const T* xi, long xstep, T& yr, T& yi) {
   const int n = Q > 0 ? Q : q;
-  T rr = 0, ii = 0, ri = 0, ir = 0;
+  T rr{}, ii{}, ri{}, ir{};
   KRU_UNROLL
   for (int j = 0; j < n; ++j)
-    cmac4<T, CPLX>(wr[j], CPLX ? wi[j] : T(0), xr[j * xstep], CPLX ? xi[j * xstep] : T(0), rr, ii, ri, ir);
+    cmac4<T, CPLX, W>(wr[j], CPLX ? wi[j] : W{}, xr[j * xstep], CPLX ? xi[j * xstep] : T{}, rr, ii, ri, ir);
   yr = rr - ii;
   if (CPLX) yi = ri + ir;
 }

@@ -16,10 +16,10 @@
 namespace kru {
 namespace {
 
-// y = factor · x for one stage, x: (pre, q, post) × L lanes -> y: (pre, p, post) × L lanes. The factor
-// row is the outer loop, so that its entries stay in registers over the groups.
+// y = factor · x for one stage, x: (pre, q, post) × L lanes -> y: (pre, p, post) × L lanes, any sizes.
+// The factor row is the outer loop, so that its entries stay in registers over the groups.
 template <typename T, bool CPLX, int Q>
-void stage_impl(const Stage& s, const T* __restrict wr, const T* __restrict wi, const T* __restrict xr,
+void stage_rows(const Stage& s, const T* __restrict wr, const T* __restrict wi, const T* __restrict xr,
                 const T* __restrict xi, T* __restrict yr, T* __restrict yi) {
   const long xstep = s.post * L;
   for (long i = 0; i < s.p; ++i) {
@@ -35,21 +35,45 @@ void stage_impl(const Stage& s, const T* __restrict wr, const T* __restrict wi, 
   }
 }
 
+// The same for a P × Q factor fixed at compile time: each group's Q inputs are loaded once, as vectors
+// of lanes kept in registers, and give all P outputs (the state is read once per stage, not P times).
+template <typename T, bool CPLX, int P, int Q>
+void stage_groups(const Stage& s, const T* wr, const T* wi, const T* xr, const T* xi, T* yr, T* yi) {
+  using V = Lanes<T>;
+  const V *XR = as_lanes(xr), *XI = as_lanes(xi);
+  V *YR = as_lanes(yr), *YI = as_lanes(yi);
+  const T *fr = wr + s.woff, *fi = wi + s.woff;
+  const long post = s.post;
+  for (long a = 0; a < s.pre; ++a)
+    for (long r = 0; r < post; ++r) {
+      const long xo = stage_index(a, 0, r, Q, post), yo = stage_index(a, 0, r, P, post);
+      V in_r[Q], in_i[Q];
+#pragma GCC unroll 16
+      for (int j = 0; j < Q; ++j) {
+        in_r[j] = XR[xo + j * post];
+        in_i[j] = CPLX ? XI[xo + j * post] : V{};
+      }
+#pragma GCC unroll 16
+      for (int i = 0; i < P; ++i)
+        row_dot<V, CPLX, Q, T>(fr + i * Q, fi + i * Q, Q, in_r, in_i, 1, YR[yo + i * post], YI[yo + i * post]);
+    }
+}
+
 template <typename T, bool CPLX>
 void stage(const Stage& s, const T* wr, const T* wi, const T* xr, const T* xi, T* yr, T* yi) {
-  switch (s.q) {  // the sizes the model's merging produces get an unrolled row
-    case 2: return stage_impl<T, CPLX, 2>(s, wr, wi, xr, xi, yr, yi);
-    case 4: return stage_impl<T, CPLX, 4>(s, wr, wi, xr, xi, yr, yi);
-    case 8: return stage_impl<T, CPLX, 8>(s, wr, wi, xr, xi, yr, yi);
-    case 16: return stage_impl<T, CPLX, 16>(s, wr, wi, xr, xi, yr, yi);
-    default: return stage_impl<T, CPLX, 0>(s, wr, wi, xr, xi, yr, yi);
-  }
+  if (s.p == s.q) switch (s.q) {  // the sizes the model's merging produces
+      case 2: return stage_groups<T, CPLX, 2, 2>(s, wr, wi, xr, xi, yr, yi);
+      case 4: return stage_groups<T, CPLX, 4, 4>(s, wr, wi, xr, xi, yr, yi);
+      case 8: return stage_groups<T, CPLX, 8, 8>(s, wr, wi, xr, xi, yr, yi);
+      case 16: return stage_rows<T, CPLX, 16>(s, wr, wi, xr, xi, yr, yi);
+    }
+  return stage_rows<T, CPLX, 0>(s, wr, wi, xr, xi, yr, yi);
 }
 
 // g[(i, j)] += Σ_{a, r} dy[(a, i, r)] · conj(x[(a, j, r)]) per lane: the gradient of stage s's factor.
 template <typename T, bool CPLX>
-void accumulate_factor_grad(const Stage& s, const T* __restrict dyr, const T* __restrict dyi, const T* __restrict xr,
-                            const T* __restrict xi, T* __restrict gr, T* __restrict gi) {
+void factor_grad_entries(const Stage& s, const T* __restrict dyr, const T* __restrict dyi, const T* __restrict xr,
+                         const T* __restrict xi, T* __restrict gr, T* __restrict gi) {
   for (long i = 0; i < s.p; ++i)
     for (long j = 0; j < s.q; ++j) {
       T rr[L] = {}, ii[L] = {}, ri[L] = {}, ir[L] = {};
@@ -66,6 +90,39 @@ void accumulate_factor_grad(const Stage& s, const T* __restrict dyr, const T* __
         gi[go + l] += ir[l] - ri[l];
       }
     }
+}
+
+// The same for a P × Q factor fixed at compile time: one pass over the groups per factor row i, with
+// the Q entries of the row accumulated in registers (x is read P times, dy once).
+template <typename T, bool CPLX, int P, int Q>
+void factor_grad_rows(const Stage& s, const T* dyr, const T* dyi, const T* xr, const T* xi, T* gr, T* gi) {
+  using V = Lanes<T>;
+  const V *DR = as_lanes(dyr), *DI = as_lanes(dyi), *XR = as_lanes(xr), *XI = as_lanes(xi);
+  V *GR = as_lanes(gr), *GI = as_lanes(gi);
+  const long post = s.post;
+  for (int i = 0; i < P; ++i) {
+    V rr[Q] = {}, ii[Q] = {}, ri[Q] = {}, ir[Q] = {};
+    for (long a = 0; a < s.pre; ++a)
+      for (long r = 0; r < post; ++r) {
+        const long yo = stage_index(a, i, r, P, post), xo = stage_index(a, 0, r, Q, post);
+        const V dr = DR[yo], di = CPLX ? DI[yo] : V{};
+#pragma GCC unroll 16
+        for (int j = 0; j < Q; ++j)
+          cmac4<V, CPLX>(dr, di, XR[xo + j * post], CPLX ? XI[xo + j * post] : V{}, rr[j], ii[j], ri[j], ir[j]);
+      }
+#pragma GCC unroll 16
+    for (int j = 0; j < Q; ++j) {
+      GR[s.woff + i * Q + j] += rr[j] + ii[j];
+      GI[s.woff + i * Q + j] += ir[j] - ri[j];
+    }
+  }
+}
+
+template <typename T, bool CPLX>
+void accumulate_factor_grad(const Stage& s, const T* dyr, const T* dyi, const T* xr, const T* xi, T* gr, T* gi) {
+  if (s.p == s.q && s.q == 2) return factor_grad_rows<T, CPLX, 2, 2>(s, dyr, dyi, xr, xi, gr, gi);
+  if (s.p == s.q && s.q == 4) return factor_grad_rows<T, CPLX, 4, 4>(s, dyr, dyi, xr, xi, gr, gi);
+  return factor_grad_entries<T, CPLX>(s, dyr, dyi, xr, xi, gr, gi);
 }
 
 // Forward through every stage from slot 0; returns the slot holding the result. keep_inputs: slot k
