@@ -93,34 +93,34 @@ KRU_HD void nl_forward(T zr, T zi, T bias, T& hr, T& hi) {
   }
 }
 
-// Backward of nl_forward: given g = ∂L/∂h (real and imaginary parts), return ∂L/∂z and add the
-// modReLU bias gradient to db. Matches torch autograd at the kinks: relu'(0) = 0, ∂|z|/∂z = 0 at 0.
+// Backward of nl_forward from its output h alone (the kernels keep H, not the pre-activation z), given
+// g = ∂L/∂h: returns ∂L/∂z and adds the modReLU bias gradient to db. relu and tanh read their
+// derivative off h (h > 0; 1 − h²). modReLU recovers z: where it is on (h ≠ 0), z has h's phase and
+// |h| = m (m + b) / (m + eps) for m = |z|, so m is the positive root of m² + (b − |h|) m − |h| eps
+// (no cancellation: |h| − b > 0 there); where it is off, h = 0 and so is every gradient. Matches torch
+// autograd at the kinks: relu'(0) = 0, ∂|z|/∂z = 0 at 0.
 template <int NL, typename T, bool CPLX>
-KRU_HD void nl_backward(T zr, T zi, T bias, T gr, T gi, T& dzr, T& dzi, T& db) {
+KRU_HD void nl_backward(T hr, T hi, T bias, T gr, T gi, T& dzr, T& dzi, T& db) {
   if (NL == kModRelu) {
-    const T m = CPLX ? hd_sqrt(zr * zr + zi * zi) : (zr < 0 ? -zr : zr);
-    const T den = m + T(kModReluEps);
-    const bool on = m + bias > 0;
-    const T s = on ? m + bias : T(0);
-    const T c = s / den;                                // h = z · c
-    const T dc_dm = on ? (T(kModReluEps) - bias) / (den * den) : T(0);  // (den - s) / den², without cancellation
+    const T rho = CPLX ? hd_sqrt(hr * hr + hi * hi) : (hr < 0 ? -hr : hr);
+    const bool on = rho > 0;
+    const T d = rho - bias, eps = T(kModReluEps);
+    const T m = on ? (d + hd_sqrt(d * d + T(4) * rho * eps)) / T(2) : T(0);
+    const T c = on ? rho / m : T(0);                    // h = z · c
+    const T zr = on ? hr / c : T(0), zi = CPLX && on ? hi / c : T(0);
+    const T den = m + eps;
+    const T dc_dm = on ? (eps - bias) / (den * den) : T(0);  // (den − s) / den², s = m + b, without cancellation
     const T gz = gr * zr + (CPLX ? gi * zi : T(0));     // Re(conj(g) z)
-    const T k = m > 0 ? gz * dc_dm / m : T(0);          // ∂|z|/∂z = z/|z|, taken as 0 at z = 0
+    const T k = on ? gz * dc_dm / m : T(0);             // ∂|z|/∂z = z/|z|
     dzr = gr * c + k * zr;
     dzi = CPLX ? gi * c + k * zi : T(0);
     db += on ? gz / den : T(0);
   } else if (NL == kRelu) {
-    dzr = zr > 0 ? gr : T(0);
-    dzi = CPLX && zi > 0 ? gi : T(0);
+    dzr = hr > 0 ? gr : T(0);
+    dzi = CPLX && hi > 0 ? gi : T(0);
   } else {
-    const T tr = hd_tanh(zr);
-    dzr = gr * (T(1) - tr * tr);
-    if (CPLX) {
-      const T ti = hd_tanh(zi);
-      dzi = gi * (T(1) - ti * ti);
-    } else {
-      dzi = T(0);
-    }
+    dzr = gr * (T(1) - hr * hr);
+    dzi = CPLX ? gi * (T(1) - hi * hi) : T(0);
   }
 }
 

@@ -125,13 +125,15 @@ void accumulate_factor_grad(const Stage& s, const T* dyr, const T* dyi, const T*
   return factor_grad_entries<T, CPLX>(s, dyr, dyi, xr, xi, gr, gi);
 }
 
-// Forward through every stage from slot 0; returns the slot holding the result. keep_inputs: slot k
-// keeps the input of stage k (for the backward pass); otherwise slots 0 and 1 alternate.
+// Forward through the first `count` stages (all by default) from slot 0; returns the slot holding the
+// result. keep_inputs: slot k keeps the input of stage k (for the backward pass); otherwise slots 0
+// and 1 alternate.
 template <typename T, bool CPLX>
-long run_stages(const Plan& plan, const T* wr, const T* wi, Scratch<T>& st, bool keep_inputs) {
+long run_stages(const Plan& plan, const T* wr, const T* wi, Scratch<T>& st, bool keep_inputs, long count = -1) {
   long cur = 0;
-  for (size_t k = 0; k < plan.stages.size(); ++k) {
-    const long next = keep_inputs ? static_cast<long>(k) + 1 : 1 - cur;
+  if (count < 0) count = static_cast<long>(plan.stages.size());
+  for (long k = 0; k < count; ++k) {
+    const long next = keep_inputs ? k + 1 : 1 - cur;
     stage<T, CPLX>(plan.stages[k], wr, wi, st.re(cur), st.im(cur), st.re(next), st.im(next));
     cur = next;
   }
@@ -179,44 +181,45 @@ void recurrence_forward(const Plan& plan, const T* wr, const T* wi, const T* u, 
   });
 }
 
-// Writes ∂L/∂u and ∂L/∂h0, and per chunk c the partial factor gradients gw{r,i}[c] (wsize × L) and
-// modReLU bias gradients gb[c] (N × L); the caller sums the partials once.
+// Writes ∂L/∂u into gu, ∂L/∂h0, and per chunk c the partial factor gradients gw{r,i}[c] (wsize × L) and
+// modReLU bias gradients gb[c] (N × L); the caller sums the partials once. Reads H and never u: the
+// nonlinearity's derivative comes from h_t (nl_backward). gu may be gH itself: each step reads its rows
+// of gH before it writes them.
 template <typename T, bool CPLX, int NL>
 void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T* wi, const T* awr, const T* awi,
-                         const T* u, const T* h0, const T* H, const T* gH, const T* bias, long B, long steps,
-                         T* gu, T* gh0, T* gwr, T* gwi, T* gb) {
+                         const T* h0, const T* H, const T* gH, const T* bias, long B, long steps, T* gu, T* gh0,
+                         T* gwr, T* gwi, T* gb) {
   constexpr int C = CPLX ? 2 : 1;
   const long N = plan.n_in, F = plan.stages.size();
   at::parallel_for(0, (B + L - 1) / L, 1, [&](long c0, long c1) {
-    // slots 0..F: the stage inputs of step t (F: W h_{t-1}); F+1: ∂L/∂z_t, then back through the
-    // stages; F+2: u_t, then scratch of the stages; F+3: ∂L/∂h_t from the loss; F+4: ∂L/∂h_t in all
+    // slots 0..F-1: the stage inputs of step t (0: h_{t-1}); F: h_t; F+1: ∂L/∂z_t, then back through the
+    // stages; F+2: scratch of the stages; F+3: ∂L/∂h_t from the loss; F+4: ∂L/∂h_t in all
     Scratch<T> st(F + 5, N);
-    const long d = F + 1, e = F + 2, gl = F + 3, g = F + 4;
+    const long h = F, d = F + 1, e = F + 2, gl = F + 3, g = F + 4;
     for (long c = c0; c < c1; ++c) {
       const long b0 = c * L, lanes = std::min<long>(L, B - b0);
       T *cwr = gwr + c * plan.wsize * L, *cwi = gwi + c * plan.wsize * L, *cb = gb + c * N * L;
       std::fill(st.re(g), st.re(g) + 2 * st.m, T(0));
+      if (steps > 0) gather<T, CPLX>(H + (b0 * steps + steps - 1) * N * C, steps * N, lanes, N, st.re(h), st.im(h));
       for (long t = steps - 1; t >= 0; --t) {
         if (t > 0) gather<T, CPLX>(H + (b0 * steps + t - 1) * N * C, steps * N, lanes, N, st.re(0), st.im(0));
         else gather<T, CPLX>(h0 + b0 * N * C, N, lanes, N, st.re(0), st.im(0));
-        run_stages<T, CPLX>(plan, wr, wi, st, true);  // recompute the stage inputs of step t
+        run_stages<T, CPLX>(plan, wr, wi, st, true, F - 1);  // recompute the stage inputs of step t
         const long row = b0 * steps + t;
-        gather<T, CPLX>(u + row * N * C, steps * N, lanes, N, st.re(e), st.im(e));
         gather<T, CPLX>(gH + row * N * C, steps * N, lanes, N, st.re(gl), st.im(gl));
-        const T *zr = st.re(F), *zi = st.im(F), *ur = st.re(e), *ui = st.im(e);
-        const T *glr = st.re(gl), *gli = st.im(gl), *gr = st.re(g), *gi = st.im(g);
+        const T *hr = st.re(h), *hi = st.im(h), *glr = st.re(gl), *gli = st.im(gl), *gr = st.re(g), *gi = st.im(g);
         T *dr = st.re(d), *di = st.im(d);
         for (long n = 0; n < N; ++n) {
 #pragma omp simd
           for (int l = 0; l < L; ++l) {
             const long o = n * L + l;
-            nl_backward<NL, T, CPLX>(zr[o] + ur[o], zi[o] + ui[o], bias[n], gr[o] + glr[o], gi[o] + gli[o], dr[o],
-                                 di[o], cb[o]);
+            nl_backward<NL, T, CPLX>(hr[o], hi[o], bias[n], gr[o] + glr[o], gi[o] + gli[o], dr[o], di[o], cb[o]);
           }
         }
         scatter<T, CPLX>(dr, di, lanes, N, gu + row * N * C, steps * N);
         const long dh = backprop_stages<T, CPLX>(plan, adj, awr, awi, st, d, e, cwr, cwi);
         std::copy(st.re(dh), st.re(dh) + 2 * st.m, st.re(g));  // ∂L/∂h_{t-1} (re and im planes are adjacent)
+        std::copy(st.re(0), st.re(0) + 2 * st.m, st.re(h));    // h_{t-1}: the next step's h_t
       }
       scatter<T, CPLX>(st.re(g), st.im(g), lanes, N, gh0 + b0 * N * C, N);
     }
@@ -282,30 +285,28 @@ at::Tensor kru_recurrence_cpu(const at::Tensor& u, const at::Tensor& h0, const a
   return H;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cpu(
-    const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
-    at::IntArrayRef shapes, c10::string_view nonlinearity, const at::Tensor& bias) {
-  const Plan plan = check_recurrence(u, h0, w, shapes, bias);
-  check_same(u, grad_H, "grad_H");
-  check_same(u, H, "H");
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cpu(
+    const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
+    c10::string_view nonlinearity, const at::Tensor& bias, const at::Tensor& grad_u) {
+  const Plan plan = check_recurrence_backward(grad_H, H, h0, w, shapes, bias, grad_u);
   const Plan adj = adjoint_plan(plan);
   at::Tensor wr, wi;
   std::tie(wr, wi) = factor_planes(w, plan, false);
   at::Tensor awr, awi;
   std::tie(awr, awi) = factor_planes(w, plan, true);
-  const long B = u.size(0);
-  at::Tensor gu = new_output(u.sizes(), u.options()), gh0 = new_output(h0.sizes(), h0.options());
-  at::Tensor gwr = partials(B, plan.wsize, u), gwi = partials(B, plan.wsize, u), gb = partials(B, plan.n_in, u);
-  dispatch_dtype(u.scalar_type(), [&](auto t, auto c) {
+  const long B = H.size(0);
+  at::Tensor gh0 = new_output(h0.sizes(), h0.options());
+  at::Tensor gwr = partials(B, plan.wsize, H), gwi = partials(B, plan.wsize, H), gb = partials(B, plan.n_in, H);
+  dispatch_dtype(H.scalar_type(), [&](auto t, auto c) {
     dispatch_nonlinearity(nonlinearity, [&](auto nl) {
       using T = decltype(t);
       recurrence_backward<T, decltype(c)::value, decltype(nl)::value>(
-          plan, adj, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(u), ptr<T>(h0), ptr<T>(H),
-          ptr<T>(grad_H), ptr<T>(bias), B, u.size(1), ptr<T>(gu), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb));
+          plan, adj, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(h0), ptr<T>(H), ptr<T>(grad_H),
+          ptr<T>(bias), B, H.size(1), ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb));
     });
   });
-  at::Tensor gw = combine_planes(gwr.sum({0, 2}), gwi.sum({0, 2}), u.is_complex());
-  return {gu, gh0, gw, gb.sum({0, 2})};
+  at::Tensor gw = combine_planes(gwr.sum({0, 2}), gwi.sum({0, 2}), H.is_complex());
+  return {gh0, gw, gb.sum({0, 2})};
 }
 
 at::Tensor kron_matvec_cpu(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef shapes) {
@@ -348,8 +349,10 @@ TORCH_LIBRARY(krubench, m) {
   m.def("kron_matvec(Tensor x, Tensor w, int[] shapes) -> Tensor");
   m.def("kron_matvec_backward(Tensor grad_y, Tensor x, Tensor w, int[] shapes) -> (Tensor, Tensor)");
   m.def("kru_recurrence(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
-  m.def("kru_recurrence_backward(Tensor grad_H, Tensor H, Tensor u, Tensor h0, Tensor w, int[] shapes, "
-        "str nonlinearity, Tensor bias) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Writes ∂L/∂u into grad_u, which may be grad_H itself (the caller's choice when it owns grad_H);
+  // returns the gradients of h0, w and bias.
+  m.def("kru_recurrence_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
+        "Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(krubench, CPU, m) {

@@ -144,10 +144,12 @@ __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* 
 
 // Shared memory: factors and their adjoints (4 wsize), ∂L/∂h (2 N), dy ping-pong (4 N), the reduction
 // scratch (2 max(blockDim, max p q)). Global scratch ws: this block's stage inputs, (k + 1) × 2 N.
+// Reads H, never u (nl_backward works from h_t); gu may be gH itself (each element is read, then written,
+// by one thread).
 template <typename T, bool CPLX, int NL>
 __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* awr_g,
-                                           const T* awi_g, const T* u, const T* h0, const T* H, const T* gH,
-                                           const T* bias, int steps, T* gu, T* gh0, T* gwr, T* gwi, T* gb, T* ws) {
+                                           const T* awi_g, const T* h0, const T* H, const T* gH, const T* bias,
+                                           int steps, T* gu, T* gh0, T* gwr, T* gwi, T* gb, T* ws) {
   extern __shared__ unsigned char smem[];
   constexpr int C = CPLX ? 2 : 1;
   const int N = plan.n_in, red = max(static_cast<int>(blockDim.x), plan.max_entries);
@@ -166,15 +168,14 @@ __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T*
   for (int t = steps - 1; t >= 0; --t) {
     load_planes(t > 0 ? H + (b * steps + t - 1) * N * C : h0 + b * N * C, N, CPLX, sr, sr + N);
     __syncthreads();
-    for (int f = 0; f < plan.k; ++f)  // recompute the stage inputs of step t
+    for (int f = 0; f + 1 < plan.k; ++f)  // recompute the stage inputs of step t
       stage<T, CPLX>(plan.s[f], wr, wi, sr + 2 * f * N, sr + (2 * f + 1) * N, sr + 2 * (f + 1) * N,
                      sr + (2 * (f + 1) + 1) * N);
-    const T *zr = sr + 2 * plan.k * N, *zi = zr + N;
     const long row = (b * steps + t) * N * C;
     for (int n = threadIdx.x; n < N; n += blockDim.x) {
       const long x = row + n * C;
-      nl_backward<NL, T, CPLX>(zr[n] + u[x], CPLX ? zi[n] + u[x + 1] : T(0), bias[n], gr[n] + gH[x],
-                               CPLX ? gi[n] + gH[x + 1] : T(0), dr[0][n], di[0][n], bgb[n]);
+      nl_backward<NL, T, CPLX>(H[x], CPLX ? H[x + 1] : T(0), bias[n], gr[n] + gH[x], CPLX ? gi[n] + gH[x + 1] : T(0),
+                               dr[0][n], di[0][n], bgb[n]);
       gu[x] = dr[0][n];
       if (CPLX) gu[x + 1] = di[0][n];
     }
@@ -293,41 +294,39 @@ at::Tensor kru_recurrence_cuda(const at::Tensor& u, const at::Tensor& h0, const 
   return H;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
-    const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
-    at::IntArrayRef shapes, c10::string_view nonlinearity, const at::Tensor& bias) {
-  const Plan plan = check_recurrence(u, h0, w, shapes, bias);
-  check_same(u, grad_H, "grad_H");
-  check_same(u, H, "H");
-  const c10::cuda::CUDAGuard guard(u.device());
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
+    const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
+    c10::string_view nonlinearity, const at::Tensor& bias, const at::Tensor& grad_u) {
+  const Plan plan = check_recurrence_backward(grad_H, H, h0, w, shapes, bias, grad_u);
+  const c10::cuda::CUDAGuard guard(H.device());
   const DevPlan dp = device_plan(plan);
   at::Tensor wr, wi;
   std::tie(wr, wi) = factor_planes(w, plan, false);
   at::Tensor awr, awi;
   std::tie(awr, awi) = factor_planes(w, plan, true);
-  const long B = u.size(0), N = plan.n_in;
-  at::Tensor gu = new_output(u.sizes(), u.options()), gh0 = new_output(h0.sizes(), h0.options());
-  at::Tensor gwr = real_zeros({B, plan.wsize}, u), gwi = real_zeros({B, plan.wsize}, u), gb = real_zeros({B, N}, u);
-  at::Tensor ws = real_zeros({B, static_cast<long>(plan.stages.size()) + 1, 2, N}, u);
+  const long B = H.size(0), N = plan.n_in;
+  at::Tensor gh0 = new_output(h0.sizes(), h0.options());
+  at::Tensor gwr = real_zeros({B, plan.wsize}, H), gwi = real_zeros({B, plan.wsize}, H), gb = real_zeros({B, N}, H);
+  at::Tensor ws = real_zeros({B, static_cast<long>(plan.stages.size()) + 1, 2, N}, H);
   if (B > 0) {
     const int threads = block_threads(N);
     auto stream = c10::cuda::getCurrentCUDAStream();
-    dispatch_dtype(u.scalar_type(), [&](auto t, auto c) {
+    dispatch_dtype(H.scalar_type(), [&](auto t, auto c) {
       dispatch_nonlinearity(nonlinearity, [&](auto nl) {
         using T = decltype(t);
         auto kernel = recurrence_backward_kernel<T, decltype(c)::value, decltype(nl)::value>;
         const size_t smem = (4 * plan.wsize + 6 * N + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
         allow_shared_memory(kernel, smem, "the recurrence's backward pass");
-        kernel<<<B, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(u),
-                                             ptr<T>(h0), ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias),
-                                             static_cast<int>(u.size(1)), ptr<T>(gu), ptr<T>(gh0), ptr<T>(gwr),
-                                             ptr<T>(gwi), ptr<T>(gb), ptr<T>(ws));
+        kernel<<<B, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(h0),
+                                             ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), static_cast<int>(H.size(1)),
+                                             ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb),
+                                             ptr<T>(ws));
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
   }
-  at::Tensor gw = combine_planes(gwr.sum(0), gwi.sum(0), u.is_complex());
-  return {gu, gh0, gw, gb.sum(0)};
+  at::Tensor gw = combine_planes(gwr.sum(0), gwi.sum(0), H.is_complex());
+  return {gh0, gw, gb.sum(0)};
 }
 
 at::Tensor kron_matvec_cuda(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef shapes) {

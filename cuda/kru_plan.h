@@ -104,6 +104,19 @@ inline void check_dtype(const at::Tensor& t) {
               "krubench: dtype ", st, " is not supported: use float32, float64, complex64 or complex128");
 }
 
+// An uninitialised output; with KRUBENCH_POISON_OUTPUTS=1 it is filled with NaN first, so that the
+// tests can check that a kernel writes every element.
+inline void poison(const at::Tensor& t) {
+  const char* flag = std::getenv("KRUBENCH_POISON_OUTPUTS");
+  if (flag != nullptr && flag[0] == '1') (t.is_complex() ? at::view_as_real(t) : t).fill_(NAN);
+}
+
+inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  poison(t);
+  return t;
+}
+
 // u, H: (B, T, N); h0: (B, N); w: (Σ p q,); bias: (N,) real.
 inline Plan check_recurrence(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
                              at::IntArrayRef shapes, const at::Tensor& bias) {
@@ -124,6 +137,21 @@ inline Plan check_recurrence(const at::Tensor& u, const at::Tensor& h0, const at
   check_same(u, h0, "h0");
   check_same(u, w, "factors");
   TORCH_CHECK(bias.device() == u.device() && bias.is_contiguous(), "krubench: bias must be contiguous on ", u.device());
+  return plan;
+}
+
+// The backward pass's tensors: grad_H, H, grad_u (B, T, N); the rest as check_recurrence. grad_u may be
+// grad_H itself.
+inline Plan check_recurrence_backward(const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0,
+                                      const at::Tensor& w, at::IntArrayRef shapes, const at::Tensor& bias,
+                                      const at::Tensor& grad_u) {
+  const Plan plan = check_recurrence(H, h0, w, shapes, bias);
+  for (const auto& [t, name] : {std::pair{&grad_H, "grad_H"}, std::pair{&grad_u, "grad_u"}}) {
+    check_same(H, *t, name);
+    TORCH_CHECK(t->sizes() == H.sizes(), "krubench: ", name, " must have the shape of H, ", H.sizes(), ", got ",
+                t->sizes());
+  }
+  if (grad_u.data_ptr() != grad_H.data_ptr()) poison(grad_u);
   return plan;
 }
 
@@ -150,15 +178,6 @@ void dispatch_dtype(at::ScalarType st, F&& f) {
     case at::kComplexDouble: return f(double{}, std::true_type{});
     default: TORCH_CHECK(false, "krubench: dtype ", st, " is not supported: use float32, float64, complex64 or complex128");
   }
-}
-
-// An uninitialised output; with KRUBENCH_POISON_OUTPUTS=1 it is filled with NaN first, so that the
-// tests can check that a kernel writes every element.
-inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  at::Tensor t = at::empty(sizes, options);
-  const char* poison = std::getenv("KRUBENCH_POISON_OUTPUTS");
-  if (poison != nullptr && poison[0] == '1') (t.is_complex() ? at::view_as_real(t) : t).fill_(NAN);
-  return t;
 }
 
 // Factor gradients from their planes: complex when the factors are complex.

@@ -72,13 +72,31 @@ def kru_problem(N, B, T, merge, device, requires_grad=True):
     return factors, u, h0, bias, (lambda backend: ops.merge_factors(factors, ops.merge_limit(backend, merge)))
 
 
+class RealSum(torch.autograd.Function):
+    """Σ Re H, whose backward allocates ∂L/∂H once, as a plain tensor: the kind of gradient the KRU
+    model's read-out hands the recurrence (`H.real.sum()` would hand it a view of a real buffer, which
+    the compiled backward does not overwrite)."""
+
+    @staticmethod
+    def forward(H):
+        return H.real.sum()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(ctx.dtype).expand(ctx.shape).contiguous()  # ∂(Σ Re H)/∂H = 1 everywhere
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.shape, ctx.dtype = inputs[0].shape, inputs[0].dtype
+
+
 def kru_step(kernel, factors, u, h0, bias, stages, backward=True):
     def run():
         for leaf in (u, bias, *factors):  # as optimizer.zero_grad(set_to_none=True) leaves them
             leaf.grad = None
         H = ops.kru_recurrence(u, h0, stages(kernel), "modrelu", bias, kernel=kernel)  # (B, T, N)
         if backward:
-            H.real.sum().backward()
+            RealSum.apply(H).backward()
     return run
 
 

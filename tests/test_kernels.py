@@ -112,6 +112,39 @@ def test_recurrence_gradcheck(backend, device, nonlinearity, complex_):
     assert torch.autograd.gradcheck(f, (*leaves, *([b] if b is not None else [])))
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_backward_overwrites_only_a_gradient_it_owns(backend, device, monkeypatch):
+    """∂L/∂u reuses the memory of ∂L/∂H when nothing else refers to it (the training step's peak memory),
+    and never touches a gradient the caller still holds."""
+    from krubench.ops import compiled
+    loaded(backend)
+    factors, u, h0, bias, grad = recurrence_problem([4, 4, 2], 3, 5, True, "modrelu", seed=11)
+    args = [t.to(device, torch.complex64) for t in (u, h0, *factors)]
+    u32, h032, *f32 = [t.requires_grad_() for t in args]
+    b32 = bias.to(device, torch.float32)
+    owned = []
+    monkeypatch.setattr(compiled, "sole_owner", lambda t, real=compiled.sole_owner: owned.append(real(t)) or owned[-1])
+
+    def grad_u(upstream: str):
+        u32.grad = None
+        H = ops.kru_recurrence(u32, h032, f32, "modrelu", b32, kernel=backend)
+        g = grad.to(device, torch.complex64)
+        if upstream == "held":
+            kept = g.clone()
+            H.backward(g)  # the caller holds g: it must come back unchanged
+            assert torch.equal(g, kept), "the backward pass overwrote a gradient its caller holds"
+        elif upstream == "view":  # ∂L/∂H arrives as a view of a real buffer: left alone
+            (torch.view_as_real(H) * torch.view_as_real(g)).sum().backward()
+        else:
+            (H * g.conj()).real.sum().backward()  # autograd's own plain ∂L/∂H: free to reuse
+        return u32.grad.clone()
+
+    expected = grad_u("held")
+    torch.testing.assert_close(grad_u("view"), expected)
+    torch.testing.assert_close(grad_u("owned"), expected)
+    assert owned == [False, False, True], owned
+
+
 MATVEC_CASES = [  # (factor shapes (p, q), leading shape of x, complex x, complex factors)
     ([(2, 2)] * 3, (1,), True, True),
     ([(2, 2)] * 4, (19,), False, False),

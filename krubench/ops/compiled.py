@@ -65,15 +65,29 @@ def _matvec_backward(ctx, grad):
 
 def _recurrence_setup(ctx, inputs, output):
     u, h0, w, shapes, nonlinearity, bias = inputs
-    ctx.save_for_backward(u, h0, w, bias, output)
+    ctx.save_for_backward(h0, w, bias, output)  # not u: the backward pass needs only H (B·T·N, once)
     ctx.shapes, ctx.nonlinearity = shapes, nonlinearity
 
 
+def sole_owner(t: torch.Tensor) -> bool:
+    """Whether nothing but `t` refers to its memory, so that a backward pass may overwrite it: not a view,
+    no other tensor on its storage, no reference held by the caller. Asks torch's reference counts
+    (private APIs); any doubt answers no. The KRU model's read-out hands back such a gradient; a loss
+    on `H.real` hands back a view, which is left alone."""
+    try:
+        return (t._base is None and t.is_contiguous() and t._use_count() == 1
+                and torch._C._storage_Use_Count(t.untyped_storage()._cdata) == 2)  # t, and the temporary storage
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _recurrence_backward(ctx, grad):
-    u, h0, w, bias, H = ctx.saved_tensors
-    gu, gh0, gw, gb = torch.ops.krubench.kru_recurrence_backward(
-        _ready(grad, u.dtype), H, u, h0, w, ctx.shapes, ctx.nonlinearity, bias)
-    return gu, gh0, gw, None, None, gb
+    h0, w, bias, H = ctx.saved_tensors
+    grad = _ready(grad, H.dtype)
+    # ∂L/∂u overwrites ∂L/∂H when nothing else holds it: the step's peak is then H and one gradient
+    grad_u = grad if sole_owner(grad) else torch.empty_like(grad)
+    gh0, gw, gb = torch.ops.krubench.kru_recurrence_backward(grad, H, h0, w, ctx.shapes, ctx.nonlinearity, bias, grad_u)
+    return grad_u, gh0, gw, None, None, gb
 
 
 def register() -> None:
@@ -97,7 +111,7 @@ def register() -> None:
         return torch.empty_like(u)
 
     @torch.library.register_fake("krubench::kru_recurrence_backward")
-    def _(grad_H, H, u, h0, w, shapes, nonlinearity, bias):
-        return torch.empty_like(u), torch.empty_like(h0), torch.empty_like(w), torch.empty_like(bias)
+    def _(grad_H, H, h0, w, shapes, nonlinearity, bias, grad_u):
+        return torch.empty_like(h0), torch.empty_like(w), torch.empty_like(bias)
 
     _registered = True
