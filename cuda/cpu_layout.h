@@ -6,6 +6,8 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -78,7 +80,11 @@ long transpose_blocks(T* rows, long rowstride, long lanes, long n, T* pr, T* pi)
       } else {
         for (int c = 0; c < 16; ++c) r[c] = _mm512_loadu_ps((CPLX && c % 2 ? pi : pr) + (j0 + c / C) * L);
         transpose16(r);
-        for (int l = 0; l < 16; ++l) _mm512_storeu_ps(rows + l * rowstride * C + j0 * C, r[l]);
+        for (int l = 0; l < 16; ++l) {  // streaming stores: the rows are not read again soon
+          float* dst = rows + l * rowstride * C + j0 * C;
+          if (reinterpret_cast<uintptr_t>(dst) % 64 == 0) _mm512_stream_ps(dst, r[l]);
+          else _mm512_storeu_ps(dst, r[l]);
+        }
       }
     }
     return j0;
@@ -114,15 +120,50 @@ void scatter(const T* pr, const T* pi, long lanes, long n, T* dst, long rowstrid
   }
 }
 
+// dst[0, n) = src[0, n) with streaming (non-temporal) stores where they apply: output written once and
+// not read again soon, so it need not be fetched into the cache first. Call stream_fence() before
+// another thread reads it.
+template <typename T>
+void stream_copy(const T* src, T* dst, long n) {
+  long i = 0;
+#if defined(__AVX512F__)
+  if (reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
+    constexpr long V = 64 / sizeof(T);
+    for (; i + V <= n; i += V) {
+      if constexpr (std::is_same_v<T, float>) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+      else _mm512_stream_pd(dst + i, _mm512_loadu_pd(src + i));
+    }
+  }
+#endif
+  std::copy(src + i, src + n, dst + i);
+}
+
+inline void stream_fence() {
+#if defined(__AVX512F__)
+  _mm_sfence();
+#endif
+}
+
 // Per-thread scratch: `count` pairs of planes (real, imaginary) of `size` elements × L lanes, 64-byte
 // aligned (whole vectors of lanes).
 template <typename T>
 struct Scratch {
+  static constexpr long kSkew = 3;  // vectors between planes, so that planes do not start 4 KiB apart
   std::vector<Lanes<T>> buf;
   long m;  // elements × lanes of one plane
-  Scratch(long count, long size) : buf(2 * count * size, Lanes<T>{}), m(size * L) {}
-  T* re(long k) { return reinterpret_cast<T*>(buf.data()) + 2 * k * m; }
-  T* im(long k) { return reinterpret_cast<T*>(buf.data()) + (2 * k + 1) * m; }
+  long stride;  // elements × lanes from one plane to the next
+  Scratch(long count, long size)
+      : buf(2 * count * (size + kSkew), Lanes<T>{}), m(size * L), stride((size + kSkew) * L) {}
+  T* re(long k) { return reinterpret_cast<T*>(buf.data()) + 2 * k * stride; }
+  T* im(long k) { return reinterpret_cast<T*>(buf.data()) + (2 * k + 1) * stride; }
+  void zero(long k) {
+    std::fill(re(k), re(k) + m, T(0));
+    std::fill(im(k), im(k) + m, T(0));
+  }
+  void copy(long from, long to) {
+    std::copy(re(from), re(from) + m, re(to));
+    std::copy(im(from), im(from) + m, im(to));
+  }
 };
 
 }  // namespace kru

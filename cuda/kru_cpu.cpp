@@ -153,31 +153,75 @@ long backprop_stages(const Plan& plan, const Plan& adj, const T* awr, const T* a
   return d;
 }
 
-template <typename T, bool CPLX, int NL>
+// The sequences a recurrence reads and writes, in one of two layouts. Rows (LANES false): the reference
+// API's (B, T, N) tensors (complex interleaved), moved to and from the planes by register transposes.
+// Lanes (LANES true): the kernel's own layout, (chunks, T, C, N, L) planes (C = 2 for complex: real
+// plane, imaginary plane), read and written in place; h0 is (chunks, C, N, L).
+template <typename T, bool CPLX, bool LANES>
+struct Sequences {
+  static constexpr int C = CPLX ? 2 : 1;
+  long B, steps, N;  // B: batch rows (Rows) or chunks (Lanes)
+  long chunks() const { return LANES ? B : (B + L - 1) / L; }
+  long lanes(long c) const { return LANES ? L : std::min<long>(L, B - c * L); }
+  // Chunk c's first element of step t of a sequence, or with t = −1 of a state shaped like h0.
+  long offset(long c, long t) const {
+    if (t < 0) return c * C * N * L;  // the same in both layouts: L rows of N (Rows), C planes (Lanes)
+    return LANES ? (c * steps + t) * C * N * L : (c * L * steps + t) * N * C;
+  }
+  long rowstride(long t) const { return t < 0 ? N : steps * N; }
+  // Planes (pr, pi) of step t of chunk c (t = −1: of h0); Lanes: a pointer into the sequence (no copy)
+  // unless `copy`.
+  void load(const T* seq, const T* h0, long c, long t, T*& pr, T*& pi, bool copy) const {
+    const T* src = (t < 0 ? h0 : seq) + offset(c, t);
+    if constexpr (LANES) {
+      if (!copy) {
+        pr = const_cast<T*>(src);
+        if (CPLX) pi = pr + N * L;
+        return;
+      }
+      std::copy(src, src + N * L, pr);
+      if (CPLX) std::copy(src + N * L, src + 2 * N * L, pi);
+    } else {
+      gather<T, CPLX>(src, rowstride(t), lanes(c), N, pr, pi);
+    }
+  }
+  // Planes (pr, pi) to step t of chunk c of `seq` (t = −1: seq is shaped like h0).
+  void store(const T* pr, const T* pi, T* seq, long c, long t) const {
+    T* dst = seq + offset(c, t);
+    if constexpr (LANES) {
+      stream_copy(pr, dst, N * L);
+      if (CPLX) stream_copy(pi, dst + N * L, N * L);
+    } else {
+      scatter<T, CPLX>(pr, pi, lanes(c), N, dst, rowstride(t));
+    }
+  }
+};
+
+template <typename T, bool CPLX, int NL, bool LANES>
 void recurrence_forward(const Plan& plan, const T* wr, const T* wi, const T* u, const T* h0, const T* bias, T* H,
-                        long B, long steps) {
-  constexpr int C = CPLX ? 2 : 1;
+                        const Sequences<T, CPLX, LANES>& seq) {
   const long N = plan.n_in;
-  at::parallel_for(0, (B + L - 1) / L, 1, [&](long c0, long c1) {
-    Scratch<T> st(3, N);  // slots 0, 1: the stages' ping-pong (h_{t-1} in 0); 2: u_t
-    T *ur = st.re(2), *ui = st.im(2), *hr = st.re(0), *hi = st.im(0);
+  at::parallel_for(0, seq.chunks(), 1, [&](long c0, long c1) {
+    Scratch<T> st(3, N);  // slots 0, 1: the stages' ping-pong (h_{t-1} in 0); 2: u_t (rows)
+    T *hr = st.re(0), *hi = st.im(0);
     for (long c = c0; c < c1; ++c) {
-      const long b0 = c * L, lanes = std::min<long>(L, B - b0);
-      gather<T, CPLX>(h0 + b0 * N * C, N, lanes, N, hr, hi);
-      for (long t = 0; t < steps; ++t) {
+      seq.load(H, h0, c, -1, hr, hi, true);
+      for (long t = 0; t < seq.steps; ++t) {
         const long z = run_stages<T, CPLX>(plan, wr, wi, st, false);  // W h_{t-1}
         const T *zr = st.re(z), *zi = st.im(z);
-        gather<T, CPLX>(u + (b0 * steps + t) * N * C, steps * N, lanes, N, ur, ui);
+        T *ur = st.re(2), *ui = st.im(2);
+        seq.load(u, nullptr, c, t, ur, ui, false);
         for (long n = 0; n < N; ++n) {  // h_t = σ(W h_{t-1} + u_t), into slot 0; padding lanes stay 0
 #pragma omp simd
           for (int l = 0; l < L; ++l) {
             const long o = n * L + l;
-            nl_forward<NL, T, CPLX>(zr[o] + ur[o], zi[o] + ui[o], bias[n], hr[o], hi[o]);
+            nl_forward<NL, T, CPLX>(zr[o] + ur[o], CPLX ? zi[o] + ui[o] : T(0), bias[n], hr[o], hi[o]);
           }
         }
-        scatter<T, CPLX>(hr, hi, lanes, N, H + (b0 * steps + t) * N * C, steps * N);
+        seq.store(hr, hi, H, c, t);
       }
     }
+    stream_fence();
   });
 }
 
@@ -185,44 +229,46 @@ void recurrence_forward(const Plan& plan, const T* wr, const T* wi, const T* u, 
 // modReLU bias gradients gb[c] (N × L); the caller sums the partials once. Reads H and never u: the
 // nonlinearity's derivative comes from h_t (nl_backward). gu may be gH itself: each step reads its rows
 // of gH before it writes them.
-template <typename T, bool CPLX, int NL>
+template <typename T, bool CPLX, int NL, bool LANES>
 void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T* wi, const T* awr, const T* awi,
-                         const T* h0, const T* H, const T* gH, const T* bias, long B, long steps, T* gu, T* gh0,
-                         T* gwr, T* gwi, T* gb) {
-  constexpr int C = CPLX ? 2 : 1;
+                         const T* h0, const T* H, const T* gH, const T* bias, const Sequences<T, CPLX, LANES>& seq,
+                         T* gu, T* gh0, T* gwr, T* gwi, T* gb) {
   const long N = plan.n_in, F = plan.stages.size();
-  at::parallel_for(0, (B + L - 1) / L, 1, [&](long c0, long c1) {
+  at::parallel_for(0, seq.chunks(), 1, [&](long c0, long c1) {
     // slots 0..F-1: the stage inputs of step t (0: h_{t-1}); F: h_t; F+1: ∂L/∂z_t, then back through the
     // stages; F+2: scratch of the stages; F+3: ∂L/∂h_t from the loss; F+4: ∂L/∂h_t in all
     Scratch<T> st(F + 5, N);
     const long h = F, d = F + 1, e = F + 2, gl = F + 3, g = F + 4;
     for (long c = c0; c < c1; ++c) {
-      const long b0 = c * L, lanes = std::min<long>(L, B - b0);
       T *cwr = gwr + c * plan.wsize * L, *cwi = gwi + c * plan.wsize * L, *cb = gb + c * N * L;
-      std::fill(st.re(g), st.re(g) + 2 * st.m, T(0));
-      if (steps > 0) gather<T, CPLX>(H + (b0 * steps + steps - 1) * N * C, steps * N, lanes, N, st.re(h), st.im(h));
-      for (long t = steps - 1; t >= 0; --t) {
-        if (t > 0) gather<T, CPLX>(H + (b0 * steps + t - 1) * N * C, steps * N, lanes, N, st.re(0), st.im(0));
-        else gather<T, CPLX>(h0 + b0 * N * C, N, lanes, N, st.re(0), st.im(0));
+      st.zero(g);
+      T *hr = st.re(h), *hi = st.im(h);
+      if (seq.steps > 0) seq.load(H, h0, c, seq.steps - 1, hr, hi, true);
+      for (long t = seq.steps - 1; t >= 0; --t) {
+        T *h1r = st.re(0), *h1i = st.im(0);
+        seq.load(H, h0, c, t - 1, h1r, h1i, true);
         run_stages<T, CPLX>(plan, wr, wi, st, true, F - 1);  // recompute the stage inputs of step t
-        const long row = b0 * steps + t;
-        gather<T, CPLX>(gH + row * N * C, steps * N, lanes, N, st.re(gl), st.im(gl));
-        const T *hr = st.re(h), *hi = st.im(h), *glr = st.re(gl), *gli = st.im(gl), *gr = st.re(g), *gi = st.im(g);
+        T *glr = st.re(gl), *gli = st.im(gl);
+        seq.load(gH, nullptr, c, t, glr, gli, false);
+        const T *gr = st.re(g), *gi = st.im(g);
         T *dr = st.re(d), *di = st.im(d);
         for (long n = 0; n < N; ++n) {
 #pragma omp simd
           for (int l = 0; l < L; ++l) {
             const long o = n * L + l;
-            nl_backward<NL, T, CPLX>(hr[o], hi[o], bias[n], gr[o] + glr[o], gi[o] + gli[o], dr[o], di[o], cb[o]);
+            nl_backward<NL, T, CPLX>(hr[o], CPLX ? hi[o] : T(0), bias[n], gr[o] + glr[o], CPLX ? gi[o] + gli[o] : T(0),
+                                     dr[o], di[o], cb[o]);
           }
         }
-        scatter<T, CPLX>(dr, di, lanes, N, gu + row * N * C, steps * N);
+        seq.store(dr, di, gu, c, t);
         const long dh = backprop_stages<T, CPLX>(plan, adj, awr, awi, st, d, e, cwr, cwi);
-        std::copy(st.re(dh), st.re(dh) + 2 * st.m, st.re(g));  // ∂L/∂h_{t-1} (re and im planes are adjacent)
-        std::copy(st.re(0), st.re(0) + 2 * st.m, st.re(h));    // h_{t-1}: the next step's h_t
+        st.copy(dh, g);  // ∂L/∂h_{t-1}
+        std::copy(h1r, h1r + st.m, st.re(h));                   // h_{t-1}: the next step's h_t
+        if (CPLX) std::copy(h1i, h1i + st.m, st.im(h));
       }
-      scatter<T, CPLX>(st.re(g), st.im(g), lanes, N, gh0 + b0 * N * C, N);
+      seq.store(st.re(g), st.im(g), gh0, c, -1);
     }
+    stream_fence();
   });
 }
 
@@ -237,6 +283,7 @@ void matvec_forward(const Plan& plan, const T* wr, const T* wi, const T* x, T* y
       const long z = run_stages<T, CPLX>(plan, wr, wi, st, false);
       scatter<T, CPLX>(st.re(z), st.im(z), lanes, plan.n_out, y + m0 * plan.n_out * C, plan.n_out);
     }
+    stream_fence();
   });
 }
 
@@ -257,6 +304,7 @@ void matvec_backward(const Plan& plan, const Plan& adj, const T* wr, const T* wi
                                                gwi + c * plan.wsize * L);
       scatter<T, CPLX>(st.re(dx), st.im(dx), lanes, plan.n_in, gx + m0 * plan.n_in * C, plan.n_in);
     }
+    stream_fence();
   });
 }
 
@@ -268,45 +316,104 @@ at::Tensor partials(long rows, long size, const at::Tensor& like) {
   return at::zeros({(rows + L - 1) / L, size, L}, like.options().dtype(c10::toRealValueType(like.scalar_type())));
 }
 
-at::Tensor kru_recurrence_cpu(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
-                              c10::string_view nonlinearity, const at::Tensor& bias) {
-  const Plan plan = check_recurrence(u, h0, w, shapes, bias);
+// The recurrence's forward and backward for either layout; the tensors are checked by the caller.
+// The factors' dtype says whether the data are complex (u, H: real planes in the lanes layout).
+template <bool LANES>
+at::Tensor run_recurrence(const Plan& plan, const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
+                      c10::string_view nonlinearity, const at::Tensor& bias) {
   at::Tensor wr, wi;
   std::tie(wr, wi) = factor_planes(w, plan, false);
   at::Tensor H = new_output(u.sizes(), u.options());
-  dispatch_dtype(u.scalar_type(), [&](auto t, auto c) {
+  dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
     dispatch_nonlinearity(nonlinearity, [&](auto nl) {
       using T = decltype(t);
-      recurrence_forward<T, decltype(c)::value, decltype(nl)::value>(plan, ptr<T>(wr), ptr<T>(wi), ptr<T>(u),
-                                                                     ptr<T>(h0), ptr<T>(bias), ptr<T>(H), u.size(0),
-                                                                     u.size(1));
+      constexpr bool CPLX = decltype(c)::value;
+      const Sequences<T, CPLX, LANES> seq{u.size(0), u.size(1), plan.n_in};
+      recurrence_forward<T, CPLX, decltype(nl)::value>(plan, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0),
+                                                       ptr<T>(bias), ptr<T>(H), seq);
     });
   });
   return H;
+}
+
+template <bool LANES>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> run_recurrence_backward(
+    const Plan& plan, const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0, const at::Tensor& w,
+    c10::string_view nonlinearity, const at::Tensor& bias, const at::Tensor& grad_u) {
+  const Plan adj = adjoint_plan(plan);
+  at::Tensor wr, wi;
+  std::tie(wr, wi) = factor_planes(w, plan, false);
+  at::Tensor awr, awi;
+  std::tie(awr, awi) = factor_planes(w, plan, true);
+  const long rows = LANES ? H.size(0) * L : H.size(0);
+  at::Tensor gh0 = new_output(h0.sizes(), h0.options());
+  at::Tensor gwr = partials(rows, plan.wsize, H), gwi = partials(rows, plan.wsize, H), gb = partials(rows, plan.n_in, H);
+  dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
+    dispatch_nonlinearity(nonlinearity, [&](auto nl) {
+      using T = decltype(t);
+      constexpr bool CPLX = decltype(c)::value;
+      const Sequences<T, CPLX, LANES> seq{H.size(0), H.size(1), plan.n_in};
+      recurrence_backward<T, CPLX, decltype(nl)::value>(plan, adj, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi),
+                                                        ptr<T>(h0), ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), seq,
+                                                        ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi),
+                                                        ptr<T>(gb));
+    });
+  });
+  at::Tensor gw = combine_planes(gwr.sum({0, 2}), gwi.sum({0, 2}), w.is_complex());
+  return {gh0, gw, gb.sum({0, 2})};
+}
+
+at::Tensor kru_recurrence_cpu(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
+                              c10::string_view nonlinearity, const at::Tensor& bias) {
+  return run_recurrence<false>(check_recurrence(u, h0, w, shapes, bias), u, h0, w, nonlinearity, bias);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cpu(
     const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
     c10::string_view nonlinearity, const at::Tensor& bias, const at::Tensor& grad_u) {
   const Plan plan = check_recurrence_backward(grad_H, H, h0, w, shapes, bias, grad_u);
-  const Plan adj = adjoint_plan(plan);
-  at::Tensor wr, wi;
-  std::tie(wr, wi) = factor_planes(w, plan, false);
-  at::Tensor awr, awi;
-  std::tie(awr, awi) = factor_planes(w, plan, true);
-  const long B = H.size(0);
-  at::Tensor gh0 = new_output(h0.sizes(), h0.options());
-  at::Tensor gwr = partials(B, plan.wsize, H), gwi = partials(B, plan.wsize, H), gb = partials(B, plan.n_in, H);
-  dispatch_dtype(H.scalar_type(), [&](auto t, auto c) {
-    dispatch_nonlinearity(nonlinearity, [&](auto nl) {
-      using T = decltype(t);
-      recurrence_backward<T, decltype(c)::value, decltype(nl)::value>(
-          plan, adj, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(h0), ptr<T>(H), ptr<T>(grad_H),
-          ptr<T>(bias), B, H.size(1), ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb));
-    });
-  });
-  at::Tensor gw = combine_planes(gwr.sum({0, 2}), gwi.sum({0, 2}), H.is_complex());
-  return {gh0, gw, gb.sum({0, 2})};
+  return run_recurrence_backward<false>(plan, grad_H, H, h0, w, nonlinearity, bias, grad_u);
+}
+
+// The lanes layout: u, H (chunks, T, C, N, L) and h0 (chunks, C, N, L), real, C = 2 for complex factors.
+Plan check_recurrence_lanes(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
+                            const at::Tensor& bias) {
+  check_dtype(w);
+  const Plan plan = make_plan(shapes);
+  TORCH_CHECK(plan.n_in == plan.n_out, "krubench: the recurrence needs square factors, got shapes ", shapes);
+  const long C = w.is_complex() ? 2 : 1, N = plan.n_in;
+  const auto real = c10::toRealValueType(w.scalar_type());
+  TORCH_CHECK(u.dim() == 5 && u.size(2) == C && u.size(3) == N && u.size(4) == L, "krubench: u must be (chunks, T, ",
+              C, ", ", N, ", ", L, ") in the lanes layout, got ", u.sizes());
+  TORCH_CHECK(h0.dim() == 4 && h0.size(0) == u.size(0) && h0.size(1) == C && h0.size(2) == N && h0.size(3) == L,
+              "krubench: h0 must be (", u.size(0), ", ", C, ", ", N, ", ", L, ") in the lanes layout, got ", h0.sizes());
+  TORCH_CHECK(w.dim() == 1 && w.numel() == plan.wsize, "krubench: the flat factors must have ", plan.wsize,
+              " entries, got ", w.sizes());
+  TORCH_CHECK(bias.dim() == 1 && bias.numel() == N, "krubench: bias must be (N,) = (", N, ",), got ", bias.sizes());
+  for (const auto& [t, name] : {std::pair{&u, "u"}, std::pair{&h0, "h0"}, std::pair{&bias, "bias"}}) {
+    TORCH_CHECK(t->scalar_type() == real, "krubench: ", name, " has dtype ", t->scalar_type(), "; the lanes layout ",
+                "holds the factors' real dtype, ", real);
+    TORCH_CHECK(t->device() == w.device() && t->is_contiguous(), "krubench: ", name, " must be contiguous on ",
+                w.device());
+  }
+  TORCH_CHECK(w.is_contiguous(), "krubench: the flat factors must be contiguous");
+  return plan;
+}
+
+at::Tensor kru_recurrence_lanes_cpu(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
+                                    at::IntArrayRef shapes, c10::string_view nonlinearity, const at::Tensor& bias) {
+  return run_recurrence<true>(check_recurrence_lanes(u, h0, w, shapes, bias), u, h0, w, nonlinearity, bias);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_lanes_backward_cpu(
+    const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
+    c10::string_view nonlinearity, const at::Tensor& bias, const at::Tensor& grad_u) {
+  const Plan plan = check_recurrence_lanes(H, h0, w, shapes, bias);
+  for (const auto& [t, name] : {std::pair{&grad_H, "grad_H"}, std::pair{&grad_u, "grad_u"}})
+    TORCH_CHECK(t->sizes() == H.sizes() && t->scalar_type() == H.scalar_type() && t->is_contiguous(),
+                "krubench: ", name, " must be contiguous, shaped and typed like H ", H.sizes(), ", got ", t->sizes());
+  if (grad_u.data_ptr() != grad_H.data_ptr()) poison(grad_u);
+  return run_recurrence_backward<true>(plan, grad_H, H, h0, w, nonlinearity, bias, grad_u);
 }
 
 at::Tensor kron_matvec_cpu(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef shapes) {
@@ -355,7 +462,15 @@ TORCH_LIBRARY(krubench, m) {
         "Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
 }
 
+TORCH_LIBRARY_FRAGMENT(krubench, m) {  // the CPU kernel's own layout (krubench.ops.lanes)
+  m.def("kru_recurrence_lanes(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
+  m.def("kru_recurrence_lanes_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, "
+        "str nonlinearity, Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
+}
+
 TORCH_LIBRARY_IMPL(krubench, CPU, m) {
+  m.impl("kru_recurrence_lanes", &kru::kru_recurrence_lanes_cpu);
+  m.impl("kru_recurrence_lanes_backward", &kru::kru_recurrence_lanes_backward_cpu);
   m.impl("kron_matvec", &kru::kron_matvec_cpu);
   m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cpu);
   m.impl("kru_recurrence", &kru::kru_recurrence_cpu);

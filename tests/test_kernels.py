@@ -65,7 +65,10 @@ def recurrence_outputs(kernel, factors, u, h0, bias, grad, nonlinearity, dtype, 
     leaves = [t.requires_grad_() for t in leaves]
     u_, h0_, *rest = leaves
     fs, b = (rest[:-1], rest[-1]) if bias is not None else (rest, None)
-    H = ops.kru_recurrence(u_, h0_, fs, nonlinearity, b, kernel=kernel)  # (B, T, N)
+    if kernel == "lanes":  # the C++ kernel on its own layout
+        H = lanes_recurrence(u_, h0_, fs, nonlinearity, b)
+    else:
+        H = ops.kru_recurrence(u_, h0_, fs, nonlinearity, b, kernel=kernel)  # (B, T, N)
     grads = torch.autograd.grad((H * grad.to(device, dtype).conj()).real.sum(), leaves)
     return [H.detach().cpu(), *(gr.cpu() for gr in grads)]
 
@@ -110,6 +113,44 @@ def test_recurrence_gradcheck(backend, device, nonlinearity, complex_):
     def f(u, h0, a, c, *bias):
         return ops.kru_recurrence(u, h0, [a, c], nonlinearity, bias[0] if bias else None, kernel=backend)
     assert torch.autograd.gradcheck(f, (*leaves, *([b] if b is not None else [])))
+
+
+def lanes_recurrence(u, h0, factors, nonlinearity, bias=None):
+    """kru_recurrence_lanes with (B, T, N) in and out: the layout conversions are part of what is tested."""
+    lanes = ops.lanes
+    H = ops.kru_recurrence_lanes(lanes.sequence_to_lanes(u), lanes.state_to_lanes(h0), factors, nonlinearity, bias)
+    return lanes.sequence_from_lanes(H, u.shape[0], u.is_complex())
+
+
+@pytest.mark.parametrize("nonlinearity", ops.NONLINEARITIES)
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+@pytest.mark.parametrize("sizes,B,T", RECURRENCE_CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_lanes_layout_matches_reference(nonlinearity, complex_, sizes, B, T):
+    """The C++ kernel on its own layout (what the KRU model runs on the CPU), batches padded to whole chunks."""
+    loaded("cpp")
+    problem = recurrence_problem(sizes, B, T, complex_, nonlinearity, seed=hash((tuple(sizes), B, T, 1)) % 2**31)
+    f32 = torch.complex64 if complex_ else torch.float32
+    f64 = torch.complex128 if complex_ else torch.float64
+    ref64 = recurrence_outputs("reference", *problem, nonlinearity, f64)
+    ref32 = recurrence_outputs("reference", *problem, nonlinearity, f32)
+    got = recurrence_outputs("lanes", *problem, nonlinearity, f32)
+    names = ["H", "grad u", "grad h0"] + [f"grad factor {i}" for i in range(len(sizes))] + ["grad bias"]
+    for name, g, r32, r64 in zip(names, got, ref32, ref64):
+        assert torch.isfinite(g).all(), f"{name}: some elements were not written (NaN poison left)"
+        assert_as_accurate(g, r32, r64, name)
+
+
+@pytest.mark.parametrize("nonlinearity", ops.NONLINEARITIES)
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+def test_lanes_layout_gradcheck(nonlinearity, complex_):
+    loaded("cpp")
+    factors, u, h0, bias, _ = recurrence_problem([2, 4], 2, 3, complex_, nonlinearity, seed=8)
+    leaves = [t.requires_grad_() for t in (u, h0, *factors)]
+    b = [bias.requires_grad_()] if bias is not None else []
+
+    def f(u, h0, a, c, *bias):
+        return lanes_recurrence(u, h0, [a, c], nonlinearity, bias[0] if bias else None)
+    assert torch.autograd.gradcheck(f, (*leaves, *b))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -200,6 +241,12 @@ def test_operators_pass_opcheck(backend, device):
     args = (rand(3, 4, 8), rand(3, 8), w, shapes, "modrelu", -rand(8, dtype=torch.float32).abs())
     torch.library.opcheck(torch.ops.krubench.kru_recurrence.default, [a.requires_grad_() if isinstance(a, torch.Tensor)
                                                                        else a for a in args])
+    if backend == "cpp":
+        lanes = ops.lanes
+        u, h0, *rest = args
+        largs = (lanes.sequence_to_lanes(u), lanes.state_to_lanes(h0), *rest)
+        torch.library.opcheck(torch.ops.krubench.kru_recurrence_lanes.default,
+                              [a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a for a in largs])
     w, shapes = compiled._pack([rand(2, 4, dtype=torch.float32), rand(4, 2, dtype=torch.float32)], torch.float32)
     torch.library.opcheck(torch.ops.krubench.kron_matvec.default,
                           (rand(5, 8, dtype=torch.float32).requires_grad_(), w.requires_grad_(), shapes))

@@ -51,6 +51,18 @@ def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor
     return torch.ops.krubench.kru_recurrence(_ready(u, dtype), _ready(h0, dtype), w, shapes, nonlinearity, b)
 
 
+def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:
+    """The compiled recurrence on the C++ kernel's own layout (`ops.lanes`), CPU only: u (chunks, T, C, N,
+    LANES) and h0 (chunks, C, N, LANES) real, C = 2 for complex factors; returns H in u's layout."""
+    if nonlinearity == "modrelu" and bias is None:
+        raise ValueError("nonlinearity='modrelu' needs its per-unit bias (N,); pass bias, or use relu or tanh")
+    dtype = _common_dtype(*factors)
+    w, shapes = _pack(factors, dtype)
+    real = dtype.to_real()
+    b = u.new_zeros(u.shape[3], dtype=real) if bias is None else _ready(bias, real)
+    return torch.ops.krubench.kru_recurrence_lanes(_ready(u, real), _ready(h0, real), w, shapes, nonlinearity, b)
+
+
 def _matvec_setup(ctx, inputs, output):
     x, w, shapes = inputs
     ctx.save_for_backward(x, w)
@@ -90,6 +102,15 @@ def _recurrence_backward(ctx, grad):
     return grad_u, gh0, gw, None, None, gb
 
 
+def _lanes_backward(ctx, grad):
+    h0, w, bias, H = ctx.saved_tensors
+    grad = _ready(grad, H.dtype)
+    grad_u = grad if sole_owner(grad) else torch.empty_like(grad)
+    gh0, gw, gb = torch.ops.krubench.kru_recurrence_lanes_backward(grad, H, h0, w, ctx.shapes, ctx.nonlinearity, bias,
+                                                                   grad_u)
+    return grad_u, gh0, gw, None, None, gb
+
+
 def register() -> None:
     """Attach autograd and fake implementations to the operators; once, after the library is loaded."""
     global _registered
@@ -97,6 +118,7 @@ def register() -> None:
         return
     torch.library.register_autograd("krubench::kron_matvec", _matvec_backward, setup_context=_matvec_setup)
     torch.library.register_autograd("krubench::kru_recurrence", _recurrence_backward, setup_context=_recurrence_setup)
+    torch.library.register_autograd("krubench::kru_recurrence_lanes", _lanes_backward, setup_context=_recurrence_setup)
 
     @torch.library.register_fake("krubench::kron_matvec")
     def _(x, w, shapes):
@@ -109,6 +131,14 @@ def register() -> None:
     @torch.library.register_fake("krubench::kru_recurrence")
     def _(u, h0, w, shapes, nonlinearity, bias):
         return torch.empty_like(u)
+
+    @torch.library.register_fake("krubench::kru_recurrence_lanes")
+    def _(u, h0, w, shapes, nonlinearity, bias):
+        return torch.empty_like(u)
+
+    @torch.library.register_fake("krubench::kru_recurrence_lanes_backward")
+    def _(grad_H, H, h0, w, shapes, nonlinearity, bias, grad_u):
+        return torch.empty_like(h0), torch.empty_like(w), torch.empty_like(bias)
 
     @torch.library.register_fake("krubench::kru_recurrence_backward")
     def _(grad_H, H, h0, w, shapes, nonlinearity, bias, grad_u):

@@ -85,3 +85,15 @@ def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None, kernel: str = "
     if select(kernel, u.device) == "reference":
         return kru_recurrence_ref(u, h0, factors, nonlinearity, bias)
     return compiled.kru_recurrence(u, h0, factors, nonlinearity, bias)
+
+
+def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:
+    """The recurrence on the C++ kernel's own layout (`ops.lanes`: u (chunks, T, C, N, LANES), h0 (chunks,
+    C, N, LANES), real), which spares the kernel a transpose per step; CPU tensors only."""
+    if u.device.type != "cpu":
+        raise ValueError(f"kru_recurrence_lanes runs the C++ kernel on CPU tensors, got {u.device}; "
+                         f"use kru_recurrence(..., kernel='auto') on other devices")
+    reason = load("cpp")
+    if reason is not None:
+        raise RuntimeError(f"kru_recurrence_lanes needs the cpp backend, which is unavailable: {reason}")
+    return compiled.kru_recurrence_lanes(u, h0, factors, nonlinearity, bias)

@@ -1,0 +1,73 @@
+"""The C++ kernel's own layout, "lanes": a batch cut into chunks of LANES sequences, each step held as
+planes (C, N, LANES) — C = 2 for complex states (real plane, imaginary plane), 1 for real ones — so that
+every stage of the recurrence is a vertical multiply-add across the LANES sequences of a chunk.
+
+Given (B, T, N) rows, the kernel has to transpose u_t and h_t at every step (about a quarter of its
+forward time, measured). The KRU model avoids that on the CPU: its input projection writes u straight
+into this layout and its read-out reads H from it (`kru_recurrence_lanes`, the same recurrence as
+`kru_recurrence_ref`, tested against it). The batch is zero-padded to whole chunks; padded sequences
+are computed and dropped.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LANES = 16  # sequences per chunk: cuda/cpu_layout.h's L (one AVX-512 vector of float)
+
+
+def chunks(batch: int) -> int:
+    return -(-batch // LANES)
+
+
+def _pad_rows(x: torch.Tensor) -> torch.Tensor:
+    """x (B, ...) with zero rows appended up to whole chunks."""
+    extra = chunks(x.shape[0]) * LANES - x.shape[0]
+    return F.pad(x, (0, 0) * (x.dim() - 1) + (0, extra)) if extra else x
+
+
+def batch_to_lanes(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, I) -> (chunks, T, I, LANES)."""
+    B, T, I = x.shape
+    return _pad_rows(x).view(chunks(B), LANES, T, I).permute(0, 2, 3, 1).contiguous()
+
+
+def state_to_lanes(h: torch.Tensor) -> torch.Tensor:
+    """A state (B, N), complex or real -> (chunks, C, N, LANES) real."""
+    planes = torch.view_as_real(h) if h.is_complex() else h.unsqueeze(-1)  # (B, N, C)
+    B, N, C = planes.shape
+    return _pad_rows(planes).view(chunks(B), LANES, N, C).permute(0, 3, 2, 1).contiguous()
+
+
+def state_from_lanes(h: torch.Tensor, batch: int, complex_: bool) -> torch.Tensor:
+    """(chunks, C, N, LANES) -> the state (batch, N), complex if `complex_`."""
+    c, C, N, L = h.shape
+    rows = h.permute(0, 3, 2, 1).reshape(c * L, N, C)[:batch]
+    return torch.view_as_complex(rows.contiguous()) if complex_ else rows[..., 0]
+
+
+def sequence_to_lanes(u: torch.Tensor) -> torch.Tensor:
+    """A sequence (B, T, N), complex or real -> (chunks, T, C, N, LANES) real."""
+    planes = torch.view_as_real(u) if u.is_complex() else u.unsqueeze(-1)  # (B, T, N, C)
+    B, T, N, C = planes.shape
+    return _pad_rows(planes).view(chunks(B), LANES, T, N, C).permute(0, 2, 4, 3, 1).contiguous()
+
+
+def sequence_from_lanes(H: torch.Tensor, batch: int, complex_: bool) -> torch.Tensor:
+    """(chunks, T, C, N, LANES) -> the sequence (batch, T, N), complex if `complex_`."""
+    c, T, C, N, L = H.shape
+    rows = H.permute(0, 4, 1, 3, 2).reshape(c * L, T, N, C)[:batch]
+    return torch.view_as_complex(rows.contiguous()) if complex_ else rows[..., 0]
+
+
+def linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """nn.Linear on the lanes layout: (chunks, T, I, LANES) -> (chunks, T, O, LANES), one batched GEMM."""
+    c, T, I, L = x.shape
+    y = torch.bmm(weight.expand(c * T, *weight.shape), x.reshape(c * T, I, L)).view(c, T, -1, L)
+    return y if bias is None else y + bias[:, None]
+
+
+def outputs_from_lanes(y: torch.Tensor, batch: int) -> torch.Tensor:
+    """(chunks, T, O, LANES) -> (batch, T, O)."""
+    c, T, O, L = y.shape
+    return y.permute(0, 3, 1, 2).reshape(c * L, T, O)[:batch]
