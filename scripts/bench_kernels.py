@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import re
 import subprocess
@@ -72,31 +73,54 @@ def kru_problem(N, B, T, merge, device, requires_grad=True):
     return factors, u, h0, bias, (lambda backend: ops.merge_factors(factors, ops.merge_limit(backend, merge)))
 
 
-class RealSum(torch.autograd.Function):
+class PlainSum(torch.autograd.Function):
     """Σ Re H, whose backward allocates ∂L/∂H once, as a plain tensor: the kind of gradient the KRU
     model's read-out hands the recurrence (`H.real.sum()` would hand it a view of a real buffer, which
     the compiled backward does not overwrite)."""
 
     @staticmethod
     def forward(H):
-        return H.real.sum()
-
-    @staticmethod
-    def backward(ctx, g):
-        return g.to(ctx.dtype).expand(ctx.shape).contiguous()  # ∂(Σ Re H)/∂H = 1 everywhere
+        return H.real.sum() if H.is_complex() else H.sum()
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.shape, ctx.dtype = inputs[0].shape, inputs[0].dtype
 
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(ctx.dtype).expand(ctx.shape).contiguous()  # ∂(Σ Re H)/∂H = 1 everywhere
+
 
 def kru_step(kernel, factors, u, h0, bias, stages, backward=True):
+    """One forward (+ backward) of the recurrence on `kernel`: a backend, or "lanes", the C++ kernel on its
+    own layout as the KRU model runs it on the CPU (u and h0 converted once, outside the timing)."""
+    if kernel == "lanes":
+        u = ops.lanes.sequence_to_lanes(u.detach()).requires_grad_(u.requires_grad)
+        h0 = ops.lanes.state_to_lanes(h0)
+
     def run():
         for leaf in (u, bias, *factors):  # as optimizer.zero_grad(set_to_none=True) leaves them
             leaf.grad = None
-        H = ops.kru_recurrence(u, h0, stages(kernel), "modrelu", bias, kernel=kernel)  # (B, T, N)
+        if kernel == "lanes":
+            H = ops.kru_recurrence_lanes(u, h0, stages("cpp"), "modrelu", bias)  # (chunks, T, 2, N, 16)
+        else:
+            H = ops.kru_recurrence(u, h0, stages(kernel), "modrelu", bias, kernel=kernel)  # (B, T, N)
         if backward:
-            RealSum.apply(H).backward()
+            PlainSum.apply(H).backward()
+    return run
+
+
+def lstm_kru_step(kernel, N, B, T, factorisation):
+    """A forward+backward of the LSTM+KRU model (real, default config): its recurrent products are
+    per-step `kron_matvec` calls, on the compiled backend or the reference."""
+    from krubench.models import build_model
+    torch.manual_seed(0)
+    model = build_model({"name": "lstm_kru", "hidden_size": N, "factorisation": factorisation, "kernel": kernel}, 1, 1)
+    x = torch.randn(B, T, 1)
+
+    def run():
+        model.zero_grad(set_to_none=True)
+        model(x)[0].sum().backward()
     return run
 
 
@@ -171,6 +195,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--memory-steps", type=int, default=1000, help="T of the memory measurement (0: skip it)")
     p.add_argument("--skip-reference-above", type=int, default=512, help="time the reference only up to this N")
+    p.add_argument("--lstm-kru", type=int, default=0, help="also time the LSTM+KRU model at this T (CPU)")
     p.add_argument("--e2e", type=int, default=0, help="also time krubench task=copy model=kru for this many steps")
     p.add_argument("--peak-child", nargs=5, help=argparse.SUPPRESS)  # internal: one step in a fresh process
     args = p.parse_args(argv)
@@ -187,26 +212,35 @@ def main(argv=None):
     gemm = gemm_gflops(device)
     print(f"# dense GEMM (2048², float32): {gemm:.0f} GFLOP/s; complex KRU, 2×2 factors merged up to {args.merge} "
           f"(the {fused} backend: {ops.merge_limit(fused, args.merge)}), "
-          f"modReLU, B={B}, T={T}; best of {args.repeats}\n")
-    print("| N | fused fwd+bwd ms | reference ms | nn.RNN ms | fused vs reference | fused vs RNN "
-          "| fused fwd ms | fwd GFLOP/s | % of GEMM |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          f"modReLU, B={B}, T={T}; best of {args.repeats}; MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_')}\n")
+    # on the CPU the KRU model runs the C++ kernel on its lanes layout; the (B, T, N) API is timed beside it
+    main_kernel = "lanes" if fused == "cpp" else fused
+    others = ["cpp"] if fused == "cpp" else []
+    head = f"| N | {main_kernel} fwd+bwd ms | " + "".join(f"{k} fwd+bwd ms | " for k in others)
+    print(head + f"reference ms | nn.RNN ms | {main_kernel} vs reference | {main_kernel} vs RNN | {main_kernel} fwd ms "
+          f"| fwd GFLOP/s | % of GEMM | " + "".join(f"{k} fwd % of GEMM | " for k in others))
+    print("|---" * (9 + 2 * len(others)) + "|")
     rows = []
     for N in args.sizes:
         factors, u, h0, bias, stages = kru_problem(N, B, T, args.merge, device)
-        fns = {"fused": kru_step(fused, factors, u, h0, bias, stages),
-               "rnn": rnn_step(N, B, T, device)}
+        kernels = [main_kernel, *others]
+        fns = {k: kru_step(k, factors, u, h0, bias, stages) for k in kernels}
+        fns["rnn"] = rnn_step(N, B, T, device)
         if N <= args.skip_reference_above:
             fns["reference"] = kru_step("reference", factors, u, h0, bias, stages)
         with torch.no_grad():
-            fwd = best_times({"fwd": kru_step(fused, factors, u, h0, bias, stages, backward=False)}, args.repeats,
-                             device)["fwd"]
+            fwd = best_times({k: kru_step(k, factors, u, h0, bias, stages, backward=False) for k in kernels},
+                             args.repeats, device)
         t = best_times(fns, args.repeats, device)
         ref = t.get("reference", math.nan)
-        gflops = 16 * B * N * math.log2(N) * T / fwd / 1e9
-        rows.append((N, fwd))
-        print(f"| {N} | {t['fused'] * 1e3:.1f} | {ref * 1e3:.0f} | {t['rnn'] * 1e3:.1f} | {ref / t['fused']:.1f}× "
-              f"| {t['rnn'] / t['fused']:.2f}× | {fwd * 1e3:.2f} | {gflops:.0f} | {100 * gflops / gemm:.0f}% |", flush=True)
+        flops = 16 * B * N * math.log2(N) * T
+        share = {k: 100 * flops / fwd[k] / 1e9 / gemm for k in kernels}
+        rows.append((N, fwd[main_kernel]))
+        m = main_kernel
+        print(f"| {N} | {t[m] * 1e3:.1f} | " + "".join(f"{t[k] * 1e3:.1f} | " for k in others)
+              + f"{ref * 1e3:.0f} | {t['rnn'] * 1e3:.1f} | {ref / t[m]:.1f}× | {t['rnn'] / t[m]:.2f}× "
+              f"| {fwd[m] * 1e3:.2f} | {flops / fwd[m] / 1e9:.0f} | {share[m]:.0f}% | "
+              + "".join(f"{share[k]:.0f}% | " for k in others), flush=True)
 
     if device.type == "cuda":  # the fused forward reads u_t and writes h_t once: 16·B·N bytes per step
         bandwidth = copy_bandwidth(device)
@@ -225,11 +259,23 @@ def main(argv=None):
         for N in args.sizes:
             factors, u, h0, bias, stages = kru_problem(N, B, args.memory_steps, args.merge, device)
             states = B * args.memory_steps * N * 8
-            for kernel in (fused, "reference") if N <= args.skip_reference_above else (fused,):
-                saved = saved_bytes(lambda: ops.kru_recurrence(u, h0, stages(kernel), "modrelu", bias, kernel=kernel))
+            kernels = [main_kernel, *others] + (["reference"] if N <= args.skip_reference_above else [])
+            for kernel in kernels:
+                saved = saved_bytes(kru_step(kernel, factors, u, h0, bias, stages, backward=False))
                 peak = peak_step_bytes(kernel, N, B, args.memory_steps, args.merge) if device.type == "cpu" else math.nan
                 print(f"| {N} | {kernel} | {saved / 2**20:.0f} | {peak / 2**20:.0f} | {states / 2**20:.0f} "
                       f"| {saved / states:.2f} | {peak / states:.2f} |", flush=True)
+
+    if args.lstm_kru:
+        print(f"\nLSTM+KRU (real, unitary init, merged up to 16), forward+backward of the model, B={B}, "
+              f"T={args.lstm_kru}: the per-step compiled `kron_matvec` vs the reference:\n")
+        print(f"| N | factorisation | {fused} ms | reference ms | speed-up |\n|---|---|---|---|---|")
+        for N in args.sizes:
+            for fact in ("per_gate", "joint"):
+                t = best_times({k: lstm_kru_step(k, N, B, args.lstm_kru, fact) for k in (fused, "reference")},
+                               args.repeats, device)
+                print(f"| {N} | {fact} | {t[fused] * 1e3:.1f} | {t['reference'] * 1e3:.1f} "
+                      f"| {t['reference'] / t[fused]:.2f}× |", flush=True)
 
     if args.e2e:
         print(f"\nEnd to end, `krubench task=copy model=kru` (defaults), {args.e2e} steps:\n")
