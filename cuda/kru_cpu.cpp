@@ -341,10 +341,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_recurrence_backward(
     const Plan& plan, const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0, const at::Tensor& w,
     c10::string_view nonlinearity, const at::Tensor& bias, const at::Tensor& grad_u) {
   const Plan adj = adjoint_plan(plan);
-  at::Tensor wr, wi;
-  std::tie(wr, wi) = factor_planes(w, plan, false);
-  at::Tensor awr, awi;
-  std::tie(awr, awi) = factor_planes(w, plan, true);
+  const auto [wr, wi, awr, awi] = backward_planes(w, plan);
   const long rows = LANES ? H.size(0) * L : H.size(0);
   at::Tensor gh0 = new_output(h0.sizes(), h0.options());
   at::Tensor gwr = partials(rows, plan.wsize, H), gwi = partials(rows, plan.wsize, H), gb = partials(rows, plan.n_in, H);
@@ -433,10 +430,7 @@ std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cpu(const at::Tensor& gr
   const Plan plan = check_matvec(x, w, shapes);
   check_same(x, grad_y, "grad_y");
   const Plan adj = adjoint_plan(plan);
-  at::Tensor wr, wi;
-  std::tie(wr, wi) = factor_planes(w, plan, false);
-  at::Tensor awr, awi;
-  std::tie(awr, awi) = factor_planes(w, plan, true);
+  const auto [wr, wi, awr, awi] = backward_planes(w, plan);
   const long M = x.size(0);
   at::Tensor gx = new_output(x.sizes(), x.options());
   at::Tensor gwr = partials(M, plan.wsize, x), gwi = partials(M, plan.wsize, x);

@@ -300,10 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
   const Plan plan = check_recurrence_backward(grad_H, H, h0, w, shapes, bias, grad_u);
   const c10::cuda::CUDAGuard guard(H.device());
   const DevPlan dp = device_plan(plan);
-  at::Tensor wr, wi;
-  std::tie(wr, wi) = factor_planes(w, plan, false);
-  at::Tensor awr, awi;
-  std::tie(awr, awi) = factor_planes(w, plan, true);
+  const auto [wr, wi, awr, awi] = backward_planes(w, plan);
   const long B = H.size(0), N = plan.n_in;
   at::Tensor gh0 = new_output(h0.sizes(), h0.options());
   at::Tensor gwr = real_zeros({B, plan.wsize}, H), gwi = real_zeros({B, plan.wsize}, H), gb = real_zeros({B, N}, H);
@@ -357,10 +354,7 @@ std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cuda(const at::Tensor& g
   check_same(x, grad_y, "grad_y");
   const c10::cuda::CUDAGuard guard(x.device());
   const DevPlan dp = device_plan(plan);
-  at::Tensor wr, wi;
-  std::tie(wr, wi) = factor_planes(w, plan, false);
-  at::Tensor awr, awi;
-  std::tie(awr, awi) = factor_planes(w, plan, true);
+  const auto [wr, wi, awr, awi] = backward_planes(w, plan);
   const long M = x.size(0), S = plan.max_size;
   at::Tensor gx = new_output(x.sizes(), x.options());
   at::Tensor gwr = real_zeros({M, plan.wsize}, x), gwi = real_zeros({M, plan.wsize}, x);

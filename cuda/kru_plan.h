@@ -4,6 +4,7 @@
 
 #include <torch/extension.h>
 
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -79,6 +80,13 @@ inline std::pair<at::Tensor, at::Tensor> factor_planes(const at::Tensor& w, cons
     return {ri.select(-1, 0).contiguous(), ri.select(-1, 1).contiguous()};
   }
   return {flat.contiguous(), at::zeros_like(flat)};
+}
+
+// What a backward pass needs: the factors' planes and their adjoints' (wr, wi, awr, awi).
+inline std::array<at::Tensor, 4> backward_planes(const at::Tensor& w, const Plan& plan) {
+  auto [wr, wi] = factor_planes(w, plan, false);
+  auto [awr, awi] = factor_planes(w, plan, true);
+  return {wr, wi, awr, awi};
 }
 
 // Calls f(std::integral_constant<int, NL>{}) for the nonlinearity called `name`.
