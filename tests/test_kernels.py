@@ -282,20 +282,29 @@ def test_a_backend_that_cannot_build_falls_back_with_one_warning(monkeypatch, ca
     assert ops.backend_name("cpu", "auto") == "reference"
 
 
-@pytest.mark.parametrize("model", ["kru", "lstm_kru"])
-def test_models_agree_across_kernels_and_report_their_backend(model):
+@pytest.mark.parametrize("model,extra", [
+    ("kru", {}),
+    ("kru", {"complex": False, "nonlinearity": "tanh"}),  # one plane in the lanes layout
+    ("lstm_kru", {"factorisation": "joint"}),
+], ids=["kru", "kru-real-tanh", "lstm_kru"])
+def test_models_agree_across_kernels_and_report_their_backend(model, extra):
+    """Same parameters, same outputs, final states and gradients: the KRU runs the lanes layout on cpp,
+    with a batch (17) that is not a whole number of chunks and a carried initial state."""
     from krubench.models import build_model
     loaded("cpp")
-    cfg = {"name": model, "hidden_size": 16, "complex": True, "merge_upto": 4}
-    if model == "lstm_kru":
-        cfg["factorisation"] = "joint"
+    cfg = {"name": model, "hidden_size": 16, "complex": True, "merge_upto": 4, **extra}
     torch.manual_seed(0)
     fast = build_model({**cfg, "kernel": "cpp"}, 3, 5)
     slow = build_model({**cfg, "kernel": "reference"}, 3, 5)
     slow.load_state_dict(fast.state_dict())
-    x = torch.randn(4, 6, 3)
-    (yf, _), (ys, _) = fast(x), slow(x)
+    x = torch.randn(17, 6, 3)
+    state = None
+    if model == "kru":  # a state carried over from a previous segment (truncated BPTT)
+        state = 0.3 * torch.randn(17, 16, dtype=torch.complex64 if cfg["complex"] else torch.float32)
+    (yf, hf), (ys, hs) = fast(x, state), slow(x, state)
     torch.testing.assert_close(yf, ys, rtol=1e-4, atol=1e-5)
+    if model == "kru":
+        torch.testing.assert_close(hf, hs, rtol=1e-4, atol=1e-5)
     yf.square().sum().backward()
     ys.square().sum().backward()
     for (name, pf), ps in zip(fast.named_parameters(), slow.parameters()):
