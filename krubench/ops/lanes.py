@@ -2,8 +2,9 @@
 planes (C, N, LANES) — C = 2 for complex states (real plane, imaginary plane), 1 for real ones — so that
 every stage of the recurrence is a vertical multiply-add across the LANES sequences of a chunk.
 
-Given (B, T, N) rows, the kernel has to transpose u_t and h_t at every step (about a quarter of its
-forward time, measured). The KRU model avoids that on the CPU: its input projection writes u straight
+Given (B, T, N) rows, the kernel has to transpose u_t and h_t at every step, and more in the backward
+pass (measured: up to a fifth of the forward's time and a quarter of forward+backward's, BENCHMARKS.md).
+The KRU model avoids that on the CPU: its input projection writes u straight
 into this layout and its read-out reads H from it (`kru_recurrence_lanes`, the same recurrence as
 `kru_recurrence_ref`, tested against it). The batch is zero-padded to whole chunks; padded sequences
 are computed and dropped.
