@@ -8,7 +8,7 @@ from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 def choices(name: str, *values: str) -> type[Enum]:
@@ -164,9 +164,17 @@ SCHEMAS = {
 }
 
 
+def task_label(name, dataset=None) -> str:
+    """A task's name in run folders: the music task names its data set (music-jsb)."""
+    name, dataset = (getattr(v, "value", v) for v in (name, dataset))  # Enum choices by their value
+    return f"{name}-{dataset}" if dataset else name
+
+
 def register_configs() -> None:
     """Store each schema as `<group>/schema_<option>`; the YAML of that option lists it first in its
-    defaults, so the YAML's values are validated against the schema."""
+    defaults, so the YAML's values are validated against the schema. Also the `task_label` resolver of
+    the run folders' names."""
+    OmegaConf.register_new_resolver("task_label", task_label, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     for group, options in SCHEMAS.items():

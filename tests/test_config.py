@@ -72,3 +72,9 @@ def test_range_checks():
     cfg = plain(compose_config(["trainer.steps=0"]))
     with pytest.raises(ValueError, match="trainer.steps=0 must be positive"):
         validate(cfg)
+
+
+def test_run_folders_name_the_task_the_model_and_a_music_data_set():
+    for overrides, label in ([], "_copy_kru"), (["task=music", "task.dataset=piano", "model=lstm"], "_music-piano_lstm"):
+        cfg = compose_config(overrides, return_hydra_config=True)
+        assert OmegaConf.select(cfg, "hydra.run.dir").endswith(label), OmegaConf.select(cfg, "hydra.run.dir")
