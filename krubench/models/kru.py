@@ -85,11 +85,6 @@ class KRU(SequenceModel):
         self.kernel = kernel  # ops.KERNELS: which backend runs the recurrence
         self.W = KronFactors(ops.factor_sizes(hidden_size, factor_size, factors), complex, init, merge_upto)
         self.U = nn.Linear(input_size, hidden_size * (2 if complex else 1))  # U x_t + b, [Re; Im] if complex
-        # Glorot-uniform U and a zero bias, as the uRNN line of work initialises its input matrix (unverified
-        # for the KRU paper). nn.Linear's U(±1/√fan_in) is ±1 for a one-pixel input: a unitary W keeps the
-        # norm it is given, so 784 such inputs left |h| ≈ 15 and a first pixel-MNIST loss of 10-16 nats.
-        nn.init.xavier_uniform_(self.U.weight)
-        nn.init.zeros_(self.U.bias)
         self.modrelu_bias = nn.Parameter(torch.zeros(hidden_size)) if nonlinearity == "modrelu" else None
         self.V = nn.Linear(hidden_size * (2 if complex else 1), output_size)  # reads [Re h; Im h]
 
