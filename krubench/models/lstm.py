@@ -75,15 +75,14 @@ class LSTMKRU(SequenceModel):
         return out.real if out.is_complex() else out
 
     def forward(self, x: torch.Tensor, state=None):
-        B, T, _ = x.shape
-        N = self.hidden_size
+        B, N = x.shape[0], self.hidden_size
         h, c = (x.new_zeros(B, N), x.new_zeros(B, N)) if state is None else state
         backend = ops.backend_name(x.device, self.kernel)
         stages = [kf.stages(backend) for kf in self.W_hh]
         gx = self.W_ih(x)  # (B, T, 4N)
         outs = []
-        for t in range(T):
-            i, f, g, o = (gx[:, t] + self._recurrent(h, stages)).chunk(4, dim=-1)  # each (B, N)
+        for gx_t in gx.unbind(1):  # not gx[:, t]: each such slice's backward fills a zero tensor of gx's size
+            i, f, g, o = (gx_t + self._recurrent(h, stages)).chunk(4, dim=-1)  # each (B, N)
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             outs.append(h)

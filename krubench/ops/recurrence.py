@@ -43,7 +43,9 @@ def kru_recurrence_ref(
     """
     h = h0
     states = []
-    for t in range(u.shape[1]):
-        h = apply_nonlinearity(kron_matvec_ref(h, factors) + u[:, t], nonlinearity, bias)  # (B, N)
+    for u_t in u.unbind(1):  # not u[:, t]: each such slice's backward fills a zero tensor of u's size
+        h = apply_nonlinearity(kron_matvec_ref(h, factors) + u_t, nonlinearity, bias)  # (B, N)
         states.append(h)
+    if not states:
+        return u.new_empty(u.shape)
     return torch.stack(states, dim=1)  # (B, T, N)
