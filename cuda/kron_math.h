@@ -105,16 +105,17 @@ KRU_HD void nl_backward(T hr, T hi, T bias, T gr, T gi, T& dzr, T& dzi, T& db) {
     const T rho = CPLX ? hd_sqrt(hr * hr + hi * hi) : (hr < 0 ? -hr : hr);
     const bool on = rho > 0;
     const T d = rho - bias, eps = T(kModReluEps);
-    const T m = on ? (d + hd_sqrt(d * d + T(4) * rho * eps)) / T(2) : T(0);
-    const T c = on ? rho / m : T(0);                    // h = z · c
-    const T zr = on ? hr / c : T(0), zi = CPLX && on ? hi / c : T(0);
-    const T den = m + eps;
-    const T dc_dm = on ? (eps - bias) / (den * den) : T(0);  // (den − s) / den², s = m + b, without cancellation
+    const T m = on ? (d + hd_sqrt(d * d + T(4) * rho * eps)) / T(2) : T(1);  // |z| (1: unused when off)
+    // three reciprocals instead of six divisions (the loop around this is division-bound)
+    const T inv_m = T(1) / m, inv_rho = T(1) / (on ? rho : T(1)), inv_den = T(1) / (m + eps);
+    const T c = on ? rho * inv_m : T(0);                // h = z · c
+    const T zr = on ? hr * m * inv_rho : T(0), zi = CPLX && on ? hi * m * inv_rho : T(0);
+    const T dc_dm = on ? (eps - bias) * inv_den * inv_den : T(0);  // (den − s) / den², s = m + b, den = m + eps
     const T gz = gr * zr + (CPLX ? gi * zi : T(0));     // Re(conj(g) z)
-    const T k = on ? gz * dc_dm / m : T(0);             // ∂|z|/∂z = z/|z|
+    const T k = gz * dc_dm * inv_m;                     // ∂|z|/∂z = z/|z|
     dzr = gr * c + k * zr;
     dzi = CPLX ? gi * c + k * zi : T(0);
-    db += on ? gz / den : T(0);
+    db += on ? gz * inv_den : T(0);
   } else if (NL == kRelu) {
     dzr = hr > 0 ? gr : T(0);
     dzi = CPLX && hi > 0 ? gi : T(0);

@@ -125,28 +125,33 @@ void accumulate_factor_grad(const Stage& s, const T* dyr, const T* dyi, const T*
   return factor_grad_entries<T, CPLX>(s, dyr, dyi, xr, xi, gr, gi);
 }
 
-// Forward through the first `count` stages (all by default) from slot 0; returns the slot holding the
-// result. keep_inputs: slot k keeps the input of stage k (for the backward pass); otherwise slots 0
-// and 1 alternate.
+// Forward through the first `count` stages (all by default) from slot 0, or from the planes (x0r, x0i)
+// when given; returns the slot holding the result. keep_inputs: slot k ≥ 1 keeps the input of stage k
+// (for the backward pass); otherwise slots 0 and 1 alternate.
 template <typename T, bool CPLX>
-long run_stages(const Plan& plan, const T* wr, const T* wi, Scratch<T>& st, bool keep_inputs, long count = -1) {
+long run_stages(const Plan& plan, const T* wr, const T* wi, Scratch<T>& st, bool keep_inputs, long count = -1,
+                const T* x0r = nullptr, const T* x0i = nullptr) {
   long cur = 0;
   if (count < 0) count = static_cast<long>(plan.stages.size());
   for (long k = 0; k < count; ++k) {
     const long next = keep_inputs ? k + 1 : 1 - cur;
-    stage<T, CPLX>(plan.stages[k], wr, wi, st.re(cur), st.im(cur), st.re(next), st.im(next));
+    const bool given = k == 0 && x0r != nullptr;
+    stage<T, CPLX>(plan.stages[k], wr, wi, given ? x0r : st.re(cur), given ? x0i : st.im(cur), st.re(next),
+                   st.im(next));
     cur = next;
   }
   return cur;
 }
 
-// Backward through every stage, given the stage inputs kept by run_stages: slot d holds ∂L/∂(result),
-// slot e is free. Adds each factor's gradient to (gr, gi); returns the slot holding ∂L/∂(input).
+// Backward through every stage, given the stage inputs kept by run_stages (stage 0's: the planes x0r,
+// x0i): slot d holds ∂L/∂(result), slot e is free. Adds each factor's gradient to (gr, gi); returns the
+// slot holding ∂L/∂(input).
 template <typename T, bool CPLX>
 long backprop_stages(const Plan& plan, const Plan& adj, const T* awr, const T* awi, Scratch<T>& st, long d, long e,
-                     T* gr, T* gi) {
+                     T* gr, T* gi, const T* x0r, const T* x0i) {
   for (long k = static_cast<long>(plan.stages.size()) - 1; k >= 0; --k) {
-    accumulate_factor_grad<T, CPLX>(plan.stages[k], st.re(d), st.im(d), st.re(k), st.im(k), gr, gi);
+    const T *xr = k == 0 ? x0r : st.re(k), *xi = k == 0 ? x0i : st.im(k);
+    accumulate_factor_grad<T, CPLX>(plan.stages[k], st.re(d), st.im(d), xr, xi, gr, gi);
     stage<T, CPLX>(adj.stages[k], awr, awi, st.re(d), st.im(d), st.re(e), st.im(e));
     std::swap(d, e);
   }
@@ -235,19 +240,21 @@ void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T
                          T* gu, T* gh0, T* gwr, T* gwi, T* gb) {
   const long N = plan.n_in, F = plan.stages.size();
   at::parallel_for(0, seq.chunks(), 1, [&](long c0, long c1) {
-    // slots 0..F-1: the stage inputs of step t (0: h_{t-1}); F: h_t; F+1: ∂L/∂z_t, then back through the
-    // stages; F+2: scratch of the stages; F+3: ∂L/∂h_t from the loss; F+4: ∂L/∂h_t in all
+    // slots 1..F-1: the stage inputs of step t (stage 0's is h_{t-1}); 0 and F: h_{t-1} and h_t, taking
+    // turns (rows; the lanes layout reads them in place); g, d, e (taking turns): ∂L/∂h_t in all, ∂L/∂z_t
+    // and back through the stages, scratch of the stages; F+3: ∂L/∂h_t from the loss (rows)
     Scratch<T> st(F + 5, N);
-    const long h = F, d = F + 1, e = F + 2, gl = F + 3, g = F + 4;
+    const long gl = F + 3;
     for (long c = c0; c < c1; ++c) {
       T *cwr = gwr + c * plan.wsize * L, *cwi = gwi + c * plan.wsize * L, *cb = gb + c * N * L;
+      long g = F + 4, d = F + 1, e = F + 2, cur = 0, other = F;
       st.zero(g);
-      T *hr = st.re(h), *hi = st.im(h);
-      if (seq.steps > 0) seq.load(H, h0, c, seq.steps - 1, hr, hi, true);
+      T *hr = st.re(other), *hi = st.im(other);  // h_t
+      if (seq.steps > 0) seq.load(H, h0, c, seq.steps - 1, hr, hi, false);
       for (long t = seq.steps - 1; t >= 0; --t) {
-        T *h1r = st.re(0), *h1i = st.im(0);
-        seq.load(H, h0, c, t - 1, h1r, h1i, true);
-        run_stages<T, CPLX>(plan, wr, wi, st, true, F - 1);  // recompute the stage inputs of step t
+        T *h1r = st.re(cur), *h1i = st.im(cur);  // h_{t-1}
+        seq.load(H, h0, c, t - 1, h1r, h1i, false);
+        run_stages<T, CPLX>(plan, wr, wi, st, true, F - 1, h1r, h1i);  // recompute the stage inputs of step t
         T *glr = st.re(gl), *gli = st.im(gl);
         seq.load(gH, nullptr, c, t, glr, gli, false);
         const T *gr = st.re(g), *gi = st.im(g);
@@ -261,10 +268,14 @@ void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T
           }
         }
         seq.store(dr, di, gu, c, t);
-        const long dh = backprop_stages<T, CPLX>(plan, adj, awr, awi, st, d, e, cwr, cwi);
-        st.copy(dh, g);  // ∂L/∂h_{t-1}
-        std::copy(h1r, h1r + st.m, st.re(h));                   // h_{t-1}: the next step's h_t
-        if (CPLX) std::copy(h1i, h1i + st.m, st.im(h));
+        const long dh = backprop_stages<T, CPLX>(plan, adj, awr, awi, st, d, e, cwr, cwi, h1r, h1i);
+        const long spare = dh == d ? e : d;  // ∂L/∂h_{t-1} is in slot dh: it becomes g
+        e = spare;
+        d = g;
+        g = dh;
+        hr = h1r;  // h_{t-1}: the next step's h_t
+        hi = h1i;
+        std::swap(cur, other);
       }
       seq.store(st.re(g), st.im(g), gh0, c, -1);
     }
@@ -301,7 +312,7 @@ void matvec_backward(const Plan& plan, const Plan& adj, const T* wr, const T* wi
       run_stages<T, CPLX>(plan, wr, wi, st, true);
       gather<T, CPLX>(gy + m0 * plan.n_out * C, plan.n_out, lanes, plan.n_out, st.re(d), st.im(d));
       const long dx = backprop_stages<T, CPLX>(plan, adj, awr, awi, st, d, e, gwr + c * plan.wsize * L,
-                                               gwi + c * plan.wsize * L);
+                                               gwi + c * plan.wsize * L, st.re(0), st.im(0));
       scatter<T, CPLX>(st.re(dx), st.im(dx), lanes, plan.n_in, gx + m0 * plan.n_in * C, plan.n_in);
     }
     stream_fence();
