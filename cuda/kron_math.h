@@ -49,6 +49,17 @@ KRU_HD void cmac4(A ar, A ai, T br, T bi, T& rr, T& ii, T& ri, T& ir) {
   }
 }
 
+// re + i·im += a · conj(b) with two accumulators (for when many independent sums run side by side).
+template <typename T, bool CPLX>
+KRU_HD void cmac_conj(T ar, T ai, T br, T bi, T& re, T& im) {
+  re += ar * br;
+  if (CPLX) {
+    re += ai * bi;
+    im += ai * br;
+    im -= ar * bi;
+  }
+}
+
 // Position of element (a, j, r) of a state viewed as (pre, q, post).
 KRU_HD long stage_index(long a, long j, long r, long q, long post) { return (a * q + j) * post + r; }
 

@@ -92,29 +92,34 @@ void factor_grad_entries(const Stage& s, const T* __restrict dyr, const T* __res
     }
 }
 
-// The same for a P × Q factor fixed at compile time: one pass over the groups per factor row i, with
-// the Q entries of the row accumulated in registers (x is read P times, dy once).
+// The same for a P × Q factor fixed at compile time (P even): one pass over the groups per two factor
+// rows, the 2Q entries accumulated in registers (x is read P/2 times, dy once).
 template <typename T, bool CPLX, int P, int Q>
 void factor_grad_rows(const Stage& s, const T* dyr, const T* dyi, const T* xr, const T* xi, T* gr, T* gi) {
+  static_assert(P % 2 == 0, "rows are taken in pairs");
   using V = Lanes<T>;
   const V *DR = as_lanes(dyr), *DI = as_lanes(dyi), *XR = as_lanes(xr), *XI = as_lanes(xi);
   V *GR = as_lanes(gr), *GI = as_lanes(gi);
   const long post = s.post;
-  for (int i = 0; i < P; ++i) {
-    V rr[Q] = {}, ii[Q] = {}, ri[Q] = {}, ir[Q] = {};
+  for (int i = 0; i < P; i += 2) {
+    V re[2][Q] = {}, im[2][Q] = {};
     for (long a = 0; a < s.pre; ++a)
       for (long r = 0; r < post; ++r) {
         const long yo = stage_index(a, i, r, P, post), xo = stage_index(a, 0, r, Q, post);
-        const V dr = DR[yo], di = CPLX ? DI[yo] : V{};
+        const V d0r = DR[yo], d0i = CPLX ? DI[yo] : V{}, d1r = DR[yo + post], d1i = CPLX ? DI[yo + post] : V{};
 #pragma GCC unroll 16
-        for (int j = 0; j < Q; ++j)
-          cmac4<V, CPLX>(dr, di, XR[xo + j * post], CPLX ? XI[xo + j * post] : V{}, rr[j], ii[j], ri[j], ir[j]);
+        for (int j = 0; j < Q; ++j) {
+          const V x_r = XR[xo + j * post], x_i = CPLX ? XI[xo + j * post] : V{};
+          cmac_conj<V, CPLX>(d0r, d0i, x_r, x_i, re[0][j], im[0][j]);
+          cmac_conj<V, CPLX>(d1r, d1i, x_r, x_i, re[1][j], im[1][j]);
+        }
       }
 #pragma GCC unroll 16
-    for (int j = 0; j < Q; ++j) {
-      GR[s.woff + i * Q + j] += rr[j] + ii[j];
-      GI[s.woff + i * Q + j] += ir[j] - ri[j];
-    }
+    for (int j = 0; j < Q; ++j)
+      for (int k = 0; k < 2; ++k) {
+        GR[s.woff + (i + k) * Q + j] += re[k][j];
+        GI[s.woff + (i + k) * Q + j] += im[k][j];
+      }
   }
 }
 
