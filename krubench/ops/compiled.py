@@ -93,22 +93,16 @@ def sole_owner(t: torch.Tensor) -> bool:
         return False
 
 
-def _recurrence_backward(ctx, grad):
-    h0, w, bias, H = ctx.saved_tensors
-    grad = _ready(grad, H.dtype)
-    # ∂L/∂u overwrites ∂L/∂H when nothing else holds it: the step's peak is then H and one gradient
-    grad_u = grad if sole_owner(grad) else torch.empty_like(grad)
-    gh0, gw, gb = torch.ops.krubench.kru_recurrence_backward(grad, H, h0, w, ctx.shapes, ctx.nonlinearity, bias, grad_u)
-    return grad_u, gh0, gw, None, None, gb
-
-
-def _lanes_backward(ctx, grad):
-    h0, w, bias, H = ctx.saved_tensors
-    grad = _ready(grad, H.dtype)
-    grad_u = grad if sole_owner(grad) else torch.empty_like(grad)
-    gh0, gw, gb = torch.ops.krubench.kru_recurrence_lanes_backward(grad, H, h0, w, ctx.shapes, ctx.nonlinearity, bias,
-                                                                   grad_u)
-    return grad_u, gh0, gw, None, None, gb
+def _recurrence_backward_by(op):
+    """The autograd backward of a recurrence operator, computed by its backward operator `op`."""
+    def backward(ctx, grad):
+        h0, w, bias, H = ctx.saved_tensors
+        grad = _ready(grad, H.dtype)
+        # ∂L/∂u overwrites ∂L/∂H when nothing else holds it: the step's peak is then H and one gradient
+        grad_u = grad if sole_owner(grad) else torch.empty_like(grad)
+        gh0, gw, gb = op(grad, H, h0, w, ctx.shapes, ctx.nonlinearity, bias, grad_u)
+        return grad_u, gh0, gw, None, None, gb
+    return backward
 
 
 def register() -> None:
@@ -117,8 +111,9 @@ def register() -> None:
     if _registered:
         return
     torch.library.register_autograd("krubench::kron_matvec", _matvec_backward, setup_context=_matvec_setup)
-    torch.library.register_autograd("krubench::kru_recurrence", _recurrence_backward, setup_context=_recurrence_setup)
-    torch.library.register_autograd("krubench::kru_recurrence_lanes", _lanes_backward, setup_context=_recurrence_setup)
+    for name in ("kru_recurrence", "kru_recurrence_lanes"):
+        backward = _recurrence_backward_by(getattr(torch.ops.krubench, f"{name}_backward"))
+        torch.library.register_autograd(f"krubench::{name}", backward, setup_context=_recurrence_setup)
 
     @torch.library.register_fake("krubench::kron_matvec")
     def _(x, w, shapes):
