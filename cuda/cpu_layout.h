@@ -148,22 +148,12 @@ inline void stream_fence() {
 // aligned (whole vectors of lanes).
 template <typename T>
 struct Scratch {
-  static constexpr long kSkew = 3;  // vectors between planes, so that planes do not start 4 KiB apart
   std::vector<Lanes<T>> buf;
   long m;  // elements × lanes of one plane
-  long stride;  // elements × lanes from one plane to the next
-  Scratch(long count, long size)
-      : buf(2 * count * (size + kSkew), Lanes<T>{}), m(size * L), stride((size + kSkew) * L) {}
-  T* re(long k) { return reinterpret_cast<T*>(buf.data()) + 2 * k * stride; }
-  T* im(long k) { return reinterpret_cast<T*>(buf.data()) + (2 * k + 1) * stride; }
-  void zero(long k) {
-    std::fill(re(k), re(k) + m, T(0));
-    std::fill(im(k), im(k) + m, T(0));
-  }
-  void copy(long from, long to) {
-    std::copy(re(from), re(from) + m, re(to));
-    std::copy(im(from), im(from) + m, im(to));
-  }
+  Scratch(long count, long size) : buf(2 * count * size, Lanes<T>{}), m(size * L) {}
+  T* re(long k) { return reinterpret_cast<T*>(buf.data()) + 2 * k * m; }
+  T* im(long k) { return reinterpret_cast<T*>(buf.data()) + (2 * k + 1) * m; }
+  void zero(long k) { std::fill(re(k), re(k) + 2 * m, T(0)); }  // both planes of slot k (adjacent)
 };
 
 }  // namespace kru

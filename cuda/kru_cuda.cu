@@ -112,15 +112,30 @@ __device__ void load_factors(const T* wr, const T* wi, int n, T* sr, T* si) {
   }
 }
 
-// Shared memory: factors (2 wsize), state ping-pong (4 N). Block b runs sequence b.
+// Shared memory of a forward kernel: the factors' planes (2 wsize), then a ping-pong of two states of
+// n elements (real plane, imaginary plane).
+template <typename T>
+struct ForwardShared {
+  T *wr, *wi, *br[2], *bi[2];
+  __device__ ForwardShared(unsigned char* smem, int wsize, int n) {
+    wr = reinterpret_cast<T*>(smem);
+    wi = wr + wsize;
+    br[0] = wi + wsize;
+    br[1] = br[0] + 2 * n;
+    bi[0] = br[0] + n;
+    bi[1] = br[1] + n;
+  }
+};
+
+// Shared memory: ForwardShared with n = N. Block b runs sequence b.
 template <typename T, bool CPLX, int NL>
 __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* u, const T* h0,
                                           const T* bias, T* H, int steps) {
   extern __shared__ unsigned char smem[];
   constexpr int C = CPLX ? 2 : 1;
   const int N = plan.n_in;
-  T* wr = reinterpret_cast<T*>(smem);
-  T *wi = wr + plan.wsize, *br[2] = {wi + plan.wsize, wi + plan.wsize + 2 * N}, *bi[2] = {br[0] + N, br[1] + N};
+  ForwardShared<T> sh(smem, plan.wsize, N);
+  T *wr = sh.wr, *wi = sh.wi, **br = sh.br, **bi = sh.bi;
   const long b = blockIdx.x;
   load_factors(wr_g, wi_g, plan.wsize, wr, wi);
   load_planes(h0 + b * N * C, N, CPLX, br[0], bi[0]);
@@ -198,14 +213,13 @@ __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T*
   store_planes(gr, gi, N, CPLX, gh0 + b * N * C);
 }
 
-// Row m of x through every stage. Shared memory: factors (2 wsize), ping-pong (4 max_size).
+// Row m of x through every stage. Shared memory: ForwardShared with n = max_size.
 template <typename T, bool CPLX>
 __global__ void matvec_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* x, T* y) {
   extern __shared__ unsigned char smem[];
   constexpr int C = CPLX ? 2 : 1;
-  const int S = plan.max_size;
-  T* wr = reinterpret_cast<T*>(smem);
-  T *wi = wr + plan.wsize, *br[2] = {wi + plan.wsize, wi + plan.wsize + 2 * S}, *bi[2] = {br[0] + S, br[1] + S};
+  ForwardShared<T> sh(smem, plan.wsize, plan.max_size);
+  T *wr = sh.wr, *wi = sh.wi, **br = sh.br, **bi = sh.bi;
   const long m = blockIdx.x;
   load_factors(wr_g, wi_g, plan.wsize, wr, wi);
   load_planes(x + m * plan.n_in * C, plan.n_in, CPLX, br[0], bi[0]);

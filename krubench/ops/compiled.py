@@ -40,26 +40,28 @@ def kron_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tenso
     return y.reshape(*x.shape[:-1], -1)
 
 
-def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:
-    """Compiled whole-sequence recurrence (same contract as `kru_recurrence_ref`)."""
+def _recurrence_args(factors, dtype: torch.dtype, nonlinearity: str, bias, n: int, like: torch.Tensor):
+    """The factors packed in `dtype`, their shapes, and the modReLU bias (n,) in its real dtype."""
     if nonlinearity == "modrelu" and bias is None:
         raise ValueError("nonlinearity='modrelu' needs its per-unit bias (N,); pass bias, or use relu or tanh")
-    dtype = _common_dtype(u, h0, *factors)
     w, shapes = _pack(factors, dtype)
     real = dtype.to_real()
-    b = u.new_zeros(u.shape[-1], dtype=real) if bias is None else _ready(bias, real)  # (N,) modReLU bias
+    return w, shapes, like.new_zeros(n, dtype=real) if bias is None else _ready(bias, real)
+
+
+def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:
+    """Compiled whole-sequence recurrence (same contract as `kru_recurrence_ref`)."""
+    dtype = _common_dtype(u, h0, *factors)
+    w, shapes, b = _recurrence_args(factors, dtype, nonlinearity, bias, u.shape[-1], u)
     return torch.ops.krubench.kru_recurrence(_ready(u, dtype), _ready(h0, dtype), w, shapes, nonlinearity, b)
 
 
 def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:
     """The compiled recurrence on the C++ kernel's own layout (`ops.lanes`), CPU only: u (chunks, T, C, N,
     LANES) and h0 (chunks, C, N, LANES) real, C = 2 for complex factors; returns H in u's layout."""
-    if nonlinearity == "modrelu" and bias is None:
-        raise ValueError("nonlinearity='modrelu' needs its per-unit bias (N,); pass bias, or use relu or tanh")
     dtype = _common_dtype(*factors)
-    w, shapes = _pack(factors, dtype)
+    w, shapes, b = _recurrence_args(factors, dtype, nonlinearity, bias, u.shape[3], u)
     real = dtype.to_real()
-    b = u.new_zeros(u.shape[3], dtype=real) if bias is None else _ready(bias, real)
     return torch.ops.krubench.kru_recurrence_lanes(_ready(u, real), _ready(h0, real), w, shapes, nonlinearity, b)
 
 
