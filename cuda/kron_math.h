@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define KRU_HD __host__ __device__ __forceinline__
@@ -31,7 +32,32 @@ constexpr double kModReluEps = 1e-6;  // |z| + eps in modReLU's denominator, as 
 
 KRU_HD float hd_sqrt(float x) { return sqrtf(x); }
 KRU_HD double hd_sqrt(double x) { return sqrt(x); }
-KRU_HD float hd_tanh(float x) { return tanhf(x); }
+// tanh in float. On the GPU: tanhf. On the CPU: glibc's tanhf is a call that keeps the kernels' `omp simd`
+// loops scalar (a tanh KRU's forward measured 15× slower than modReLU's), so it is computed here, branch-
+// free, to within 1.4 ulp (checked against double tanh on every third float of [−12, 12]):
+// below |x| = 0.625 x (1 + x² P(x²)), P fitted for relative error 4e-9; above, 1 − 2 / (e^{2|x|} + 1), with
+// e^y = 2^k e^r, r = y − k ln 2 (ln 2 in two parts), |r| ≤ ln 2 / 2, e^r by its Taylor series to r⁷.
+// |x| is capped at 10, where tanh rounds to ±1; NaN stays NaN.
+KRU_HD float hd_tanh(float x) {
+#if defined(__CUDA_ARCH__)
+  return tanhf(x);
+#else
+  const float ax = x < 0 ? -x : x, t = x * x;
+  const float p = -0.333332819f + t * (0.133314422f + t * (-0.0537397156f + t * (0.0206390888f + t * -0.00570498852f)));
+  const float small = x * (1.f + t * p);
+  const float y = 2.f * (ax > 10.f ? 10.f : ax);
+  const float k = __builtin_rintf(y * 1.44269504f);
+  const float r = (y - k * 0.693145752f) - k * 1.42860677e-6f;
+  const float er = 1.f + r * (1.f + r * (0.5f + r * (0.166666672f + r * (0.0416666679f + r * (0.00833333377f +
+                   r * (0.00138888892f + r * 0.000198412701f))))));
+  const int bits = (static_cast<int>(k) + 127) << 23;  // 2^k (k ≤ 29)
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);  // compiles to a register move, and vectorises
+  const float e = er * scale;
+  const float big = 1.f - 2.f / (e + 1.f);
+  return ax < 0.625f ? small : (x < 0 ? -big : big);
+#endif
+}
 KRU_HD double hd_tanh(double x) { return tanh(x); }
 
 // The four partial sums of Σ a·b over complex a, b, kept apart so that a loop of multiply-adds has

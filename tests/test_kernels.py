@@ -154,6 +154,26 @@ def test_lanes_layout_gradcheck(nonlinearity, complex_):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
+def test_tanh_is_float_accurate_and_keeps_nan(backend, device):
+    """The kernels' own float tanh (kron_math.h: the CPU's is not libm's, so that it vectorises), seen
+    through a one-step recurrence with an identity factor: H = tanh(u) within 2 ulp, ±1 at large |u|,
+    NaN in -> NaN out."""
+    loaded(backend)
+    x = torch.cat([torch.linspace(-12, 12, 200_003, dtype=torch.float64), torch.logspace(-30, 1.2, 5_000, dtype=torch.float64),
+                   torch.tensor([0.0, -0.0, 0.625, -0.625, 9.5, 50.0, -50.0, math.inf, -math.inf])]).float()
+    u = x.view(1, 1, -1)[..., : x.numel() // 2 * 2].reshape(-1, 1, 2).to(device)  # N = 2: rows of two values
+    eye = torch.eye(2, device=device)
+    H = ops.kru_recurrence(u, torch.zeros_like(u[:, 0]), [eye], "tanh", kernel=backend).flatten().cpu()
+    exact = torch.tanh(u.flatten().cpu().double())
+    ulp = torch.ldexp(torch.ones_like(exact), torch.frexp(exact.abs().clamp_min(2.0**-126))[1] - 24)  # float's, at exact
+    err = (H.double() - exact).abs() / ulp
+    assert err.max() <= 2, f"tanh is {err.max():.2f} ulp off at u = {u.flatten()[err.argmax()].item()}"
+    nan = ops.kru_recurrence(torch.tensor([[[math.nan, 1.0]]], device=device), torch.zeros(1, 2, device=device), [eye],
+                             "tanh", kernel=backend)
+    assert nan[0, 0, 0].isnan() and nan[0, 0, 1].item() == pytest.approx(math.tanh(1.0))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_backward_overwrites_only_a_gradient_it_owns(backend, device, monkeypatch):
     """∂L/∂u reuses the memory of ∂L/∂H when nothing else refers to it (the training step's peak memory),
     and never touches a gradient the caller still holds."""
