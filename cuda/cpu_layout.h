@@ -144,6 +144,16 @@ inline void stream_fence() {
 #endif
 }
 
+// Prefetches into L2 part n of N of the `size` elements at p (one step of a sequence), so that a loop over
+// n of this step brings in the next step's planes while it computes: the hardware prefetcher alone
+// starts each step's burst of reads cold (measured: the forward at N=512 10% faster, fwd+bwd 4%).
+template <typename T>
+void prefetch_part(const T* p, long size, long n, long N) {
+  const char* bytes = reinterpret_cast<const char*>(p);
+  const long share = size * static_cast<long>(sizeof(T)) / N;
+  for (long b = n * share; b < (n + 1) * share; b += 64) __builtin_prefetch(bytes + b, 0, 2);
+}
+
 // Per-thread scratch: `count` pairs of planes (real, imaginary) of `size` elements × L lanes, 64-byte
 // aligned (whole vectors of lanes).
 template <typename T>

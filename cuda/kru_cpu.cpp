@@ -179,6 +179,7 @@ struct Sequences {
     return LANES ? (c * steps + t) * C * N * L : (c * L * steps + t) * N * C;
   }
   long rowstride(long t) const { return t < 0 ? N : steps * N; }
+  long step_size() const { return C * N * L; }  // elements of one step of one chunk (Lanes)
   // Planes (pr, pi) of step t of chunk c (t = −1: of h0); Lanes: a pointer into the sequence (no copy)
   // unless `copy`.
   void load(const T* seq, const T* h0, long c, long t, T*& pr, T*& pi, bool copy) const {
@@ -221,7 +222,9 @@ void recurrence_forward(const Plan& plan, const T* wr, const T* wi, const T* u, 
         const T *zr = st.re(z), *zi = st.im(z);
         T *ur = st.re(2), *ui = st.im(2);
         seq.load(u, nullptr, c, t, ur, ui, false);
+        const T* u_next = u + seq.offset(c, std::min(t + 1, seq.steps - 1));
         for (long n = 0; n < N; ++n) {  // h_t = σ(W h_{t-1} + u_t), into slot 0; padding lanes stay 0
+          if (LANES) prefetch_part(u_next, seq.step_size(), n, N);
 #pragma omp simd
           for (int l = 0; l < L; ++l) {
             const long o = n * L + l;
@@ -264,7 +267,13 @@ void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T
         seq.load(gH, nullptr, c, t, glr, gli, false);
         const T *gr = st.re(g), *gi = st.im(g);
         T *dr = st.re(d), *di = st.im(d);
+        const T* h_next = t >= 2 ? H + seq.offset(c, t - 2) : h0 + seq.offset(c, -1);
+        const T* g_next = gH + seq.offset(c, std::max(t - 1, 0L));
         for (long n = 0; n < N; ++n) {
+          if (LANES) {  // what step t − 1 reads: h_{t-2} and ∂L/∂h_{t-1}
+            prefetch_part(h_next, seq.step_size(), n, N);
+            prefetch_part(g_next, seq.step_size(), n, N);
+          }
 #pragma omp simd
           for (int l = 0; l < L; ++l) {
             const long o = n * L + l;
