@@ -1,7 +1,7 @@
 """Benchmark the Kronecker backends side by side in one run (results go to BENCHMARKS.md).
 
 Complex KRU with 2×2 factors (applied as the model applies them: merged up to `--merge`, the model's
-merge_upto, capped where a backend runs smaller stages faster: ops.merge_limit), modReLU,
+merge_upto, capped where a backend runs smaller stages faster: ops.merge_limit), modReLU (--nonlinearity),
 batch B, length T, forward + backward of the recurrence given the input projection u, for each N:
 the fused compiled kernel vs the reference backend vs a dense real `torch.nn.RNN` (tanh, input size 1,
 so it is its recurrence too). Also the forward GFLOP/s (16·B·N·log2 N·T flops) against the dense GEMM
@@ -16,6 +16,7 @@ the candidates of one N run interleaved, so that load from other processes hits 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import platform
@@ -91,7 +92,7 @@ class PlainSum(torch.autograd.Function):
         return g.to(ctx.dtype).expand(ctx.shape).contiguous()  # ∂(Σ Re H)/∂H = 1 everywhere
 
 
-def kru_step(kernel, factors, u, h0, bias, stages, backward=True):
+def kru_step(kernel, factors, u, h0, bias, stages, backward=True, nonlinearity="modrelu"):
     """One forward (+ backward) of the recurrence on `kernel`: a backend, or "lanes", the C++ kernel on its
     own layout as the KRU model runs it on the CPU (u and h0 converted once, outside the timing)."""
     if kernel == "lanes":
@@ -102,9 +103,9 @@ def kru_step(kernel, factors, u, h0, bias, stages, backward=True):
         for leaf in (u, bias, *factors):  # as optimizer.zero_grad(set_to_none=True) leaves them
             leaf.grad = None
         if kernel == "lanes":
-            H = ops.kru_recurrence_lanes(u, h0, stages("cpp"), "modrelu", bias)  # (chunks, T, 2, N, 16)
+            H = ops.kru_recurrence_lanes(u, h0, stages("cpp"), nonlinearity, bias)  # (chunks, T, 2, N, 16)
         else:
-            H = ops.kru_recurrence(u, h0, stages(kernel), "modrelu", bias, kernel=kernel)  # (B, T, N)
+            H = ops.kru_recurrence(u, h0, stages(kernel), nonlinearity, bias, kernel=kernel)  # (B, T, N)
         if backward:
             PlainSum.apply(H).backward()
     return run
@@ -191,6 +192,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--merge", type=int, default=16, help="merge 2×2 factors up to this size (model.merge_upto)")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--nonlinearity", default="modrelu", choices=ops.NONLINEARITIES, help="σ of the KRU (the tables"
+                   " of fused vs reference vs nn.RNN; the memory table uses modReLU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--memory-steps", type=int, default=1000, help="T of the memory measurement (0: skip it)")
@@ -212,7 +215,7 @@ def main(argv=None):
     gemm = gemm_gflops(device)
     print(f"# dense GEMM (2048², float32): {gemm:.0f} GFLOP/s; complex KRU, 2×2 factors merged up to {args.merge} "
           f"(the {fused} backend: {ops.merge_limit(fused, args.merge)}), "
-          f"modReLU, B={B}, T={T}; best of {args.repeats}; MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_')}\n")
+          f"{args.nonlinearity}, B={B}, T={T}; best of {args.repeats}; MALLOC_MMAP_THRESHOLD_={os.environ.get('MALLOC_MMAP_THRESHOLD_')}\n")
     # on the CPU the KRU model runs the C++ kernel on its lanes layout; the (B, T, N) API is timed beside it
     main_kernel = "lanes" if fused == "cpp" else fused
     others = ["cpp"] if fused == "cpp" else []
@@ -224,12 +227,14 @@ def main(argv=None):
     for N in args.sizes:
         factors, u, h0, bias, stages = kru_problem(N, B, T, args.merge, device)
         kernels = [main_kernel, *others]
-        fns = {k: kru_step(k, factors, u, h0, bias, stages) for k in kernels}
+        step = functools.partial(kru_step, factors=factors, u=u, h0=h0, bias=bias, stages=stages,
+                                 nonlinearity=args.nonlinearity)
+        fns = {k: step(k) for k in kernels}
         fns["rnn"] = rnn_step(N, B, T, device)
         if N <= args.skip_reference_above:
-            fns["reference"] = kru_step("reference", factors, u, h0, bias, stages)
+            fns["reference"] = step("reference")
         with torch.no_grad():
-            fwd = best_times({k: kru_step(k, factors, u, h0, bias, stages, backward=False) for k in kernels},
+            fwd = best_times({k: step(k, backward=False) for k in kernels},
                              args.repeats, device)
         t = best_times(fns, args.repeats, device)
         ref = t.get("reference", math.nan)
