@@ -171,15 +171,16 @@ def task_label(name, dataset=None) -> str:
 
 
 def register_configs() -> None:
-    """Store each schema as `<group>/schema_<option>`; the YAML of that option lists it first in its
-    defaults, so the YAML's values are validated against the schema. Also the `task_label` resolver of
-    the run folders' names."""
+    """Store each schema as the root config `schema_<group>_<option>`; the YAML of that option lists it
+    first in its defaults (`/schema_<group>_<option>@_here_`), so the YAML's values are validated against
+    the schema. At the root, the schemas are not options of the group (`krubench --help` lists the group's
+    options only). Also the `task_label` resolver of the run folders' names."""
     OmegaConf.register_new_resolver("task_label", task_label, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     for group, options in SCHEMAS.items():
         for option, node in options.items():
-            cs.store(group=group, name=f"schema_{option}", node=node)
+            cs.store(name=f"schema_{group}_{option}", node=node)
 
 
 def validate(config: dict) -> None:

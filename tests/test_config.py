@@ -5,6 +5,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import compose_config
+from hydra import initialize_config_dir
+from krubench.paths import config_dir
 from krubench.config import SCHEMAS, validate
 from krubench.models import build_model
 from krubench.tasks import TASKS, build_task
@@ -78,3 +80,16 @@ def test_run_folders_name_the_task_the_model_and_a_music_data_set():
     for overrides, label in ([], "_copy_kru"), (["task=music", "task.dataset=piano", "model=lstm"], "_music-piano_lstm"):
         cfg = compose_config(overrides, return_hydra_config=True)
         assert OmegaConf.select(cfg, "hydra.run.dir").endswith(label), OmegaConf.select(cfg, "hydra.run.dir")
+
+
+def test_groups_offer_only_their_options():
+    """`krubench --help` lists each group's options: the schemas that validate them are root configs
+    (`/schema_<group>_<option>`), not options a user could pick."""
+    from hydra.core.global_hydra import GlobalHydra
+    compose_config()  # registers the schemas
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        for group in ("task", "model", "optim", "trainer"):
+            assert sorted(loader.get_group_options(group)) == sorted(SCHEMAS[group]), group
+    with pytest.raises(ConfigCompositionException, match="schema_kru"):
+        compose_config(["model=schema_kru"])
