@@ -206,6 +206,27 @@ def test_backward_overwrites_only_a_gradient_it_owns(backend, device, monkeypatc
     assert owned == [False, False, True], owned
 
 
+def test_without_torch_use_counts_the_backward_allocates_and_says_so_once(monkeypatch, caplog):
+    """sole_owner asks private torch APIs; if a torch release drops them the fused backward stays correct
+    (∂L/∂u in a new tensor) and one warning says what it costs."""
+    from krubench.ops import compiled
+    loaded("cpp")
+    monkeypatch.delattr(torch._C, "_storage_Use_Count")
+    monkeypatch.setattr(compiled, "_use_counts_missing", False)
+    factors, u, h0, bias, grad = recurrence_problem([4, 2], 2, 3, True, "modrelu", seed=12)
+    leaves = [t.to(torch.complex64).requires_grad_() for t in (u, h0, *factors)]
+    b = bias.float()
+    with caplog.at_level("WARNING", logger="krubench"):
+        grads = []
+        for kernel in ("cpp", "cpp", "reference"):
+            H = ops.kru_recurrence(leaves[0], leaves[1], leaves[2:], "modrelu", b, kernel=kernel)
+            grads.append(torch.autograd.grad((H * grad.to(torch.complex64).conj()).real.sum(), leaves[0])[0])
+    torch.testing.assert_close(grads[0], grads[2], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1])
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "_storage_Use_Count" in warnings[0] and "3x" in warnings[0], warnings
+
+
 MATVEC_CASES = [  # (factor shapes (p, q), leading shape of x, complex x, complex factors)
     ([(2, 2)] * 3, (1,), True, True),
     ([(2, 2)] * 4, (19,), False, False),

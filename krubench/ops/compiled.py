@@ -6,12 +6,15 @@ p_1, q_1, ...]; autograd splits the gradient of `w` back onto the factors throug
 """
 from __future__ import annotations
 
+import logging
 import math
 from typing import Sequence
 
 import torch
 
+log = logging.getLogger("krubench")
 _registered = False
+_use_counts_missing = False  # warned once that this torch lacks the use-count APIs
 
 
 def _ready(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -88,10 +91,19 @@ def sole_owner(t: torch.Tensor) -> bool:
     no other tensor on its storage, no reference held by the caller. Asks torch's reference counts
     (private APIs); any doubt answers no. The KRU model's read-out hands back such a gradient; a loss
     on `H.real` hands back a view, which is left alone."""
+    global _use_counts_missing
     try:
         return (t._base is None and t.is_contiguous() and t._use_count() == 1
                 and torch._C._storage_Use_Count(t.untyped_storage()._cdata) == 2)  # t, and the temporary storage
-    except (AttributeError, RuntimeError):
+    except AttributeError as e:
+        if not _use_counts_missing:
+            _use_counts_missing = True
+            log.warning("krubench: torch %s has no %s, so the fused backward passes allocate ∂L/∂u instead of "
+                        "reusing ∂L/∂H: correct, but a training step of the recurrence peaks at 3x the stored states "
+                        "instead of 2x (BENCHMARKS.md, memory). Report it with your torch version.", torch.__version__,
+                        e.name or "use-count API")
+        return False
+    except RuntimeError:  # e.g. a tensor without storage: not one to overwrite
         return False
 
 
