@@ -21,6 +21,7 @@ from . import checkpoint, tb
 from .config import validate
 from .checkpoint import flatten
 from .models import build_model
+from .page_faults import PageFaultWatch
 from .results import write_results, write_status
 from .tasks import build_task
 
@@ -117,6 +118,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
 
     steps = tcfg["steps"]
     started, window_start, window_steps = time.time(), time.time(), 0
+    faults = PageFaultWatch(device)
     val = task.evaluate(model, device) if step >= steps else None  # a finished run: just re-report
     progress = {"auto": None, "always": False, "never": True}[tcfg["progress"]]
     model.train()
@@ -141,6 +143,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
             step += 1
             window_steps += 1
             bar.update(1)
+            if hint := faults.check(step):
+                log.info(hint)
 
             if step % tcfg["log_every"] == 0 or step == steps:
                 rate = window_steps / max(time.time() - window_start, 1e-9)

@@ -70,3 +70,29 @@ def test_unitary_penalty_keeps_factors_unitary(tmp_path):
 
     free, constrained = penalty_after(0.0), penalty_after(10.0)
     assert free > 1e-3 and constrained < free / 3
+
+
+@pytest.mark.parametrize("faulted_mb,hinted", [(500, True), (10, False)])
+def test_a_cpu_run_that_faults_in_memory_at_every_step_gets_one_hint(tmp_path, monkeypatch, caplog, faulted_mb, hinted):
+    """The page-fault count of steps 2..6 decides (faked here: a real run of this size faults little)."""
+    import os
+    from krubench import page_faults
+    monkeypatch.delenv(page_faults.ENV, raising=False)
+    pages = faulted_mb * 2**20 // os.sysconf("SC_PAGE_SIZE")
+    counts = iter([1000, 1000 + 4 * pages])  # the counter at steps 2 and 6: `pages` per step between them
+    monkeypatch.setattr(page_faults, "minor_faults", lambda: next(counts))
+    with caplog.at_level("INFO", logger="krubench"):
+        train(small_run_config(tmp_path, "trainer.steps=8"), tmp_path)
+    hints = [r.getMessage() for r in caplog.records if "hint:" in r.getMessage()]
+    assert len(hints) == (1 if hinted else 0), hints
+    if hinted:
+        assert f"about {faulted_mb} MB" in hints[0] and "MALLOC_MMAP_THRESHOLD_=2147483647" in hints[0]
+
+
+def test_no_page_fault_hint_when_the_user_has_chosen(tmp_path, monkeypatch, caplog):
+    from krubench import page_faults
+    monkeypatch.setenv(page_faults.ENV, "33554432")
+    monkeypatch.setattr(page_faults, "minor_faults", lambda: pytest.fail("faults counted though the user chose"))
+    with caplog.at_level("INFO", logger="krubench"):
+        train(small_run_config(tmp_path, "trainer.steps=8"), tmp_path)
+    assert not [r for r in caplog.records if "hint:" in r.getMessage()]
