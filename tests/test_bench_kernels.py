@@ -26,3 +26,20 @@ def test_a_training_step_of_the_fused_recurrence_peaks_at_twice_the_states():
     for kernel in ("lanes", "cpp"):
         peak = int(run("--peak-child", kernel, str(N), str(B), str(T), "4").split()[-1])
         assert peak <= 2.05 * states, f"{kernel}: step peak {peak / states:.2f}× the stored states"
+
+
+def test_ab_revisions_runs_a_command_in_both_trees_alternately(tmp_path):
+    """scripts/ab_revisions.sh: a worktree of REV with its own caches, and this checkout, round by round."""
+    root = SCRIPT.parent.parent
+    ab = root / "scripts" / "ab_revisions.sh"
+    probe = "import krubench, pathlib; print(pathlib.Path(krubench.__file__).parent.parent)"
+    try:
+        out = subprocess.run(["bash", str(ab), "HEAD", "2", "--", sys.executable, "-c", probe], capture_output=True,
+                             text=True, check=True, cwd=root, env={**__import__("os").environ, "AB_DIR": str(tmp_path)}).stdout
+    finally:
+        for tree in tmp_path.glob("*/tree"):
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    lines = [line for line in out.splitlines() if not line.startswith("==")]
+    assert len(lines) == 4 and out.count("== round") == 2, out
+    trees = [line.split("] ", 1)[1] for line in lines]
+    assert trees[0] == trees[2] and trees[1] == trees[3] == str(root) and trees[0].startswith(str(tmp_path)), out
