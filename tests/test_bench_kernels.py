@@ -43,3 +43,12 @@ def test_ab_revisions_runs_a_command_in_both_trees_alternately(tmp_path):
     assert len(lines) == 4 and out.count("== round") == 2, out
     trees = [line.split("] ", 1)[1] for line in lines]
     assert trees[0] == trees[2] and trees[1] == trees[3] == str(root) and trees[0].startswith(str(tmp_path)), out
+
+
+def test_bench_freed_memory_prints_both_allocator_settings(tmp_path):
+    script = SCRIPT.parent / "bench_freed_memory.sh"
+    out = subprocess.run(["bash", str(script), "adding_T100_kru", "4", "task.val_size=20", "model.hidden_size=16"],
+                         capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines()[2:]]
+    assert [r[1].strip() for r in rows] == ["default", "keeps freed memory"], out
+    assert all(float(r[2]) > 0 and int(r[3]) > 0 for r in rows), out
