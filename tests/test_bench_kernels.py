@@ -2,6 +2,7 @@
 issue's bound (a training step of the recurrence peaks at ≤ 2× the stored states). No timing assertions."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_ab_revisions_runs_a_command_in_both_trees_alternately(tmp_path):
     probe = "import krubench, pathlib; print(pathlib.Path(krubench.__file__).parent.parent)"
     try:
         out = subprocess.run(["bash", str(ab), "HEAD", "2", "--", sys.executable, "-c", probe], capture_output=True,
-                             text=True, check=True, cwd=root, env={**__import__("os").environ, "AB_DIR": str(tmp_path)}).stdout
+                             text=True, check=True, cwd=root, env={**os.environ, "AB_DIR": str(tmp_path)}).stdout
     finally:
         for tree in tmp_path.glob("*/tree"):
             subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(tree)], capture_output=True)
@@ -47,8 +48,9 @@ def test_ab_revisions_runs_a_command_in_both_trees_alternately(tmp_path):
 
 def test_bench_freed_memory_prints_both_allocator_settings(tmp_path):
     script = SCRIPT.parent / "bench_freed_memory.sh"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # krubench, python3
     out = subprocess.run(["bash", str(script), "adding_T100_kru", "4", "task.val_size=20", "model.hidden_size=16"],
-                         capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+                         capture_output=True, text=True, check=True, cwd=tmp_path, env=env).stdout
     rows = [line.split("|")[1:-1] for line in out.splitlines()[2:]]
     assert [r[1].strip() for r in rows] == ["default", "keeps freed memory"], out
     assert all(float(r[2]) > 0 and int(r[3]) > 0 for r in rows), out
