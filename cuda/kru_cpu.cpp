@@ -434,7 +434,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_lanes_backward_cpu
   for (const auto& [t, name] : {std::pair{&grad_H, "grad_H"}, std::pair{&grad_u, "grad_u"}})
     TORCH_CHECK(t->sizes() == H.sizes() && t->scalar_type() == H.scalar_type() && t->is_contiguous(),
                 "krubench: ", name, " must be contiguous, shaped and typed like H ", H.sizes(), ", got ", t->sizes());
-  if (grad_u.data_ptr() != grad_H.data_ptr()) poison(grad_u);
+  poison_unless_in_place(grad_u, grad_H);
   return run_recurrence_backward<true>(plan, grad_H, H, h0, w, nonlinearity, bias, grad_u);
 }
 
@@ -479,9 +479,7 @@ TORCH_LIBRARY(krubench, m) {
   // returns the gradients of h0, w and bias.
   m.def("kru_recurrence_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
         "Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_FRAGMENT(krubench, m) {  // the CPU kernel's own layout (krubench.ops.lanes)
+  // The same on the CPU kernel's own layout (krubench.ops.lanes); CPU only.
   m.def("kru_recurrence_lanes(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
   m.def("kru_recurrence_lanes_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, "
         "str nonlinearity, Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");

@@ -119,6 +119,11 @@ inline void poison(const at::Tensor& t) {
   if (flag != nullptr && flag[0] == '1') (t.is_complex() ? at::view_as_real(t) : t).fill_(NAN);
 }
 
+// grad_u as a backward pass receives it: written over grad_H when it is grad_H itself, else a fresh output.
+inline void poison_unless_in_place(const at::Tensor& grad_u, const at::Tensor& grad_H) {
+  if (grad_u.data_ptr() != grad_H.data_ptr()) poison(grad_u);
+}
+
 inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
   at::Tensor t = at::empty(sizes, options);
   poison(t);
@@ -159,7 +164,7 @@ inline Plan check_recurrence_backward(const at::Tensor& grad_H, const at::Tensor
     TORCH_CHECK(t->sizes() == H.sizes(), "krubench: ", name, " must have the shape of H, ", H.sizes(), ", got ",
                 t->sizes());
   }
-  if (grad_u.data_ptr() != grad_H.data_ptr()) poison(grad_u);
+  poison_unless_in_place(grad_u, grad_H);
   return plan;
 }
 

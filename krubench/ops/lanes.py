@@ -33,20 +33,6 @@ def batch_to_lanes(x: torch.Tensor) -> torch.Tensor:
     return _pad_rows(x).view(chunks(B), LANES, T, I).permute(0, 2, 3, 1).contiguous()
 
 
-def state_to_lanes(h: torch.Tensor) -> torch.Tensor:
-    """A state (B, N), complex or real -> (chunks, C, N, LANES) real."""
-    planes = torch.view_as_real(h) if h.is_complex() else h.unsqueeze(-1)  # (B, N, C)
-    B, N, C = planes.shape
-    return _pad_rows(planes).view(chunks(B), LANES, N, C).permute(0, 3, 2, 1).contiguous()
-
-
-def state_from_lanes(h: torch.Tensor, batch: int, complex_: bool) -> torch.Tensor:
-    """(chunks, C, N, LANES) -> the state (batch, N), complex if `complex_`."""
-    c, C, N, L = h.shape
-    rows = h.permute(0, 3, 2, 1).reshape(c * L, N, C)[:batch]
-    return torch.view_as_complex(rows.contiguous()) if complex_ else rows[..., 0]
-
-
 def sequence_to_lanes(u: torch.Tensor) -> torch.Tensor:
     """A sequence (B, T, N), complex or real -> (chunks, T, C, N, LANES) real."""
     planes = torch.view_as_real(u) if u.is_complex() else u.unsqueeze(-1)  # (B, T, N, C)
@@ -59,6 +45,16 @@ def sequence_from_lanes(H: torch.Tensor, batch: int, complex_: bool) -> torch.Te
     c, T, C, N, L = H.shape
     rows = H.permute(0, 4, 1, 3, 2).reshape(c * L, T, N, C)[:batch]
     return torch.view_as_complex(rows.contiguous()) if complex_ else rows[..., 0]
+
+
+def state_to_lanes(h: torch.Tensor) -> torch.Tensor:
+    """A state (B, N), complex or real -> (chunks, C, N, LANES) real: a sequence of one step."""
+    return sequence_to_lanes(h.unsqueeze(1))[:, 0]
+
+
+def state_from_lanes(h: torch.Tensor, batch: int, complex_: bool) -> torch.Tensor:
+    """(chunks, C, N, LANES) -> the state (batch, N), complex if `complex_`."""
+    return sequence_from_lanes(h.unsqueeze(1), batch, complex_)[:, 0]
 
 
 def linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
