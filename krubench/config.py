@@ -20,6 +20,7 @@ Placement = choices("Placement", "halves", "uniform")
 MusicDataset = choices("MusicDataset", "jsb", "piano", "nottingham", "musedata")
 KRUNonlinearity = choices("KRUNonlinearity", "modrelu", "relu", "tanh")
 FactorInit = choices("FactorInit", "unitary", "identity")
+MapInit = choices("MapInit", "glorot", "torch")
 RNNNonlinearity = choices("RNNNonlinearity", "tanh", "relu")
 RNNInit = choices("RNNInit", "default", "orthogonal", "identity")
 Factorisation = choices("Factorisation", "per_gate", "joint")
@@ -89,6 +90,10 @@ class KRUConfig:
     merge_upto: int = 16  # apply neighbouring factors merged up to this size (same W, fewer ops); 1 = off
     kernel: Kernel = Kernel.auto  # auto (fastest for the device) | cuda | cpp | reference (pure PyTorch)
     penalty: float = 0.0  # λ of the soft unitary constraint λ·Σ‖W_f^H W_f − I‖²
+    input_bias: Optional[bool] = None  # additive bias in U x_t + b; null: only without modReLU (its bias is b)
+    input_init: MapInit = MapInit.glorot  # glorot (uRNN) | torch (nn.Linear's default)
+    modrelu_bias_init: float = 0.01  # modReLU bias starts U(±this) (uRNN); 0: zeros
+    readout_init: MapInit = MapInit.glorot  # glorot, zero bias (uRNN) | torch (nn.Linear's default)
 
 
 @dataclass
@@ -128,6 +133,8 @@ class OptimConfig:
     alpha: Optional[float] = None  # rmsprop smoothing constant
     betas: Optional[List[float]] = None  # adam
     momentum: Optional[float] = None  # sgd, rmsprop
+    eps: float = 1e-8  # rmsprop, adam: added to the root-mean-square in the step's denominator
+    factor_lr_scale: float = 1.0  # the Kronecker factors train at lr × this (expRNN: its orthogonal part at lr/10)
 
 
 # ---- trainer ----
@@ -189,6 +196,7 @@ def validate(config: dict) -> None:
         "trainer.steps": config["trainer"]["steps"], "trainer.val_every": config["trainer"]["val_every"],
         "trainer.log_every": config["trainer"]["log_every"], "trainer.ckpt_every": config["trainer"]["ckpt_every"],
         "optim.lr": config["optim"]["lr"], "model.hidden_size": config["model"]["hidden_size"],
+        "optim.eps": config["optim"]["eps"], "optim.factor_lr_scale": config["optim"]["factor_lr_scale"],
     }
     for key in ("batch_size", "val_size", "eval_batch_size", "eval_limit", "bptt"):
         if config["task"].get(key) is not None:
@@ -196,5 +204,8 @@ def validate(config: dict) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ValueError(f"{key}={value} must be positive")
+    if config["model"].get("modrelu_bias_init", 0.0) < 0:
+        raise ValueError(f"model.modrelu_bias_init={config['model']['modrelu_bias_init']} must be >= 0 "
+                         "(the half-width of the uniform range; 0 starts the bias at zero)")
     if config["trainer"]["grad_clip"] < 0:
         raise ValueError(f"trainer.grad_clip={config['trainer']['grad_clip']} must be >= 0 (0 turns clipping off)")

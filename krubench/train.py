@@ -28,13 +28,19 @@ from .tasks import build_task
 log = logging.getLogger("krubench")
 
 
-def build_optimizer(cfg: dict, params) -> torch.optim.Optimizer:
+def build_optimizer(cfg: dict, model) -> torch.optim.Optimizer:
+    """Two parameter groups: the Kronecker factors at lr × factor_lr_scale, and everything else at lr."""
+    factors = {id(p) for p in model.factor_parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in factors]},
+              {"params": model.factor_parameters(), "lr": cfg["lr"] * cfg["factor_lr_scale"]}]
+    groups = [g for g in groups if g["params"]]
     common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
     if cfg["name"] == "rmsprop":
-        return torch.optim.RMSprop(params, alpha=cfg["alpha"] or 0.99, momentum=cfg["momentum"] or 0.0, **common)
+        return torch.optim.RMSprop(groups, alpha=cfg["alpha"] or 0.99, momentum=cfg["momentum"] or 0.0,
+                                   eps=cfg["eps"], **common)
     if cfg["name"] == "adam":
-        return torch.optim.Adam(params, betas=tuple(cfg["betas"] or (0.9, 0.999)), **common)
-    return torch.optim.SGD(params, momentum=cfg["momentum"] or 0.0, **common)
+        return torch.optim.Adam(groups, betas=tuple(cfg["betas"] or (0.9, 0.999)), eps=cfg["eps"], **common)
+    return torch.optim.SGD(groups, momentum=cfg["momentum"] or 0.0, **common)
 
 
 def pick_device(name: str) -> torch.device:
@@ -82,9 +88,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
 
     task = build_task(config["task"], seed=config["seed"], data_dir=config["data_dir"])
     model = build_model(config["model"], task.input_size, task.output_size).to(device)
-    optimizer = build_optimizer(config["optim"], model.parameters())
+    optimizer = build_optimizer(config["optim"], model)
     penalty_weight = config["model"].get("penalty", 0.0)
-    has_factors = config["model"]["name"] in ("kru", "lstm_kru")
+    has_factors = bool(model.factor_parameters())
     counts, baselines, backend = model.param_counts(), task.baselines(), model.kron_backend(device)
 
     # ---- resume ----

@@ -36,8 +36,34 @@ def test_parameter_counts_of_dense_models():
     assert LSTMKRU(10, 10, hidden_size=32).param_counts()["recurrent"] == 4 * 4 * 5
     assert LSTMKRU(10, 10, hidden_size=32, complex=True).param_counts()["recurrent"] == 4 * 8 * 5
     total = KRU(3, 5, hidden_size=16).param_counts()["total"]
-    # factors 8·4, U: 3→2·16 (+bias), modReLU bias 16, V: 2·16→5 (+bias)
-    assert total == 32 + (3 * 32 + 32) + 16 + (32 * 5 + 5)
+    # factors 8·4, U: 3→2·16 (no bias: modReLU's is b), modReLU bias 16, V: 2·16→5 (+bias)
+    assert total == 32 + 3 * 32 + 16 + (32 * 5 + 5)
+    assert KRU(1, 10, hidden_size=512).param_counts()["total"] == 11858  # the paper's "≈11k" at N=512
+
+
+def test_kru_input_map_and_readout_start_as_in_urnn():
+    torch.manual_seed(0)
+    model = KRU(3, 5, hidden_size=64)
+    assert model.U.bias is None  # modReLU supplies b: no second bias added at every step
+    bound = math.sqrt(6 / (3 + 64))  # Glorot for in -> N, for the Re and Im halves alike
+    assert model.U.weight.abs().max() <= bound and model.U.weight.abs().max() > 0.9 * bound
+    assert 0 < model.modrelu_bias.abs().max() <= 0.01
+    readout = math.sqrt(6 / (128 + 5))
+    assert model.V.weight.abs().max() <= readout and model.V.weight.abs().max() > 0.9 * readout
+    assert torch.all(model.V.bias == 0)
+    for nonlinearity in ("relu", "tanh"):  # no bias of their own: the input map keeps one (zero at start)
+        assert torch.all(KRU(3, 5, hidden_size=16, nonlinearity=nonlinearity).U.bias == 0)
+    assert KRU(3, 5, hidden_size=16, input_bias=False, nonlinearity="tanh").U.bias is None
+
+
+def test_kru_keeps_the_old_initialisation_as_options():
+    torch.manual_seed(0)
+    old = KRU(3, 5, hidden_size=64, input_bias=True, input_init="torch", modrelu_bias_init=0.0, readout_init="torch")
+    assert old.U.bias is not None and old.U.bias.abs().max() > 0.1  # nn.Linear's U(±1/√3)
+    assert old.U.weight.abs().max() > math.sqrt(6 / (3 + 64))
+    assert torch.all(old.modrelu_bias == 0) and old.V.bias.abs().max() > 0
+    with pytest.raises(ValueError, match="model.input_init='xavier' is not supported"):
+        KRU(3, 5, hidden_size=16, input_init="xavier")
 
 
 @pytest.mark.parametrize("nonlinearity", ["modrelu", "relu", "tanh"])

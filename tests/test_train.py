@@ -7,7 +7,8 @@ import torch
 from conftest import small_run_config
 from krubench.models.kru import unitary_penalty
 from krubench.tasks.copy import CopyTask
-from krubench.train import NonFiniteLoss, train
+from krubench.models import build_model
+from krubench.train import NonFiniteLoss, build_optimizer, train
 
 
 def final_weights(run_dir):
@@ -96,3 +97,28 @@ def test_no_page_fault_hint_when_the_user_has_chosen(tmp_path, monkeypatch, capl
     with caplog.at_level("INFO", logger="krubench"):
         train(small_run_config(tmp_path, "trainer.steps=8"), tmp_path)
     assert not [r for r in caplog.records if "hint:" in r.getMessage()]
+
+
+@pytest.mark.parametrize("model_name", ["kru", "lstm_kru"])
+def test_factors_train_at_their_own_learning_rate(model_name):
+    """optim.factor_lr_scale: the Kronecker factors move at lr × scale, every other parameter at lr."""
+    torch.manual_seed(0)
+    model = build_model({"name": model_name, "hidden_size": 16}, 3, 4)
+    optim = {"name": "rmsprop", "lr": 1e-2, "weight_decay": 0.0, "alpha": 0.99, "momentum": 0.0, "eps": 1e-8,
+             "factor_lr_scale": 0.01}
+    optimizer = build_optimizer(optim, model)
+    factors = {id(p) for p in model.factor_parameters()}
+    assert [g["lr"] for g in optimizer.param_groups] == [1e-2, 1e-4]
+    assert {id(p) for p in optimizer.param_groups[1]["params"]} == factors
+    before = [p.detach().clone() for p in model.parameters()]
+    model(torch.randn(2, 5, 3))[0].square().mean().backward()
+    optimizer.step()
+    moved = {id(p): (p.detach() - b).abs().max().item() for p, b in zip(model.parameters(), before)}
+    # RMSprop's first step moves every entry by about lr / sqrt(1 - alpha) = 10·lr
+    assert max(moved[i] for i in factors) < 2e-3
+    assert max(v for i, v in moved.items() if i not in factors) > 5e-2
+
+
+def test_dense_models_have_one_parameter_group():
+    optim = {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "betas": None, "eps": 1e-8, "factor_lr_scale": 0.1}
+    assert len(build_optimizer(optim, build_model({"name": "lstm", "hidden_size": 8}, 3, 4)).param_groups) == 1

@@ -18,6 +18,10 @@ class SequenceModel(nn.Module):
         """The hidden-to-hidden matrices (what the paper counts as recurrent parameters)."""
         raise NotImplementedError
 
+    def factor_parameters(self) -> list[nn.Parameter]:
+        """The Kronecker factors (optim.factor_lr_scale applies to them); none for dense models."""
+        return []
+
     def param_counts(self) -> dict[str, int]:
         return {"total": count_real(self.parameters()), "recurrent": count_real(self.recurrent_parameters())}
 

@@ -1,6 +1,7 @@
 """Kronecker Recurrent Unit: `h_t = σ(W h_{t-1} + U x_t + b)`, `W = W_0 ⊗ … ⊗ W_{F-1}`, `y_t = V h_t + c`."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -10,6 +11,7 @@ from .. import ops
 from .base import SequenceModel
 
 FACTOR_INITS = ("unitary", "identity")
+MAP_INITS = ("glorot", "torch")  # input map and read-out: Glorot-uniform (uRNN), or nn.Linear's default
 
 
 def random_unitary(n: int, complex_: bool, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -75,20 +77,42 @@ class KRU(SequenceModel):
         init: str = "unitary",
         merge_upto: int = 16,
         kernel: str = "auto",
+        input_bias: bool | None = None,
+        input_init: str = "glorot",
+        modrelu_bias_init: float = 0.01,
+        readout_init: str = "glorot",
     ):
         super().__init__()
         if nonlinearity not in ops.NONLINEARITIES:
             raise ValueError(f"model.nonlinearity={nonlinearity!r} is not supported: use one of {ops.NONLINEARITIES}")
+        for key, value in (("input_init", input_init), ("readout_init", readout_init)):
+            if value not in MAP_INITS:
+                raise ValueError(f"model.{key}={value!r} is not supported: use one of {MAP_INITS}")
+        if input_bias is None:  # modReLU has a bias of its own; an input bias would be added again at every step
+            input_bias = nonlinearity != "modrelu"
         self.hidden_size = hidden_size
         self.complex = complex
         self.nonlinearity = nonlinearity
         self.kernel = kernel  # ops.KERNELS: which backend runs the recurrence
         self.W = KronFactors(ops.factor_sizes(hidden_size, factor_size, factors), complex, init, merge_upto)
-        self.U = nn.Linear(input_size, hidden_size * (2 if complex else 1))  # U x_t + b, [Re; Im] if complex
-        self.modrelu_bias = nn.Parameter(torch.zeros(hidden_size)) if nonlinearity == "modrelu" else None
+        self.U = nn.Linear(input_size, hidden_size * (2 if complex else 1), bias=input_bias)  # [Re; Im] if complex
+        self.modrelu_bias = None
+        if nonlinearity == "modrelu":  # uRNN: U(±0.01); 0 starts modReLU as the identity
+            self.modrelu_bias = nn.Parameter(torch.empty(hidden_size).uniform_(-modrelu_bias_init, modrelu_bias_init))
         self.V = nn.Linear(hidden_size * (2 if complex else 1), output_size)  # reads [Re h; Im h]
+        if input_init == "glorot":  # uRNN: Re and Im halves each Glorot-uniform for in -> N
+            bound = math.sqrt(6.0 / (input_size + hidden_size))
+            nn.init.uniform_(self.U.weight, -bound, bound)
+            if self.U.bias is not None:
+                nn.init.zeros_(self.U.bias)
+        if readout_init == "glorot":  # uRNN: Glorot-uniform on [Re h; Im h], zero bias
+            nn.init.xavier_uniform_(self.V.weight)
+            nn.init.zeros_(self.V.bias)
 
     def recurrent_parameters(self):
+        return list(self.W.factors)
+
+    def factor_parameters(self):
         return list(self.W.factors)
 
     def unitary_penalty(self):

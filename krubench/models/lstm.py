@@ -61,6 +61,9 @@ class LSTMKRU(SequenceModel):
     def recurrent_parameters(self):
         return [p for kf in self.W_hh for p in kf.factors]
 
+    def factor_parameters(self):
+        return self.recurrent_parameters()
+
     def unitary_penalty(self):
         return sum(kf.penalty() for kf in self.W_hh)
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The sweep behind the KRU presets' stability settings (optim.factor_lr_scale, model.penalty): adding T=100,
+# seeds 0-2, with and without each of the two. RESULTS.md ("How the KRU presets were chosen") reads its runs.
+# Usage (from the repository root): bash results/sweep_stability.sh [PATTERN] [JOBS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # README "Large tensors on the CPU"
+COMMON="trainer.threads=1 trainer.progress=never"
+commands() {
+  for seed in 0 1 2; do
+    for scale in 1.0 0.1; do
+      for lam in 0.0 0.1; do
+        echo "krubench experiment=paper/adding_T100_kru optim.factor_lr_scale=$scale model.penalty=$lam seed=$seed $COMMON hydra.run.dir=results/sweeps/adding_T100_kru_scale${scale}_pen${lam}_s$seed"
+      done
+    done
+  done
+}
+commands | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
