@@ -1,6 +1,6 @@
-"""`krubench-report RUN_DIRS…`: collect the finished runs under the given folders, group them by benchmark
-setting and model, and print mean ± std over seeds beside the paper's numbers (Markdown or CSV), with a
-learning-curve plot per setting (PNG) next to the table.
+"""`krubench-report RUN_DIRS…`: collect the finished runs under the given folders, group them by configuration
+(runs differing only in seed form a row), and print mean ± std over seeds beside the paper's numbers (Markdown
+or CSV), with a learning-curve plot per setting (PNG) next to the table.
 
 A run is a folder holding results.json (written when it finished) and status.json; runs that failed or
 never finished are skipped and listed. The paper's numbers live in paper_numbers.yaml beside this file.
@@ -79,9 +79,14 @@ def find_runs(roots) -> tuple[list[Run], list[tuple[Path, str]]]:
     return runs, skipped
 
 
+def identity(config: dict) -> dict:
+    """The flattened config without its INCIDENTAL keys: runs with equal identities are seeds of one row."""
+    return {k: v for k, v in flatten(config).items() if not k.startswith(INCIDENTAL)}
+
+
 @dataclass
 class Row:
-    """One table row: the runs of one setting and model that differ only in seed (and INCIDENTAL keys)."""
+    """One table row: the runs of one configuration, differing only in seed (and INCIDENTAL keys)."""
     setting: str
     model: str
     hidden_size: int
@@ -90,8 +95,10 @@ class Row:
     steps: int
     metric: str
     split: str
+    config: dict
     runs: list[Run] = field(default_factory=list)
     paper: dict | None = None
+    variant: str = ""  # key=value pairs telling this row from the other rows of its setting and model
 
     @property
     def values(self) -> list[float]:
@@ -102,29 +109,48 @@ class Row:
         return self.runs[0].results["baseline"][self.metric]
 
     @property
-    def differences(self) -> list[str]:
-        """Config keys (other than INCIDENTAL ones) whose values differ between this row's runs."""
-        flat = [flatten(r.config) for r in self.runs]
-        keys = set().union(*flat)
-        return sorted(k for k in keys if not k.startswith(INCIDENTAL) and len({repr(f.get(k)) for f in flat}) > 1)
+    def label(self) -> str:
+        return f"{self.model} ({self.variant})" if self.variant else self.model
+
+    @property
+    def seeds(self) -> int:
+        """Distinct seeds among the runs (fewer than the runs when a seed was run twice)."""
+        return len({repr(r.config.get("seed")) for r in self.runs})
+
+
+def set_variants(rows: list[Row]) -> None:
+    """Label each row by the config values in which it differs from the other rows of its setting and model."""
+    families: dict[tuple, list[Row]] = {}
+    for row in rows:
+        families.setdefault((row.setting, row.model), []).append(row)
+    for family in families.values():
+        keys = dict.fromkeys(k for row in family for k in row.config)  # union, in config order
+        differ = [k for k in keys if len({repr(row.config.get(k)) for row in family}) > 1]
+        for row in family:
+            row.variant = ", ".join(f"{k}={row.config.get(k)}" for k in differ)
 
 
 def group(runs: list[Run], paper: dict) -> list[Row]:
-    """Rows ordered as the settings in the paper-numbers file (others after), models as MODEL_ORDER."""
+    """A row per configuration, ordered as the settings in the paper-numbers file (others after), models as
+    MODEL_ORDER, then by N, steps and variant."""
     rows: dict[tuple, Row] = {}
     for run in runs:
         r, setting = run.results, setting_key(run.config)
         metric = paper.get(setting, {}).get("metric", r["metric"])
         split = "test" if "test" in r else "final_val"
+        config = identity(run.config)
         key = (setting, r["model"], r["config"]["model"]["hidden_size"], r["params"]["recurrent"],
                r["params"]["total"], r["config"]["trainer"]["steps"], metric, split)
-        if key not in rows:
-            rows[key] = Row(*key, paper=paper.get(setting, {}).get("models", {}).get(r["model"]))
-        rows[key].runs.append(run)
+        full = (*key, repr(sorted(config.items())))  # repr: config values may be lists (unhashable)
+        if full not in rows:
+            rows[full] = Row(*key, config, paper=paper.get(setting, {}).get("models", {}).get(r["model"]))
+        rows[full].runs.append(run)
+    set_variants(list(rows.values()))
     order = list(paper)
     return sorted(rows.values(), key=lambda row: (
         order.index(row.setting) if row.setting in order else len(order), row.setting,
-        MODEL_ORDER.index(row.model) if row.model in MODEL_ORDER else len(MODEL_ORDER), row.hidden_size, row.steps))
+        MODEL_ORDER.index(row.model) if row.model in MODEL_ORDER else len(MODEL_ORDER), row.hidden_size, row.steps,
+        row.variant))
 
 
 def fmt(value: float | None) -> str:
@@ -138,8 +164,8 @@ def summary(row: Row) -> dict:
     std = statistics.stdev(values) if len(values) > 1 else None
     paper_value = row.paper["value"] if row.paper else None
     return {
-        "setting": row.setting, "model": row.model, "hidden_size": row.hidden_size, "recurrent_params": row.recurrent,
-        "total_params": row.total, "steps": row.steps,
+        "setting": row.setting, "model": row.model, "variant": row.variant, "hidden_size": row.hidden_size,
+        "recurrent_params": row.recurrent, "total_params": row.total, "steps": row.steps,
         "metric": f"{'test' if row.split == 'test' else 'val'} {row.metric}", "mean": mean, "std": std,
         "n": len(values), "baseline": row.baseline, "paper": paper_value,
         "paper_source": row.paper["source"] if row.paper else "",
@@ -149,7 +175,7 @@ def summary(row: Row) -> dict:
 
 
 def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, str]) -> str:
-    """The table, notes on mixed rows, links to the plots ({setting: relative path}) and the skipped runs."""
+    """The table, notes on repeated seeds, links to the plots ({setting: relative path}) and the skipped runs."""
     head = ["setting", "model", "N", "recurrent params", "total params", "steps", "metric", "ours: mean ± std (n)",
             "memoryless baseline", "paper", "ours − paper", "paper's source"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -158,13 +184,13 @@ def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, 
         ours = f"{fmt(s['mean'])} ± {fmt(s['std'])} ({s['n']})" if s["n"] > 1 else f"{fmt(s['mean'])} (1)"
         paper = "—" if s["paper"] is None else f"{fmt(s['paper'])} ({s['verified']})"
         source = f"{s['paper_source']} ({s['verified']})" if row.paper and s["paper"] is None else s["paper_source"] or "—"
-        cells = [s["setting"], s["model"], s["hidden_size"], f"{s['recurrent_params']:,}", f"{s['total_params']:,}",
+        cells = [s["setting"], row.label, s["hidden_size"], f"{s['recurrent_params']:,}", f"{s['total_params']:,}",
                  f"{s['steps']:,}", s["metric"], ours, fmt(s["baseline"]), paper, fmt(s["difference"]), source]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    notes = [f"- {r.setting} {r.model} N={r.hidden_size}: its runs also differ in {', '.join(r.differences)}"
-             for r in rows if r.differences]
+    notes = [f"- {r.setting} {r.label} N={r.hidden_size}: {len(r.runs)} runs but only {r.seeds} distinct seeds"
+             for r in rows if r.seeds < len(r.runs)]
     if notes:
-        lines += ["", "Rows that mix configurations (check before comparing):", *notes]
+        lines += ["", "Rows that repeat a seed (their std is not over independent seeds):", *notes]
     if plots:
         lines += ["", *(f"![{setting}: loss vs memoryless baseline]({path})" for setting, path in plots.items())]
     if skipped:

@@ -1,5 +1,5 @@
 """krubench-report on the tiny committed runs in tests/data/runs (made by tests/data/make_runs.py): finished
-runs grouped by setting and model beside the paper's numbers, unfinished ones listed, CSV, and plots."""
+runs grouped by configuration beside the paper's numbers, unfinished ones listed, CSV, and plots."""
 from __future__ import annotations
 
 import csv
@@ -12,10 +12,26 @@ from pathlib import Path
 
 import pytest
 
-from krubench.plots import read_scalars
+from krubench.plots import plot_setting, read_scalars
 from krubench.report import find_runs, group, load_paper_numbers, main, setting_key, summary
 
 RUNS = Path(__file__).resolve().parent / "data" / "runs"
+COPY_KRU = RUNS / "sweep" / "0_copy_kru_seed=0"
+
+
+def copy_run(dst: Path, src: Path = COPY_KRU, **changes) -> Path:
+    """A copy of the committed run `src` whose config has the given flattened keys changed, e.g. seed=1 or
+    optim__lr=0.01 (__ for the dot)."""
+    shutil.copytree(src, dst)
+    results = json.loads((dst / "results.json").read_text())
+    for key, value in changes.items():
+        *parents, last = key.split("__")
+        node = results["config"]
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    (dst / "results.json").write_text(json.dumps(results))
+    return dst
 
 
 def test_find_runs_skips_and_lists_unfinished_ones():
@@ -42,6 +58,45 @@ def test_rows_group_seeds_and_carry_the_paper_numbers():
     assert mnist["paper"] == 0.964 and mnist["verified"] == "verified"
     assert mnist["difference"] == pytest.approx(test - 0.964)
     assert (mnist["hidden_size"], mnist["recurrent_params"]) == (512, 72)
+
+
+def test_runs_differing_only_in_seed_form_one_row(tmp_path):
+    copy_run(tmp_path / "a", seed=0)
+    copy_run(tmp_path / "b", seed=7, trainer__threads=2)  # threads are incidental too
+    [row] = group(find_runs([tmp_path])[0], load_paper_numbers())
+    assert summary(row)["n"] == 2 and row.variant == "" and row.seeds == 2
+
+
+def test_runs_differing_in_config_form_rows_labelled_by_the_difference(tmp_path, capsys):
+    copy_run(tmp_path / "a", optim__lr=0.001)
+    copy_run(tmp_path / "b", optim__lr=0.01, seed=1)
+    copy_run(tmp_path / "c", optim__lr=0.01, seed=2)
+    copy_run(tmp_path / "d", RUNS / "sweep" / "2_copy_lstm_seed=0", optim__lr=0.5)  # alone for its model: no variant
+    assert main([str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "| copy_T1000 | kru (optim.lr=0.001) | 16 |" in text and "| copy_T1000 | kru (optim.lr=0.01) | 16 |" in text
+    assert "| copy_T1000 | lstm | " in text and "Rows that" not in text
+    assert main([str(tmp_path), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["model"], r["variant"], r["n"]) for r in rows] == [
+        ("kru", "optim.lr=0.001", "1"), ("kru", "optim.lr=0.01", "2"), ("lstm", "", "1")]
+
+
+def test_a_repeated_seed_is_noted(tmp_path, capsys):
+    copy_run(tmp_path / "a", seed=3)
+    copy_run(tmp_path / "b", seed=3)
+    assert main([str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "(2) |" in text and "- copy_T1000 kru N=16: 2 runs but only 1 distinct seeds" in text
+
+
+def test_plot_of_a_row_of_seeds_draws_a_band(tmp_path):
+    copy_run(tmp_path / "runs" / "a", seed=0)
+    copy_run(tmp_path / "runs" / "b", RUNS / "sweep" / "1_copy_kru_seed=1")
+    [row] = group(find_runs([tmp_path / "runs"])[0], load_paper_numbers())
+    assert len(row.runs) == 2
+    png = plot_setting(row.setting, [row], tmp_path / "plot.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_setting_key_names_the_presets():
