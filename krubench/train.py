@@ -66,7 +66,7 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name} but torch sees no CUDA device: use trainer.device=cpu or auto")
+        raise ValueError(f"trainer.device={name} but torch sees no CUDA device: use trainer.device=cpu or auto")
     return torch.device(name)
 
 
