@@ -7,6 +7,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from .config import register_configs
@@ -33,8 +34,8 @@ def main(cfg: DictConfig) -> float:
     except Interrupted as e:
         sys.exit(e.exit_code)  # 128 + the signal's number, as a shell reports a process the signal ended
     except (*USER_ERRORS, RunDirBusy) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode != RunMode.RUN:
+            raise  # a sweep reports a failed job itself and goes on with the others
         print(f"krubench: error: {e}", file=sys.stderr)
         sys.exit(1)
     return results["final_val"][results["metric"]]

@@ -1,5 +1,6 @@
 """SIGTERM (kill, SLURM) and SIGINT (Ctrl-C) end a run cleanly: the first finishes the current step, writes
-last.pt and exits with 128 + the signal's number; a second exits at once."""
+last.pt and exits with 128 + the signal's number; a second exits at once. A signal that a launcher already
+handles (submitit's SIGTERM) is left to it."""
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,12 @@ class StopOnSignal:
         self.previous = {}
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            self.previous = {s: signal.signal(s, self.handle) for s in SIGNALS}
+        if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+            return self
+        for s in SIGNALS:
+            # a launcher's own handler stays (submitit's SIGTERM handler is part of its requeue)
+            if signal.getsignal(s) in (signal.SIG_DFL, signal.default_int_handler):
+                self.previous[s] = signal.signal(s, self.handle)
         return self
 
     def __exit__(self, *exc):
