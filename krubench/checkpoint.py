@@ -1,8 +1,12 @@
-"""Checkpoints: written atomically (a killed process never leaves a half-written file), and a resume
-that refuses to continue a run under a different task or model."""
+"""Checkpoints: written atomically (a killed process never leaves a half-written file), holding only tensors
+and plain data (loaded with `weights_only=True`, so a crafted file cannot run code) and a sha256 digest of that
+content (checked on load, so a damaged file is refused instead of resumed). A resume refuses to continue a run
+under a different task, model, seed or optimizer."""
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import tempfile
@@ -11,9 +15,16 @@ from typing import Any
 
 import torch
 
+log = logging.getLogger("krubench")
+
 LAST, BEST = "last.pt", "best.pt"
 #: config sections that define a run; resuming with any of them changed is refused
 IDENTITY_KEYS = ("task", "model", "seed")
+DIGEST = "sha256"  # the key of the content digest inside a checkpoint
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: damaged, not a krubench checkpoint, or from another run."""
 
 
 def atomic_write(path: Path, write) -> None:
@@ -52,8 +63,63 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def content_digest(obj: Any) -> str:
+    """sha256 over the structure and values of nested dicts/lists/tuples of tensors and plain values."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"tensor {t.dtype} {tuple(t.shape)}:".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(f"dict {len(x)}:".encode())
+            for k, v in x.items():
+                feed(k)
+                feed(v)
+        elif isinstance(x, (list, tuple)):
+            h.update(f"{type(x).__name__} {len(x)}:".encode())
+            for v in x:
+                feed(v)
+        else:
+            h.update(f"{type(x).__name__} {x!r};".encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
 def save(path: Path, **content) -> None:
-    atomic_write(path, lambda f: torch.save(content, f))
+    atomic_write(path, lambda f: torch.save({**content, DIGEST: content_digest(content)}, f))
+
+
+def load(path: Path, map_location="cpu") -> dict:
+    """A checkpoint's content, its digest checked. Raises CheckpointError naming the file if it is damaged.
+    Checkpoints written before digests existed load with a warning."""
+    path = Path(path)
+    what_to_do = (f"Move it aside (mv {path} {path}.bad) and rerun: the run continues from scratch, "
+                  "or choose a new run directory (hydra.run.dir=...).")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, empty, random bytes, or a pickle of something other than tensors
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is damaged or not a krubench checkpoint ({why}). {what_to_do}") from e
+    if not isinstance(ckpt, dict) or "step" not in ckpt:
+        raise CheckpointError(f"{path} is not a krubench checkpoint (no step in it). {what_to_do}")
+    stored = ckpt.pop(DIGEST, None)
+    if stored is None:
+        log.warning(f"{path} is an old-format checkpoint without a digest: loaded without an integrity check")
+    elif stored != content_digest(ckpt):
+        raise CheckpointError(f"{path} is damaged: its content does not match its sha256 digest. {what_to_do}")
+    return ckpt
+
+
+def remove_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files of writes a killed process never finished (.last.pt.*.tmp, ...).
+    Only call it while holding the run directory's lock: otherwise they may be another run's writes."""
+    leftovers = list(Path(run_dir).glob(".*.tmp"))
+    for p in leftovers:
+        p.unlink(missing_ok=True)
+    return leftovers
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -75,7 +141,7 @@ def config_diff(saved: dict, current: dict, keys=IDENTITY_KEYS) -> list[str]:
 
 def load_for_resume(run_dir: Path, config: dict, resume: str) -> dict | None:
     """The checkpoint to continue from, or None for a fresh start. Raises if the run dir holds a
-    checkpoint of another task/model/seed, or any checkpoint when resume=never."""
+    checkpoint of another task/model/seed/optimizer, or any checkpoint when resume=never."""
     path = Path(run_dir) / LAST
     if not path.exists():
         return None
@@ -84,11 +150,24 @@ def load_for_resume(run_dir: Path, config: dict, resume: str) -> dict | None:
             f"{path} exists and trainer.resume=never: choose a new run directory (hydra.run.dir=...) "
             "or set trainer.resume=auto to continue that run"
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = load(path)
     diff = config_diff(ckpt["config"], config)
     if diff:
-        raise ValueError(
+        raise CheckpointError(
             f"refusing to resume {path}: it was written for a different run. Differences:\n" + "\n".join(diff)
             + "\nUse a new run directory for a new configuration, or restore the values above to continue."
         )
+    saved, now = ckpt["config"]["optim"]["name"], config["optim"]["name"]
+    if saved != now:
+        raise CheckpointError(
+            f"refusing to resume {path} with optim.name={now}: it was trained with optim.name={saved}, whose "
+            f"state {now} cannot continue. Rerun with optim={saved} to continue it (optim.lr and the other "
+            f"values may change), or choose a new run directory (hydra.run.dir=...) to train with {now} from scratch."
+        )
     return ckpt
+
+
+def optim_changes(saved: dict, current: dict) -> list[str]:
+    """'optim.lr changed 0.001 -> 0.0005' for every optimizer value that differs from the checkpoint's."""
+    a, b = flatten(saved["optim"], "optim"), flatten(current["optim"], "optim")
+    return [f"{k} changed {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -3,6 +3,8 @@ override against these dataclasses, so a misspelled key or a wrong type fails at
 The YAML files in conf/ hold the defaults users see; the schemas hold names and types."""
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, List, Optional
@@ -191,21 +193,51 @@ def register_configs() -> None:
 
 
 def validate(config: dict) -> None:
-    """Checks a schema cannot express (ranges), on the resolved plain config; raises ValueError."""
+    """Checks a schema cannot express (ranges, finiteness), on the resolved plain config; raises ValueError
+    naming the key."""
+    optim, trainer, model, task = config["optim"], config["trainer"], config["model"], config["task"]
     positive = {
-        "trainer.steps": config["trainer"]["steps"], "trainer.val_every": config["trainer"]["val_every"],
-        "trainer.log_every": config["trainer"]["log_every"], "trainer.ckpt_every": config["trainer"]["ckpt_every"],
-        "optim.lr": config["optim"]["lr"], "model.hidden_size": config["model"]["hidden_size"],
-        "optim.eps": config["optim"]["eps"], "optim.factor_lr_scale": config["optim"]["factor_lr_scale"],
+        "trainer.steps": trainer["steps"], "trainer.val_every": trainer["val_every"],
+        "trainer.log_every": trainer["log_every"], "trainer.ckpt_every": trainer["ckpt_every"],
+        "optim.lr": optim["lr"], "model.hidden_size": model["hidden_size"],
+        "optim.eps": optim["eps"], "optim.factor_lr_scale": optim["factor_lr_scale"],
     }
-    for key in ("batch_size", "val_size", "eval_batch_size", "eval_limit", "bptt"):
-        if config["task"].get(key) is not None:
-            positive[f"task.{key}"] = config["task"][key]
+    for key in ("batch_size", "val_size", "eval_batch_size", "eval_limit", "bptt", "T"):
+        if task.get(key) is not None:
+            positive[f"task.{key}"] = task[key]
+    at_least_zero = {
+        "optim.weight_decay": optim["weight_decay"], "optim.momentum": optim["momentum"],
+        "trainer.threads": trainer["threads"], "model.penalty": model.get("penalty"),
+        "model.modrelu_bias_init": model.get("modrelu_bias_init"),
+        "trainer.grad_clip": trainer["grad_clip"],
+    }
+    for key, value in flatten_numbers(config).items():
+        if not math.isfinite(value):
+            raise ValueError(f"{key}={value} must be a finite number")
     for key, value in positive.items():
         if value <= 0:
             raise ValueError(f"{key}={value} must be positive")
-    if config["model"].get("modrelu_bias_init", 0.0) < 0:
-        raise ValueError(f"model.modrelu_bias_init={config['model']['modrelu_bias_init']} must be >= 0 "
-                         "(the half-width of the uniform range; 0 starts the bias at zero)")
-    if config["trainer"]["grad_clip"] < 0:
-        raise ValueError(f"trainer.grad_clip={config['trainer']['grad_clip']} must be >= 0 (0 turns clipping off)")
+    for key, value in at_least_zero.items():
+        if value is not None and value < 0:
+            raise ValueError(f"{key}={value} must be >= 0" + {
+                "trainer.grad_clip": " (0 turns clipping off)", "trainer.threads": " (0: torch's default)",
+                "model.modrelu_bias_init": " (the half-width of the uniform range; 0 starts the bias at zero)",
+            }.get(key, ""))
+    if model.get("merge_upto") is not None and model["merge_upto"] < 1:
+        raise ValueError(f"model.merge_upto={model['merge_upto']} must be >= 1 (1 turns merging off)")
+    if optim["alpha"] is not None and not 0 <= optim["alpha"] < 1:
+        raise ValueError(f"optim.alpha={optim['alpha']} must be in [0, 1) (RMSprop's smoothing constant)")
+    if optim["betas"] is not None and (len(optim["betas"]) != 2 or not all(0 <= b < 1 for b in optim["betas"])):
+        raise ValueError(f"optim.betas={optim['betas']} must be two numbers in [0, 1), e.g. [0.9,0.999]")
+    device = trainer["device"]
+    if device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise ValueError(f"trainer.device={device} is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def flatten_numbers(d, prefix: str = "") -> dict[str, float]:
+    """Every float (and list of floats) in the config by its dotted key; ints and bools are always finite."""
+    if isinstance(d, dict):
+        return {k: v for key, sub in d.items() for k, v in flatten_numbers(sub, f"{prefix}{key}.").items()}
+    if isinstance(d, list):
+        return {k: v for i, sub in enumerate(d) for k, v in flatten_numbers(sub, f"{prefix[:-1]}[{i}].").items()}
+    return {prefix[:-1]: d} if isinstance(d, float) else {}

@@ -10,8 +10,14 @@ from torch.utils.tensorboard.summary import hparams
 
 
 def open_writer(run_dir: Path, start_step: int, baseline_keys) -> SummaryWriter:
-    """A writer on `run_dir/tb`. `purge_step` drops events a killed run wrote after its last checkpoint."""
-    writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=start_step if start_step > 0 else None)
+    """A writer on `run_dir/tb` that continues a run checkpointed at `start_step` (0: a fresh start).
+    Its `purge_step` hides, in TensorBoard's reader, what earlier processes wrote after that checkpoint: the
+    points of later steps (a resume logs them again), or everything on a fresh start. The checkpoint's own
+    step keeps its points: they were flushed before the checkpoint was written and are never logged again."""
+    purge_step = start_step + 1 if start_step > 0 else 0
+    writer = SummaryWriter(str(Path(run_dir) / "tb"), purge_step=purge_step)
+    if start_step > 0:
+        return writer  # the chart layout is in the events the fresh start wrote
     charts = {"loss vs memoryless baseline": ["Multiline", ["train/loss", "val/loss", "val/baseline"]]}
     for k in baseline_keys:
         if k != "loss":

@@ -1,7 +1,7 @@
 """The training loop: one task, one model, one optimizer, checkpoints and resume, TensorBoard.
 
 Everything a run writes goes to `run_dir`: tb/ (TensorBoard events), last.pt and best.pt
-(checkpoints), status.json, results.json, and Hydra's krubench.log and .hydra/.
+(checkpoints), status.json, results.json, .lock (held while it runs), and Hydra's krubench.log and .hydra/.
 """
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import checkpoint, tb
+from . import checkpoint, rundir, tb
 from .config import validate
 from .checkpoint import flatten
+from .interrupt import Interrupted, StopOnSignal
+from .memory import check_memory
 from .models import build_model
 from .page_faults import PageFaultWatch
 from .results import write_results, write_status
@@ -43,11 +45,28 @@ def build_optimizer(cfg: dict, model) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, momentum=cfg["momentum"] or 0.0, **common)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """The saved moments and step counts under the current config's hyperparameters (lr, weight decay, ...),
+    so that an explicit optim.lr=... on resume applies instead of the checkpoint's value."""
+    current = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, values in zip(optimizer.param_groups, current):
+        group.update(values)
+        for p in group["params"]:  # RMSprop resumed with momentum > 0 after none: start its buffer at zero
+            s = optimizer.state.get(p)
+            if s and isinstance(optimizer, torch.optim.RMSprop) and group["momentum"] > 0:
+                s.setdefault("momentum_buffer", torch.zeros_like(p))
+
+
+def parameters_finite(model) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={name} but torch sees no CUDA device: use trainer.device=cpu or auto")
+        raise ValueError(f"trainer.device={name} but torch sees no CUDA device: use trainer.device=cpu or auto")
     return torch.device(name)
 
 
@@ -63,27 +82,62 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
+def non_finite_message(what: str, step: int, saved_step: int | None, lr: float, run_dir: Path) -> str:
+    rerun = f"add optim.lr=<lower, e.g. {lr / 10:g}> hydra.run.dir={run_dir} to your command"
+    if saved_step is None:
+        return (f"the {what} became non-finite at step {step}, before any checkpoint: nothing was saved. "
+                f"To start over in this directory, {rerun}; trainer.grad_clip or model.penalty may help too.")
+    return (f"the {what} became non-finite at step {step}. {run_dir / checkpoint.LAST} is kept as it was: "
+            f"the last checkpoint, from step {saved_step}. To continue from it, {rerun}; "
+            f"trainer.grad_clip or model.penalty may help too.")
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train as `cfg` says, writing everything under `run_dir`. Returns the results dict."""
+    """Train as `cfg` says, writing everything under `run_dir`, which it locks. Returns the results dict.
+    status.json says running once the checks passed, then ok, failed or interrupted; a rerun into a finished
+    run's directory that does not finish leaves its status.json as it was."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        write_status(run_dir, "running")
-        results = _train(cfg, run_dir)
-        write_status(run_dir, "ok", results["steps"])
-        return results
-    except BaseException as e:
-        write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
-        raise
+    with rundir.locked(run_dir):
+        before = rundir.read_status(run_dir)
+        started = False
+
+        def mark_running():
+            nonlocal started
+            started = True
+            write_status(run_dir, "running")
+
+        def on_second_signal(signum):
+            if started and not rundir.is_finished(before):
+                write_status(run_dir, "interrupted", error="a second signal: exited at once, without saving")
+
+        try:
+            with StopOnSignal(on_second_signal) as stop:
+                results = _train(cfg, run_dir, mark_running, stop)
+            write_status(run_dir, "ok", results["steps"])
+            return results
+        except BaseException as e:
+            if started and rundir.is_finished(before):
+                rundir.restore_status(run_dir, before)
+            elif started and isinstance(e, Interrupted):
+                write_status(run_dir, "interrupted", e.step)
+            elif started:
+                write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+            raise
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> dict:
+def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # plain dict, stored everywhere
     validate(config)
     tcfg = config["trainer"]
+    device = pick_device(tcfg["device"])
+    check_memory(config, device)  # before the task and model allocate anything
+    ckpt = checkpoint.load_for_resume(run_dir, config, tcfg["resume"])
+    if leftovers := checkpoint.remove_temp_files(run_dir):
+        log.info(f"removed {len(leftovers)} temporary file(s) of writes a killed run never finished")
+    mark_running()
     if tcfg["threads"] > 0:
         torch.set_num_threads(tcfg["threads"])
-    device = pick_device(tcfg["device"])
     seed_everything(config["seed"], tcfg["deterministic"])
 
     task = build_task(config["task"], seed=config["seed"], data_dir=config["data_dir"])
@@ -95,14 +149,16 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
 
     # ---- resume ----
     step, best, best_step, elapsed = 0, None, None, 0.0
-    ckpt = checkpoint.load_for_resume(run_dir, config, tcfg["resume"])
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"])
         checkpoint.set_rng_state(ckpt["rng"])
         task.load_state_dict(ckpt["task"])
         step, best, best_step, elapsed = ckpt["step"], ckpt["best"], ckpt["best_step"], ckpt["elapsed"]
         log.info(f"resumed from {run_dir / checkpoint.LAST} at step {step}")
+        for change in checkpoint.optim_changes(ckpt["config"], config):
+            log.info(f"{change} on resume")
+    saved_step = step if ckpt is not None else None  # the step last.pt holds
 
     log.info(task.describe())
     log.info(f"model {config['model']['name']}: {counts['total']:,} parameters, {counts['recurrent']:,} recurrent; "
@@ -118,6 +174,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
         checkpoint.save(path, model=model.state_dict(), optimizer=optimizer.state_dict(), step=at_step,
                         rng=checkpoint.rng_state(), task=task.state_dict(), best=best, best_step=best_step,
                         elapsed=elapsed + time.time() - started, config=config)
+
+    def save_last():
+        nonlocal saved_step
+        if not parameters_finite(model):  # a bad update: keep the last checkpoint, which is finite
+            raise NonFiniteLoss(non_finite_message("parameters", step, saved_step, config["optim"]["lr"], run_dir))
+        writer.flush()  # TensorBoard holds every point up to the checkpoint: a resume logs only later ones
+        save(run_dir / checkpoint.LAST, step)
+        saved_step = step
 
     def better(value):
         return best is None or (value > best if task.higher_is_better else value < best)
@@ -140,11 +204,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"] or math.inf)
             if not torch.isfinite(total) or not torch.isfinite(grad_norm):
                 what = "loss" if not torch.isfinite(total) else "gradient norm"
-                save(run_dir / checkpoint.LAST, step)  # parameters are still those of the last good step
-                raise NonFiniteLoss(
-                    f"the {what} became non-finite at step {step}. The last good state (step {step}) is in "
-                    f"{run_dir / checkpoint.LAST}. Lower optim.lr, set trainer.grad_clip, or add model.penalty, "
-                    f"then rerun with hydra.run.dir={run_dir} to continue from it.")
+                raise NonFiniteLoss(non_finite_message(what, step, saved_step, config["optim"]["lr"], run_dir))
             optimizer.step()
             step += 1
             window_steps += 1
@@ -173,18 +233,21 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict:
                 tb.log_baselines(writer, baselines, step)
                 log.info(f"step {step} validation " + ", ".join(f"{k} {v:.4f}" for k, v in val.items())
                          + f" | memoryless baseline loss {baselines['loss']:.4f}")
-                if better(val[task.metric]):
+                if better(val[task.metric]) and parameters_finite(model):
                     best, best_step = val[task.metric], step
                     save(run_dir / checkpoint.BEST, step)
 
-            if step % tcfg["ckpt_every"] == 0 or step == steps:
-                save(run_dir / checkpoint.LAST, step)
+            if step % tcfg["ckpt_every"] == 0 or step == steps or stop.requested:
+                save_last()
+            if stop.requested:
+                writer.close()
+                raise Interrupted(stop.requested, step)
 
     wall = elapsed + time.time() - started
     final_metrics = {f"hparam/val_{k}": v for k, v in val.items()} | {f"hparam/best_val_{task.metric}": best}
     held_out = {}
     if len(task.splits) > 1:  # held-out splits are measured once, with the best-on-validation weights
-        model.load_state_dict(torch.load(run_dir / checkpoint.BEST, map_location=device, weights_only=False)["model"])
+        model.load_state_dict(checkpoint.load(run_dir / checkpoint.BEST, map_location=device)["model"])
         held_out = {split: task.evaluate(model, device, split) for split in task.splits if split != "val"}
         for split, metrics in held_out.items():
             log.info(f"{split} (best checkpoint, step {best_step}): "

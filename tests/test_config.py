@@ -93,3 +93,44 @@ def test_groups_offer_only_their_options():
             assert sorted(loader.get_group_options(group)) == sorted(SCHEMAS[group]), group
     with pytest.raises(ConfigCompositionException, match="schema_kru"):
         compose_config(["model=schema_kru"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lr=inf", "optim.lr=inf must be a finite number"),
+    ("optim.lr=nan", "optim.lr=nan must be a finite number"),
+    ("optim.lr=-1", "optim.lr=-1.0 must be positive"),
+    ("model.merge_upto=0", "model.merge_upto=0 must be >= 1"),
+    ("model.penalty=-1", "model.penalty=-1.0 must be >= 0"),
+    ("trainer.threads=-1", "trainer.threads=-1 must be >= 0"),
+    ("optim.weight_decay=-1", "optim.weight_decay=-1.0 must be >= 0"),
+    ("optim.momentum=-1", "optim.momentum=-1.0 must be >= 0"),
+    ("optim.alpha=1.5", r"optim.alpha=1.5 must be in \[0, 1\)"),
+    ("optim.betas=[2,3]", r"optim.betas=\[2.0, 3.0\] must be two numbers in \[0, 1\)"),
+    ("optim.eps=0", "optim.eps=0.0 must be positive"),
+    ("trainer.grad_clip=inf", "trainer.grad_clip=inf must be a finite number"),
+    ("trainer.device=banana", "trainer.device=banana is not a device"),
+    ("task.T=0", "task.T=0 must be positive"),
+])
+def test_bad_numbers_are_refused_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        validate(plain(compose_config([override])))
+
+
+@pytest.mark.parametrize("override,key", [("model.hidden_size=1048576", "model.hidden_size=1048576"),
+                                          ("task.T=1000000", "task.T (1000020 steps)")])
+def test_sizes_that_cannot_fit_are_refused_before_allocating(override, key):
+    """The estimate (states kept for backpropagation) against the memory available, before any allocation."""
+    import torch
+    from krubench.memory import check_memory
+    with pytest.raises(ValueError, match="GiB") as e:
+        check_memory(plain(compose_config([override])), torch.device("cpu"))
+    assert key in str(e.value)
+
+
+def test_presets_fit_the_memory_estimate():
+    """The estimate refuses no paper preset on a machine with 4 GiB free (music: the data decides, no estimate)."""
+    from pathlib import Path
+    from krubench.memory import training_bytes
+    for preset in sorted((Path(config_dir()) / "experiment" / "paper").glob("*.yaml")):
+        estimate = training_bytes(plain(compose_config([f"experiment=paper/{preset.stem}"])))
+        assert estimate is None or estimate[0] < 4 * 2**30, preset.stem

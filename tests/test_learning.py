@@ -66,6 +66,6 @@ def test_adding_T100_kru_preset_stays_finite_and_near_unitary(tmp_path, seed):
                           "trainer.val_every=300", "task.val_size=100", "trainer.progress=never"])
     results = train(cfg, tmp_path / "run")
     assert math.isfinite(results["final_val"]["loss"]) and results["final_val"]["loss"] < 1.0, results["final_val"]
-    factors = [p for k, p in torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"].items()
+    factors = [p for k, p in torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"].items()
                if k.startswith("W.factors")]
     assert unitary_penalty(factors).item() < 0.05

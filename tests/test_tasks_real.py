@@ -240,7 +240,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, task):
     train(config(6), tmp_path / "straight")
     train(config(3), tmp_path / "resumed")
     train(config(6), tmp_path / "resumed")  # continues from step 3 (PTB: with the carried state of step 3)
-    a, b = (torch.load(tmp_path / d / "last.pt", weights_only=False) for d in ("straight", "resumed"))
+    a, b = (torch.load(tmp_path / d / "last.pt", weights_only=True) for d in ("straight", "resumed"))
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     if task == "ptb_char":

@@ -12,7 +12,7 @@ from krubench.train import NonFiniteLoss, build_optimizer, train
 
 
 def final_weights(run_dir):
-    return torch.load(run_dir / "last.pt", weights_only=False)["model"]
+    return torch.load(run_dir / "last.pt", weights_only=True)["model"]
 
 
 @pytest.mark.parametrize("model", ["kru", "lstm_kru"])
@@ -30,22 +30,62 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, model):
     assert ra["final_val"] == rb["final_val"] and rb["steps"] == 12
 
 
-def test_non_finite_loss_stops_with_a_checkpoint(tmp_path, monkeypatch):
+def test_non_finite_loss_keeps_the_last_checkpoint_and_a_lower_lr_continues_it(tmp_path, monkeypatch, caplog):
+    """NaN at step 7, checkpoints every 5: last.pt stays the step-5 checkpoint (not the state at the NaN), and
+    the rerun the message suggests, with a lower optim.lr, continues from it at that lr."""
     original = CopyTask.train_loss
 
     def poisoned(self, model, step, device):
         loss = original(self, model, step, device)
-        return loss * float("nan") if step == 3 else loss
+        return loss * float("nan") if step == 7 else loss
 
     monkeypatch.setattr(CopyTask, "train_loss", poisoned)
     run = tmp_path / "run"
-    with pytest.raises(NonFiniteLoss, match="non-finite at step 3"):
+    with pytest.raises(NonFiniteLoss, match="non-finite at step 7") as stop:
         train(small_run_config(tmp_path), run)
-    ckpt = torch.load(run / "last.pt", weights_only=False)
-    assert ckpt["step"] == 3
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert "the last checkpoint, from step 5" in str(stop.value) and f"hydra.run.dir={run}" in str(stop.value)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert ckpt["step"] == 5
+    train(small_run_config(tmp_path, "trainer.steps=5"), tmp_path / "five")
+    five = final_weights(tmp_path / "five")
+    assert all(torch.equal(ckpt["model"][k], five[k]) for k in five)
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "failed" and "non-finite" in status["error"]
+
+    monkeypatch.setattr(CopyTask, "train_loss", original)
+    with caplog.at_level("INFO", logger="krubench"):
+        train(small_run_config(tmp_path, "optim.lr=0.0005", "optim.factor_lr_scale=0.1"), run)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("resumed from" in m and "at step 5" in m for m in messages)
+    assert "optim.lr changed 0.001 -> 0.0005 on resume" in messages
+    assert "optim.factor_lr_scale changed 1.0 -> 0.1 on resume" in messages
+    groups = torch.load(run / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert [g["lr"] for g in groups] == pytest.approx([0.0005, 0.00005])
+    assert json.loads((run / "status.json").read_text()) | {"updated": None} == {
+        "status": "ok", "step": 10, "updated": None}
+
+
+def test_a_non_finite_update_is_never_checkpointed(tmp_path, monkeypatch):
+    """optim.lr=inf makes every parameter non-finite in one update: the stop names the parameters, and no
+    last.pt holds them."""
+    monkeypatch.setattr("krubench.train.validate", lambda config: None)  # it refuses optim.lr=inf
+    run = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss, match="parameters became non-finite at step 1, before any checkpoint"):
+        train(small_run_config(tmp_path, "optim.lr=inf", "trainer.ckpt_every=1"), run)
+    assert not (run / "last.pt").exists()
+
+
+def test_resume_with_another_optimizer_is_refused(tmp_path):
+    train(small_run_config(tmp_path, "trainer.steps=1"), tmp_path / "run")
+    with pytest.raises(ValueError, match=r"optim.name=adam: it was trained with optim.name=rmsprop.*optim=rmsprop"):
+        train(small_run_config(tmp_path, "optim=adam"), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "ok"
+
+
+def test_rmsprop_resumed_with_momentum_starts_its_buffer(tmp_path):
+    train(small_run_config(tmp_path, "trainer.steps=5"), tmp_path / "run")
+    train(small_run_config(tmp_path, "optim.momentum=0.9"), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 10
 
 
 def test_resume_never_refuses_an_existing_run(tmp_path):

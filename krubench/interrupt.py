@@ -1,0 +1,59 @@
+"""SIGTERM (kill, SLURM) and SIGINT (Ctrl-C) end a run cleanly: the first finishes the current step, writes
+last.pt and exits with 128 + the signal's number; a second exits at once. A signal that a launcher already
+handles (submitit's SIGTERM) is left to it."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+log = logging.getLogger("krubench")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Interrupted(Exception):
+    """Raised by the training loop after it saved last.pt on a stop request."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: last.pt saved; rerun to continue")
+        self.signum, self.step = signum, step
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class StopOnSignal:
+    """While active, `requested` holds the number of the first SIGTERM/SIGINT received (None before).
+    `on_second(signum)` runs before a second signal ends the process at once."""
+
+    def __init__(self, on_second):
+        self.requested: int | None = None
+        self.on_second = on_second
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+            return self
+        for s in SIGNALS:
+            # a launcher's own handler stays (submitit's SIGTERM handler is part of its requeue)
+            if signal.getsignal(s) in (signal.SIG_DFL, signal.default_int_handler):
+                self.previous[s] = signal.signal(s, self.handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.requested is None:
+            self.requested = signum
+            log.warning(f"{name} received: finishing this step, saving last.pt, then exiting "
+                        f"(send it again to exit at once, without saving)")
+            return
+        log.warning(f"second {name} received: exiting at once, without saving")
+        self.on_second(signum)
+        os._exit(128 + signum)

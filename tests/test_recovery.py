@@ -1,0 +1,231 @@
+"""Failure modes of a run and what happens (the table in the README, "When things go wrong"): damaged,
+tampered or crafted checkpoints, old-format checkpoints, the run-directory lock, status.json of a finished run,
+signals, TensorBoard after kills, config errors and the NaN stop's recovery, run as a user would."""
+import json
+import os
+import pickle
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing import plugin_event_accumulator
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import krubench_command, run_cli, small_run_config
+from krubench import checkpoint, rundir
+from krubench.report import find_runs
+from krubench.tasks.copy import CopyTask
+from krubench.train import NonFiniteLoss, train
+
+TINY = ["trainer=debug", "task.T=10", "task.val_size=40", "model.hidden_size=16"]
+
+
+@pytest.fixture
+def finished(tmp_path):
+    """A finished 5-step run directory."""
+    run = tmp_path / "run"
+    train(small_run_config(tmp_path, "trainer.steps=5"), run)
+    return run
+
+
+# ---- checkpoints ----
+
+def flip_bytes_inside_a_tensor(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    weights = torch.load(path, weights_only=True)["model"]
+    tensor = max(weights.values(), key=torch.Tensor.numel).numpy().tobytes()
+    at = data.index(tensor) + len(tensor) // 2
+    data[at:at + 32] = bytes(b ^ 0xFF for b in data[at:at + 32])
+    path.write_bytes(bytes(data))
+
+
+class RunsCode:
+    def __reduce__(self):
+        return os.system, ("touch crafted-pickle-ran",)
+
+
+@pytest.mark.parametrize("damage", ["flipped", "truncated", "empty", "random", "crafted"])
+def test_a_damaged_or_crafted_checkpoint_is_refused_naming_the_file(finished, tmp_path, damage, monkeypatch):
+    path = finished / "last.pt"
+    if damage == "flipped":
+        flip_bytes_inside_a_tensor(path)
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "random":
+        path.write_bytes(os.urandom(4096))
+    else:
+        path.write_bytes(pickle.dumps({"step": 1, "model": RunsCode()}, protocol=2))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(checkpoint.CheckpointError, match=re.escape(str(path))) as e:
+        train(small_run_config(tmp_path), finished)
+    assert f"mv {path} {path}.bad" in str(e.value)
+    assert not (tmp_path / "crafted-pickle-ran").exists()
+    assert json.loads((finished / "status.json").read_text())["status"] == "ok"
+
+
+def test_an_old_format_checkpoint_resumes_with_a_warning(finished, tmp_path, caplog):
+    """What the code before digests wrote: torch.save of the same dict, without the digest."""
+    old = torch.load(finished / "last.pt", weights_only=True)
+    del old[checkpoint.DIGEST]
+    torch.save(old, finished / "last.pt")
+    with caplog.at_level("INFO", logger="krubench"):
+        results = train(small_run_config(tmp_path), finished)
+    assert results["steps"] == 10
+    assert any("old-format checkpoint" in r.getMessage() for r in caplog.records)
+    assert checkpoint.DIGEST in torch.load(finished / "last.pt", weights_only=True)  # rewritten in the new format
+
+
+def test_checkpoints_hold_only_tensors_and_plain_data(finished):
+    for name in ("last.pt", "best.pt"):
+        ckpt = checkpoint.load(finished / name)
+        assert isinstance(ckpt["rng"]["torch"], torch.Tensor) and ckpt["step"] > 0
+
+
+def test_temporary_files_of_killed_writes_are_removed(finished, tmp_path):
+    leftover = finished / ".last.pt.abc123.tmp"
+    leftover.write_bytes(b"half a checkpoint")
+    train(small_run_config(tmp_path), finished)
+    assert not leftover.exists()
+
+
+# ---- the lock and status.json ----
+
+def test_a_second_run_into_a_locked_directory_is_refused_naming_the_holder(finished, tmp_path):
+    with rundir.locked(finished):
+        with pytest.raises(rundir.RunDirBusy, match=f"pid {os.getpid()} on host {socket.gethostname()}"):
+            train(small_run_config(tmp_path), finished)
+    assert json.loads((finished / "status.json").read_text())["status"] == "ok"
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(finished, tmp_path, caplog):
+    (finished / rundir.LOCK).write_text("pid 99999999 on host elsewhere since 2020-01-01T00:00:00\n")
+    with caplog.at_level("INFO", logger="krubench"):
+        assert train(small_run_config(tmp_path), finished)["steps"] == 10
+    assert any("pid 99999999 on host elsewhere" in r.getMessage() for r in caplog.records)
+    assert (finished / rundir.LOCK).read_text() == ""  # released
+
+
+def test_a_failed_rerun_leaves_a_finished_run_finished(finished, tmp_path, monkeypatch):
+    before = (finished / "status.json").read_text()
+    with pytest.raises(ValueError, match="model.name"):
+        train(small_run_config(tmp_path, "model=rnn"), finished)  # refused
+    monkeypatch.setattr(CopyTask, "train_loss", lambda *a: torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteLoss):
+        train(small_run_config(tmp_path), finished)  # more steps, failing
+    assert (finished / "status.json").read_text() == before
+    runs, skipped = find_runs([finished.parent])
+    assert [r.dir for r in runs] == [finished] and not skipped
+
+
+# ---- the command line ----
+
+def start(args, cwd):
+    return subprocess.Popen([*krubench_command(), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_for_log(run: Path, pattern: str, proc, after: int = 0, timeout: float = 180) -> None:
+    """Until the run's krubench.log, past byte `after`, matches `pattern`."""
+    deadline = time.time() + timeout
+    log = run / "krubench.log"
+    while time.time() < deadline:
+        if log.exists() and re.search(pattern, log.read_text()[after:]):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} never appeared in {log}")
+
+
+def log_size(run: Path) -> int:
+    return len((run / "krubench.log").read_text()) if (run / "krubench.log").exists() else 0
+
+
+def test_sigterm_saves_and_exits_143_and_a_second_run_is_locked_out(tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY, "trainer.steps=100000", "trainer.ckpt_every=1000", "trainer.val_every=100000",
+            f"hydra.run.dir={run}"]
+    proc = start(args, tmp_path)
+    wait_for_log(run, r"step 3/", proc)
+    second = run_cli(args, cwd=tmp_path, check=False)
+    assert second.returncode == 1 and f"is in use by pid {proc.pid} on host" in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["step"] >= 3
+    assert checkpoint.load(run / "last.pt")["step"] == status["step"]
+    assert "SIGTERM received" in (run / "krubench.log").read_text()
+    done = run_cli([*args[:-3], f"trainer.steps={status['step'] + 2}", args[-1]], cwd=tmp_path)
+    assert f"at step {status['step']}" in done.stdout + done.stderr
+    assert json.loads((run / "results.json").read_text())["steps"] == status["step"] + 2
+
+
+def test_a_second_sigint_exits_at_once(tmp_path):
+    run = tmp_path / "run"
+    proc = start([*TINY, "task.T=1000", "trainer.steps=100000", "trainer.val_every=100000",
+                  f"hydra.run.dir={run}"], tmp_path)
+    wait_for_log(run, r"step 2/", proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 128 + signal.SIGINT
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and "second signal" in status["error"]
+    assert "exiting at once" in (run / "krubench.log").read_text()
+
+
+def tensorboard_view(run: Path) -> dict:
+    """Every scalar point (steps and values), and the steps of every other summary (texts, chart layout,
+    hparams) as TensorBoard's server reads them (its plugin accumulator, which also purges those)."""
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    out = {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    out["steps_per_s"] = [s for s, _ in out.pop("train/steps_per_s")]  # a timing: compare its steps only
+    server = plugin_event_accumulator.EventAccumulator(str(run / "tb"), size_guidance={"tensors": 0})
+    server.Reload()
+    out["all summaries"] = {tag: [e.step for e in server.Tensors(tag)] for tag in server.Tags()["tensors"]}
+    return out
+
+
+def test_tensorboard_after_kills_and_resumes_equals_an_uninterrupted_run(tmp_path):
+    args = [*TINY, "trainer.steps=30", "trainer.ckpt_every=7"]
+    run_cli([*args, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path)
+    run = tmp_path / "killed"
+    for kill_after in (r"step 3/", r"step 9/", r"step 9/", r"step 23/"):  # before a checkpoint, after, again
+        offset = log_size(run)
+        proc = start([*args, f"hydra.run.dir={run}"], tmp_path)
+        wait_for_log(run, kill_after, proc, after=offset)
+        proc.kill()
+        proc.wait()
+    run_cli([*args, f"hydra.run.dir={run}"], cwd=tmp_path)
+    assert tensorboard_view(run) == tensorboard_view(tmp_path / "straight")
+
+
+def test_a_config_error_is_one_line_unless_hydra_full_error(tmp_path):
+    proc = run_cli(["optim.lr=inf"], cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "krubench: error: optim.lr=inf must be a finite number"
+    full = subprocess.run([*krubench_command(), "optim.lr=inf"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr and "optim.lr=inf" in full.stderr
+
+
+def test_the_nan_stop_recovery_works_as_printed(tmp_path):
+    """The issue's case: optim.lr=1e3 blows up at step 1. The rerun the message suggests, with a lower
+    optim.lr, runs to the end."""
+    run = tmp_path / "run"
+    args = [*TINY, "trainer.ckpt_every=10", f"hydra.run.dir={run}"]
+    failed = run_cli([*args, "optim.lr=1e3"], cwd=tmp_path, check=False)
+    assert failed.returncode != 0
+    suggested = re.search(r"add (optim.lr=<lower, e.g. \S+>) (hydra.run.dir=\S+) to your command", failed.stderr)
+    assert suggested and suggested.group(2) == f"hydra.run.dir={run}", failed.stderr
+    done = run_cli([*args[:-1], "optim.lr=1e-3", suggested.group(2)], cwd=tmp_path)
+    assert json.loads((run / "results.json").read_text())["steps"] == 10, done.stderr
+    assert all(torch.isfinite(v).all() for v in checkpoint.load(run / "last.pt")["model"].values())
