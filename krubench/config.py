@@ -26,6 +26,7 @@ MapInit = choices("MapInit", "glorot", "torch")
 RNNNonlinearity = choices("RNNNonlinearity", "tanh", "relu")
 RNNInit = choices("RNNInit", "default", "orthogonal", "identity")
 Factorisation = choices("Factorisation", "per_gate", "joint")
+SkewInit = choices("SkewInit", "henaff", "cayley")
 Kernel = choices("Kernel", "auto", "cuda", "cpp", "reference")
 OptimName = choices("OptimName", "rmsprop", "adam", "sgd")
 Resume = choices("Resume", "auto", "never")
@@ -126,6 +127,34 @@ class LSTMKRUConfig:
     penalty: float = 0.0
 
 
+@dataclass
+class URNNConfig:
+    name: str = "urnn"
+    hidden_size: int = 128
+
+
+@dataclass
+class FCURNNConfig:
+    name: str = "fcurnn"
+    hidden_size: int = 128
+
+
+@dataclass
+class EURNNConfig:
+    name: str = "eurnn"
+    hidden_size: int = 128
+    capacity: Optional[int] = None  # tunable style: layers of rotations; null: 2 (tunable), log2 N (fft)
+    fft: bool = False  # FFT style: log2 N layers (hidden_size a power of 2)
+    complex: bool = True
+
+
+@dataclass
+class ExpRNNConfig:
+    name: str = "exprnn"
+    hidden_size: int = 128
+    init: SkewInit = SkewInit.henaff  # henaff (copy) | cayley (MNIST): the repository's skew initialisations
+
+
 # ---- optim ----
 @dataclass
 class OptimConfig:
@@ -136,7 +165,7 @@ class OptimConfig:
     betas: Optional[List[float]] = None  # adam
     momentum: Optional[float] = None  # sgd, rmsprop
     eps: float = 1e-8  # rmsprop, adam: added to the root-mean-square in the step's denominator
-    factor_lr_scale: float = 1.0  # the Kronecker factors train at lr × this (expRNN: its orthogonal part at lr/10)
+    factor_lr_scale: float = 1.0  # the recurrent matrix's own parameters (Kronecker factors; the peers' unitary part) train at lr × this
 
 
 # ---- trainer ----
@@ -167,7 +196,8 @@ class Config:
 SCHEMAS = {
     "task": {"copy": CopyConfig, "adding": AddingConfig, "pixel_mnist": PixelMNISTConfig, "ptb_char": PTBCharConfig,
              "music": MusicConfig},
-    "model": {"kru": KRUConfig, "rnn": RNNConfig, "lstm": LSTMConfig, "lstm_kru": LSTMKRUConfig},
+    "model": {"kru": KRUConfig, "rnn": RNNConfig, "lstm": LSTMConfig, "lstm_kru": LSTMKRUConfig, "urnn": URNNConfig,
+              "fcurnn": FCURNNConfig, "eurnn": EURNNConfig, "exprnn": ExpRNNConfig},
     "optim": {"rmsprop": OptimConfig, "adam": OptimConfig, "sgd": OptimConfig},
     "trainer": {"default": TrainerConfig, "debug": TrainerConfig},
 }

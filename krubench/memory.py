@@ -33,7 +33,8 @@ def training_bytes(config: dict) -> tuple[int, str] | None:
     steps, length_key = length
     model = config["model"]
     width = model["hidden_size"] * (4 if model["name"].startswith("lstm") else 1)  # LSTMs: four gates
-    element = 8 if model.get("complex") else 4  # complex64 or float32
+    complex_state = model.get("complex", model["name"] in ("urnn", "fcurnn"))  # the uRNNs have no option: always complex
+    element = 8 if complex_state else 4  # complex64 or float32
     batch = config["task"]["batch_size"]
     need = batch * steps * width * element * COPIES_PER_STEP
     keys = f"model.hidden_size={model['hidden_size']}, {length_key} ({steps} steps), task.batch_size={batch}"

@@ -11,7 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-COLORS = {"kru": "tab:blue", "lstm_kru": "tab:purple", "lstm": "tab:green", "rnn": "tab:red"}
+COLORS = {"kru": "tab:blue", "lstm_kru": "tab:purple", "lstm": "tab:green", "rnn": "tab:red", "urnn": "tab:orange",
+          "fcurnn": "tab:brown", "eurnn": "tab:pink", "exprnn": "tab:olive"}
 
 
 def read_scalars(run_dir: Path, tags=("train/loss", "val/loss")) -> dict[str, tuple[list[int], list[float]]]:

@@ -23,7 +23,7 @@ from .checkpoint import flatten
 from .results import RESULTS, STATUS
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
-MODEL_ORDER = ("kru", "lstm_kru", "lstm", "rnn")
+MODEL_ORDER = ("kru", "lstm_kru", "lstm", "rnn", "urnn", "fcurnn", "eurnn", "exprnn")
 #: config keys that do not change what a run measures: runs differing only in these are seeds of one row
 INCIDENTAL = ("seed", "data_dir", "trainer.device", "trainer.threads", "trainer.progress", "trainer.resume",
               "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "model.kernel")

@@ -31,7 +31,8 @@ log = logging.getLogger("krubench")
 
 
 def build_optimizer(cfg: dict, model) -> torch.optim.Optimizer:
-    """Two parameter groups: the Kronecker factors at lr × factor_lr_scale, and everything else at lr."""
+    """Two parameter groups: the model's factor_parameters() (Kronecker factors, a peer's W) at lr × factor_lr_scale,
+    and everything else at lr."""
     factors = {id(p) for p in model.factor_parameters()}
     groups = [{"params": [p for p in model.parameters() if id(p) not in factors]},
               {"params": model.factor_parameters(), "lr": cfg["lr"] * cfg["factor_lr_scale"]}]

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 from .base import SequenceModel
+from .eurnn import EURNN
+from .exprnn import ExpRNN
+from .fcurnn import FCURNN
 from .kru import KRU
 from .lstm import LSTM, LSTMKRU
 from .rnn import RNN
+from .urnn import URNN
 
-MODELS = {"kru": KRU, "rnn": RNN, "lstm": LSTM, "lstm_kru": LSTMKRU}
+MODELS = {"kru": KRU, "rnn": RNN, "lstm": LSTM, "lstm_kru": LSTMKRU,
+          "urnn": URNN, "fcurnn": FCURNN, "eurnn": EURNN, "exprnn": ExpRNN}  # the last four: the unitary peers
 
 
 def build_model(cfg, input_size: int, output_size: int) -> SequenceModel:
@@ -15,4 +20,5 @@ def build_model(cfg, input_size: int, output_size: int) -> SequenceModel:
     return MODELS[cfg["name"]](input_size, output_size, **kwargs)
 
 
-__all__ = ["KRU", "LSTM", "LSTMKRU", "MODELS", "RNN", "SequenceModel", "build_model"]
+__all__ = ["EURNN", "FCURNN", "KRU", "LSTM", "LSTMKRU", "MODELS", "RNN", "SequenceModel", "URNN", "ExpRNN",
+           "build_model"]

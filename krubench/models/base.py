@@ -19,7 +19,8 @@ class SequenceModel(nn.Module):
         raise NotImplementedError
 
     def factor_parameters(self) -> list[nn.Parameter]:
-        """The Kronecker factors (optim.factor_lr_scale applies to them); none for dense models."""
+        """The parameters trained at lr × optim.factor_lr_scale: the Kronecker factors, the unitary peers' W
+        (expRNN's paper trains it at lr/10); none for dense models."""
         return []
 
     def param_counts(self) -> dict[str, int]:
