@@ -39,7 +39,7 @@ def plot_setting(setting: str, rows, path: Path) -> Path:
     fig = Figure(figsize=(7, 5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    spare = cycle(f"C{i}" for i in (1, 5, 6, 7, 8, 9))  # the C-cycle colours no model uses
+    spare = cycle(("C7", "C9", "black", "gold"))  # colours no model uses
     used, lowest, highest = set(), float("inf"), 0.0
     for row in rows:
         color = next(spare) if row.model in used or row.model not in COLORS else COLORS[row.model]

@@ -79,9 +79,7 @@ class UnitaryRNN(SequenceModel):
 
     def recurrent_matrix(self) -> torch.Tensor:
         """The dense N × N W, from its action on the identity (tests and the unitarity diagnostic)."""
-        dtype = torch.complex64 if self.complex else torch.float32
-        ref = self.modrelu_bias
-        eye = torch.eye(self.hidden_size, dtype=torch.promote_types(dtype, ref.dtype), device=ref.device)
+        eye = torch.eye(self.hidden_size, dtype=self.state_dtype(), device=self.modrelu_bias.device)
         return self.transition()(eye).T  # row i of the result is W e_i
 
     def unitary_penalty(self) -> torch.Tensor:
@@ -92,8 +90,12 @@ class UnitaryRNN(SequenceModel):
         if self.h0 is not None:
             h0 = torch.view_as_complex(self.h0) if self.complex else self.h0
             return h0.expand(batch, -1)
-        dtype = torch.complex64 if self.complex else torch.float32
-        return torch.zeros(batch, self.hidden_size, dtype=dtype, device=device)
+        return torch.zeros(batch, self.hidden_size, dtype=self.state_dtype(), device=device)
+
+    def state_dtype(self) -> torch.dtype:
+        """The parameters' precision, complex if the state is."""
+        real = self.modrelu_bias.dtype
+        return torch.complex(torch.zeros((), dtype=real), torch.zeros((), dtype=real)).dtype if self.complex else real
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
         h = self.initial_state(x.shape[0], x.device) if state is None else state  # (B, N)
