@@ -3,6 +3,7 @@
 # (their comments give the source of every value; several are unverified). Usage:
 #
 #   bash scripts/reproduce_paper.sh fig1                      # copy memory, T=1000 and 2000
+#   bash scripts/reproduce_paper.sh peers                     # uRNN, FC-uRNN, EURNN, expRNN on the same pipeline
 #   bash scripts/reproduce_paper.sh mnist launcher=slurm hydra.launcher.partition=gpu    # extra Hydra args
 #   SEEDS=0 bash scripts/reproduce_paper.sh all               # every figure and table, one seed
 #   krubench-report multirun/paper --out RESULTS.md            # the table and plots beside the paper's numbers
@@ -33,8 +34,10 @@ case "$what" in
     sweep table3 paper/ptb_char_kru,paper/ptb_char_lstm_kru,paper/ptb_char_lstm,paper/ptb_char_rnn "$@" ;;
   table4)  # Table 4: polyphonic music (test NLL per time step)
     sweep table4 paper/music_jsb_kru,paper/music_jsb_lstm_kru,paper/music_jsb_lstm,paper/music_jsb_rnn,paper/music_piano_kru,paper/music_piano_lstm_kru,paper/music_piano_lstm,paper/music_piano_rnn,paper/music_nottingham_kru,paper/music_nottingham_lstm_kru,paper/music_nottingham_lstm,paper/music_nottingham_rnn,paper/music_musedata_kru,paper/music_musedata_lstm_kru,paper/music_musedata_lstm,paper/music_musedata_rnn "$@" ;;
+  peers)  # the unitary RNNs KRU grew out of (uRNN, FC-uRNN, EURNN, expRNN): copy T=1000, adding T=100/400, JSB, MNIST
+    sweep peers paper/copy_T1000_urnn,paper/copy_T1000_fcurnn,paper/copy_T1000_eurnn,paper/copy_T1000_exprnn,paper/adding_T100_urnn,paper/adding_T100_fcurnn,paper/adding_T100_eurnn,paper/adding_T100_exprnn,paper/adding_T400_urnn,paper/adding_T400_fcurnn,paper/adding_T400_eurnn,paper/adding_T400_exprnn,paper/music_jsb_urnn,paper/music_jsb_fcurnn,paper/music_jsb_eurnn,paper/music_jsb_exprnn,paper/pixel_mnist_urnn,paper/pixel_mnist_fcurnn,paper/pixel_mnist_eurnn,paper/pixel_mnist_exprnn,paper/permuted_mnist_urnn,paper/permuted_mnist_fcurnn,paper/permuted_mnist_eurnn,paper/permuted_mnist_exprnn "$@" ;;
   all)
-    for t in fig1 fig2 mnist table3 table4; do "$0" "$t" "$@"; done ;;
+    for t in fig1 fig2 mnist table3 table4 peers; do "$0" "$t" "$@"; done ;;
   *)
-    echo "usage: $0 fig1|fig2|mnist|table3|table4|all [Hydra overrides, e.g. launcher=slurm]" >&2; exit 2 ;;
+    echo "usage: $0 fig1|fig2|mnist|table3|table4|peers|all [Hydra overrides, e.g. launcher=slurm]" >&2; exit 2 ;;
 esac

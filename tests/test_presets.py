@@ -41,7 +41,11 @@ def test_there_is_a_preset_per_benchmark_setting_and_model():
     for setting in settings:
         for model in ("kru", "rnn", "lstm"):
             assert f"{setting}_{model}" in PRESETS
-    assert len(PRESETS) == 46
+    peer_settings = {"copy_T1000", "adding_T100", "adding_T400", "music_jsb", "pixel_mnist", "permuted_mnist"}
+    for setting in peer_settings:  # the unitary RNNs KRU is compared with (issue 14)
+        for model in ("urnn", "fcurnn", "eurnn", "exprnn"):
+            assert f"{setting}_{model}" in PRESETS
+    assert len(PRESETS) == 46 + 4 * len(peer_settings)
 
 
 @pytest.mark.parametrize("name", PRESETS)
