@@ -1,0 +1,98 @@
+"""Time per training step of every krubench model side by side, in one run (results go to BENCHMARKS.md).
+
+A step is what the trainer does: forward over a (B, T) batch of 10-class one-hot inputs (the copy task's),
+cross-entropy at every step, backward, gradient clipping and an RMSprop step with the factor group. Each
+model is built as `model=<name> model.hidden_size=N` (its conf/model defaults otherwise) on the kernel the
+trainer would pick; the models of one N run interleaved, round by round, so that load from other processes
+hits them alike; the table gives the best round (and the median) in ms per step.
+
+    python scripts/bench_models.py                           # CPU, N=128, B=20, T=1020 (copy T=1000)
+    python scripts/bench_models.py --sizes 64 128 --length 200 --models kru urnn exprnn
+    python scripts/bench_models.py --device cuda --batch 128
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from krubench.config import register_configs
+from krubench.models import MODELS, build_model
+from krubench.train import build_optimizer
+
+CLASSES = 10  # copy task: 8 symbols, blank, delimiter
+
+
+def model_config(name: str, hidden_size: int) -> dict:
+    """conf/model/<name>.yaml composed as the CLI would, with hidden_size set."""
+    from hydra import compose, initialize_config_dir
+
+    from krubench.paths import config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"model={name}", f"model.hidden_size={hidden_size}"])
+    return OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)
+
+
+def training_step(name: str, N: int, batch: int, length: int, device: torch.device):
+    """(a callable running one training step, the model's parameter counts)."""
+    model = build_model(model_config(name, N), CLASSES, CLASSES).to(device)
+    optim = build_optimizer({"name": "rmsprop", "lr": 1e-4, "alpha": None, "momentum": None, "eps": 1e-8,
+                             "weight_decay": 0.0, "factor_lr_scale": 0.1}, model)
+    x = torch.nn.functional.one_hot(torch.randint(CLASSES, (batch, length), device=device), CLASSES).float()
+    target = torch.randint(CLASSES, (batch, length), device=device)
+
+    def step():
+        y, _ = model(x)  # (B, T, classes)
+        loss = torch.nn.functional.cross_entropy(y.reshape(-1, CLASSES), target.reshape(-1))
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optim.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return step, model.param_counts()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--sizes", nargs="+", type=int, default=[128], help="hidden sizes N")
+    p.add_argument("--batch", type=int, default=20)
+    p.add_argument("--length", type=int, default=1020, help="time steps T per sequence (copy T=1000: 1020)")
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up step each")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: torch's default")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"batch {args.batch}, T {args.length}, {args.repeats} rounds\n")
+    print("| model | N | recurrent params | total params | ms per step (best) | median | steps/s |")
+    print("|---|---|---|---|---|---|---|")
+    for N in args.sizes:
+        steps, counts, times = {}, {}, {}
+        for name in args.models:
+            steps[name], counts[name] = training_step(name, N, args.batch, args.length, device)
+            steps[name]()  # warm-up: first-call allocations, kernel builds
+            times[name] = []
+        for _ in range(args.repeats):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+        for name in args.models:
+            best, median = min(times[name]), statistics.median(times[name])
+            print(f"| {name} | {N} | {counts[name]['recurrent']:,} | {counts[name]['total']:,} | {1e3 * best:.1f} | "
+                  f"{1e3 * median:.1f} | {1 / best:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
