@@ -282,3 +282,15 @@ def test_exprnn_bad_options_raise():
         ExpRNN(2, 2, hidden_size=1)
     with pytest.raises(Exception, match="haar"):  # the schema refuses it at composition
         compose_config(["model=exprnn", "model.init=haar"])
+
+
+@pytest.mark.parametrize("name", ["eurnn", "exprnn"])
+def test_gradients_stay_finite_through_all_zero_input_steps(name):
+    """h_0 = 0 and zero inputs (MNIST's leading black pixels) give z = 0 exactly, where modReLU's gradient is
+    0 (as the compiled kernels and expRNN's sign(z)·relu(|z| + b)), not relu(b)/eps per step."""
+    model = make(name, {}, N=8, double=False)
+    with torch.no_grad():
+        model.modrelu_bias.fill_(1e-3)
+    x = torch.cat([torch.zeros(2, 200, 3), torch.randn(2, 5, 3)], 1)
+    model(x)[0].pow(2).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -12,13 +12,12 @@ matrix is unitary; exp maps onto all of U(N)), at one O(N³) matrix exponential 
 It is expRNN's method (Lezcano-Casado & Martínez-Rubio 2019) on the complex manifold."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from .kru import random_unitary
-from .unitary import UnitaryRNN, glorot_bound, skew, skew_size
+from .unitary import UnitaryRNN, skew, skew_size
+from .urnn import init_urnn_maps
 
 
 class FCURNN(UnitaryRNN):
@@ -27,11 +26,7 @@ class FCURNN(UnitaryRNN):
         N = hidden_size
         self.theta = nn.Parameter(torch.zeros(skew_size(N, complex_=True)))  # exp(0) = I: W starts at W_0
         self.register_buffer("base", random_unitary(N, complex_=True))  # W_0, saved with the model
-        nn.init.uniform_(self.U.weight, -glorot_bound(input_size, N), glorot_bound(input_size, N))
-        nn.init.uniform_(self.modrelu_bias, -0.01, 0.01)
-        nn.init.uniform_(self.V.weight, -glorot_bound(2 * N, output_size), glorot_bound(2 * N, output_size))
-        nn.init.zeros_(self.V.bias)
-        self.learn_initial_state(math.sqrt(3.0 / N))
+        init_urnn_maps(self, input_size, output_size)
 
     def recurrent_parameters(self):
         return [self.theta]

@@ -19,6 +19,17 @@ def reflect(h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return h - (2 / v.abs().pow(2).sum()) * (h @ v.conj()).unsqueeze(-1) * v
 
 
+def init_urnn_maps(model: UnitaryRNN, input_size: int, output_size: int) -> None:
+    """The reference's input map (V_re, V_im: Glorot, no bias), modReLU bias U(±0.01), read-out (Glorot on
+    [Re h; Im h], zero bias) and learned h_0 (U(±√2·√(3/2N))); the full-capacity uRNN keeps them."""
+    N = model.hidden_size
+    nn.init.uniform_(model.U.weight, -glorot_bound(input_size, N), glorot_bound(input_size, N))
+    nn.init.uniform_(model.modrelu_bias, -0.01, 0.01)
+    nn.init.uniform_(model.V.weight, -glorot_bound(2 * N, output_size), glorot_bound(2 * N, output_size))
+    nn.init.zeros_(model.V.bias)
+    model.learn_initial_state(math.sqrt(3.0 / N))
+
+
 class URNN(UnitaryRNN):
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128):
         super().__init__(input_size, output_size, hidden_size, complex_=True)
@@ -28,11 +39,7 @@ class URNN(UnitaryRNN):
         b = glorot_bound(2, 2 * N)
         self.reflections = nn.Parameter(torch.complex(torch.empty(2, N).uniform_(-b, b), torch.empty(2, N).uniform_(-b, b)))
         self.register_buffer("permutation", torch.randperm(N))  # fixed, saved with the model
-        nn.init.uniform_(self.U.weight, -glorot_bound(input_size, N), glorot_bound(input_size, N))  # V_re, V_im
-        nn.init.uniform_(self.modrelu_bias, -0.01, 0.01)
-        nn.init.uniform_(self.V.weight, -glorot_bound(2 * N, output_size), glorot_bound(2 * N, output_size))
-        nn.init.zeros_(self.V.bias)
-        self.learn_initial_state(math.sqrt(3.0 / N))  # the reference's h_0 bucket √2·√(3/2N)
+        init_urnn_maps(self, input_size, output_size)
 
     def recurrent_parameters(self):
         return [self.theta, self.reflections]

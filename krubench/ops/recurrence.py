@@ -12,9 +12,13 @@ NONLINEARITIES = ("modrelu", "relu", "tanh")
 
 
 def modrelu(z: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """modReLU (Arjovsky et al.): keep the phase, shift the modulus: `z · relu(|z| + b) / |z|`."""
+    """modReLU (Arjovsky et al.): keep the phase, shift the modulus: `z · relu(|z| + b) / |z|`. At z = 0
+    exactly its gradient is 0, as in the compiled kernels and expRNN's `sign(z)·relu(|z| + b)`: the formula's
+    own, relu(b)/eps, multiplies back through every all-zero input step (MNIST's leading black pixels from
+    h_0 = 0) and overflows."""
     mod = z.abs()
-    return z * (torch.relu(mod + bias) / (mod + eps))
+    scale = torch.relu(mod + bias) / (mod + eps)
+    return z * torch.where(mod > 0, scale, torch.zeros_like(scale))
 
 
 def apply_nonlinearity(z: torch.Tensor, name: str, bias: torch.Tensor | None = None) -> torch.Tensor:
