@@ -159,3 +159,18 @@ def test_installed_command(tmp_path):
     cmd = [str(script)] if script.exists() else [shutil.which("krubench-report")]
     proc = subprocess.run([*cmd, str(runs)], capture_output=True, text=True, check=True)
     assert "| copy_T1000 | kru | 16 |" in proc.stdout
+
+
+def test_peer_rows_stand_beside_their_published_numbers(tmp_path, capsys):
+    """A unitary peer's run (issue 14) gets its row, after KRU's, with the peer paper's number and its mark."""
+    copy_run(tmp_path / "kru", RUNS / "pixel_mnist_kru")
+    for model in ("fcurnn", "urnn"):
+        dst = copy_run(tmp_path / model, RUNS / "pixel_mnist_kru", model__name=model)
+        results = json.loads((dst / "results.json").read_text())
+        (dst / "results.json").write_text(json.dumps({**results, "model": model}))
+    rows = [summary(r) for r in group(find_runs([tmp_path])[0], load_paper_numbers())]
+    assert [(r["model"], r["paper"], r["verified"]) for r in rows] == [
+        ("kru", 0.964, "verified"), ("urnn", 0.951, "unverified"), ("fcurnn", 0.969, "verified")]
+    assert main([str(tmp_path)]) == 0
+    text = capsys.readouterr().out
+    assert "| pixel_mnist | fcurnn | 512 |" in text and "0.969 (verified)" in text and "0.951 (unverified)" in text
