@@ -294,3 +294,14 @@ def test_gradients_stay_finite_through_all_zero_input_steps(name):
     x = torch.cat([torch.zeros(2, 200, 3), torch.randn(2, 5, 3)], 1)
     model(x)[0].pow(2).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_a_checkpoint_restores_the_same_model(name):
+    """Fixed random parts (uRNN's permutation, FC-uRNN's W_0) are saved with the weights: resume is exact."""
+    a = make(name, {}, double=False)
+    torch.manual_seed(1)
+    b = CLASSES[name](3, 2, hidden_size=8)
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 4, 3)
+    torch.testing.assert_close(a(x)[0], b(x)[0], rtol=0, atol=0)

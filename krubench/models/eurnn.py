@@ -28,6 +28,11 @@ def layer_pairs(n: int, offset: int = 0, stride: int = 1) -> torch.Tensor:
     return torch.stack([a, a + stride], dim=1)
 
 
+def angles(shape) -> nn.Parameter:
+    """Rotation angles or phases, U(−π, π) as the reference's theta_phi_initializer."""
+    return nn.Parameter(torch.empty(shape).uniform_(-math.pi, math.pi))
+
+
 def check_options(hidden_size: int, capacity: int | None, fft: bool) -> int:
     """The number of rotation layers, or a ValueError naming the bad value."""
     if hidden_size < 2:
@@ -64,10 +69,9 @@ class EURNN(UnitaryRNN):
             shapes = [((L + 1) // 2, N // 2), (L // 2, (N - 1) // 2)]
         for k, pairs in enumerate(kinds):
             self.register_buffer(f"pairs{k}", pairs, persistent=False)
-        angle = lambda shape: nn.Parameter(torch.empty(shape).uniform_(-math.pi, math.pi))  # noqa: E731
-        self.theta = nn.ParameterList([angle(s) for s in shapes])
-        self.phi = nn.ParameterList([angle(s) for s in shapes]) if complex else None
-        self.omega = angle(N) if complex else None
+        self.theta = nn.ParameterList([angles(s) for s in shapes])
+        self.phi = nn.ParameterList([angles(s) for s in shapes]) if complex else None
+        self.omega = angles(N) if complex else None
         nn.init.uniform_(self.U.weight, -0.01, 0.01)
         nn.init.zeros_(self.modrelu_bias)
         bound = math.sqrt(6.0 / (output_size + input_size))
