@@ -134,9 +134,8 @@ class URNNConfig:
 
 
 @dataclass
-class FCURNNConfig:
-    name: str = "fcurnn"
-    hidden_size: int = 128
+class FCURNNConfig(URNNConfig):
+    name: str = "fcurnn"  # the same keys as urnn
 
 
 @dataclass
