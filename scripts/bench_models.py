@@ -8,6 +8,7 @@ hits them alike; the table gives the best round (and the median) in ms per step.
 
     python scripts/bench_models.py                           # CPU, N=128, B=20, T=1020 (copy T=1000)
     python scripts/bench_models.py --sizes 64 128 --length 200 --models kru urnn exprnn
+    python scripts/bench_models.py --preset copy_T1000 --threads 1  # each model at its copy preset's N
     python scripts/bench_models.py --device cuda --batch 128
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -26,21 +28,28 @@ from krubench.train import build_optimizer
 CLASSES = 10  # copy task: 8 symbols, blank, delimiter
 
 
-def model_config(name: str, hidden_size: int) -> dict:
-    """conf/model/<name>.yaml composed as the CLI would, with hidden_size set."""
+def model_config(name: str, hidden_size: int | None, preset: str | None) -> dict | None:
+    """The model config composed as the CLI would: conf/model/<name>.yaml with hidden_size set, or the model
+    of the preset paper/<preset>_<name> (None if there is none)."""
     from hydra import compose, initialize_config_dir
 
     from krubench.paths import config_dir
 
+    if preset is not None:
+        if not (Path(config_dir()) / "experiment" / "paper" / f"{preset}_{name}.yaml").exists():
+            return None
+        overrides = [f"experiment=paper/{preset}_{name}"]
+    else:
+        overrides = [f"model={name}", f"model.hidden_size={hidden_size}"]
     register_configs()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"model={name}", f"model.hidden_size={hidden_size}"])
+        cfg = compose(config_name="config", overrides=overrides)
     return OmegaConf.to_container(cfg.model, resolve=True, enum_to_str=True)
 
 
-def training_step(name: str, N: int, batch: int, length: int, device: torch.device):
+def training_step(config: dict, batch: int, length: int, device: torch.device):
     """(a callable running one training step, the model's parameter counts)."""
-    model = build_model(model_config(name, N), CLASSES, CLASSES).to(device)
+    model = build_model(config, CLASSES, CLASSES).to(device)
     optim = build_optimizer({"name": "rmsprop", "lr": 1e-4, "alpha": None, "momentum": None, "eps": 1e-8,
                              "weight_decay": 0.0, "factor_lr_scale": 0.1}, model)
     x = torch.nn.functional.one_hot(torch.randint(CLASSES, (batch, length), device=device), CLASSES).float()
@@ -63,6 +72,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--sizes", nargs="+", type=int, default=[128], help="hidden sizes N")
+    p.add_argument("--preset", help="instead of --sizes: each model as in its preset paper/<PRESET>_<model>, "
+                                    "e.g. copy_T1000 (models without one are left out)")
     p.add_argument("--batch", type=int, default=20)
     p.add_argument("--length", type=int, default=1020, help="time steps T per sequence (copy T=1000: 1020)")
     p.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up step each")
@@ -77,10 +88,15 @@ def main(argv=None) -> None:
           f"batch {args.batch}, T {args.length}, {args.repeats} rounds\n")
     print("| model | N | recurrent params | total params | ms per step (best) | median | steps/s |")
     print("|---|---|---|---|---|---|---|")
-    for N in args.sizes:
-        steps, counts, times = {}, {}, {}
+    for N in [None] if args.preset else args.sizes:
+        steps, counts, times, sizes = {}, {}, {}, {}
         for name in args.models:
-            steps[name], counts[name] = training_step(name, N, args.batch, args.length, device)
+            config = model_config(name, N, args.preset)
+            if config is None:
+                print(f"(no preset paper/{args.preset}_{name}: {name} left out)")
+                continue
+            sizes[name] = config["hidden_size"]
+            steps[name], counts[name] = training_step(config, args.batch, args.length, device)
             steps[name]()  # warm-up: first-call allocations, kernel builds
             times[name] = []
         for _ in range(args.repeats):
@@ -88,9 +104,9 @@ def main(argv=None) -> None:
                 start = time.perf_counter()
                 step()
                 times[name].append(time.perf_counter() - start)
-        for name in args.models:
+        for name in steps:
             best, median = min(times[name]), statistics.median(times[name])
-            print(f"| {name} | {N} | {counts[name]['recurrent']:,} | {counts[name]['total']:,} | {1e3 * best:.1f} | "
+            print(f"| {name} | {sizes[name]} | {counts[name]['recurrent']:,} | {counts[name]['total']:,} | {1e3 * best:.1f} | "
                   f"{1e3 * median:.1f} | {1 / best:.2f} |")
 
 

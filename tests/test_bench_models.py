@@ -10,9 +10,19 @@ from krubench.models import MODELS
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_models.py"
 
 
+def run(*args: str) -> str:
+    return subprocess.run([sys.executable, str(SCRIPT), "--length", "5", "--batch", "2", "--repeats", "1", "--threads",
+                           "1", *args], capture_output=True, text=True, check=True).stdout
+
+
 def test_the_benchmark_prints_a_row_per_model():
-    out = subprocess.run([sys.executable, str(SCRIPT), "--sizes", "8", "--length", "5", "--batch", "2", "--repeats", "1",
-                          "--threads", "1"], capture_output=True, text=True, check=True).stdout
+    out = run("--sizes", "8")
     assert "| model | N | recurrent params | total params | ms per step (best) |" in out
     for name in MODELS:
         assert f"| {name} | 8 |" in out, out
+
+
+def test_models_as_their_presets_have_them():
+    out = run("--preset", "copy_T1000", "--models", "exprnn", "lstm", "lstm_kru")
+    assert "| exprnn | 190 | 17,955 |" in out and "| lstm | 68 |" in out, out
+    assert "no preset paper/copy_T1000_lstm_kru: lstm_kru left out" in out
