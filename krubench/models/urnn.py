@@ -13,10 +13,11 @@ from torch import nn
 from .unitary import UnitaryRNN, glorot_bound
 
 
-def reflect(h: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(I − 2 v v^H/‖v‖²) h for each row h of (B, N). The reference code reflects on conj(v): the same
-    family of matrices, with v stored conjugated."""
-    return h - (2 / v.abs().pow(2).sum()) * (h @ v.conj()).unsqueeze(-1) * v
+def reflection(v: torch.Tensor):
+    """h ↦ (I − 2 v v^H/‖v‖²) h for each row h of (B, N), with what does not depend on h computed once.
+    The reference code reflects on conj(v): the same family of matrices, with v stored conjugated."""
+    v_conj, scaled = v.conj(), (2 / v.abs().pow(2).sum()) * v
+    return lambda h: h - (h @ v_conj).unsqueeze(-1) * scaled
 
 
 def init_urnn_maps(model: UnitaryRNN, input_size: int, output_size: int) -> None:
@@ -46,13 +47,13 @@ class URNN(UnitaryRNN):
 
     def transition(self):
         d1, d2, d3 = torch.polar(torch.ones_like(self.theta), self.theta)  # (N,) each: e^{iθ_k}
-        r1, r2 = self.reflections
+        r1, r2 = (reflection(v) for v in self.reflections)
         perm = self.permutation
 
         def step(h):  # (B, N) -> (B, N), right to left through W's factors
             h = torch.fft.fft(d1 * h, norm="ortho")
-            h = reflect(h, r1)[:, perm]  # (Π h)_j = h_{π(j)}, the reference's `input[:, index_permute]`
+            h = r1(h)[:, perm]  # (Π h)_j = h_{π(j)}, the reference's `input[:, index_permute]`
             h = torch.fft.ifft(d2 * h, norm="ortho")
-            return d3 * reflect(h, r2)
+            return d3 * r2(h)
 
         return step
