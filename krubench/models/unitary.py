@@ -49,8 +49,9 @@ def glorot_bound(fan_in: int, fan_out: int) -> float:
 
 
 class UnitaryRNN(SequenceModel):
-    """The shared recurrence. Subclasses build their W's parameters, then call `init_maps`, and define
-    `transition()` (W's action, precomputed once per sequence) and `recurrent_parameters()` (W's
+    """The shared recurrence, with modReLU as `ops.modrelu` (eps 1e-6 in |z| + eps; the references use 1e-5).
+    Subclasses build W's parameters, initialise U, V and the modReLU bias as their reference code does, and
+    define `transition()` (W's action, precomputed once per sequence) and `recurrent_parameters()` (W's
     parameters: they train at lr × optim.factor_lr_scale, the peers' own split where their papers use one)."""
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int, complex_: bool, readout: str = "re_im"):
