@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.func import functional_call
 
 from conftest import compose_config
@@ -259,7 +260,6 @@ def test_reference_initialisations():
 def test_composes_and_builds_each_model():
     for name in CLASSES:
         cfg = compose_config([f"model={name}", "model.hidden_size=8"])
-        from omegaconf import OmegaConf
         model = build_model(OmegaConf.to_container(cfg.model, enum_to_str=True), 10, 10)
         assert isinstance(model, CLASSES[name]) and model.hidden_size == 8
 
