@@ -3,7 +3,7 @@ matrix (N² real degrees of freedom, the dimension of U(N)). Input map, read-out
 (Wisdom et al. built on its code).
 
 Manifold method: the exponential map, `W = exp(S(θ)) W_0` with S(θ) skew-Hermitian (N² real θ, zero at
-the start) and W_0 a fixed Haar-random unitary. Wisdom et al. instead keep W itself and step along the
+the start) and W_0 a fixed Haar-random unitary (how Wisdom et al. draw their initial W: unverified). Wisdom et al. instead keep W itself and step along the
 Riemannian gradient with a Cayley retraction, `W ← (I + λ/2 A)^{-1}(I − λ/2 A) W`, `A = G W^H − W G^H`,
 an update outside the optimiser (plain gradient, its own rate lr_natGrad). The trainer has one optimiser
 for every model (RMSprop, with the recurrent part at lr × optim.factor_lr_scale); the exponential map lets
