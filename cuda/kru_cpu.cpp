@@ -452,8 +452,7 @@ at::Tensor kron_matvec_cpu(const at::Tensor& x, const at::Tensor& w, at::IntArra
 
 std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
                                                             const at::Tensor& w, at::IntArrayRef shapes) {
-  const Plan plan = check_matvec(x, w, shapes);
-  check_same(x, grad_y, "grad_y");
+  const Plan plan = check_matvec_backward(grad_y, x, w, shapes);
   const Plan adj = adjoint_plan(plan);
   const auto [wr, wi, awr, awi] = backward_planes(w, plan);
   const long M = x.size(0);

@@ -7,11 +7,12 @@
 // inputs from the stored h_{t-1} (kept in a per-block global scratch that stays in L2), applies the
 // conjugate-transposed factors, and accumulates each factor's gradient per block across all steps
 // (a block reduction, no atomics); the blocks' partials are summed once at the end.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
+//
+// Compiled by nvcc for the GPU backend, and as host C++ by kru_emu.cpp (KRU_EMULATE) for the emulator that
+// tests these kernels without a GPU: the runtime calls go through kru_device.h.
 #include "kru_plan.h"
+// after ATen: in the emulator, kru_device.h defines CUDA's keywords (__device__, ...) as macros
+#include "kru_device.h"
 
 namespace kru {
 namespace {
@@ -74,7 +75,8 @@ __device__ void stage(const DevStage& s, const T* wr, const T* wi, const T* xr, 
 }
 
 // g[woff + i q + j] += Σ_{a,r} dy[(a,i,r)] conj(x[(a,j,r)]): work items (entry, slice) reduce over the
-// groups of their slice into red (shared), then the owner of each entry adds the slices up.
+// groups of their slice into red (shared), then the owner of each entry adds the slices up. Reads dy, x
+// and writes red, g only: it may be followed by a stage() on dy without a barrier in between.
 template <typename T, bool CPLX>
 __device__ void accumulate_factor_grad(const DevStage& s, const T* dyr, const T* dyi, const T* xr, const T* xi,
                                        T* redr, T* redi, T* gr, T* gi) {
@@ -101,7 +103,7 @@ __device__ void accumulate_factor_grad(const DevStage& s, const T* dyr, const T*
     gr[s.woff + e] += sr;
     gi[s.woff + e] += si;
   }
-  __syncthreads();
+  // No barrier: the callers' next stage() ends with one before the next call writes red again.
 }
 
 template <typename T>
@@ -131,7 +133,7 @@ struct ForwardShared {
 template <typename T, bool CPLX, int NL>
 __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* u, const T* h0,
                                           const T* bias, T* H, int steps) {
-  extern __shared__ unsigned char smem[];
+  KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
   const int N = plan.n_in;
   ForwardShared<T> sh(smem, plan.wsize, N);
@@ -165,7 +167,7 @@ template <typename T, bool CPLX, int NL>
 __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* awr_g,
                                            const T* awi_g, const T* h0, const T* H, const T* gH, const T* bias,
                                            int steps, T* gu, T* gh0, T* gwr, T* gwi, T* gb, T* ws) {
-  extern __shared__ unsigned char smem[];
+  KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
   const int N = plan.n_in, red = max(static_cast<int>(blockDim.x), plan.max_entries);
   T* wr = reinterpret_cast<T*>(smem);
@@ -179,8 +181,9 @@ __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T*
   load_factors(wr_g, wi_g, plan.wsize, wr, wi);
   load_factors(awr_g, awi_g, plan.wsize, awr, awi);
   for (int n = threadIdx.x; n < N; n += blockDim.x) gr[n] = gi[n] = T(0);
-  __syncthreads();
   for (int t = steps - 1; t >= 0; --t) {
+    // The barrier after this load also orders the loads above, and the previous step's writes of gr/gi
+    // (read below by the threads that wrote them, as store_planes after the loop reads them).
     load_planes(t > 0 ? H + (b * steps + t - 1) * N * C : h0 + b * N * C, N, CPLX, sr, sr + N);
     __syncthreads();
     for (int f = 0; f + 1 < plan.k; ++f)  // recompute the stage inputs of step t
@@ -208,7 +211,6 @@ __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T*
       gr[n] = dr[cur][n];
       gi[n] = di[cur][n];
     }
-    __syncthreads();
   }
   store_planes(gr, gi, N, CPLX, gh0 + b * N * C);
 }
@@ -216,7 +218,7 @@ __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T*
 // Row m of x through every stage. Shared memory: ForwardShared with n = max_size.
 template <typename T, bool CPLX>
 __global__ void matvec_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* x, T* y) {
-  extern __shared__ unsigned char smem[];
+  KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
   ForwardShared<T> sh(smem, plan.wsize, plan.max_size);
   T *wr = sh.wr, *wi = sh.wi, **br = sh.br, **bi = sh.bi;
@@ -234,7 +236,7 @@ __global__ void matvec_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g
 template <typename T, bool CPLX>
 __global__ void matvec_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* awr_g, const T* awi_g,
                                        const T* x, const T* gy, T* gx, T* gwr, T* gwi, T* ws) {
-  extern __shared__ unsigned char smem[];
+  KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
   const int S = plan.max_size, red = max(static_cast<int>(blockDim.x), plan.max_entries);
   T* wr = reinterpret_cast<T*>(smem);
@@ -270,22 +272,36 @@ int block_threads(long size) { return size >= 512 ? 256 : 128; }
 template <typename T>
 T* ptr(const at::Tensor& t) { return static_cast<T*>(t.data_ptr()); }
 
-// Checks that `smem` bytes of shared memory fit a block and lets `kernel` use more than the default 48 KB.
+// Checks that `smem` bytes of shared memory fit a block of the current device (its opt-in limit, queried:
+// 227 KB on H100/H200, 163 KB on A100, 99 KB on Ada and Ampere consumer parts) and lets `kernel` use more
+// than the default 48 KB.
 template <typename Kernel>
-void allow_shared_memory(Kernel kernel, size_t smem, const char* what) {
-  TORCH_CHECK(smem <= 227 * 1024, "krubench (cuda): ", what, " needs ", smem, " bytes of shared memory, more than ",
-              "a GPU block offers; use a smaller hidden size or the cpp/reference backend");
-  if (smem > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+void allow_shared_memory(Kernel kernel, size_t smem, const at::Tensor& on, const char* what) {
+  const size_t limit = gpu::smem_optin(on.get_device());
+  TORCH_CHECK(smem <= limit, "krubench (cuda): ", what, " needs ", smem, " bytes of shared memory per block, more than ",
+              "this GPU's ", limit, "; use a smaller hidden size or the cpp/reference backend");
+  if (smem > 48 * 1024) gpu::allow_smem(kernel, smem);
 }
 
+at::TensorOptions real_options(const at::Tensor& like) {
+  return like.options().dtype(c10::toRealValueType(like.scalar_type()));
+}
+
+// Accumulators (added to across steps): zeros.
 at::Tensor real_zeros(std::initializer_list<int64_t> sizes, const at::Tensor& like) {
-  return at::zeros(sizes, like.options().dtype(c10::toRealValueType(like.scalar_type())));
+  return at::zeros(sizes, real_options(like));
+}
+
+// The backward kernels' stage-input scratch: every element is written before it is read, so it is not
+// zero-filled (poisoned with NaN under KRUBENCH_POISON_OUTPUTS, which the tests set, to check that claim).
+at::Tensor scratch(std::initializer_list<int64_t> sizes, const at::Tensor& like) {
+  return new_output(sizes, real_options(like));
 }
 
 at::Tensor kru_recurrence_cuda(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
                                c10::string_view nonlinearity, const at::Tensor& bias) {
   const Plan plan = check_recurrence(u, h0, w, shapes, bias);
-  const c10::cuda::CUDAGuard guard(u.device());
+  const gpu::Guard guard(u.device());
   const DevPlan dp = device_plan(plan);
   at::Tensor wr, wi;
   std::tie(wr, wi) = factor_planes(w, plan, false);
@@ -293,16 +309,15 @@ at::Tensor kru_recurrence_cuda(const at::Tensor& u, const at::Tensor& h0, const 
   const long B = u.size(0);
   if (B == 0 || u.size(1) == 0) return H;
   const int threads = block_threads(plan.n_in);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = gpu::stream();
   dispatch_dtype(u.scalar_type(), [&](auto t, auto c) {
     dispatch_nonlinearity(nonlinearity, [&](auto nl) {
       using T = decltype(t);
       auto kernel = recurrence_forward_kernel<T, decltype(c)::value, decltype(nl)::value>;
       const size_t smem = (2 * plan.wsize + 4 * plan.n_in) * sizeof(T);
-      allow_shared_memory(kernel, smem, "the recurrence");
-      kernel<<<B, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0), ptr<T>(bias), ptr<T>(H),
+      allow_shared_memory(kernel, smem, u, "the recurrence");
+      KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0), ptr<T>(bias), ptr<T>(H),
                                            static_cast<int>(u.size(1)));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
   return H;
@@ -312,27 +327,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
     const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
     c10::string_view nonlinearity, const at::Tensor& bias, const at::Tensor& grad_u) {
   const Plan plan = check_recurrence_backward(grad_H, H, h0, w, shapes, bias, grad_u);
-  const c10::cuda::CUDAGuard guard(H.device());
+  const gpu::Guard guard(H.device());
   const DevPlan dp = device_plan(plan);
   const auto [wr, wi, awr, awi] = backward_planes(w, plan);
   const long B = H.size(0), N = plan.n_in;
   at::Tensor gh0 = new_output(h0.sizes(), h0.options());
   at::Tensor gwr = real_zeros({B, plan.wsize}, H), gwi = real_zeros({B, plan.wsize}, H), gb = real_zeros({B, N}, H);
-  at::Tensor ws = real_zeros({B, static_cast<long>(plan.stages.size()) + 1, 2, N}, H);
+  at::Tensor ws = scratch({B, static_cast<long>(plan.stages.size()) + 1, 2, N}, H);
   if (B > 0) {
     const int threads = block_threads(N);
-    auto stream = c10::cuda::getCurrentCUDAStream();
+    auto stream = gpu::stream();
     dispatch_dtype(H.scalar_type(), [&](auto t, auto c) {
       dispatch_nonlinearity(nonlinearity, [&](auto nl) {
         using T = decltype(t);
         auto kernel = recurrence_backward_kernel<T, decltype(c)::value, decltype(nl)::value>;
         const size_t smem = (4 * plan.wsize + 6 * N + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
-        allow_shared_memory(kernel, smem, "the recurrence's backward pass");
-        kernel<<<B, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(h0),
+        allow_shared_memory(kernel, smem, H, "the recurrence's backward pass");
+        KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(h0),
                                              ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), static_cast<int>(H.size(1)),
                                              ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb),
                                              ptr<T>(ws));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
       });
     });
   }
@@ -342,7 +356,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
 
 at::Tensor kron_matvec_cuda(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef shapes) {
   const Plan plan = check_matvec(x, w, shapes);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const gpu::Guard guard(x.device());
   const DevPlan dp = device_plan(plan);
   at::Tensor wr, wi;
   std::tie(wr, wi) = factor_planes(w, plan, false);
@@ -350,40 +364,37 @@ at::Tensor kron_matvec_cuda(const at::Tensor& x, const at::Tensor& w, at::IntArr
   const long M = x.size(0);
   if (M == 0) return y;
   const int threads = block_threads(plan.max_size);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = gpu::stream();
   dispatch_dtype(x.scalar_type(), [&](auto t, auto c) {
     using T = decltype(t);
     auto kernel = matvec_forward_kernel<T, decltype(c)::value>;
     const size_t smem = (2 * plan.wsize + 4 * plan.max_size) * sizeof(T);
-    allow_shared_memory(kernel, smem, "kron_matvec");
-    kernel<<<M, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(x), ptr<T>(y));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    allow_shared_memory(kernel, smem, x, "kron_matvec");
+    KRU_LAUNCH(kernel, M, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(x), ptr<T>(y));
   });
   return y;
 }
 
 std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x,
                                                              const at::Tensor& w, at::IntArrayRef shapes) {
-  const Plan plan = check_matvec(x, w, shapes);
-  check_same(x, grad_y, "grad_y");
-  const c10::cuda::CUDAGuard guard(x.device());
+  const Plan plan = check_matvec_backward(grad_y, x, w, shapes);
+  const gpu::Guard guard(x.device());
   const DevPlan dp = device_plan(plan);
   const auto [wr, wi, awr, awi] = backward_planes(w, plan);
   const long M = x.size(0), S = plan.max_size;
   at::Tensor gx = new_output(x.sizes(), x.options());
   at::Tensor gwr = real_zeros({M, plan.wsize}, x), gwi = real_zeros({M, plan.wsize}, x);
-  at::Tensor ws = real_zeros({M, static_cast<long>(plan.stages.size()) + 1, 2, S}, x);
+  at::Tensor ws = scratch({M, static_cast<long>(plan.stages.size()) + 1, 2, S}, x);
   if (M > 0) {
     const int threads = block_threads(S);
-    auto stream = c10::cuda::getCurrentCUDAStream();
+    auto stream = gpu::stream();
     dispatch_dtype(x.scalar_type(), [&](auto t, auto c) {
       using T = decltype(t);
       auto kernel = matvec_backward_kernel<T, decltype(c)::value>;
       const size_t smem = (4 * plan.wsize + 4 * S + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
-      allow_shared_memory(kernel, smem, "kron_matvec's backward pass");
-      kernel<<<M, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(x),
+      allow_shared_memory(kernel, smem, x, "kron_matvec's backward pass");
+      KRU_LAUNCH(kernel, M, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(x),
                                            ptr<T>(grad_y), ptr<T>(gx), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(ws));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
   return {gx, combine_planes(gwr.sum(0), gwi.sum(0), x.is_complex())};
@@ -392,9 +403,11 @@ std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cuda(const at::Tensor& g
 }  // namespace
 }  // namespace kru
 
+#if !defined(KRU_EMULATE)  // kru_emu.cpp registers the emulated operators under krubench_emu
 TORCH_LIBRARY_IMPL(krubench, CUDA, m) {
   m.impl("kron_matvec", &kru::kron_matvec_cuda);
   m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cuda);
   m.impl("kru_recurrence", &kru::kru_recurrence_cuda);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cuda);
 }
+#endif
