@@ -66,9 +66,9 @@ template <typename T, bool CPLX>
 __device__ void stage(const DevStage& s, const T* wr, const T* wi, const T* xr, const T* xi, T* yr, T* yi) {
   const int outputs = s.pre * s.p * s.post;
   for (int o = threadIdx.x; o < outputs; o += blockDim.x) {
-    long a, i, r;
+    int a, i, r;
     stage_coords(o, s.p, s.post, a, i, r);
-    const long x0 = stage_index(a, 0, r, s.q, s.post);
+    const int x0 = stage_index(a, 0, r, s.q, s.post);
     row_dot<T, CPLX, 0>(wr + s.woff + i * s.q, wi + s.woff + i * s.q, s.q, xr + x0, xi + x0, s.post, yr[o], yi[o]);
   }
   __syncthreads();
@@ -86,8 +86,8 @@ __device__ void accumulate_factor_grad(const DevStage& s, const T* dyr, const T*
     const int e = item % E, slice = item / E, i = e / s.q, j = e % s.q;
     T rr = 0, ii = 0, ri = 0, ir = 0;
     for (int grp = slice; grp < groups; grp += slices) {
-      const long a = grp / s.post, r = grp % s.post;
-      const long yo = stage_index(a, i, r, s.p, s.post), xo = stage_index(a, j, r, s.q, s.post);
+      const int a = grp / s.post, r = grp % s.post;
+      const int yo = stage_index(a, i, r, s.p, s.post), xo = stage_index(a, j, r, s.q, s.post);
       cmac4<T, CPLX>(dyr[yo], dyi[yo], xr[xo], xi[xo], rr, ii, ri, ir);
     }
     redr[item] = rr + ii;  // Σ dy · conj(x)
@@ -114,44 +114,47 @@ __device__ void load_factors(const T* wr, const T* wi, int n, T* sr, T* si) {
   }
 }
 
-// Shared memory of a forward kernel: the factors' planes (2 wsize), then a ping-pong of two states of
-// n elements (real plane, imaginary plane).
+// Two state buffers of n elements (real plane, imaginary plane) at `at`, x the current one. A stage reads x
+// and writes y, then swap() makes y current. Swapped by value, not indexed by a run-time bit: an array of
+// pointers indexed at run time lives on the stack, and the loads through it become generic loads instead
+// of shared-memory ones.
 template <typename T>
-struct ForwardShared {
-  T *wr, *wi, *br[2], *bi[2];
-  __device__ ForwardShared(unsigned char* smem, int wsize, int n) {
-    wr = reinterpret_cast<T*>(smem);
-    wi = wr + wsize;
-    br[0] = wi + wsize;
-    br[1] = br[0] + 2 * n;
-    bi[0] = br[0] + n;
-    bi[1] = br[1] + n;
+struct PingPong {
+  T *xr, *xi, *yr, *yi;
+  __device__ PingPong(T* at, int n) : xr(at), xi(at + n), yr(at + 2 * n), yi(at + 3 * n) {}
+  __device__ void swap() {
+    T* t = xr;
+    xr = yr;
+    yr = t;
+    t = xi;
+    xi = yi;
+    yi = t;
   }
 };
 
-// Shared memory: ForwardShared with n = N. Block b runs sequence b.
+// Shared memory: the factors' planes (2 wsize), a PingPong of N. Block b runs sequence b.
 template <typename T, bool CPLX, int NL>
 __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* u, const T* h0,
                                           const T* bias, T* H, int steps) {
   KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
   const int N = plan.n_in;
-  ForwardShared<T> sh(smem, plan.wsize, N);
-  T *wr = sh.wr, *wi = sh.wi, **br = sh.br, **bi = sh.bi;
+  T* wr = reinterpret_cast<T*>(smem);
+  T* wi = wr + plan.wsize;
+  PingPong<T> h(wi + plan.wsize, N);
   const long b = blockIdx.x;
   load_factors(wr_g, wi_g, plan.wsize, wr, wi);
-  load_planes(h0 + b * N * C, N, CPLX, br[0], bi[0]);
+  load_planes(h0 + b * N * C, N, CPLX, h.xr, h.xi);
   __syncthreads();
   for (int t = 0; t < steps; ++t) {
-    int cur = 0;
-    for (int f = 0; f < plan.k; ++f, cur ^= 1) stage<T, CPLX>(plan.s[f], wr, wi, br[cur], bi[cur], br[cur ^ 1], bi[cur ^ 1]);
+    for (int f = 0; f < plan.k; ++f, h.swap()) stage<T, CPLX>(plan.s[f], wr, wi, h.xr, h.xi, h.yr, h.yi);
     const T* ut = u + (b * steps + t) * N * C;
     T* ht = H + (b * steps + t) * N * C;
-    for (int n = threadIdx.x; n < N; n += blockDim.x) {  // h_t = σ(W h_{t-1} + u_t) into buffer 0
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {  // h_t = σ(W h_{t-1} + u_t), in place
       T hr, hi;
-      nl_forward<NL, T, CPLX>(br[cur][n] + ut[n * C], CPLX ? bi[cur][n] + ut[n * C + 1] : T(0), bias[n], hr, hi);
-      br[0][n] = hr;
-      bi[0][n] = hi;
+      nl_forward<NL, T, CPLX>(h.xr[n] + ut[n * C], CPLX ? h.xi[n] + ut[n * C + 1] : T(0), bias[n], hr, hi);
+      h.xr[n] = hr;
+      h.xi[n] = hi;
       ht[n * C] = hr;
       if (CPLX) ht[n * C + 1] = hi;
     }
@@ -159,8 +162,9 @@ __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* 
   }
 }
 
-// Shared memory: factors and their adjoints (4 wsize), ∂L/∂h (2 N), dy ping-pong (4 N), the reduction
-// scratch (2 max(blockDim, max p q)). Global scratch ws: this block's stage inputs, (k + 1) × 2 N.
+// Shared memory: factors and their adjoints (4 wsize), a PingPong of N for ∂L/∂h_t and the adjoint stages
+// (x holds ∂L/∂h between steps), the reduction scratch (2 max(blockDim, max p q)). Global scratch ws: this
+// block's stage inputs, (k + 1) × 2 N.
 // Reads H, never u (nl_backward works from h_t); gu may be gH itself (each element is read, then written,
 // by one thread).
 template <typename T, bool CPLX, int NL>
@@ -172,18 +176,17 @@ __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T*
   const int N = plan.n_in, red = max(static_cast<int>(blockDim.x), plan.max_entries);
   T* wr = reinterpret_cast<T*>(smem);
   T *wi = wr + plan.wsize, *awr = wi + plan.wsize, *awi = awr + plan.wsize;
-  T *gr = awi + plan.wsize, *gi = gr + N;
-  T *dr[2] = {gi + N, gi + 3 * N}, *di[2] = {gi + 2 * N, gi + 4 * N};
-  T *redr = gi + 5 * N, *redi = redr + red;
+  PingPong<T> d(awi + plan.wsize, N);
+  T *redr = awi + plan.wsize + 4 * N, *redi = redr + red;
   const long b = blockIdx.x;
   T* sr = ws + b * (plan.k + 1) * 2 * N;  // stage input f: planes sr + 2 f N (re), + N (im)
   T *bgr = gwr + b * plan.wsize, *bgi = gwi + b * plan.wsize, *bgb = gb + b * N;
   load_factors(wr_g, wi_g, plan.wsize, wr, wi);
   load_factors(awr_g, awi_g, plan.wsize, awr, awi);
-  for (int n = threadIdx.x; n < N; n += blockDim.x) gr[n] = gi[n] = T(0);
+  for (int n = threadIdx.x; n < N; n += blockDim.x) d.xr[n] = d.xi[n] = T(0);  // ∂L/∂h_T: none
   for (int t = steps - 1; t >= 0; --t) {
-    // The barrier after this load also orders the loads above, and the previous step's writes of gr/gi
-    // (read below by the threads that wrote them, as store_planes after the loop reads them).
+    // The barrier after this load also orders the loads above (the zeros are read below, and by
+    // store_planes after the loop when steps = 0, by the threads that wrote them).
     load_planes(t > 0 ? H + (b * steps + t - 1) * N * C : h0 + b * N * C, N, CPLX, sr, sr + N);
     __syncthreads();
     for (int f = 0; f + 1 < plan.k; ++f)  // recompute the stage inputs of step t
@@ -192,43 +195,41 @@ __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T*
     const long row = (b * steps + t) * N * C;
     for (int n = threadIdx.x; n < N; n += blockDim.x) {
       const long x = row + n * C;
-      nl_backward<NL, T, CPLX>(H[x], CPLX ? H[x + 1] : T(0), bias[n], gr[n] + gH[x], CPLX ? gi[n] + gH[x + 1] : T(0),
-                               dr[0][n], di[0][n], bgb[n]);
-      gu[x] = dr[0][n];
-      if (CPLX) gu[x + 1] = di[0][n];
+      T dzr, dzi;  // ∂L/∂z_t from ∂L/∂h_t = the carried d.x + gH_t, in place
+      nl_backward<NL, T, CPLX>(H[x], CPLX ? H[x + 1] : T(0), bias[n], d.xr[n] + gH[x],
+                               CPLX ? d.xi[n] + gH[x + 1] : T(0), dzr, dzi, bgb[n]);
+      d.xr[n] = dzr;
+      d.xi[n] = dzi;
+      gu[x] = dzr;
+      if (CPLX) gu[x + 1] = dzi;
     }
     __syncthreads();
-    int cur = 0;
-    for (int f = plan.k - 1; f >= 0; --f, cur ^= 1) {
-      accumulate_factor_grad<T, CPLX>(plan.s[f], dr[cur], di[cur], sr + 2 * f * N, sr + (2 * f + 1) * N, redr, redi,
-                                      bgr, bgi);
+    for (int f = plan.k - 1; f >= 0; --f, d.swap()) {  // ends with ∂L/∂h_{t-1} in d.x
+      accumulate_factor_grad<T, CPLX>(plan.s[f], d.xr, d.xi, sr + 2 * f * N, sr + (2 * f + 1) * N, redr, redi, bgr,
+                                      bgi);
       DevStage adj = plan.s[f];
       adj.p = plan.s[f].q;
       adj.q = plan.s[f].p;
-      stage<T, CPLX>(adj, awr, awi, dr[cur], di[cur], dr[cur ^ 1], di[cur ^ 1]);
-    }
-    for (int n = threadIdx.x; n < N; n += blockDim.x) {  // ∂L/∂h_{t-1}
-      gr[n] = dr[cur][n];
-      gi[n] = di[cur][n];
+      stage<T, CPLX>(adj, awr, awi, d.xr, d.xi, d.yr, d.yi);
     }
   }
-  store_planes(gr, gi, N, CPLX, gh0 + b * N * C);
+  store_planes(d.xr, d.xi, N, CPLX, gh0 + b * N * C);
 }
 
-// Row m of x through every stage. Shared memory: ForwardShared with n = max_size.
+// Row m of x through every stage. Shared memory: the factors' planes (2 wsize), a PingPong of max_size.
 template <typename T, bool CPLX>
 __global__ void matvec_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* x, T* y) {
   KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
-  ForwardShared<T> sh(smem, plan.wsize, plan.max_size);
-  T *wr = sh.wr, *wi = sh.wi, **br = sh.br, **bi = sh.bi;
+  T* wr = reinterpret_cast<T*>(smem);
+  T* wi = wr + plan.wsize;
+  PingPong<T> v(wi + plan.wsize, plan.max_size);
   const long m = blockIdx.x;
   load_factors(wr_g, wi_g, plan.wsize, wr, wi);
-  load_planes(x + m * plan.n_in * C, plan.n_in, CPLX, br[0], bi[0]);
+  load_planes(x + m * plan.n_in * C, plan.n_in, CPLX, v.xr, v.xi);
   __syncthreads();
-  int cur = 0;
-  for (int f = 0; f < plan.k; ++f, cur ^= 1) stage<T, CPLX>(plan.s[f], wr, wi, br[cur], bi[cur], br[cur ^ 1], bi[cur ^ 1]);
-  store_planes(br[cur], bi[cur], plan.n_out, CPLX, y + m * plan.n_out * C);
+  for (int f = 0; f < plan.k; ++f, v.swap()) stage<T, CPLX>(plan.s[f], wr, wi, v.xr, v.xi, v.yr, v.yi);
+  store_planes(v.xr, v.xi, plan.n_out, CPLX, y + m * plan.n_out * C);
 }
 
 // Shared memory: factors and adjoints (4 wsize), dy ping-pong (4 max_size), reduction scratch.
@@ -241,28 +242,26 @@ __global__ void matvec_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_
   const int S = plan.max_size, red = max(static_cast<int>(blockDim.x), plan.max_entries);
   T* wr = reinterpret_cast<T*>(smem);
   T *wi = wr + plan.wsize, *awr = wi + plan.wsize, *awi = awr + plan.wsize;
-  T *dr[2] = {awi + plan.wsize, awi + plan.wsize + 2 * S}, *di[2] = {dr[0] + S, dr[1] + S};
-  T *redr = dr[1] + 2 * S, *redi = redr + red;
+  PingPong<T> d(awi + plan.wsize, S);
+  T *redr = awi + plan.wsize + 4 * S, *redi = redr + red;
   const long m = blockIdx.x;
   T* sr = ws + m * (plan.k + 1) * 2 * S;
   T *mgr = gwr + m * plan.wsize, *mgi = gwi + m * plan.wsize;
   load_factors(wr_g, wi_g, plan.wsize, wr, wi);
   load_factors(awr_g, awi_g, plan.wsize, awr, awi);
   load_planes(x + m * plan.n_in * C, plan.n_in, CPLX, sr, sr + S);
-  load_planes(gy + m * plan.n_out * C, plan.n_out, CPLX, dr[0], di[0]);
+  load_planes(gy + m * plan.n_out * C, plan.n_out, CPLX, d.xr, d.xi);
   __syncthreads();
   for (int f = 0; f < plan.k; ++f)
     stage<T, CPLX>(plan.s[f], wr, wi, sr + 2 * f * S, sr + (2 * f + 1) * S, sr + 2 * (f + 1) * S, sr + (2 * f + 3) * S);
-  int cur = 0;
-  for (int f = plan.k - 1; f >= 0; --f, cur ^= 1) {
-    accumulate_factor_grad<T, CPLX>(plan.s[f], dr[cur], di[cur], sr + 2 * f * S, sr + (2 * f + 1) * S, redr, redi, mgr,
-                                    mgi);
+  for (int f = plan.k - 1; f >= 0; --f, d.swap()) {
+    accumulate_factor_grad<T, CPLX>(plan.s[f], d.xr, d.xi, sr + 2 * f * S, sr + (2 * f + 1) * S, redr, redi, mgr, mgi);
     DevStage adj = plan.s[f];
     adj.p = plan.s[f].q;
     adj.q = plan.s[f].p;
-    stage<T, CPLX>(adj, awr, awi, dr[cur], di[cur], dr[cur ^ 1], di[cur ^ 1]);
+    stage<T, CPLX>(adj, awr, awi, d.xr, d.xi, d.yr, d.yi);
   }
-  store_planes(dr[cur], di[cur], plan.n_in, CPLX, gx + m * plan.n_in * C);
+  store_planes(d.xr, d.xi, plan.n_in, CPLX, gx + m * plan.n_in * C);
 }
 
 // ---- host side ----
@@ -278,8 +277,9 @@ T* ptr(const at::Tensor& t) { return static_cast<T*>(t.data_ptr()); }
 template <typename Kernel>
 void allow_shared_memory(Kernel kernel, size_t smem, const at::Tensor& on, const char* what) {
   const size_t limit = gpu::smem_optin(on.get_device());
-  TORCH_CHECK(smem <= limit, "krubench (cuda): ", what, " needs ", smem, " bytes of shared memory per block, more than ",
-              "this GPU's ", limit, "; use a smaller hidden size or the cpp/reference backend");
+  TORCH_CHECK(smem <= limit, "krubench (cuda): ", what, " needs ", smem,
+              " bytes of shared memory per block, more than this GPU's ", limit,
+              "; use a smaller hidden size or the cpp/reference backend");
   if (smem > 48 * 1024) gpu::allow_smem(kernel, smem);
 }
 
@@ -316,8 +316,8 @@ at::Tensor kru_recurrence_cuda(const at::Tensor& u, const at::Tensor& h0, const 
       auto kernel = recurrence_forward_kernel<T, decltype(c)::value, decltype(nl)::value>;
       const size_t smem = (2 * plan.wsize + 4 * plan.n_in) * sizeof(T);
       allow_shared_memory(kernel, smem, u, "the recurrence");
-      KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0), ptr<T>(bias), ptr<T>(H),
-                                           static_cast<int>(u.size(1)));
+      KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0), ptr<T>(bias),
+                 ptr<T>(H), static_cast<int>(u.size(1)));
     });
   });
   return H;
@@ -341,12 +341,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
       dispatch_nonlinearity(nonlinearity, [&](auto nl) {
         using T = decltype(t);
         auto kernel = recurrence_backward_kernel<T, decltype(c)::value, decltype(nl)::value>;
-        const size_t smem = (4 * plan.wsize + 6 * N + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
+        const size_t smem = (4 * plan.wsize + 4 * N + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
         allow_shared_memory(kernel, smem, H, "the recurrence's backward pass");
         KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(h0),
-                                             ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), static_cast<int>(H.size(1)),
-                                             ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb),
-                                             ptr<T>(ws));
+                   ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), static_cast<int>(H.size(1)),
+                   ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb),
+                   ptr<T>(ws));
       });
     });
   }
@@ -394,7 +394,7 @@ std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cuda(const at::Tensor& g
       const size_t smem = (4 * plan.wsize + 4 * S + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
       allow_shared_memory(kernel, smem, x, "kron_matvec's backward pass");
       KRU_LAUNCH(kernel, M, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(x),
-                                           ptr<T>(grad_y), ptr<T>(gx), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(ws));
+                 ptr<T>(grad_y), ptr<T>(gx), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(ws));
     });
   }
   return {gx, combine_planes(gwr.sum(0), gwi.sum(0), x.is_complex())};
