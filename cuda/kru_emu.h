@@ -11,13 +11,18 @@
 //     followed by a NaN guard zone that must be intact afterwards (a write past the requested size fails).
 //   - launches: more than 48 KB of dynamic shared memory needs cudaFuncSetAttribute first and at most the
 //     configured opt-in limit of the emulated device, as on a GPU; blockDim is at most 1024.
-// Not emulated: warps (no kernel here uses warp-synchronous code or shuffles), grid-wide parallelism
+//   - warps: __shfl_xor_sync (full warps, full mask) exchanges values among a warp's 32 fibers, and
+//     __syncwarp() waits for them; a warp's lanes run on once all its live lanes wait at the same one, so
+//     warps proceed independently between block barriers. A lane that exits or waits at a __syncthreads()
+//     while its warp waits at a shuffle is an error (a GPU hangs or is undefined there).
+// Not emulated: warp-synchronous code without __syncwarp (lanes do not run in lockstep), grid-wide parallelism
 // (blocks run one after another, which is a valid GPU schedule for independent blocks), memory ordering,
 // device-side bounds on global memory. compute-sanitizer covers those on a GPU (scripts/gpu_check.sh).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <vector>
 
@@ -50,6 +55,23 @@ const dim3& block_idx();
 const dim3& block_dim();
 unsigned char* dynamic_shared();
 void syncthreads(int line);
+void syncwarp(unsigned mask, int line);
+uint64_t* shuffle_slot(int thread);  // the running block's exchange slot of `thread`
+int current_thread();
+
+// __shfl_xor_sync: deposit v, wait for the warp, read the partner's value, wait again (so that no lane
+// overwrites its slot before every lane has read it).
+template <typename T>
+T shfl_xor_sync(unsigned mask, T v, int lane_mask, int line) {
+  static_assert(sizeof(T) <= sizeof(uint64_t), "kru_emu: shuffles of at most 8 bytes");
+  const int t = current_thread();
+  std::memcpy(shuffle_slot(t), &v, sizeof(T));
+  syncwarp(mask, -line);
+  T r;
+  std::memcpy(&r, shuffle_slot((t & ~31) | ((t & 31) ^ (lane_mask & 31))), sizeof(T));
+  syncwarp(mask, -line);
+  return r;
+}
 void set_max_dynamic_smem(const void* kernel, size_t bytes);
 void run_grid(const void* kernel, unsigned grid, unsigned block, size_t smem, const std::function<void()>& body);
 
@@ -65,6 +87,8 @@ void launch(Kernel kernel, long grid, int block, size_t smem, Args... args) {
 #define blockIdx (::kru_emu::block_idx())
 #define blockDim (::kru_emu::block_dim())
 #define __syncthreads() ::kru_emu::syncthreads(__LINE__)
+#define __syncwarp(...) ::kru_emu::syncwarp(0xffffffffu, __LINE__)
+#define __shfl_xor_sync(mask, v, lane_mask) ::kru_emu::shfl_xor_sync(mask, v, lane_mask, __LINE__)
 #define KRU_DYNAMIC_SHARED(name) unsigned char* name = ::kru_emu::dynamic_shared()
 #define KRU_LAUNCH(kernel, grid, block, smem, stream, ...) ::kru_emu::launch(kernel, grid, block, smem, __VA_ARGS__)
 

@@ -145,6 +145,21 @@ def test_a_block_beyond_the_devices_opt_in_limit_is_refused_with_the_limit(emu):
         recurrence_errors(emu, [16, 16, 16], 1, 1, False, "tanh")
 
 
+@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
+@pytest.mark.parametrize("bit", range(5))
+def test_emulated_warp_shuffles_apply_a_factor_to_a_lane_bit(emu, order, bit):
+    """The emulator's __shfl_xor_sync (cuda/kru_emu.cpp's lane_stage_kernel: a 2×2 factor on one index bit
+    of 32 elements held one per lane) against the reference; 3 rows, so one warp of the second block exits
+    without shuffling."""
+    configure(emu, order, seed=bit)
+    g = torch.Generator().manual_seed(bit)
+    x = torch.randn(3, 32, dtype=torch.complex64, generator=g)
+    w = torch.randn(2, 2, dtype=torch.complex64, generator=g)
+    factors = [torch.eye(2, dtype=torch.complex64)] * 5
+    factors[4 - bit] = w  # lane bit 0 is the last (least significant) Kronecker axis
+    torch.testing.assert_close(emu.lane_stage(x, w, bit), kron_matvec_ref(x, factors), rtol=1e-5, atol=1e-5)
+
+
 def test_every_barrier_of_the_kernels_runs(emu):
     emu.configure(0, 0, -1, DEFAULT_OPTIN)
     recurrence_errors(emu, [4, 2], 2, 2, True, "modrelu")
