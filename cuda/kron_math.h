@@ -18,7 +18,7 @@
 #else
 #define KRU_HD inline
 #endif
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDACC__)  // nvcc, both passes (its host pass warns on GCC's pragma in device functions)
 #define KRU_UNROLL _Pragma("unroll")
 #else
 #define KRU_UNROLL _Pragma("GCC unroll 16")

@@ -480,6 +480,8 @@ TORCH_LIBRARY(krubench, m) {
   m.def("kru_recurrence_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
         "Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
   // The same on the CPU kernel's own layout (krubench.ops.lanes); CPU only.
+  // CUDA only: the register-resident forward (2x2 factors; kru_cuda.cu)
+  m.def("kru_recurrence_regs(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
   m.def("kru_recurrence_lanes(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
   m.def("kru_recurrence_lanes_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, "
         "str nonlinearity, Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");

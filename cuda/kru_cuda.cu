@@ -264,6 +264,146 @@ __global__ void matvec_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_
   store_planes(d.xr, d.xi, plan.n_in, CPLX, gx + m * plan.n_in * C);
 }
 
+// ---- register-resident forward (a first step of the design in BENCHMARKS.md, "Performance model") ----
+//
+// 2×2 factors, N = 2^k: each thread holds R = 2^kRegBits elements of the state in registers, the elements
+// whose index bits [s, s + kRegBits) vary (a "layout" s; the thread number supplies the other bits). A
+// factor on a bit of the current layout is applied in registers; a transpose through shared memory (two
+// buffers, one barrier) changes the layout. A step visits the layouts s_0 < s_1 < ... (even steps) or
+// in reverse (odd steps), so it starts where the previous one ended: Kronecker factors on different bits
+// commute. u_{t+1} is loaded at the start of step t, in the layout step t+1 ends in. Forward only.
+
+constexpr int kRegBits = 3;
+constexpr int kRegs = 1 << kRegBits;
+
+struct RegsPlan {
+  int log_n, groups;  // layouts: s_g = min(g kRegBits, log_n - kRegBits); group g applies bits [g kRegBits, ...)
+};
+
+__device__ __forceinline__ int layout_start(const RegsPlan& p, int g) { return min(g * kRegBits, p.log_n - kRegBits); }
+
+// Index of element e of thread `tid` in the layout starting at bit s.
+__device__ __forceinline__ int regs_index(int s, int tid, int e) {
+  return ((tid >> s) << (s + kRegBits)) | (e << s) | (tid & ((1 << s) - 1));
+}
+
+// The factor on register bit J (of the layout) applied to the kRegs elements in registers: w points at the
+// factor's four entries (planes, row-major).
+template <int J, typename T, bool CPLX>
+__device__ __forceinline__ void regs_stage(const T* wr, const T* wi, T (&xr)[kRegs], T (&xi)[kRegs]) {
+  const T a00r = wr[0], a01r = wr[1], a10r = wr[2], a11r = wr[3];
+  const T a00i = CPLX ? wi[0] : T(0), a01i = CPLX ? wi[1] : T(0), a10i = CPLX ? wi[2] : T(0), a11i = CPLX ? wi[3] : T(0);
+  KRU_UNROLL
+  for (int e = 0; e < kRegs; ++e) {
+    if (e & (1 << J)) continue;
+    const int e1 = e | (1 << J);
+    const T x0r = xr[e], x0i = xi[e], x1r = xr[e1], x1i = xi[e1];
+    xr[e] = a00r * x0r + a01r * x1r;
+    xr[e1] = a10r * x0r + a11r * x1r;
+    if (CPLX) {
+      xr[e] += -a00i * x0i - a01i * x1i;
+      xr[e1] += -a10i * x0i - a11i * x1i;
+      xi[e] = a00r * x0i + a00i * x0r + a01r * x1i + a01i * x1r;
+      xi[e1] = a10r * x0i + a10i * x0r + a11r * x1i + a11i * x1r;
+    }
+  }
+}
+
+// The factors of layout group g (bits [g kRegBits, min((g + 1) kRegBits, log_n))) in registers. Factor f
+// acts on bit log_n - 1 - f (factor 0 on the most significant axis, as in the reference).
+template <typename T, bool CPLX>
+__device__ __forceinline__ void regs_group(const RegsPlan& p, int g, const T* wr, const T* wi, T (&xr)[kRegs],
+                                           T (&xi)[kRegs]) {
+  const int s = layout_start(p, g), hi = min((g + 1) * kRegBits, p.log_n);
+  for (int bit = g * kRegBits; bit < hi; ++bit) {
+    const int f = p.log_n - 1 - bit, j = bit - s;
+    if (j == 0) regs_stage<0, T, CPLX>(wr + 4 * f, wi + 4 * f, xr, xi);
+    else if (j == 1) regs_stage<1, T, CPLX>(wr + 4 * f, wi + 4 * f, xr, xi);
+    else regs_stage<2, T, CPLX>(wr + 4 * f, wi + 4 * f, xr, xi);
+  }
+}
+
+// Shared memory: the factors' planes (2 · 4 log_n), two transpose buffers of N (real and imaginary planes).
+// blockDim.x = N / kRegs. Block b runs sequence b.
+template <typename T, bool CPLX, int NL>
+__global__ void recurrence_forward_regs_kernel(RegsPlan p, const T* wr_g, const T* wi_g, const T* u, const T* h0,
+                                               const T* bias, T* H, int steps) {
+  KRU_DYNAMIC_SHARED(smem);
+  constexpr int C = CPLX ? 2 : 1;
+  const int N = 1 << p.log_n, wsize = 4 * p.log_n, tid = threadIdx.x;
+  T* wr = reinterpret_cast<T*>(smem);
+  T* wi = wr + wsize;
+  T *buf0 = wi + wsize, *buf1 = buf0 + 2 * N;
+  const long b = blockIdx.x;
+  load_factors(wr_g, wi_g, wsize, wr, wi);
+  const int first = layout_start(p, 0), last = layout_start(p, p.groups - 1);
+  T xr[kRegs], xi[kRegs], ur[kRegs], ui[kRegs], bias_first[kRegs], bias_last[kRegs];
+  KRU_UNROLL
+  for (int e = 0; e < kRegs; ++e) {
+    const int n0 = regs_index(first, tid, e), n1 = regs_index(last, tid, e);
+    xr[e] = h0[(b * N + n0) * C];
+    xi[e] = CPLX ? h0[(b * N + n0) * C + 1] : T(0);
+    bias_first[e] = bias[n0];
+    bias_last[e] = bias[n1];
+    if (steps > 0) {  // u_0, in the layout step 0 ends in
+      ur[e] = u[(b * steps * N + n1) * C];
+      ui[e] = CPLX ? u[(b * steps * N + n1) * C + 1] : T(0);
+    }
+  }
+  __syncthreads();  // the factors
+  int parity = 0;
+  for (int t = 0; t < steps; ++t) {
+    const bool forward = (t & 1) == 0;
+    const int start = forward ? first : last, end = forward ? last : first;
+    T nr[kRegs] = {}, ni[kRegs] = {};  // u_{t+1}, in the layout step t+1 ends in (the one this step starts in)
+    if (t + 1 < steps) {
+      KRU_UNROLL
+      for (int e = 0; e < kRegs; ++e) {
+        const long at = (b * steps + t + 1) * N + regs_index(start, tid, e);
+        nr[e] = u[at * C];
+        ni[e] = CPLX ? u[at * C + 1] : T(0);
+      }
+    }
+    for (int i = 0; i < p.groups; ++i) {
+      const int g = forward ? i : p.groups - 1 - i;
+      if (i > 0) {  // transpose from the previous group's layout to g's
+        const int from = layout_start(p, forward ? g - 1 : g + 1), to = layout_start(p, g);
+        T* br = parity ? buf1 : buf0;
+        T* bi = br + N;
+        KRU_UNROLL
+        for (int e = 0; e < kRegs; ++e) {
+          const int n = regs_index(from, tid, e);
+          br[n] = xr[e];
+          bi[n] = xi[e];
+        }
+        __syncthreads();
+        KRU_UNROLL
+        for (int e = 0; e < kRegs; ++e) {
+          const int n = regs_index(to, tid, e);
+          xr[e] = br[n];
+          xi[e] = bi[n];
+        }
+        parity ^= 1;  // the next transpose writes the other buffer: no barrier before its writes
+      }
+      regs_group<T, CPLX>(p, g, wr, wi, xr, xi);
+    }
+    T* ht = H + (b * steps + t) * N * C;
+    KRU_UNROLL
+    for (int e = 0; e < kRegs; ++e) {  // h_t = σ(W h_{t-1} + u_t), in the layout `end`
+      T hr, hi;
+      nl_forward<NL, T, CPLX>(xr[e] + ur[e], CPLX ? xi[e] + ui[e] : T(0), forward ? bias_last[e] : bias_first[e], hr,
+                              hi);
+      xr[e] = hr;
+      xi[e] = hi;
+      const int n = regs_index(end, tid, e);
+      ht[n * C] = hr;
+      if (CPLX) ht[n * C + 1] = hi;
+      ur[e] = nr[e];
+      ui[e] = ni[e];
+    }
+  }
+}
+
 // ---- host side ----
 
 int block_threads(long size) { return size >= 512 ? 256 : 128; }
@@ -317,6 +457,39 @@ at::Tensor kru_recurrence_cuda(const at::Tensor& u, const at::Tensor& h0, const 
       const size_t smem = (2 * plan.wsize + 4 * plan.n_in) * sizeof(T);
       allow_shared_memory(kernel, smem, u, "the recurrence");
       KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0), ptr<T>(bias),
+                 ptr<T>(H), static_cast<int>(u.size(1)));
+    });
+  });
+  return H;
+}
+
+// The register-resident forward: 2×2 factors (model.merge_upto=2), N = 8 ... 8192. A first step of the design
+// in BENCHMARKS.md: forward only, so kru_recurrence does not dispatch to it yet; scripts/gpu_check.py times it.
+at::Tensor kru_recurrence_regs_cuda(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
+                                    at::IntArrayRef shapes, c10::string_view nonlinearity, const at::Tensor& bias) {
+  const Plan plan = check_recurrence(u, h0, w, shapes, bias);
+  for (const Stage& st : plan.stages)
+    TORCH_CHECK(st.p == 2 && st.q == 2, "krubench (cuda): the register-resident recurrence takes 2x2 factors, got ",
+                shapes);
+  const int log_n = static_cast<int>(plan.stages.size());
+  TORCH_CHECK(log_n >= kRegBits && log_n <= 13, "krubench (cuda): the register-resident recurrence takes N = 8 to ",
+              "8192, got ", plan.n_in);
+  const gpu::Guard guard(u.device());
+  at::Tensor wr, wi;
+  std::tie(wr, wi) = factor_planes(w, plan, false);
+  at::Tensor H = new_output(u.sizes(), u.options());
+  const long B = u.size(0);
+  if (B == 0 || u.size(1) == 0) return H;
+  const RegsPlan rp{log_n, (log_n + kRegBits - 1) / kRegBits};
+  const int threads = static_cast<int>(plan.n_in >> kRegBits);
+  auto stream = gpu::stream();
+  dispatch_dtype(u.scalar_type(), [&](auto t, auto c) {
+    dispatch_nonlinearity(nonlinearity, [&](auto nl) {
+      using T = decltype(t);
+      auto kernel = recurrence_forward_regs_kernel<T, decltype(c)::value, decltype(nl)::value>;
+      const size_t smem = (8 * log_n + 4 * plan.n_in) * sizeof(T);
+      allow_shared_memory(kernel, smem, u, "the register-resident recurrence");
+      KRU_LAUNCH(kernel, B, threads, smem, stream, rp, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0), ptr<T>(bias),
                  ptr<T>(H), static_cast<int>(u.size(1)));
     });
   });
@@ -409,5 +582,6 @@ TORCH_LIBRARY_IMPL(krubench, CUDA, m) {
   m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cuda);
   m.impl("kru_recurrence", &kru::kru_recurrence_cuda);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cuda);
+  m.impl("kru_recurrence_regs", &kru::kru_recurrence_regs_cuda);
 }
 #endif

@@ -233,6 +233,7 @@ KRU_EMU_TORCH_LIBRARY(KRU_EMU_LIB, m) {
   m.def("kru_recurrence(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
   m.def("kru_recurrence_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
         "Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
+  m.def("kru_recurrence_regs(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
   m.def("configure(int order, int seed, int skip_barrier_line, int smem_optin) -> ()", &configure);
   m.def("barrier_lines() -> int[]", &barrier_lines);
   m.def("lane_stage(Tensor x, Tensor w, int bit) -> Tensor", &lane_stage);
@@ -243,4 +244,5 @@ KRU_EMU_TORCH_LIBRARY_IMPL(KRU_EMU_LIB, CPU, m) {
   m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cuda);
   m.impl("kru_recurrence", &kru::kru_recurrence_cuda);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cuda);
+  m.impl("kru_recurrence_regs", &kru::kru_recurrence_regs_cuda);
 }

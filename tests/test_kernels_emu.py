@@ -60,6 +60,19 @@ def emu_recurrence(lib, factors, u, h0, bias, grad, nonlinearity, dtype):
     return [H, grad_u, gh0, *split_factor_grad(gw, shapes)] + ([gb] if bias is not None else [])
 
 
+def regs_errors(lib, log_n, B, T, complex_, nonlinearity, seed=0):
+    """The register-resident forward (2×2 factors) against the reference's H."""
+    problem = recurrence_problem([2] * log_n, B, T, complex_, nonlinearity, seed)
+    factors, u, h0, bias, _ = problem
+    f32, f64 = (torch.complex64, torch.complex128) if complex_ else (torch.float32, torch.float64)
+    ref64 = recurrence_outputs("reference", *problem, nonlinearity, f64)[0]
+    ref32 = recurrence_outputs("reference", *problem, nonlinearity, f32)[0]
+    w, shapes = compiled._pack(factors, f32)
+    b = torch.zeros(u.shape[-1]) if bias is None else bias.float()
+    H = lib.kru_recurrence_regs(u.to(f32).contiguous(), h0.to(f32).contiguous(), w, shapes, nonlinearity, b)
+    return errors([H], [ref32], [ref64], ["H (register-resident)"])
+
+
 def errors(got, ref32, ref64, names):
     """What differs from the reference (the tolerance rule of tests/test_kernels.py), as messages."""
     found = []
@@ -123,6 +136,33 @@ def test_emulated_recurrence_matches_reference(emu, order, nonlinearity, complex
     assert recurrence_errors(emu, sizes, B, T, complex_, nonlinearity, seed=len(sizes) + B) == []
 
 
+REGS_CASES = [  # (log2 N, B, T, thread order): 1, 2, 3 and 3 register layouts a step, so 0 to 2 transposes
+    pytest.param(3, 2, 3, "ascending", id="N8"),
+    pytest.param(5, 2, 3, "descending", id="N32"),
+    pytest.param(7, 1, 3, "shuffled", id="N128"),
+    pytest.param(9, 2, 2, "ascending", id="N512"),
+]
+
+
+@pytest.mark.parametrize("nonlinearity", ["modrelu", "relu", "tanh"])
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+@pytest.mark.parametrize("log_n,B,T,order", REGS_CASES)
+def test_emulated_register_resident_forward_matches_reference(emu, nonlinearity, complex_, log_n, B, T, order):
+    """Layouts of 3 index bits each, the last overlapping its neighbour when 3 does not divide log2 N."""
+    configure(emu, order, seed=log_n)
+    assert regs_errors(emu, log_n, B, T, complex_, nonlinearity, seed=log_n) == []
+
+
+def test_the_register_resident_forward_takes_2x2_factors_and_n_from_8(emu):
+    configure(emu)
+    with pytest.raises(RuntimeError, match="takes 2x2 factors"):
+        emu.kru_recurrence_regs(torch.zeros(1, 1, 16), torch.zeros(1, 16), torch.zeros(32), [4, 4, 4, 4], "relu",
+                                torch.zeros(16))
+    with pytest.raises(RuntimeError, match="takes N = 8 to 8192, got 4"):
+        emu.kru_recurrence_regs(torch.zeros(1, 1, 4), torch.zeros(1, 4), torch.zeros(8), [2, 2, 2, 2], "relu",
+                                torch.zeros(4))
+
+
 @pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
 @pytest.mark.parametrize("shapes,M", [([(2, 3), (4, 2)], 3), ([(8, 8), (2, 2)], 2), ([(1, 5), (16, 4)], 2)],
                          ids=["2x3,4x2", "8x8,2x2", "1x5,16x4"])
@@ -164,6 +204,7 @@ def test_every_barrier_of_the_kernels_runs(emu):
     emu.configure(0, 0, -1, DEFAULT_OPTIN)
     recurrence_errors(emu, [4, 2], 2, 2, True, "modrelu")
     matvec_errors(emu, [(2, 3), (4, 2)], 2)
+    regs_errors(emu, 5, 1, 2, True, "modrelu")
     assert set(BARRIER_LINES) <= set(emu.barrier_lines()), "a __syncthreads() of kru_cuda.cu never ran in the emulator"
 
 
@@ -176,6 +217,7 @@ def test_removing_any_barrier_fails(emu, line):
         try:
             exposed += recurrence_errors(emu, [4, 2, 2], 2, 2, True, "modrelu")
             exposed += matvec_errors(emu, [(2, 3), (4, 2)], 2)
+            exposed += regs_errors(emu, 7, 1, 3, True, "modrelu")
         except RuntimeError as e:  # the emulator's barrier checks
             exposed.append(str(e))
     configure(emu)
