@@ -3,10 +3,12 @@
     python scripts/gpu_check.py preflight   # versions and tools: torch, CUDA, cuDNN, driver, nvcc, ninja, ...
     python scripts/gpu_check.py large       # N 1024/2048/4096 × B 133/257 × T 200: complex64 vs complex128, vs cpp
     python scripts/gpu_check.py sanitize    # a tiny forward+backward of every CUDA kernel (run under compute-sanitizer)
-    python scripts/gpu_check.py bench       # forward and backward vs nn.RNN (cuDNN) and the HBM floor
+    python scripts/gpu_check.py bench       # forward and backward vs nn.RNN (cuDNN) and the HBM floor, and the
+                                            # register-resident forward (kru_recurrence_regs)
 
 --dry-run runs a phase on the CPU at tiny sizes, the cpp backend standing in for cuda, so that the script
-can be checked without a GPU (tests/test_bench_kernels.py does). Complex KRU, 2×2 factors merged up to 16
+can be checked without a GPU (tests/test_bench_kernels.py does); the register-resident forward, CUDA only,
+then runs in the emulator (cuda/kru_emu.h). Complex KRU, 2×2 factors merged up to 16
 (model.merge_upto), modReLU; nn.RNN is dense, real, tanh, input size 1 (its recurrence, as the KRU's u is
 given). Times: best of --repeats rounds after a warm-up, each round a forward then a backward (with a
 plain upstream gradient) timed apart.
@@ -133,6 +135,23 @@ def recurrence_results(backend, stages, u, h0, bias, grad):
     return [t.detach().cpu().to(torch.complex128) for t in (H, *grads)]
 
 
+def regs_forward(problem, device, nonlinearity="modrelu"):
+    """The register-resident forward (`kru_recurrence_regs`, CUDA only: 2×2 factors; on the CPU the emulator's,
+    cuda/kru_emu.h) on `problem`'s data: its random 2×2 factors, and a function that runs it."""
+    from krubench.ops import compiled
+    if torch.device(device).type == "cpu":
+        build.build("emu")
+    lib = torch.ops.krubench if torch.device(device).type == "cuda" else torch.ops.krubench_emu
+    stages, u, h0, bias, _ = problem
+    k = int(math.log2(u.shape[-1]))
+    g = torch.Generator().manual_seed(0)
+    factors = [random_unitary(2, True, g) for _ in range(k)]
+    w, shapes = compiled._pack(factors, torch.complex64)
+    args = (u.detach().to(device, torch.complex64).contiguous(), h0.detach().to(device, torch.complex64).contiguous(),
+            w.to(device), shapes, nonlinearity, bias.detach().to(device, torch.float32))
+    return factors, (lambda: lib.kru_recurrence_regs(*args))
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
 
@@ -175,6 +194,10 @@ def sanitize(args) -> int:
             torch.autograd.grad(H, [u, h0, bias, *stages], grad)
             ref = ops.kru_recurrence(u, h0, stages, nl, bias, kernel="reference")
             worst = max(worst, rel_err(H.detach().cpu(), ref.detach().cpu()))
+    factors, run = regs_forward(problem, device)  # the register-resident forward (dry run: the emulator's)
+    stages, u, h0, bias, _ = on(problem, device)
+    ref = ops.kru_recurrence(u, h0, [f.to(device) for f in factors], "modrelu", bias, kernel="reference")
+    worst = max(worst, rel_err(run().cpu(), ref.detach().cpu()))
     x = torch.randn(3, 12, dtype=torch.complex64, device=device, requires_grad=True)
     fs = [torch.randn(2, 3, dtype=torch.complex64, device=device, requires_grad=True),
           torch.randn(4, 4, dtype=torch.complex64, device=device, requires_grad=True)]
@@ -182,7 +205,7 @@ def sanitize(args) -> int:
     torch.autograd.grad(y, [x, *fs], torch.randn_like(y))
     worst = max(worst, rel_err(y.detach().cpu(), ops.kron_matvec(x, fs, kernel="reference").detach().cpu()))
     sync(torch.device(device))
-    print(f"sanitize case ({backend}): every kernel ran; largest relative error vs the reference {worst:.1e}")
+    print(f"sanitize case ({backend}{', register-resident forward emulated' if args.dry_run else ''}): every kernel ran; largest relative error vs the reference {worst:.1e}")
     return 0 if worst < 1e-4 else 1
 
 
@@ -202,6 +225,14 @@ def fwd_bwd_times(forward, grad, repeats: int, device) -> tuple[float, float]:
             best_f, best_b = min(best_f, t1 - t0), min(best_b, t2 - t1)
         del out
     return best_f, best_b
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
 
 
 def copy_bandwidth(device, nbytes=2**30) -> float:
@@ -238,10 +269,19 @@ def bench(args) -> int:
     rows = []
     for N in sizes:
         for B in batches:
-            stages, u, h0, bias, grad = on(kru_problem(N, B, T), device)
+            problem = kru_problem(N, B, T)
+            stages, u, h0, bias, grad = on(problem, device)
             kf, kb = fwd_bwd_times(lambda: ops.kru_recurrence(u, h0, stages, "modrelu", bias, kernel=backend), grad,
                                    args.repeats, device)
             del stages, u, h0, bias, grad
+            # the register-resident forward (dry run: emulated): time, against the floor and the fused kernel
+            factors, run = regs_forward(problem, device)
+            rf_regs = min(timed(run, device) for _ in range(args.repeats + 1))
+            _, u, h0, bias, _ = on(problem, device)
+            check = ops.kru_recurrence(u, h0, [f.to(device) for f in factors], "modrelu", bias, kernel=backend)
+            regs = (f"{rf_regs * 1e3:.2f} ms, {rf_regs / (16 * B * N * T / bw):.1f}× floor, "
+                    f"{kf / rf_regs:.1f}× fused, err {rel_err(run(), check.detach()):.0e}")
+            del u, h0, bias, check, problem
             rnn = torch.nn.RNN(1, N, batch_first=True).to(device)
             x = torch.randn(B, T, 1, device=device)
             rf, rb = fwd_bwd_times(lambda: rnn(x)[0], torch.randn(B, T, N, device=device), args.repeats, device)
@@ -251,13 +291,14 @@ def bench(args) -> int:
             floor_b = 24 * B * N * T / bw  # read H_t and ∂L/∂H_t, write ∂L/∂u_t
             rows.append([N, B, T, f"{kf * 1e3:.2f}", f"{kb * 1e3:.2f}", f"{rf * 1e3:.2f}", f"{rb * 1e3:.2f}",
                          f"{rf / kf:.2f}×", f"{(rf + rb) / (kf + kb):.2f}×", f"{kf / floor_f:.1f}×",
-                         f"{kb / floor_b:.1f}×", algo])
+                         f"{kb / floor_b:.1f}×", regs, algo])
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     print(f"### KRU ({backend}) vs nn.RNN on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}: "
           f"ms, best of {args.repeats}; memory roof {bw / 1e9:.0f} GB/s (device copy)\n\n" +
           table(["N", "B", "T", "KRU fwd", "KRU bwd", "RNN fwd", "RNN bwd", "RNN/KRU fwd", "RNN/KRU fwd+bwd",
-                 "KRU fwd / HBM floor", "KRU bwd / HBM floor", "cuDNN algorithm (kernels)"], rows))
+                 "KRU fwd / HBM floor", "KRU bwd / HBM floor", "register-resident fwd (2×2 factors)",
+                 "cuDNN algorithm (kernels)"], rows))
     print("\nHBM floor: forward 16·B·N bytes a step (u_t in, h_t out, complex64), backward 24·B·N (H_t and ∂L/∂H_t "
           "in, ∂L/∂u_t out), at the measured copy bandwidth. RNN/KRU > 1: the KRU kernel is faster.")
     return 0

@@ -6,7 +6,7 @@
 #   build      the cpp and cuda backends (krubench-build)
 #   tests      tests/test_kernels.py, the cuda rows
 #   bench      forward and backward, N 128/512/1024 × B 32/128/1024, T 1000, vs nn.RNN (cuDNN, with the
-#              kernels it ran) and the HBM floor
+#              kernels it ran) and the HBM floor; the register-resident forward (kru_recurrence_regs) too
 #   large      N 1024/2048/4096 × B 133/257 × T 200: complex64 vs complex128 on the GPU, and the cpp backend
 #   memcheck, racecheck   compute-sanitizer on a tiny forward+backward of every kernel, where installed
 # Output: OUTDIR/summary.md (one Markdown document: the phases' verdicts, then each phase's table, for

@@ -71,3 +71,4 @@ def test_the_gpu_check_script_parses_and_its_phases_dry_run_on_the_cpu():
     assert "every kernel ran" in outputs["sanitize"]
     assert "| 256 | 5 | 6 |" in outputs["large"] and "FAIL" not in outputs["large"]
     assert "| 64 | 5 | 10 |" in outputs["bench"] and "HBM floor" in outputs["bench"]
+    assert "× fused, err" in outputs["bench"]  # the register-resident forward, emulated in a dry run

@@ -326,6 +326,25 @@ def test_a_backend_that_cannot_build_falls_back_with_one_warning(monkeypatch, ca
     assert ops.backend_name("cpu", "auto") == "reference"
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("nonlinearity", ops.NONLINEARITIES)
+@pytest.mark.parametrize("log_n,B,T", [(3, 3, 5), (7, 17, 9), (10, 5, 20), (12, 3, 4)])
+def test_cuda_register_resident_forward_matches_reference(nonlinearity, log_n, B, T):
+    """kru_recurrence_regs (forward only, 2×2 factors; also emulated in tests/test_kernels_emu.py) on the GPU."""
+    from krubench.ops import compiled
+    loaded("cuda")
+    problem = recurrence_problem([2] * log_n, B, T, True, nonlinearity, seed=log_n)
+    factors, u, h0, bias, _ = problem
+    ref64 = recurrence_outputs("reference", *problem, nonlinearity, torch.complex128)[0]
+    ref32 = recurrence_outputs("reference", *problem, nonlinearity, torch.complex64)[0]
+    w, shapes = compiled._pack([f.cuda() for f in factors], torch.complex64)
+    b = torch.zeros(u.shape[-1]) if bias is None else bias.float()
+    H = torch.ops.krubench.kru_recurrence_regs(u.to("cuda", torch.complex64), h0.to("cuda", torch.complex64), w, shapes,
+                                               nonlinearity, b.cuda())
+    assert torch.isfinite(H).all()
+    assert_as_accurate(H, ref32, ref64, "H (register-resident)")
+
+
 AUTOCAST = [  # (kernel, device, autocast dtype)
     pytest.param("reference", "cpu", torch.bfloat16, id="reference"),
     pytest.param("cpp", "cpu", torch.bfloat16, id="cpp"),
