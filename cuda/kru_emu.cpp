@@ -1,7 +1,8 @@
 // The CUDA kernels of kru_cuda.cu, compiled as host C++ and run by the emulator of kru_emu.h; registered as
 // CPU operators `torch.ops.krubench_emu.*` with the schemas of `torch.ops.krubench.*`, plus `configure`
 // (schedule order, seed, a planted missing barrier, the opt-in shared-memory limit) and `barrier_lines`
-// (the source lines of kru_cuda.cu whose __syncthreads() ran). Built by krubench/ops/build.py (backend
+// (the source lines of kru_cuda.cu whose __syncthreads() ran since the last configure), plus self-tests of
+// the emulator (`lane_stage`, `misbehave`). Built by krubench/ops/build.py (backend
 // "emu"); tested by tests/test_kernels_emu.py against the reference. Test code, not a backend to train with.
 #define KRU_EMULATE 1
 
@@ -167,7 +168,7 @@ void run_grid(const void* kernel, unsigned grid, unsigned block, size_t smem, co
       if (live == b.fibers.end()) break;
       for (Fiber& f : b.fibers) {  // every live thread is at a block barrier: the same one, or the GPU hangs
         TORCH_CHECK(f.state != State::kDone, "kru_emu: block ", blk, ": thread ", f.tid.x, " exited while thread ",
-                    live->tid.x, " waits at the __syncthreads() on line ", live->line, " of kru_cuda.cu (a GPU hangs)");
+                    live->tid.x, " waits at the __syncthreads() on line ", live->line, " (a GPU hangs)");
         TORCH_CHECK(f.line == live->line, "kru_emu: block ", blk, ": threads wait at different barriers, lines ",
                     live->line, " (thread ", live->tid.x, ") and ", f.line, " (thread ", f.tid.x, ")");
         f.state = State::kRunnable;
@@ -185,6 +186,7 @@ namespace {
 void configure(int64_t order, int64_t seed, int64_t skip_barrier_line, int64_t smem_optin) {
   TORCH_CHECK(order >= 0 && order <= 2, "kru_emu: order must be 0 (ascending), 1 (descending) or 2 (shuffled)");
   kru_emu::g_config = {static_cast<int>(order), static_cast<uint64_t>(seed), skip_barrier_line, smem_optin};
+  kru_emu::g_lines.clear();  // barrier_lines() reports what runs from here on
 }
 
 std::vector<int64_t> barrier_lines() { return {kru_emu::g_lines.begin(), kru_emu::g_lines.end()}; }
@@ -203,6 +205,27 @@ __global__ void lane_stage_kernel(const float* x, const float* w, int bit, int r
   const float *own = w + (3 * i) * 2, *other = w + (2 * i + 1 - i) * 2;
   y[(row * 32 + lane) * 2] = own[0] * ar - own[1] * ai + other[0] * br - other[1] * bi;
   y[(row * 32 + lane) * 2 + 1] = own[0] * ai + own[1] * ar + other[0] * bi + other[1] * br;
+}
+
+// The emulator's own checks, each planted in a tiny kernel (one block of 64 threads, 64 bytes of shared
+// memory): 1 a thread exits while the others wait at a barrier; 2 threads wait at different barriers; 3 a lane
+// exits while its warp shuffles; 4 a write past the shared memory; 0 none of these (runs clean).
+__global__ void misbehaving_kernel(int mode) {
+  KRU_DYNAMIC_SHARED(smem);
+  const int t = threadIdx.x;
+  if (mode == 1 && t == 5) return;
+  if (mode == 2 && t < 32) {
+    __syncthreads();
+  } else {
+    __syncthreads();
+  }
+  if (mode == 3 && t == 40) return;
+  if (mode == 3) __shfl_xor_sync(0xffffffffu, t, 1);
+  smem[mode == 4 ? 64 + t : t] = static_cast<unsigned char>(t);
+}
+
+void misbehave(int64_t mode) {
+  KRU_LAUNCH(misbehaving_kernel, 1, 64, 64, nullptr, static_cast<int>(mode));
 }
 
 at::Tensor lane_stage(const at::Tensor& x, const at::Tensor& w, int64_t bit) {
@@ -237,6 +260,7 @@ KRU_EMU_TORCH_LIBRARY(KRU_EMU_LIB, m) {
   m.def("configure(int order, int seed, int skip_barrier_line, int smem_optin) -> ()", &configure);
   m.def("barrier_lines() -> int[]", &barrier_lines);
   m.def("lane_stage(Tensor x, Tensor w, int bit) -> Tensor", &lane_stage);
+  m.def("misbehave(int mode) -> ()", &misbehave);
 }
 
 KRU_EMU_TORCH_LIBRARY_IMPL(KRU_EMU_LIB, CPU, m) {

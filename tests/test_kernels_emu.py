@@ -200,6 +200,20 @@ def test_emulated_warp_shuffles_apply_a_factor_to_a_lane_bit(emu, order, bit):
     torch.testing.assert_close(emu.lane_stage(x, w, bit), kron_matvec_ref(x, factors), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("mode,message", [
+    (1, r"thread 5 exited while thread \d+ waits at the __syncthreads\(\)"),
+    (2, r"threads wait at different barriers"),
+    (3, r"lane 8 of warp 1 exited while lane \d+ waits at the warp operation"),
+    (4, r"wrote past its 64 bytes of dynamic shared memory"),
+], ids=["exit-at-barrier", "two-barriers", "exit-at-shuffle", "smem-overflow"])
+def test_the_emulator_reports_what_hangs_or_corrupts_a_gpu(emu, mode, message):
+    """cuda/kru_emu.cpp's misbehaving_kernel plants each fault; mode 0 (none) runs clean."""
+    configure(emu)
+    emu.misbehave(0)
+    with pytest.raises(RuntimeError, match=message):
+        emu.misbehave(mode)
+
+
 def test_every_barrier_of_the_kernels_runs(emu):
     emu.configure(0, 0, -1, DEFAULT_OPTIN)
     recurrence_errors(emu, [4, 2], 2, 2, True, "modrelu")
