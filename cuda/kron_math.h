@@ -18,7 +18,7 @@
 #else
 #define KRU_HD inline
 #endif
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDACC__)  // nvcc, both passes (its host pass warns on GCC's pragma in device functions)
 #define KRU_UNROLL _Pragma("unroll")
 #else
 #define KRU_UNROLL _Pragma("GCC unroll 16")
@@ -86,11 +86,14 @@ KRU_HD void cmac_conj(T ar, T ai, T br, T bi, T& re, T& im) {
   }
 }
 
-// Position of element (a, j, r) of a state viewed as (pre, q, post).
-KRU_HD long stage_index(long a, long j, long r, long q, long post) { return (a * q + j) * post + r; }
+// Position of element (a, j, r) of a state viewed as (pre, q, post). I: the index type, long on the CPU,
+// int on the GPU (where 64-bit division is a subroutine call and 64-bit arithmetic takes two registers).
+template <typename I>
+KRU_HD I stage_index(I a, I j, I r, I q, I post) { return (a * q + j) * post + r; }
 
 // Coordinates (a, i, r) of output element o of a stage whose output is viewed as (pre, p, post).
-KRU_HD void stage_coords(long o, long p, long post, long& a, long& i, long& r) {
+template <typename I>
+KRU_HD void stage_coords(I o, I p, I post, I& a, I& i, I& r) {
   r = o % post;
   i = (o / post) % p;
   a = o / (post * p);

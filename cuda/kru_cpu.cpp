@@ -27,7 +27,7 @@ void stage_rows(const Stage& s, const T* __restrict wr, const T* __restrict wi, 
     const T* rowi = wi + s.woff + i * s.q;
     for (long a = 0; a < s.pre; ++a)
       for (long r = 0; r < s.post; ++r) {
-        const long xo = stage_index(a, 0, r, s.q, s.post) * L, yo = stage_index(a, i, r, s.p, s.post) * L;
+        const long xo = stage_index<long>(a, 0, r, s.q, s.post) * L, yo = stage_index<long>(a, i, r, s.p, s.post) * L;
 #pragma omp simd
         for (int l = 0; l < L; ++l)  // vertical multiply-adds across the batch lanes
           row_dot<T, CPLX, Q>(rowr, rowi, s.q, xr + xo + l, xi + xo + l, xstep, yr[yo + l], yi[yo + l]);
@@ -46,7 +46,7 @@ void stage_groups(const Stage& s, const T* wr, const T* wi, const T* xr, const T
   const long post = s.post;
   for (long a = 0; a < s.pre; ++a)
     for (long r = 0; r < post; ++r) {
-      const long xo = stage_index(a, 0, r, Q, post), yo = stage_index(a, 0, r, P, post);
+      const long xo = stage_index<long>(a, 0, r, Q, post), yo = stage_index<long>(a, 0, r, P, post);
       V in_r[Q], in_i[Q];
 #pragma GCC unroll 16
       for (int j = 0; j < Q; ++j) {
@@ -79,9 +79,10 @@ void factor_grad_entries(const Stage& s, const T* __restrict dyr, const T* __res
       T rr[L] = {}, ii[L] = {}, ri[L] = {}, ir[L] = {};
       for (long a = 0; a < s.pre; ++a)
         for (long r = 0; r < s.post; ++r) {
-          const long yo = stage_index(a, i, r, s.p, s.post) * L, xo = stage_index(a, j, r, s.q, s.post) * L;
+          const long yo = stage_index<long>(a, i, r, s.p, s.post) * L, xo = stage_index<long>(a, j, r, s.q, s.post) * L;
 #pragma omp simd
-          for (int l = 0; l < L; ++l) cmac4<T, CPLX>(dyr[yo + l], dyi[yo + l], xr[xo + l], xi[xo + l], rr[l], ii[l], ri[l], ir[l]);
+          for (int l = 0; l < L; ++l)
+            cmac4<T, CPLX>(dyr[yo + l], dyi[yo + l], xr[xo + l], xi[xo + l], rr[l], ii[l], ri[l], ir[l]);
         }
       const long go = (s.woff + i * s.q + j) * L;
 #pragma omp simd
@@ -105,7 +106,7 @@ void factor_grad_rows(const Stage& s, const T* dyr, const T* dyi, const T* xr, c
     V re[2][Q] = {}, im[2][Q] = {};
     for (long a = 0; a < s.pre; ++a)
       for (long r = 0; r < post; ++r) {
-        const long yo = stage_index(a, i, r, P, post), xo = stage_index(a, 0, r, Q, post);
+        const long yo = stage_index<long>(a, i, r, P, post), xo = stage_index<long>(a, 0, r, Q, post);
         const V d0r = DR[yo], d0i = CPLX ? DI[yo] : V{}, d1r = DR[yo + post], d1i = CPLX ? DI[yo + post] : V{};
 #pragma GCC unroll 16
         for (int j = 0; j < Q; ++j) {
@@ -452,8 +453,7 @@ at::Tensor kron_matvec_cpu(const at::Tensor& x, const at::Tensor& w, at::IntArra
 
 std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
                                                             const at::Tensor& w, at::IntArrayRef shapes) {
-  const Plan plan = check_matvec(x, w, shapes);
-  check_same(x, grad_y, "grad_y");
+  const Plan plan = check_matvec_backward(grad_y, x, w, shapes);
   const Plan adj = adjoint_plan(plan);
   const auto [wr, wi, awr, awi] = backward_planes(w, plan);
   const long M = x.size(0);
@@ -480,6 +480,8 @@ TORCH_LIBRARY(krubench, m) {
   m.def("kru_recurrence_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
         "Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
   // The same on the CPU kernel's own layout (krubench.ops.lanes); CPU only.
+  // CUDA only: the register-resident forward (2x2 factors; kru_cuda.cu)
+  m.def("kru_recurrence_regs(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
   m.def("kru_recurrence_lanes(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
   m.def("kru_recurrence_lanes_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, "
         "str nonlinearity, Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");

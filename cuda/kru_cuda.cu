@@ -7,11 +7,12 @@
 // inputs from the stored h_{t-1} (kept in a per-block global scratch that stays in L2), applies the
 // conjugate-transposed factors, and accumulates each factor's gradient per block across all steps
 // (a block reduction, no atomics); the blocks' partials are summed once at the end.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-
+//
+// Compiled by nvcc for the GPU backend, and as host C++ by kru_emu.cpp (KRU_EMULATE) for the emulator that
+// tests these kernels without a GPU: the runtime calls go through kru_device.h.
 #include "kru_plan.h"
+// after ATen: in the emulator, kru_device.h defines CUDA's keywords (__device__, ...) as macros
+#include "kru_device.h"
 
 namespace kru {
 namespace {
@@ -65,16 +66,17 @@ template <typename T, bool CPLX>
 __device__ void stage(const DevStage& s, const T* wr, const T* wi, const T* xr, const T* xi, T* yr, T* yi) {
   const int outputs = s.pre * s.p * s.post;
   for (int o = threadIdx.x; o < outputs; o += blockDim.x) {
-    long a, i, r;
+    int a, i, r;
     stage_coords(o, s.p, s.post, a, i, r);
-    const long x0 = stage_index(a, 0, r, s.q, s.post);
+    const int x0 = stage_index(a, 0, r, s.q, s.post);
     row_dot<T, CPLX, 0>(wr + s.woff + i * s.q, wi + s.woff + i * s.q, s.q, xr + x0, xi + x0, s.post, yr[o], yi[o]);
   }
   __syncthreads();
 }
 
 // g[woff + i q + j] += Σ_{a,r} dy[(a,i,r)] conj(x[(a,j,r)]): work items (entry, slice) reduce over the
-// groups of their slice into red (shared), then the owner of each entry adds the slices up.
+// groups of their slice into red (shared), then the owner of each entry adds the slices up. Reads dy, x
+// and writes red, g only: it may be followed by a stage() on dy without a barrier in between.
 template <typename T, bool CPLX>
 __device__ void accumulate_factor_grad(const DevStage& s, const T* dyr, const T* dyi, const T* xr, const T* xi,
                                        T* redr, T* redi, T* gr, T* gi) {
@@ -84,8 +86,8 @@ __device__ void accumulate_factor_grad(const DevStage& s, const T* dyr, const T*
     const int e = item % E, slice = item / E, i = e / s.q, j = e % s.q;
     T rr = 0, ii = 0, ri = 0, ir = 0;
     for (int grp = slice; grp < groups; grp += slices) {
-      const long a = grp / s.post, r = grp % s.post;
-      const long yo = stage_index(a, i, r, s.p, s.post), xo = stage_index(a, j, r, s.q, s.post);
+      const int a = grp / s.post, r = grp % s.post;
+      const int yo = stage_index(a, i, r, s.p, s.post), xo = stage_index(a, j, r, s.q, s.post);
       cmac4<T, CPLX>(dyr[yo], dyi[yo], xr[xo], xi[xo], rr, ii, ri, ir);
     }
     redr[item] = rr + ii;  // Σ dy · conj(x)
@@ -101,7 +103,7 @@ __device__ void accumulate_factor_grad(const DevStage& s, const T* dyr, const T*
     gr[s.woff + e] += sr;
     gi[s.woff + e] += si;
   }
-  __syncthreads();
+  // No barrier: the callers' next stage() ends with one before the next call writes red again.
 }
 
 template <typename T>
@@ -112,44 +114,47 @@ __device__ void load_factors(const T* wr, const T* wi, int n, T* sr, T* si) {
   }
 }
 
-// Shared memory of a forward kernel: the factors' planes (2 wsize), then a ping-pong of two states of
-// n elements (real plane, imaginary plane).
+// Two state buffers of n elements (real plane, imaginary plane) at `at`, x the current one. A stage reads x
+// and writes y, then swap() makes y current. Swapped by value, not indexed by a run-time bit: an array of
+// pointers indexed at run time lives on the stack, and the loads through it become generic loads instead
+// of shared-memory ones.
 template <typename T>
-struct ForwardShared {
-  T *wr, *wi, *br[2], *bi[2];
-  __device__ ForwardShared(unsigned char* smem, int wsize, int n) {
-    wr = reinterpret_cast<T*>(smem);
-    wi = wr + wsize;
-    br[0] = wi + wsize;
-    br[1] = br[0] + 2 * n;
-    bi[0] = br[0] + n;
-    bi[1] = br[1] + n;
+struct PingPong {
+  T *xr, *xi, *yr, *yi;
+  __device__ PingPong(T* at, int n) : xr(at), xi(at + n), yr(at + 2 * n), yi(at + 3 * n) {}
+  __device__ void swap() {
+    T* t = xr;
+    xr = yr;
+    yr = t;
+    t = xi;
+    xi = yi;
+    yi = t;
   }
 };
 
-// Shared memory: ForwardShared with n = N. Block b runs sequence b.
+// Shared memory: the factors' planes (2 wsize), a PingPong of N. Block b runs sequence b.
 template <typename T, bool CPLX, int NL>
 __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* u, const T* h0,
                                           const T* bias, T* H, int steps) {
-  extern __shared__ unsigned char smem[];
+  KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
   const int N = plan.n_in;
-  ForwardShared<T> sh(smem, plan.wsize, N);
-  T *wr = sh.wr, *wi = sh.wi, **br = sh.br, **bi = sh.bi;
+  T* wr = reinterpret_cast<T*>(smem);
+  T* wi = wr + plan.wsize;
+  PingPong<T> h(wi + plan.wsize, N);
   const long b = blockIdx.x;
   load_factors(wr_g, wi_g, plan.wsize, wr, wi);
-  load_planes(h0 + b * N * C, N, CPLX, br[0], bi[0]);
+  load_planes(h0 + b * N * C, N, CPLX, h.xr, h.xi);
   __syncthreads();
   for (int t = 0; t < steps; ++t) {
-    int cur = 0;
-    for (int f = 0; f < plan.k; ++f, cur ^= 1) stage<T, CPLX>(plan.s[f], wr, wi, br[cur], bi[cur], br[cur ^ 1], bi[cur ^ 1]);
+    for (int f = 0; f < plan.k; ++f, h.swap()) stage<T, CPLX>(plan.s[f], wr, wi, h.xr, h.xi, h.yr, h.yi);
     const T* ut = u + (b * steps + t) * N * C;
     T* ht = H + (b * steps + t) * N * C;
-    for (int n = threadIdx.x; n < N; n += blockDim.x) {  // h_t = σ(W h_{t-1} + u_t) into buffer 0
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {  // h_t = σ(W h_{t-1} + u_t), in place
       T hr, hi;
-      nl_forward<NL, T, CPLX>(br[cur][n] + ut[n * C], CPLX ? bi[cur][n] + ut[n * C + 1] : T(0), bias[n], hr, hi);
-      br[0][n] = hr;
-      bi[0][n] = hi;
+      nl_forward<NL, T, CPLX>(h.xr[n] + ut[n * C], CPLX ? h.xi[n] + ut[n * C + 1] : T(0), bias[n], hr, hi);
+      h.xr[n] = hr;
+      h.xi[n] = hi;
       ht[n * C] = hr;
       if (CPLX) ht[n * C + 1] = hi;
     }
@@ -157,30 +162,31 @@ __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* 
   }
 }
 
-// Shared memory: factors and their adjoints (4 wsize), ∂L/∂h (2 N), dy ping-pong (4 N), the reduction
-// scratch (2 max(blockDim, max p q)). Global scratch ws: this block's stage inputs, (k + 1) × 2 N.
+// Shared memory: factors and their adjoints (4 wsize), a PingPong of N for ∂L/∂h_t and the adjoint stages
+// (x holds ∂L/∂h between steps), the reduction scratch (2 max(blockDim, max p q)). Global scratch ws: this
+// block's stage inputs, (k + 1) × 2 N.
 // Reads H, never u (nl_backward works from h_t); gu may be gH itself (each element is read, then written,
 // by one thread).
 template <typename T, bool CPLX, int NL>
 __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* awr_g,
                                            const T* awi_g, const T* h0, const T* H, const T* gH, const T* bias,
                                            int steps, T* gu, T* gh0, T* gwr, T* gwi, T* gb, T* ws) {
-  extern __shared__ unsigned char smem[];
+  KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
   const int N = plan.n_in, red = max(static_cast<int>(blockDim.x), plan.max_entries);
   T* wr = reinterpret_cast<T*>(smem);
   T *wi = wr + plan.wsize, *awr = wi + plan.wsize, *awi = awr + plan.wsize;
-  T *gr = awi + plan.wsize, *gi = gr + N;
-  T *dr[2] = {gi + N, gi + 3 * N}, *di[2] = {gi + 2 * N, gi + 4 * N};
-  T *redr = gi + 5 * N, *redi = redr + red;
+  PingPong<T> d(awi + plan.wsize, N);
+  T *redr = awi + plan.wsize + 4 * N, *redi = redr + red;
   const long b = blockIdx.x;
   T* sr = ws + b * (plan.k + 1) * 2 * N;  // stage input f: planes sr + 2 f N (re), + N (im)
   T *bgr = gwr + b * plan.wsize, *bgi = gwi + b * plan.wsize, *bgb = gb + b * N;
   load_factors(wr_g, wi_g, plan.wsize, wr, wi);
   load_factors(awr_g, awi_g, plan.wsize, awr, awi);
-  for (int n = threadIdx.x; n < N; n += blockDim.x) gr[n] = gi[n] = T(0);
-  __syncthreads();
+  for (int n = threadIdx.x; n < N; n += blockDim.x) d.xr[n] = d.xi[n] = T(0);  // ∂L/∂h_T: none
   for (int t = steps - 1; t >= 0; --t) {
+    // The barrier after this load also orders the loads above (the zeros are read below, and by
+    // store_planes after the loop when steps = 0, by the threads that wrote them).
     load_planes(t > 0 ? H + (b * steps + t - 1) * N * C : h0 + b * N * C, N, CPLX, sr, sr + N);
     __syncthreads();
     for (int f = 0; f + 1 < plan.k; ++f)  // recompute the stage inputs of step t
@@ -189,44 +195,41 @@ __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T*
     const long row = (b * steps + t) * N * C;
     for (int n = threadIdx.x; n < N; n += blockDim.x) {
       const long x = row + n * C;
-      nl_backward<NL, T, CPLX>(H[x], CPLX ? H[x + 1] : T(0), bias[n], gr[n] + gH[x], CPLX ? gi[n] + gH[x + 1] : T(0),
-                               dr[0][n], di[0][n], bgb[n]);
-      gu[x] = dr[0][n];
-      if (CPLX) gu[x + 1] = di[0][n];
+      T dzr, dzi;  // ∂L/∂z_t from ∂L/∂h_t = the carried d.x + gH_t, in place
+      nl_backward<NL, T, CPLX>(H[x], CPLX ? H[x + 1] : T(0), bias[n], d.xr[n] + gH[x],
+                               CPLX ? d.xi[n] + gH[x + 1] : T(0), dzr, dzi, bgb[n]);
+      d.xr[n] = dzr;
+      d.xi[n] = dzi;
+      gu[x] = dzr;
+      if (CPLX) gu[x + 1] = dzi;
     }
     __syncthreads();
-    int cur = 0;
-    for (int f = plan.k - 1; f >= 0; --f, cur ^= 1) {
-      accumulate_factor_grad<T, CPLX>(plan.s[f], dr[cur], di[cur], sr + 2 * f * N, sr + (2 * f + 1) * N, redr, redi,
-                                      bgr, bgi);
+    for (int f = plan.k - 1; f >= 0; --f, d.swap()) {  // ends with ∂L/∂h_{t-1} in d.x
+      accumulate_factor_grad<T, CPLX>(plan.s[f], d.xr, d.xi, sr + 2 * f * N, sr + (2 * f + 1) * N, redr, redi, bgr,
+                                      bgi);
       DevStage adj = plan.s[f];
       adj.p = plan.s[f].q;
       adj.q = plan.s[f].p;
-      stage<T, CPLX>(adj, awr, awi, dr[cur], di[cur], dr[cur ^ 1], di[cur ^ 1]);
+      stage<T, CPLX>(adj, awr, awi, d.xr, d.xi, d.yr, d.yi);
     }
-    for (int n = threadIdx.x; n < N; n += blockDim.x) {  // ∂L/∂h_{t-1}
-      gr[n] = dr[cur][n];
-      gi[n] = di[cur][n];
-    }
-    __syncthreads();
   }
-  store_planes(gr, gi, N, CPLX, gh0 + b * N * C);
+  store_planes(d.xr, d.xi, N, CPLX, gh0 + b * N * C);
 }
 
-// Row m of x through every stage. Shared memory: ForwardShared with n = max_size.
+// Row m of x through every stage. Shared memory: the factors' planes (2 wsize), a PingPong of max_size.
 template <typename T, bool CPLX>
 __global__ void matvec_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* x, T* y) {
-  extern __shared__ unsigned char smem[];
+  KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
-  ForwardShared<T> sh(smem, plan.wsize, plan.max_size);
-  T *wr = sh.wr, *wi = sh.wi, **br = sh.br, **bi = sh.bi;
+  T* wr = reinterpret_cast<T*>(smem);
+  T* wi = wr + plan.wsize;
+  PingPong<T> v(wi + plan.wsize, plan.max_size);
   const long m = blockIdx.x;
   load_factors(wr_g, wi_g, plan.wsize, wr, wi);
-  load_planes(x + m * plan.n_in * C, plan.n_in, CPLX, br[0], bi[0]);
+  load_planes(x + m * plan.n_in * C, plan.n_in, CPLX, v.xr, v.xi);
   __syncthreads();
-  int cur = 0;
-  for (int f = 0; f < plan.k; ++f, cur ^= 1) stage<T, CPLX>(plan.s[f], wr, wi, br[cur], bi[cur], br[cur ^ 1], bi[cur ^ 1]);
-  store_planes(br[cur], bi[cur], plan.n_out, CPLX, y + m * plan.n_out * C);
+  for (int f = 0; f < plan.k; ++f, v.swap()) stage<T, CPLX>(plan.s[f], wr, wi, v.xr, v.xi, v.yr, v.yi);
+  store_planes(v.xr, v.xi, plan.n_out, CPLX, y + m * plan.n_out * C);
 }
 
 // Shared memory: factors and adjoints (4 wsize), dy ping-pong (4 max_size), reduction scratch.
@@ -234,33 +237,171 @@ __global__ void matvec_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g
 template <typename T, bool CPLX>
 __global__ void matvec_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* awr_g, const T* awi_g,
                                        const T* x, const T* gy, T* gx, T* gwr, T* gwi, T* ws) {
-  extern __shared__ unsigned char smem[];
+  KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
   const int S = plan.max_size, red = max(static_cast<int>(blockDim.x), plan.max_entries);
   T* wr = reinterpret_cast<T*>(smem);
   T *wi = wr + plan.wsize, *awr = wi + plan.wsize, *awi = awr + plan.wsize;
-  T *dr[2] = {awi + plan.wsize, awi + plan.wsize + 2 * S}, *di[2] = {dr[0] + S, dr[1] + S};
-  T *redr = dr[1] + 2 * S, *redi = redr + red;
+  PingPong<T> d(awi + plan.wsize, S);
+  T *redr = awi + plan.wsize + 4 * S, *redi = redr + red;
   const long m = blockIdx.x;
   T* sr = ws + m * (plan.k + 1) * 2 * S;
   T *mgr = gwr + m * plan.wsize, *mgi = gwi + m * plan.wsize;
   load_factors(wr_g, wi_g, plan.wsize, wr, wi);
   load_factors(awr_g, awi_g, plan.wsize, awr, awi);
   load_planes(x + m * plan.n_in * C, plan.n_in, CPLX, sr, sr + S);
-  load_planes(gy + m * plan.n_out * C, plan.n_out, CPLX, dr[0], di[0]);
+  load_planes(gy + m * plan.n_out * C, plan.n_out, CPLX, d.xr, d.xi);
   __syncthreads();
   for (int f = 0; f < plan.k; ++f)
     stage<T, CPLX>(plan.s[f], wr, wi, sr + 2 * f * S, sr + (2 * f + 1) * S, sr + 2 * (f + 1) * S, sr + (2 * f + 3) * S);
-  int cur = 0;
-  for (int f = plan.k - 1; f >= 0; --f, cur ^= 1) {
-    accumulate_factor_grad<T, CPLX>(plan.s[f], dr[cur], di[cur], sr + 2 * f * S, sr + (2 * f + 1) * S, redr, redi, mgr,
-                                    mgi);
+  for (int f = plan.k - 1; f >= 0; --f, d.swap()) {
+    accumulate_factor_grad<T, CPLX>(plan.s[f], d.xr, d.xi, sr + 2 * f * S, sr + (2 * f + 1) * S, redr, redi, mgr, mgi);
     DevStage adj = plan.s[f];
     adj.p = plan.s[f].q;
     adj.q = plan.s[f].p;
-    stage<T, CPLX>(adj, awr, awi, dr[cur], di[cur], dr[cur ^ 1], di[cur ^ 1]);
+    stage<T, CPLX>(adj, awr, awi, d.xr, d.xi, d.yr, d.yi);
   }
-  store_planes(dr[cur], di[cur], plan.n_in, CPLX, gx + m * plan.n_in * C);
+  store_planes(d.xr, d.xi, plan.n_in, CPLX, gx + m * plan.n_in * C);
+}
+
+// ---- register-resident forward (a first step of the design in BENCHMARKS.md, "Performance model") ----
+//
+// 2×2 factors, N = 2^k: each thread holds R = 2^kRegBits elements of the state in registers, the elements
+// whose index bits [s, s + kRegBits) vary (a "layout" s; the thread number supplies the other bits). A
+// factor on a bit of the current layout is applied in registers; a transpose through shared memory (two
+// buffers, one barrier) changes the layout. A step visits the layouts s_0 < s_1 < ... (even steps) or
+// in reverse (odd steps), so it starts where the previous one ended: Kronecker factors on different bits
+// commute. u_{t+1} is loaded at the start of step t, in the layout step t+1 ends in. Forward only.
+
+constexpr int kRegBits = 3;
+constexpr int kRegs = 1 << kRegBits;
+
+struct RegsPlan {
+  int log_n, groups;  // layouts: s_g = min(g kRegBits, log_n - kRegBits); group g applies bits [g kRegBits, ...)
+};
+
+__device__ __forceinline__ int layout_start(const RegsPlan& p, int g) { return min(g * kRegBits, p.log_n - kRegBits); }
+
+// Index of element e of thread `tid` in the layout starting at bit s.
+__device__ __forceinline__ int regs_index(int s, int tid, int e) {
+  return ((tid >> s) << (s + kRegBits)) | (e << s) | (tid & ((1 << s) - 1));
+}
+
+// The factor on register bit J (of the layout) applied to the kRegs elements in registers: w points at the
+// factor's four entries (planes, row-major).
+template <int J, typename T, bool CPLX>
+__device__ __forceinline__ void regs_stage(const T* wr, const T* wi, T (&xr)[kRegs], T (&xi)[kRegs]) {
+  const T a00r = wr[0], a01r = wr[1], a10r = wr[2], a11r = wr[3];
+  const T a00i = CPLX ? wi[0] : T(0), a01i = CPLX ? wi[1] : T(0), a10i = CPLX ? wi[2] : T(0), a11i = CPLX ? wi[3] : T(0);
+  KRU_UNROLL
+  for (int e = 0; e < kRegs; ++e) {
+    if (e & (1 << J)) continue;
+    const int e1 = e | (1 << J);
+    const T x0r = xr[e], x0i = xi[e], x1r = xr[e1], x1i = xi[e1];
+    xr[e] = a00r * x0r + a01r * x1r;
+    xr[e1] = a10r * x0r + a11r * x1r;
+    if (CPLX) {
+      xr[e] += -a00i * x0i - a01i * x1i;
+      xr[e1] += -a10i * x0i - a11i * x1i;
+      xi[e] = a00r * x0i + a00i * x0r + a01r * x1i + a01i * x1r;
+      xi[e1] = a10r * x0i + a10i * x0r + a11r * x1i + a11i * x1r;
+    }
+  }
+}
+
+// The factors of layout group g (bits [g kRegBits, min((g + 1) kRegBits, log_n))) in registers. Factor f
+// acts on bit log_n - 1 - f (factor 0 on the most significant axis, as in the reference).
+template <typename T, bool CPLX>
+__device__ __forceinline__ void regs_group(const RegsPlan& p, int g, const T* wr, const T* wi, T (&xr)[kRegs],
+                                           T (&xi)[kRegs]) {
+  const int s = layout_start(p, g), hi = min((g + 1) * kRegBits, p.log_n);
+  for (int bit = g * kRegBits; bit < hi; ++bit) {
+    const int f = p.log_n - 1 - bit, j = bit - s;
+    if (j == 0) regs_stage<0, T, CPLX>(wr + 4 * f, wi + 4 * f, xr, xi);
+    else if (j == 1) regs_stage<1, T, CPLX>(wr + 4 * f, wi + 4 * f, xr, xi);
+    else regs_stage<2, T, CPLX>(wr + 4 * f, wi + 4 * f, xr, xi);
+  }
+}
+
+// Shared memory: the factors' planes (2 · 4 log_n), two transpose buffers of N (real and imaginary planes).
+// blockDim.x = N / kRegs. Block b runs sequence b.
+template <typename T, bool CPLX, int NL>
+__global__ void recurrence_forward_regs_kernel(RegsPlan p, const T* wr_g, const T* wi_g, const T* u, const T* h0,
+                                               const T* bias, T* H, int steps) {
+  KRU_DYNAMIC_SHARED(smem);
+  constexpr int C = CPLX ? 2 : 1;
+  const int N = 1 << p.log_n, wsize = 4 * p.log_n, tid = threadIdx.x;
+  T* wr = reinterpret_cast<T*>(smem);
+  T* wi = wr + wsize;
+  T *buf0 = wi + wsize, *buf1 = buf0 + 2 * N;
+  const long b = blockIdx.x;
+  load_factors(wr_g, wi_g, wsize, wr, wi);
+  const int first = layout_start(p, 0), last = layout_start(p, p.groups - 1);
+  T xr[kRegs], xi[kRegs], ur[kRegs], ui[kRegs], bias_first[kRegs], bias_last[kRegs];
+  KRU_UNROLL
+  for (int e = 0; e < kRegs; ++e) {
+    const int n0 = regs_index(first, tid, e), n1 = regs_index(last, tid, e);
+    xr[e] = h0[(b * N + n0) * C];
+    xi[e] = CPLX ? h0[(b * N + n0) * C + 1] : T(0);
+    bias_first[e] = bias[n0];
+    bias_last[e] = bias[n1];
+    if (steps > 0) {  // u_0, in the layout step 0 ends in
+      ur[e] = u[(b * steps * N + n1) * C];
+      ui[e] = CPLX ? u[(b * steps * N + n1) * C + 1] : T(0);
+    }
+  }
+  __syncthreads();  // the factors
+  int parity = 0;
+  for (int t = 0; t < steps; ++t) {
+    const bool forward = (t & 1) == 0;
+    const int start = forward ? first : last, end = forward ? last : first;
+    T nr[kRegs] = {}, ni[kRegs] = {};  // u_{t+1}, in the layout step t+1 ends in (the one this step starts in)
+    if (t + 1 < steps) {
+      KRU_UNROLL
+      for (int e = 0; e < kRegs; ++e) {
+        const long at = (b * steps + t + 1) * N + regs_index(start, tid, e);
+        nr[e] = u[at * C];
+        ni[e] = CPLX ? u[at * C + 1] : T(0);
+      }
+    }
+    for (int i = 0; i < p.groups; ++i) {
+      const int g = forward ? i : p.groups - 1 - i;
+      if (i > 0) {  // transpose from the previous group's layout to g's
+        const int from = layout_start(p, forward ? g - 1 : g + 1), to = layout_start(p, g);
+        T* br = parity ? buf1 : buf0;
+        T* bi = br + N;
+        KRU_UNROLL
+        for (int e = 0; e < kRegs; ++e) {
+          const int n = regs_index(from, tid, e);
+          br[n] = xr[e];
+          bi[n] = xi[e];
+        }
+        __syncthreads();
+        KRU_UNROLL
+        for (int e = 0; e < kRegs; ++e) {
+          const int n = regs_index(to, tid, e);
+          xr[e] = br[n];
+          xi[e] = bi[n];
+        }
+        parity ^= 1;  // the next transpose writes the other buffer: no barrier before its writes
+      }
+      regs_group<T, CPLX>(p, g, wr, wi, xr, xi);
+    }
+    T* ht = H + (b * steps + t) * N * C;
+    KRU_UNROLL
+    for (int e = 0; e < kRegs; ++e) {  // h_t = σ(W h_{t-1} + u_t), in the layout `end`
+      T hr, hi;
+      nl_forward<NL, T, CPLX>(xr[e] + ur[e], CPLX ? xi[e] + ui[e] : T(0), forward ? bias_last[e] : bias_first[e], hr,
+                              hi);
+      xr[e] = hr;
+      xi[e] = hi;
+      const int n = regs_index(end, tid, e);
+      ht[n * C] = hr;
+      if (CPLX) ht[n * C + 1] = hi;
+      ur[e] = nr[e];
+      ui[e] = ni[e];
+    }
+  }
 }
 
 // ---- host side ----
@@ -270,22 +411,37 @@ int block_threads(long size) { return size >= 512 ? 256 : 128; }
 template <typename T>
 T* ptr(const at::Tensor& t) { return static_cast<T*>(t.data_ptr()); }
 
-// Checks that `smem` bytes of shared memory fit a block and lets `kernel` use more than the default 48 KB.
+// Checks that `smem` bytes of shared memory fit a block of the current device (its opt-in limit, queried:
+// 227 KB on H100/H200, 163 KB on A100, 99 KB on Ada and Ampere consumer parts) and lets `kernel` use more
+// than the default 48 KB.
 template <typename Kernel>
-void allow_shared_memory(Kernel kernel, size_t smem, const char* what) {
-  TORCH_CHECK(smem <= 227 * 1024, "krubench (cuda): ", what, " needs ", smem, " bytes of shared memory, more than ",
-              "a GPU block offers; use a smaller hidden size or the cpp/reference backend");
-  if (smem > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+void allow_shared_memory(Kernel kernel, size_t smem, const at::Tensor& on, const char* what) {
+  const size_t limit = gpu::smem_optin(on.get_device());
+  TORCH_CHECK(smem <= limit, "krubench (cuda): ", what, " needs ", smem,
+              " bytes of shared memory per block, more than this GPU's ", limit,
+              "; use a smaller hidden size or the cpp/reference backend");
+  if (smem > 48 * 1024) gpu::allow_smem(kernel, smem);
 }
 
+at::TensorOptions real_options(const at::Tensor& like) {
+  return like.options().dtype(c10::toRealValueType(like.scalar_type()));
+}
+
+// Accumulators (added to across steps): zeros.
 at::Tensor real_zeros(std::initializer_list<int64_t> sizes, const at::Tensor& like) {
-  return at::zeros(sizes, like.options().dtype(c10::toRealValueType(like.scalar_type())));
+  return at::zeros(sizes, real_options(like));
+}
+
+// The backward kernels' stage-input scratch: every element is written before it is read, so it is not
+// zero-filled (poisoned with NaN under KRUBENCH_POISON_OUTPUTS, which the tests set, to check that claim).
+at::Tensor scratch(std::initializer_list<int64_t> sizes, const at::Tensor& like) {
+  return new_output(sizes, real_options(like));
 }
 
 at::Tensor kru_recurrence_cuda(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
                                c10::string_view nonlinearity, const at::Tensor& bias) {
   const Plan plan = check_recurrence(u, h0, w, shapes, bias);
-  const c10::cuda::CUDAGuard guard(u.device());
+  const gpu::Guard guard(u.device());
   const DevPlan dp = device_plan(plan);
   at::Tensor wr, wi;
   std::tie(wr, wi) = factor_planes(w, plan, false);
@@ -293,16 +449,48 @@ at::Tensor kru_recurrence_cuda(const at::Tensor& u, const at::Tensor& h0, const 
   const long B = u.size(0);
   if (B == 0 || u.size(1) == 0) return H;
   const int threads = block_threads(plan.n_in);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = gpu::stream();
   dispatch_dtype(u.scalar_type(), [&](auto t, auto c) {
     dispatch_nonlinearity(nonlinearity, [&](auto nl) {
       using T = decltype(t);
       auto kernel = recurrence_forward_kernel<T, decltype(c)::value, decltype(nl)::value>;
       const size_t smem = (2 * plan.wsize + 4 * plan.n_in) * sizeof(T);
-      allow_shared_memory(kernel, smem, "the recurrence");
-      kernel<<<B, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0), ptr<T>(bias), ptr<T>(H),
-                                           static_cast<int>(u.size(1)));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      allow_shared_memory(kernel, smem, u, "the recurrence");
+      KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0), ptr<T>(bias),
+                 ptr<T>(H), static_cast<int>(u.size(1)));
+    });
+  });
+  return H;
+}
+
+// The register-resident forward: 2×2 factors (model.merge_upto=2), N = 8 ... 8192. A first step of the design
+// in BENCHMARKS.md: forward only, so kru_recurrence does not dispatch to it yet; scripts/gpu_check.py times it.
+at::Tensor kru_recurrence_regs_cuda(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
+                                    at::IntArrayRef shapes, c10::string_view nonlinearity, const at::Tensor& bias) {
+  const Plan plan = check_recurrence(u, h0, w, shapes, bias);
+  for (const Stage& st : plan.stages)
+    TORCH_CHECK(st.p == 2 && st.q == 2, "krubench (cuda): the register-resident recurrence takes 2x2 factors, got ",
+                shapes);
+  const int log_n = static_cast<int>(plan.stages.size());
+  TORCH_CHECK(log_n >= kRegBits && log_n <= 13, "krubench (cuda): the register-resident recurrence takes N = 8 to ",
+              "8192, got ", plan.n_in);
+  const gpu::Guard guard(u.device());
+  at::Tensor wr, wi;
+  std::tie(wr, wi) = factor_planes(w, plan, false);
+  at::Tensor H = new_output(u.sizes(), u.options());
+  const long B = u.size(0);
+  if (B == 0 || u.size(1) == 0) return H;
+  const RegsPlan rp{log_n, (log_n + kRegBits - 1) / kRegBits};
+  const int threads = static_cast<int>(plan.n_in >> kRegBits);
+  auto stream = gpu::stream();
+  dispatch_dtype(u.scalar_type(), [&](auto t, auto c) {
+    dispatch_nonlinearity(nonlinearity, [&](auto nl) {
+      using T = decltype(t);
+      auto kernel = recurrence_forward_regs_kernel<T, decltype(c)::value, decltype(nl)::value>;
+      const size_t smem = (8 * log_n + 4 * plan.n_in) * sizeof(T);
+      allow_shared_memory(kernel, smem, u, "the register-resident recurrence");
+      KRU_LAUNCH(kernel, B, threads, smem, stream, rp, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0), ptr<T>(bias),
+                 ptr<T>(H), static_cast<int>(u.size(1)));
     });
   });
   return H;
@@ -312,27 +500,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
     const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
     c10::string_view nonlinearity, const at::Tensor& bias, const at::Tensor& grad_u) {
   const Plan plan = check_recurrence_backward(grad_H, H, h0, w, shapes, bias, grad_u);
-  const c10::cuda::CUDAGuard guard(H.device());
+  const gpu::Guard guard(H.device());
   const DevPlan dp = device_plan(plan);
   const auto [wr, wi, awr, awi] = backward_planes(w, plan);
   const long B = H.size(0), N = plan.n_in;
   at::Tensor gh0 = new_output(h0.sizes(), h0.options());
   at::Tensor gwr = real_zeros({B, plan.wsize}, H), gwi = real_zeros({B, plan.wsize}, H), gb = real_zeros({B, N}, H);
-  at::Tensor ws = real_zeros({B, static_cast<long>(plan.stages.size()) + 1, 2, N}, H);
+  at::Tensor ws = scratch({B, static_cast<long>(plan.stages.size()) + 1, 2, N}, H);
   if (B > 0) {
     const int threads = block_threads(N);
-    auto stream = c10::cuda::getCurrentCUDAStream();
+    auto stream = gpu::stream();
     dispatch_dtype(H.scalar_type(), [&](auto t, auto c) {
       dispatch_nonlinearity(nonlinearity, [&](auto nl) {
         using T = decltype(t);
         auto kernel = recurrence_backward_kernel<T, decltype(c)::value, decltype(nl)::value>;
-        const size_t smem = (4 * plan.wsize + 6 * N + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
-        allow_shared_memory(kernel, smem, "the recurrence's backward pass");
-        kernel<<<B, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(h0),
-                                             ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), static_cast<int>(H.size(1)),
-                                             ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb),
-                                             ptr<T>(ws));
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+        const size_t smem = (4 * plan.wsize + 4 * N + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
+        allow_shared_memory(kernel, smem, H, "the recurrence's backward pass");
+        KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(h0),
+                   ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), static_cast<int>(H.size(1)),
+                   ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb),
+                   ptr<T>(ws));
       });
     });
   }
@@ -342,7 +529,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
 
 at::Tensor kron_matvec_cuda(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef shapes) {
   const Plan plan = check_matvec(x, w, shapes);
-  const c10::cuda::CUDAGuard guard(x.device());
+  const gpu::Guard guard(x.device());
   const DevPlan dp = device_plan(plan);
   at::Tensor wr, wi;
   std::tie(wr, wi) = factor_planes(w, plan, false);
@@ -350,40 +537,37 @@ at::Tensor kron_matvec_cuda(const at::Tensor& x, const at::Tensor& w, at::IntArr
   const long M = x.size(0);
   if (M == 0) return y;
   const int threads = block_threads(plan.max_size);
-  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto stream = gpu::stream();
   dispatch_dtype(x.scalar_type(), [&](auto t, auto c) {
     using T = decltype(t);
     auto kernel = matvec_forward_kernel<T, decltype(c)::value>;
     const size_t smem = (2 * plan.wsize + 4 * plan.max_size) * sizeof(T);
-    allow_shared_memory(kernel, smem, "kron_matvec");
-    kernel<<<M, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(x), ptr<T>(y));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    allow_shared_memory(kernel, smem, x, "kron_matvec");
+    KRU_LAUNCH(kernel, M, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(x), ptr<T>(y));
   });
   return y;
 }
 
 std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x,
                                                              const at::Tensor& w, at::IntArrayRef shapes) {
-  const Plan plan = check_matvec(x, w, shapes);
-  check_same(x, grad_y, "grad_y");
-  const c10::cuda::CUDAGuard guard(x.device());
+  const Plan plan = check_matvec_backward(grad_y, x, w, shapes);
+  const gpu::Guard guard(x.device());
   const DevPlan dp = device_plan(plan);
   const auto [wr, wi, awr, awi] = backward_planes(w, plan);
   const long M = x.size(0), S = plan.max_size;
   at::Tensor gx = new_output(x.sizes(), x.options());
   at::Tensor gwr = real_zeros({M, plan.wsize}, x), gwi = real_zeros({M, plan.wsize}, x);
-  at::Tensor ws = real_zeros({M, static_cast<long>(plan.stages.size()) + 1, 2, S}, x);
+  at::Tensor ws = scratch({M, static_cast<long>(plan.stages.size()) + 1, 2, S}, x);
   if (M > 0) {
     const int threads = block_threads(S);
-    auto stream = c10::cuda::getCurrentCUDAStream();
+    auto stream = gpu::stream();
     dispatch_dtype(x.scalar_type(), [&](auto t, auto c) {
       using T = decltype(t);
       auto kernel = matvec_backward_kernel<T, decltype(c)::value>;
       const size_t smem = (4 * plan.wsize + 4 * S + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
-      allow_shared_memory(kernel, smem, "kron_matvec's backward pass");
-      kernel<<<M, threads, smem, stream>>>(dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(x),
-                                           ptr<T>(grad_y), ptr<T>(gx), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(ws));
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      allow_shared_memory(kernel, smem, x, "kron_matvec's backward pass");
+      KRU_LAUNCH(kernel, M, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(x),
+                 ptr<T>(grad_y), ptr<T>(gx), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(ws));
     });
   }
   return {gx, combine_planes(gwr.sum(0), gwi.sum(0), x.is_complex())};
@@ -392,9 +576,12 @@ std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cuda(const at::Tensor& g
 }  // namespace
 }  // namespace kru
 
+#if !defined(KRU_EMULATE)  // kru_emu.cpp registers the emulated operators under krubench_emu
 TORCH_LIBRARY_IMPL(krubench, CUDA, m) {
   m.impl("kron_matvec", &kru::kron_matvec_cuda);
   m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cuda);
   m.impl("kru_recurrence", &kru::kru_recurrence_cuda);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cuda);
+  m.impl("kru_recurrence_regs", &kru::kru_recurrence_regs_cuda);
 }
+#endif

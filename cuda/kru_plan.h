@@ -2,7 +2,8 @@
 // the factors as real/imaginary planes, and the argument checks (errors name the bad value).
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <array>
 #include <cmath>
@@ -177,6 +178,16 @@ inline Plan check_matvec(const at::Tensor& x, const at::Tensor& w, at::IntArrayR
               " entries, got ", w.sizes());
   check_same(x, x, "x");
   check_same(x, w, "factors");
+  return plan;
+}
+
+// grad_y: (M, Π p), the gradient of kron_matvec's output; the rest as check_matvec.
+inline Plan check_matvec_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w,
+                                  at::IntArrayRef shapes) {
+  Plan plan = check_matvec(x, w, shapes);
+  check_same(x, grad_y, "grad_y");
+  TORCH_CHECK(grad_y.dim() == 2 && grad_y.size(0) == x.size(0) && grad_y.size(1) == plan.n_out,
+              "krubench: grad_y must be (M, Π p) = (", x.size(0), ", ", plan.n_out, "), got ", grad_y.sizes());
   return plan;
 }
 

@@ -1,28 +1,105 @@
 #!/usr/bin/env bash
-# The GPU check, as one prepared script for a short `device` session: build the cpp and cuda backends,
-# run the kernel tests on the GPU (tests/test_kernels.py, cuda rows), then benchmark the fused CUDA
-# kernel against cuDNN's nn.RNN (N=1024, B=128, T=1000, forward+backward) and the memory-traffic floor.
-#   bash scripts/gpu_check.sh [OUTDIR]        # logs go to OUTDIR (default $OUT, else /tmp/gpu_check)
+# The GPU check, one prepared script for a 10-minute device run. Phases, in order of priority, each under its
+# own timeout and all within GPU_CHECK_BUDGET seconds (default 570; a phase gets what is left, and is skipped
+# when under 20 s are left):
+#   preflight  torch/CUDA/cuDNN/driver versions, nvcc, CUDA_HOME, libcudart, ninja, pytest, compute-sanitizer
+#   build      the cpp and cuda backends (krubench-build)
+#   tests      tests/test_kernels.py, the cuda rows
+#   bench      forward and backward, N 128/512/1024 × B 32/128/1024, T 1000, vs nn.RNN (cuDNN, with the
+#              kernels it ran) and the HBM floor; the register-resident forward (kru_recurrence_regs) too
+#   large      N 1024/2048/4096 × B 133/257 × T 200: complex64 vs complex128 on the GPU, and the cpp backend
+#   memcheck, racecheck   compute-sanitizer on a tiny forward+backward of every kernel, where installed
+# Output: OUTDIR/summary.md (one Markdown document: the phases' verdicts, then each phase's table, for
+# BENCHMARKS.md) and one log per phase (at most 8 files in all: the device tool's limit).
+#   bash scripts/gpu_check.sh [--dry-run] [OUTDIR]   # OUTDIR: default $OUT, else /tmp/gpu_check
+# --dry-run: on the CPU at tiny sizes (the cpp backend standing in for cuda), to check the script itself.
 # Needs python3 with torch, pytest and filelock; krubench runs from this checkout (no install needed).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+dry=""
+if [[ "${1:-}" == "--dry-run" ]]; then
+  dry="--dry-run"
+  shift
+fi
 out=${1:-${OUT:-/tmp/gpu_check}}
+budget=${GPU_CHECK_BUDGET:-570}
 mkdir -p "$out"
+summary=$out/summary.md
+verdicts=$(mktemp) tables=$(mktemp)
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c \
-  "import torch; print('%d.%d' % torch.cuda.get_device_capability())")} || exit 1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python3 -c "import torch; print('torch', torch.__version__, 'arch', '$TORCH_CUDA_ARCH_LIST')"
 
-echo "== build"
-python3 -c "from krubench.ops.cli import build_main; raise SystemExit(build_main(['--backend', 'all']))" \
-  2>&1 | tee "$out/build.log" || exit 1
+# phase NAME LIMIT_S LOG COMMAND...: runs COMMAND under min(LIMIT_S, what is left of the budget), output to
+# the terminal and LOG, its tables into the summary; records ok / FAILED (rc) / TIMED OUT / skipped.
+phase() {
+  local name=$1 limit=$2 log=$3
+  shift 3
+  local left=$((budget - SECONDS - 5))
+  if ((left < 20)); then
+    echo "| $name | skipped: the ${budget} s budget is spent | 0 |" >>"$verdicts"
+    return 1
+  fi
+  ((limit > left)) && limit=$left
+  echo "== $name (at most ${limit} s)"
+  local started=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]} result=ok
+  ((rc == 124 || rc == 137)) && result="TIMED OUT after ${limit} s"
+  ((rc != 0 && rc != 124 && rc != 137)) && result="FAILED (exit $rc)"
+  echo "| $name | $result | $((SECONDS - started)) |" >>"$verdicts"
+  # the phase's tables and verdict lines, as Markdown blocks (blank lines around each table and heading)
+  grep -E '^(###|\||HBM floor|sanitize case|missing|[0-9]+ (passed|failed)|FAILED |ERROR |=+ ERROR SUMMARY)' "$log" |
+    awk '{ row = /^\|/; if (NR > 1 && (row != prev || /^###/ || was_heading)) print ""; print; prev = row; was_heading = /^###/ }
+         END { print "" }' >>"$tables"
+  return "$rc"
+}
 
-echo "== GPU kernel tests"
-python3 -m pytest -q --noconftest -p no:cacheprovider tests/test_kernels.py -k cuda 2>&1 | tee "$out/tests.log"
-tests=${PIPESTATUS[0]}
+py=(python3 scripts/gpu_check.py)
+if ! phase preflight 60 "$out/preflight.log" "${py[@]}" preflight $dry; then
+  echo "preflight found something missing: see above" >&2
+  preflight_failed=1
+fi
 
-echo "== benchmark"
-python3 scripts/bench_kernels.py --device cuda --batch 128 --steps 1000 --sizes 1024 --repeats 5 \
-  --skip-reference-above 0 2>&1 | tee "$out/bench.log"
-exit "$tests"
+if [[ -z "$dry" ]]; then
+  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$(python3 -c \
+    "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null)}
+  export TORCH_CUDA_ARCH_LIST
+  backends=all
+  tests=(tests/test_kernels.py -k cuda)
+else
+  backends=cpp
+  tests=(tests/test_kernels.py -k "cpp and (opcheck or tanh)")
+fi
+
+if [[ -z "${preflight_failed:-}" ]] &&
+  phase build 300 "$out/build.log" python3 -c \
+    "from krubench.ops.cli import build_main; raise SystemExit(build_main(['--backend', '$backends']))"; then
+  phase tests 150 "$out/tests.log" python3 -m pytest -q --noconftest -p no:cacheprovider "${tests[@]}"
+  phase bench 200 "$out/bench.log" "${py[@]}" bench $dry
+  phase large 150 "$out/large.log" "${py[@]}" large $dry
+  if [[ -z "$dry" ]] && command -v compute-sanitizer >/dev/null; then
+    for tool in memcheck racecheck; do
+      phase "$tool" 90 "$out/$tool.log" compute-sanitizer --tool "$tool" --error-exitcode 3 "${py[@]}" sanitize
+    done
+  else
+    phase sanitize-case 60 "$out/sanitize.log" "${py[@]}" sanitize $dry
+    why="compute-sanitizer is not installed"
+    [[ -n "$dry" ]] && why="dry run"
+    echo "| memcheck, racecheck | skipped: $why | 0 |" >>"$verdicts"
+  fi
+fi
+
+{
+  echo "## GPU check ($(date -u '+%Y-%m-%d %H:%M UTC'), $(git rev-parse --short HEAD 2>/dev/null || echo '?')${dry:+, dry run on the CPU})"
+  echo
+  echo "| phase | result | s |"
+  echo "|---|---|---|"
+  cat "$verdicts"
+  echo
+  cat "$tables"
+} >"$summary"
+rm -f "$verdicts" "$tables"
+echo
+cat "$summary"
+grep -qE 'FAILED|TIMED OUT' "$summary" && exit 1
+[[ -n "${preflight_failed:-}" ]] && exit 1
+exit 0

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_kernels.py"
 
 
@@ -54,3 +56,19 @@ def test_bench_freed_memory_prints_both_allocator_settings(tmp_path):
     rows = [line.split("|")[1:-1] for line in out.splitlines()[2:]]
     assert [r[1].strip() for r in rows] == ["default", "keeps freed memory"], out
     assert all(float(r[2]) > 0 and int(r[3]) > 0 for r in rows), out
+
+
+@pytest.mark.slow
+def test_the_gpu_check_script_parses_and_its_phases_dry_run_on_the_cpu():
+    """scripts/gpu_check.sh is valid bash; scripts/gpu_check.py's phases run on the CPU at tiny sizes
+    (--dry-run, the cpp backend standing in for cuda) and print their Markdown tables."""
+    root = SCRIPT.parent.parent
+    subprocess.run(["bash", "-n", str(root / "scripts" / "gpu_check.sh")], check=True)
+    check = root / "scripts" / "gpu_check.py"
+    outputs = {phase: subprocess.run([sys.executable, str(check), phase, "--dry-run"], capture_output=True, text=True,
+                                     check=True).stdout for phase in ("preflight", "sanitize", "large", "bench")}
+    assert "| nvcc |" in outputs["preflight"] and "| libcudart |" in outputs["preflight"]
+    assert "every kernel ran" in outputs["sanitize"]
+    assert "| 256 | 5 | 6 |" in outputs["large"] and "FAIL" not in outputs["large"]
+    assert "| 64 | 5 | 10 |" in outputs["bench"] and "HBM floor" in outputs["bench"]
+    assert "× fused, err" in outputs["bench"]  # the register-resident forward, emulated in a dry run

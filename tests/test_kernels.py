@@ -156,8 +156,10 @@ def test_lanes_layout_gradcheck(nonlinearity, complex_):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_tanh_is_float_accurate_and_keeps_nan(backend, device):
     """The kernels' own float tanh (kron_math.h: the CPU's is not libm's, so that it vectorises), seen
-    through a one-step recurrence with an identity factor: H = tanh(u) within 2 ulp, ±1 at large |u|,
-    NaN in -> NaN out."""
+    through a one-step recurrence with an identity factor: H = tanh(u) within 2 ulp of the exact value on
+    the CPU, ±1 at large |u|, NaN in -> NaN out. On the GPU the kernel calls CUDA's tanhf, documented at
+    2 ulp from the *correctly rounded* result (CUDA C++ Programming Guide, Mathematical Functions,
+    single-precision table), so up to 2.5 ulp from the exact value: that is the GPU row's bound."""
     loaded(backend)
     x = torch.cat([torch.linspace(-12, 12, 200_003, dtype=torch.float64), torch.logspace(-30, 1.2, 5_000, dtype=torch.float64),
                    torch.tensor([0.0, -0.0, 0.625, -0.625, 9.5, 50.0, -50.0, math.inf, -math.inf])]).float()
@@ -167,7 +169,8 @@ def test_tanh_is_float_accurate_and_keeps_nan(backend, device):
     exact = torch.tanh(u.flatten().cpu().double())
     ulp = torch.ldexp(torch.ones_like(exact), torch.frexp(exact.abs().clamp_min(2.0**-126))[1] - 24)  # float's, at exact
     err = (H.double() - exact).abs() / ulp
-    assert err.max() <= 2, f"tanh is {err.max():.2f} ulp off at u = {u.flatten()[err.argmax()].item()}"
+    bound = 2.5 if device == "cuda" else 2.0
+    assert err.max() <= bound, f"tanh is {err.max():.2f} ulp off at u = {u.flatten()[err.argmax()].item()}"
     nan = ops.kru_recurrence(torch.tensor([[[math.nan, 1.0]]], device=device), torch.zeros(1, 2, device=device), [eye],
                              "tanh", kernel=backend)
     assert nan[0, 0, 0].isnan() and nan[0, 0, 1].item() == pytest.approx(math.tanh(1.0))
@@ -321,6 +324,67 @@ def test_a_backend_that_cannot_build_falls_back_with_one_warning(monkeypatch, ca
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "the compiler is missing" in warnings[0] and "model.kernel=reference" in warnings[0]
     assert ops.backend_name("cpu", "auto") == "reference"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("nonlinearity", ops.NONLINEARITIES)
+@pytest.mark.parametrize("log_n,B,T", [(3, 3, 5), (7, 17, 9), (10, 5, 20), (12, 3, 4)])
+def test_cuda_register_resident_forward_matches_reference(nonlinearity, log_n, B, T):
+    """kru_recurrence_regs (forward only, 2×2 factors; also emulated in tests/test_kernels_emu.py) on the GPU."""
+    from krubench.ops import compiled
+    loaded("cuda")
+    problem = recurrence_problem([2] * log_n, B, T, True, nonlinearity, seed=log_n)
+    factors, u, h0, bias, _ = problem
+    ref64 = recurrence_outputs("reference", *problem, nonlinearity, torch.complex128)[0]
+    ref32 = recurrence_outputs("reference", *problem, nonlinearity, torch.complex64)[0]
+    w, shapes = compiled._pack([f.cuda() for f in factors], torch.complex64)
+    b = torch.zeros(u.shape[-1]) if bias is None else bias.float()
+    H = torch.ops.krubench.kru_recurrence_regs(u.to("cuda", torch.complex64), h0.to("cuda", torch.complex64), w, shapes,
+                                               nonlinearity, b.cuda())
+    assert torch.isfinite(H).all()
+    assert_as_accurate(H, ref32, ref64, "H (register-resident)")
+
+
+AUTOCAST = [  # (kernel, device, autocast dtype)
+    pytest.param("reference", "cpu", torch.bfloat16, id="reference"),
+    pytest.param("cpp", "cpu", torch.bfloat16, id="cpp"),
+    pytest.param("cuda", "cuda", torch.float16, id="cuda",
+                 marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")),
+]
+
+
+@pytest.mark.parametrize("kernel,device,amp", AUTOCAST)
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+def test_under_autocast_the_recurrence_runs_in_fp32(kernel, device, amp, complex_):
+    """AMP: a half-precision input projection reaches the recurrence, which runs in fp32 exactly as it
+    would on the promoted input outside autocast; a KRU model trains a step under autocast."""
+    from krubench.models import build_model
+    if kernel != "reference":
+        loaded(kernel)
+    problem = recurrence_problem([4, 2], 3, 4, complex_, "modrelu", seed=3)
+    factors, u, h0, bias, _ = [t.to(device) if torch.is_tensor(t) else [f.to(device) for f in t] for t in problem]
+    f32 = torch.complex64 if complex_ else torch.float32
+    factors, h0 = [f.to(f32) for f in factors], h0.to(f32)
+    if complex_:  # complex32 is complex float16; there is no complex bfloat16
+        half = u.to(torch.complex32) if amp == torch.float16 else u.to(torch.complex64)
+    else:
+        half = u.to(amp)
+    with torch.autocast(device, dtype=amp):
+        H = ops.kru_recurrence(half, h0, factors, "modrelu", bias.float(), kernel=kernel)
+    expected = ops.kru_recurrence(dispatch.at_least_fp32(half), h0, factors, "modrelu", bias.float(), kernel=kernel)
+    assert H.dtype == f32
+    torch.testing.assert_close(H, expected, rtol=0, atol=0)
+
+    torch.manual_seed(0)
+    model = build_model({"name": "kru", "hidden_size": 16, "complex": complex_, "merge_upto": 4, "kernel": kernel},
+                        3, 5).to(device)
+    with torch.autocast(device, dtype=amp):
+        y, h = model(torch.randn(5, 6, 3, device=device))
+        loss = y.float().square().mean()
+    loss.backward()
+    assert h.dtype == f32
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), f"grad of {name} under autocast"
 
 
 @pytest.mark.parametrize("model,extra", [

@@ -131,7 +131,7 @@ class KRU(SequenceModel):
         backend = ops.backend_name(x.device, self.kernel)
         if backend == "cpp":
             return self._forward_lanes(x, h0)
-        u = self.U(x)  # (B, T, N) or (B, T, 2N)
+        u = ops.at_least_fp32(self.U(x))  # (B, T, N) or (B, T, 2N); fp16/bf16 under autocast, the recurrence fp32
         if self.complex:
             u = torch.complex(*u.chunk(2, dim=-1))  # (B, T, N) complex
         H = ops.kru_recurrence(u, h0, self.W.stages(backend), self.nonlinearity, self.modrelu_bias,

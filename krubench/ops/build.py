@@ -22,7 +22,9 @@ from filelock import FileLock, Timeout
 log = logging.getLogger("krubench")
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-EXTENSIONS = {"cpp": ("krubench_cpu", ["kru_cpu.cpp"]), "cuda": ("krubench_cuda", ["kru_cuda.cu"])}
+# emu: the CUDA kernels compiled as host C++ and run by an emulator (cuda/kru_emu.h), for the tests
+EXTENSIONS = {"cpp": ("krubench_cpu", ["kru_cpu.cpp"]), "cuda": ("krubench_cuda", ["kru_cuda.cu"]),
+              "emu": ("krubench_emu", ["kru_emu.cpp"])}
 LOCK_TIMEOUT_S = float(os.environ.get("KRUBENCH_BUILD_TIMEOUT", "900"))  # longest wait for another build
 
 
@@ -80,14 +82,16 @@ def cudart_dir(cuda_home: str) -> Path:
                      "CUDA_HOME to the CUDA toolkit's folder (the one holding bin/nvcc and lib64/)")
 
 
-def _flags(backend: str) -> dict:
-    src = source_dir()
+def _flags(backend: str, src: Path | None = None) -> dict:
+    src = src or source_dir()
     name, files = EXTENSIONS[backend]
     flags = dict(name=name, sources=[str(src / f) for f in files], extra_include_paths=[str(src)],
                  extra_cflags=["-O3"], is_python_module=False, verbose=os.environ.get("KRUBENCH_BUILD_VERBOSE") == "1")
     if backend == "cpp":
         flags["extra_cflags"] += ["-march=native", "-fopenmp", "-fno-math-errno"]
         flags["extra_ldflags"] = ["-fopenmp"]
+    elif backend == "emu":
+        flags["extra_cflags"] = ["-O1", "-fno-math-errno"]  # -O1: a quick build of test code
     else:
         from torch.utils.cpp_extension import CUDA_HOME
 
@@ -103,7 +107,7 @@ def _torch_uses_baton(cpp_extension) -> bool:
 
 
 def build(backend: str) -> Path:
-    """Compile (if needed) and load `backend` ('cpp' or 'cuda'); returns its build folder.
+    """Compile (if needed) and load `backend` ('cpp', 'cuda' or 'emu'); returns its build folder.
     Raises BuildError saying why and what to do."""
     # Importing cpp_extension warns "No CUDA runtime is found" on a machine with nvcc but no GPU: expected
     # when building the C++ backend there, and noise in every run's log.

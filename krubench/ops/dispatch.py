@@ -4,9 +4,14 @@
 tensors' device (`cpp` on the CPU, `cuda` on a GPU); `cpp`/`cuda` ask for one; `reference` is the
 pure-PyTorch specification. A compiled backend is built and loaded on first use; if that fails, the
 reference runs instead and one warning says why and how to fix it.
+
+Under autocast (AMP) the Kronecker operators run in float32 (complex64): autocast is switched off inside
+them and half-precision inputs (an fp16/bf16 input projection) are promoted. The recurrence compounds its
+rounding over T steps and k factors, and no kernel takes half-precision data.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Sequence
 
@@ -61,6 +66,21 @@ def select(kernel: str, device) -> str:
     return kernel if load(kernel) is None else "reference"
 
 
+HALF_PRECISION = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.complex32: torch.complex64}
+
+
+def at_least_fp32(t: torch.Tensor | None) -> torch.Tensor | None:
+    """`t` promoted to float32 (complex64) if it is in a half precision, else `t` itself."""
+    return t.to(HALF_PRECISION[t.dtype]) if t is not None and t.dtype in HALF_PRECISION else t
+
+
+def without_autocast(device: torch.device):
+    """A context in which autocast is off on `device`'s type (nothing to do where autocast does not exist)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def backend_name(device="cpu", kernel: str = "auto") -> str:
     """The implementation of `kron_matvec`/`kru_recurrence` that runs for `kernel` on `device`."""
     return select(kernel, device)
@@ -75,16 +95,20 @@ def merge_limit(backend: str, merge_upto: int) -> int:
 def kron_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor], kernel: str = "auto") -> torch.Tensor:
     """`(F_0 ⊗ … ⊗ F_{k-1}) x` on the backend `kernel` selects; the contract is `kron_matvec_ref`'s."""
     check_matvec(x, factors)
-    if select(kernel, x.device) == "reference":
-        return kron_matvec_ref(x, factors)
-    return compiled.kron_matvec(x, factors)
+    x, factors = at_least_fp32(x), [at_least_fp32(f) for f in factors]
+    with without_autocast(x.device):
+        if select(kernel, x.device) == "reference":
+            return kron_matvec_ref(x, factors)
+        return compiled.kron_matvec(x, factors)
 
 
 def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None, kernel: str = "auto") -> torch.Tensor:
     """All states of the KRU recurrence on the backend `kernel` selects; the contract is `kru_recurrence_ref`'s."""
-    if select(kernel, u.device) == "reference":
-        return kru_recurrence_ref(u, h0, factors, nonlinearity, bias)
-    return compiled.kru_recurrence(u, h0, factors, nonlinearity, bias)
+    u, h0, bias, factors = at_least_fp32(u), at_least_fp32(h0), at_least_fp32(bias), [at_least_fp32(f) for f in factors]
+    with without_autocast(u.device):
+        if select(kernel, u.device) == "reference":
+            return kru_recurrence_ref(u, h0, factors, nonlinearity, bias)
+        return compiled.kru_recurrence(u, h0, factors, nonlinearity, bias)
 
 
 def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:
@@ -96,4 +120,6 @@ def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.
     reason = load("cpp")
     if reason is not None:
         raise RuntimeError(f"kru_recurrence_lanes needs the cpp backend, which is unavailable: {reason}")
-    return compiled.kru_recurrence_lanes(u, h0, factors, nonlinearity, bias)
+    u, h0, bias, factors = at_least_fp32(u), at_least_fp32(h0), at_least_fp32(bias), [at_least_fp32(f) for f in factors]
+    with without_autocast(u.device):
+        return compiled.kru_recurrence_lanes(u, h0, factors, nonlinearity, bias)

@@ -1,0 +1,267 @@
+"""The CUDA kernels of cuda/kru_cuda.cu, run without a GPU by the emulator (cuda/kru_emu.h: the kernel
+bodies compiled as host C++, each CUDA thread a fiber that runs to its next __syncthreads(), shared memory
+filled with NaN), against the pure-PyTorch reference: values and gradients of the recurrence and of
+kron_matvec, every thread order the emulator has, the >48 KB shared-memory (opt-in) path and its limit.
+
+Planted bugs: every __syncthreads() of kru_cuda.cu is removed in turn (at run time, by its line) and the
+results must then differ from the reference or the emulator must report a barrier error; the slow tests
+rebuild the emulator from copies of the sources with a sign flipped and expect failures too.
+"""
+from __future__ import annotations
+
+import math
+import re
+import shutil
+
+import pytest
+import torch
+
+from krubench.ops import build, compiled
+from krubench.ops.kron import kron_matvec_ref
+from test_kernels import assert_as_accurate, recurrence_outputs, recurrence_problem
+
+SOURCE = build.source_dir() / "kru_cuda.cu"
+BARRIER_LINES = [i for i, line in enumerate(SOURCE.read_text().splitlines(), 1) if "__syncthreads()" in line]
+ORDERS = {"ascending": 0, "descending": 1, "shuffled": 2}
+DEFAULT_OPTIN = 227 * 1024
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    monkeypatch.setenv("KRUBENCH_POISON_OUTPUTS", "1")
+
+
+@pytest.fixture(scope="module")
+def emu():
+    build.build("emu")
+    lib = torch.ops.krubench_emu
+    yield lib
+    lib.configure(0, 0, -1, DEFAULT_OPTIN)
+
+
+def configure(lib, order="ascending", seed=0, skip_barrier_line=-1, smem_optin=DEFAULT_OPTIN):
+    lib.configure(ORDERS[order], seed, skip_barrier_line, smem_optin)
+
+
+def split_factor_grad(gw, shapes):
+    sizes = [p * q for p, q in zip(shapes[0::2], shapes[1::2])]
+    return [g.reshape(p, q) for g, p, q in zip(gw.split(sizes), shapes[0::2], shapes[1::2])]
+
+
+def emu_recurrence(lib, factors, u, h0, bias, grad, nonlinearity, dtype):
+    """H and the gradients (u, h0, *factors[, bias]) from the emulated forward and backward kernels."""
+    w, shapes = compiled._pack(factors, dtype)
+    real = dtype.to_real()
+    b = torch.zeros(u.shape[-1], dtype=real) if bias is None else bias.to(real)
+    u_, h0_ = u.to(dtype).contiguous(), h0.to(dtype).contiguous()
+    H = lib.kru_recurrence(u_, h0_, w, shapes, nonlinearity, b)
+    grad_u = torch.empty_like(H)
+    gh0, gw, gb = lib.kru_recurrence_backward(grad.to(dtype).contiguous(), H, h0_, w, shapes, nonlinearity, b, grad_u)
+    return [H, grad_u, gh0, *split_factor_grad(gw, shapes)] + ([gb] if bias is not None else [])
+
+
+def regs_errors(lib, log_n, B, T, complex_, nonlinearity, seed=0):
+    """The register-resident forward (2×2 factors) against the reference's H."""
+    problem = recurrence_problem([2] * log_n, B, T, complex_, nonlinearity, seed)
+    factors, u, h0, bias, _ = problem
+    f32, f64 = (torch.complex64, torch.complex128) if complex_ else (torch.float32, torch.float64)
+    ref64 = recurrence_outputs("reference", *problem, nonlinearity, f64)[0]
+    ref32 = recurrence_outputs("reference", *problem, nonlinearity, f32)[0]
+    w, shapes = compiled._pack(factors, f32)
+    b = torch.zeros(u.shape[-1]) if bias is None else bias.float()
+    H = lib.kru_recurrence_regs(u.to(f32).contiguous(), h0.to(f32).contiguous(), w, shapes, nonlinearity, b)
+    return errors([H], [ref32], [ref64], ["H (register-resident)"])
+
+
+def errors(got, ref32, ref64, names):
+    """What differs from the reference (the tolerance rule of tests/test_kernels.py), as messages."""
+    found = []
+    for name, g, r32, r64 in zip(names, got, ref32, ref64):
+        if not torch.isfinite(g).all():
+            found.append(f"{name}: not finite (NaN poison or shared-memory NaN reached it)")
+            continue
+        try:
+            assert_as_accurate(g, r32, r64, name)
+        except AssertionError as e:
+            found.append(str(e))
+    return found
+
+
+def recurrence_errors(lib, sizes, B, T, complex_, nonlinearity, seed=0):
+    problem = recurrence_problem(sizes, B, T, complex_, nonlinearity, seed)
+    f32, f64 = (torch.complex64, torch.complex128) if complex_ else (torch.float32, torch.float64)
+    ref64 = recurrence_outputs("reference", *problem, nonlinearity, f64)
+    ref32 = recurrence_outputs("reference", *problem, nonlinearity, f32)
+    got = emu_recurrence(lib, *problem, nonlinearity, f32)
+    names = ["H", "grad u", "grad h0"] + [f"grad factor {i}" for i in range(len(sizes))] + ["grad bias"]
+    return errors(got, ref32, ref64, names)
+
+
+def matvec_errors(lib, shapes, M, seed=0):
+    """kron_matvec and its backward (complex) against the reference, factors p × q (not square)."""
+    g = torch.Generator().manual_seed(seed)
+    n_in, n_out = math.prod(q for _, q in shapes), math.prod(p for p, _ in shapes)
+    x = torch.randn(M, n_in, dtype=torch.complex128, generator=g)
+    factors = [torch.randn(p, q, dtype=torch.complex128, generator=g) / math.sqrt(q) for p, q in shapes]
+    gy = torch.randn(M, n_out, dtype=torch.complex128, generator=g)
+
+    def reference(dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, *factors)]
+        y = kron_matvec_ref(leaves[0], leaves[1:])
+        return [y.detach(), *torch.autograd.grad((y * gy.to(dtype).conj()).real.sum(), leaves)]
+
+    w, flat = compiled._pack(factors, torch.complex64)
+    x32 = x.to(torch.complex64)
+    y = lib.kron_matvec(x32, w, flat)
+    gx, gw = lib.kron_matvec_backward(gy.to(torch.complex64), x32, w, flat)
+    got = [y, gx, *split_factor_grad(gw, flat)]
+    names = ["y", "grad x"] + [f"grad factor {i}" for i in range(len(shapes))]
+    return errors(got, reference(torch.complex64), reference(torch.complex128), names)
+
+
+RECURRENCE_CASES = [  # (factor sizes, B, T): the stage shapes of the model's merges, and one odd size
+    ([2, 2, 2], 3, 3),
+    ([4, 4, 2], 2, 2),
+    ([16, 2], 2, 2),
+    ([3, 2], 2, 3),
+]
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
+@pytest.mark.parametrize("nonlinearity", ["modrelu", "relu", "tanh"])
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+@pytest.mark.parametrize("sizes,B,T", RECURRENCE_CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_emulated_recurrence_matches_reference(emu, order, nonlinearity, complex_, sizes, B, T):
+    configure(emu, order, seed=B * 1000 + T)
+    assert recurrence_errors(emu, sizes, B, T, complex_, nonlinearity, seed=len(sizes) + B) == []
+
+
+REGS_CASES = [  # (log2 N, B, T, thread order): 1, 2, 3 and 3 register layouts a step, so 0 to 2 transposes
+    pytest.param(3, 2, 3, "ascending", id="N8"),
+    pytest.param(5, 2, 3, "descending", id="N32"),
+    pytest.param(7, 1, 3, "shuffled", id="N128"),
+    pytest.param(9, 2, 2, "ascending", id="N512"),
+]
+
+
+@pytest.mark.parametrize("nonlinearity", ["modrelu", "relu", "tanh"])
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+@pytest.mark.parametrize("log_n,B,T,order", REGS_CASES)
+def test_emulated_register_resident_forward_matches_reference(emu, nonlinearity, complex_, log_n, B, T, order):
+    """Layouts of 3 index bits each, the last overlapping its neighbour when 3 does not divide log2 N."""
+    configure(emu, order, seed=log_n)
+    assert regs_errors(emu, log_n, B, T, complex_, nonlinearity, seed=log_n) == []
+
+
+def test_the_register_resident_forward_takes_2x2_factors_and_n_from_8(emu):
+    configure(emu)
+    with pytest.raises(RuntimeError, match="takes 2x2 factors"):
+        emu.kru_recurrence_regs(torch.zeros(1, 1, 16), torch.zeros(1, 16), torch.zeros(32), [4, 4, 4, 4], "relu",
+                                torch.zeros(16))
+    with pytest.raises(RuntimeError, match="takes N = 8 to 8192, got 4"):
+        emu.kru_recurrence_regs(torch.zeros(1, 1, 4), torch.zeros(1, 4), torch.zeros(8), [2, 2, 2, 2], "relu",
+                                torch.zeros(4))
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
+@pytest.mark.parametrize("shapes,M", [([(2, 3), (4, 2)], 3), ([(8, 8), (2, 2)], 2), ([(1, 5), (16, 4)], 2)],
+                         ids=["2x3,4x2", "8x8,2x2", "1x5,16x4"])
+def test_emulated_kron_matvec_matches_reference(emu, order, shapes, M):
+    configure(emu, order, seed=M)
+    assert matvec_errors(emu, shapes, M) == []
+
+
+def test_sizes_beyond_48kb_of_shared_memory_take_the_opt_in_path(emu):
+    """N = 2048 and 4096 (256 threads a block): up to 80 KB of shared memory (N = 4096, forward and backward),
+    which a launch gets only after cudaFuncSetAttribute, up to the device's opt-in limit (emulated)."""
+    configure(emu, "shuffled", seed=1)
+    assert recurrence_errors(emu, [16, 16, 8], 1, 2, True, "modrelu") == []  # complex64: fwd 37 KB, bwd 44 KB
+    assert recurrence_errors(emu, [16, 16, 16], 1, 1, False, "tanh") == []  # float32: fwd 72 KB, bwd 80 KB
+
+
+def test_a_block_beyond_the_devices_opt_in_limit_is_refused_with_the_limit(emu):
+    configure(emu, smem_optin=64 * 1024)  # less than the 72 KB the forward pass needs at N = 4096
+    with pytest.raises(RuntimeError, match=r"needs 7\d{4} bytes of shared memory per block, more than this GPU's 65536;"):
+        recurrence_errors(emu, [16, 16, 16], 1, 1, False, "tanh")
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
+@pytest.mark.parametrize("bit", range(5))
+def test_emulated_warp_shuffles_apply_a_factor_to_a_lane_bit(emu, order, bit):
+    """The emulator's __shfl_xor_sync (cuda/kru_emu.cpp's lane_stage_kernel: a 2×2 factor on one index bit
+    of 32 elements held one per lane) against the reference; 3 rows, so one warp of the second block exits
+    without shuffling."""
+    configure(emu, order, seed=bit)
+    g = torch.Generator().manual_seed(bit)
+    x = torch.randn(3, 32, dtype=torch.complex64, generator=g)
+    w = torch.randn(2, 2, dtype=torch.complex64, generator=g)
+    factors = [torch.eye(2, dtype=torch.complex64)] * 5
+    factors[4 - bit] = w  # lane bit 0 is the last (least significant) Kronecker axis
+    torch.testing.assert_close(emu.lane_stage(x, w, bit), kron_matvec_ref(x, factors), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode,message", [
+    (1, r"thread 5 exited while thread \d+ waits at the __syncthreads\(\)"),
+    (2, r"threads wait at different barriers"),
+    (3, r"lane 8 of warp 1 exited while lane \d+ waits at the warp operation"),
+    (4, r"wrote past its 64 bytes of dynamic shared memory"),
+], ids=["exit-at-barrier", "two-barriers", "exit-at-shuffle", "smem-overflow"])
+def test_the_emulator_reports_what_hangs_or_corrupts_a_gpu(emu, mode, message):
+    """cuda/kru_emu.cpp's misbehaving_kernel plants each fault; mode 0 (none) runs clean."""
+    configure(emu)
+    emu.misbehave(0)
+    with pytest.raises(RuntimeError, match=message):
+        emu.misbehave(mode)
+
+
+def test_every_barrier_of_the_kernels_runs(emu):
+    emu.configure(0, 0, -1, DEFAULT_OPTIN)
+    recurrence_errors(emu, [4, 2], 2, 2, True, "modrelu")
+    matvec_errors(emu, [(2, 3), (4, 2)], 2)
+    regs_errors(emu, 5, 1, 2, True, "modrelu")
+    assert set(BARRIER_LINES) <= set(emu.barrier_lines()), "a __syncthreads() of kru_cuda.cu never ran in the emulator"
+
+
+@pytest.mark.parametrize("line", BARRIER_LINES)
+def test_removing_any_barrier_fails(emu, line):
+    """A planted bug: the __syncthreads() on `line` does nothing. Some thread order must expose it."""
+    exposed = []
+    for order in ("ascending", "descending"):
+        configure(emu, order, skip_barrier_line=line)
+        try:
+            exposed += recurrence_errors(emu, [4, 2, 2], 2, 2, True, "modrelu")
+            exposed += matvec_errors(emu, [(2, 3), (4, 2)], 2)
+            exposed += regs_errors(emu, 7, 1, 3, True, "modrelu")
+        except RuntimeError as e:  # the emulator's barrier checks
+            exposed.append(str(e))
+    configure(emu)
+    assert exposed, f"the kernels still match the reference without the __syncthreads() on line {line} of kru_cuda.cu"
+
+
+SIGN_MUTANTS = {  # file, original, mutant: a sign of the complex arithmetic flipped
+    "conj in the factor gradient": ("kru_cuda.cu", "redi[item] = ir - ri;", "redi[item] = ri - ir;"),
+    "Re(a conj b) in the factor gradient": ("kru_cuda.cu", "redr[item] = rr + ii;", "redr[item] = rr - ii;"),
+    "Re(a b) in a factor row": ("kron_math.h", "yr = rr - ii;", "yr = rr + ii;"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mutant", list(SIGN_MUTANTS))
+def test_a_flipped_sign_fails(tmp_path, mutant):
+    """The emulator rebuilt from copies of cuda/ with one sign flipped (its own operator namespace) fails."""
+    from torch.utils import cpp_extension
+
+    file, original, mutated = SIGN_MUTANTS[mutant]
+    src = tmp_path / "cuda"
+    shutil.copytree(build.source_dir(), src)
+    text = (src / file).read_text()
+    assert text.count(original) == 1, f"{original!r} is not in {file} once: update SIGN_MUTANTS"
+    (src / file).write_text(text.replace(original, mutated))
+    lib_name = "krubench_emu_" + re.sub(r"\W", "_", mutant)
+    flags = build._flags("emu", src)
+    flags.update(name=lib_name, extra_cflags=flags["extra_cflags"] + [f"-DKRU_EMU_LIB={lib_name}"])
+    (tmp_path / "build").mkdir()
+    cpp_extension.load(build_directory=str(tmp_path / "build"), **flags)
+    lib = getattr(torch.ops, lib_name)
+    found = recurrence_errors(lib, [4, 2], 2, 2, True, "modrelu") + matvec_errors(lib, [(2, 3), (4, 2)], 2)
+    assert found, f"the kernels still match the reference with {mutant} flipped ({file}: {mutated})"
