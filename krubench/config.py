@@ -164,6 +164,12 @@ class Config:
     data_dir: Optional[str] = None  # root of the real data sets; None: $KRUBENCH_DATA, else ~/.cache/krubench/data
 
 
+#: flattened config keys (prefixes) that do not change what a run computes: where data is read from, the device
+#: and threads, logging, resume and progress bar, the Kronecker backend (the same math). The HParams view leaves
+#: them out; krubench-report groups runs differing only in these (and the seed) into one row.
+INCIDENTAL_KEYS = ("data_dir", "trainer.device", "trainer.threads", "trainer.progress", "trainer.resume",
+                   "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "model.kernel")
+
 SCHEMAS = {
     "task": {"copy": CopyConfig, "adding": AddingConfig, "pixel_mnist": PixelMNISTConfig, "ptb_char": PTBCharConfig,
              "music": MusicConfig},

@@ -20,13 +20,13 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import flatten
+from .config import INCIDENTAL_KEYS
 from .results import RESULTS, STATUS
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 MODEL_ORDER = ("kru", "lstm_kru", "lstm", "rnn")
 #: config keys that do not change what a run measures: runs differing only in these are seeds of one row
-INCIDENTAL = ("seed", "data_dir", "trainer.device", "trainer.threads", "trainer.progress", "trainer.resume",
-              "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "model.kernel")
+INCIDENTAL = ("seed", *INCIDENTAL_KEYS)
 FORMATS = ("md", "csv")
 
 

@@ -165,7 +165,7 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
              f"Kronecker backend: {backend}; device: {device}")
     log.info(f"run directory: {run_dir}")
 
-    writer = tb.open_writer(run_dir, step, baselines)
+    writer = tb.open_writer(run_dir, step, task)
     if step == 0:
         writer.add_text("config", "    " + OmegaConf.to_yaml(config).replace("\n", "\n    "))
         writer.add_text("backend", f"Kronecker backend: {backend}, device: {device}")

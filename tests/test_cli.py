@@ -49,8 +49,8 @@ def test_tensorboard_text_custom_scalars_and_hparams(tmp_path):
     acc = EventAccumulator(str(run / "tb"), size_guidance={"tensors": 0})
     acc.Reload()
     plugins = set(acc.PluginTagToContent("hparams")) | set(acc.PluginTagToContent("custom_scalars"))
-    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info",
-            "custom_scalars__config__"} <= plugins
+    assert {"_hparams_/session_start_info", "_hparams_/session_end_info", "custom_scalars__config__"} <= plugins
+    assert "_hparams_/experiment" not in plugins  # TensorBoard builds one experiment from all runs' sessions
     assert "config/text_summary" in acc.Tags()["tensors"]
     assert list((run / "tb").iterdir()) == [p for p in (run / "tb").iterdir() if p.is_file()]  # hparams in the same run
 
