@@ -179,18 +179,36 @@ SCHEMAS = {
 }
 
 
-def task_label(name, dataset=None) -> str:
-    """A task's name in run folders: the music task names its data set (music-jsb)."""
-    name, dataset = (getattr(v, "value", v) for v in (name, dataset))  # Enum choices by their value
-    return f"{name}-{dataset}" if dataset else name
+def setting_key(task) -> str:
+    """The benchmark setting of a `task` config (a dict or the composed node), e.g. copy_T1000, adding_T100,
+    permuted_mnist, music_jsb: the prefix of its presets conf/experiment/paper/<setting>_<model>.yaml, the
+    report's grouping key and the start of run folder names."""
+    def value(key, default=None):
+        v = task.get(key, default)
+        return getattr(v, "value", v)  # Enum choices by their value
+
+    name = value("name")
+    if name in ("copy", "adding"):
+        return f"{name}_T{value('T')}" + ("_uniform" if value("placement") == "uniform" else "")
+    if name == "pixel_mnist":
+        return "permuted_mnist" if value("permute") else "pixel_mnist"
+    if name == "music":
+        return f"music_{value('dataset')}"
+    return name
+
+
+def run_label(task, model: str, overrides: str = "") -> str:
+    """A run folder's name after its time stamp or job number: setting, model, then the overrides that are not
+    in the setting (copy_T2000_kru, 3_copy_T1000_rnn_seed=1). The `run_label` resolver of conf/config.yaml."""
+    return f"{setting_key(task)}_{model}" + (f"_{overrides}" if overrides else "")
 
 
 def register_configs() -> None:
     """Store each schema as the root config `schema_<group>_<option>`; the YAML of that option lists it
     first in its defaults (`/schema_<group>_<option>@_here_`), so the YAML's values are validated against
     the schema. At the root, the schemas are not options of the group (`krubench --help` lists the group's
-    options only). Also the `task_label` resolver of the run folders' names."""
-    OmegaConf.register_new_resolver("task_label", task_label, replace=True)
+    options only). Also the `run_label` resolver of the run folders' names."""
+    OmegaConf.register_new_resolver("run_label", run_label, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     for group, options in SCHEMAS.items():

@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import flatten
-from .config import INCIDENTAL_KEYS
+from .config import INCIDENTAL_KEYS, setting_key
 from .results import RESULTS, STATUS
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
@@ -28,20 +28,6 @@ MODEL_ORDER = ("kru", "lstm_kru", "lstm", "rnn")
 #: config keys that do not change what a run measures: runs differing only in these are seeds of one row
 INCIDENTAL = ("seed", *INCIDENTAL_KEYS)
 FORMATS = ("md", "csv")
-
-
-def setting_key(config: dict) -> str:
-    """The benchmark setting of a run's resolved config, e.g. copy_T1000, permuted_mnist, music_jsb; the same
-    as the prefix of its preset conf/experiment/paper/<setting>_<model>.yaml."""
-    task = config["task"]
-    name = task["name"]
-    if name in ("copy", "adding"):
-        return f"{name}_T{task['T']}" + ("_uniform" if task.get("placement") == "uniform" else "")
-    if name == "pixel_mnist":
-        return "permuted_mnist" if task["permute"] else "pixel_mnist"
-    if name == "music":
-        return f"music_{task['dataset']}"
-    return name
 
 
 def load_paper_numbers(path: Path = PAPER_NUMBERS) -> dict:
@@ -135,7 +121,7 @@ def group(runs: list[Run], paper: dict) -> list[Row]:
     MODEL_ORDER, then by N, steps and variant."""
     rows: dict[tuple, Row] = {}
     for run in runs:
-        r, setting = run.results, setting_key(run.config)
+        r, setting = run.results, setting_key(run.config["task"])
         metric = paper.get(setting, {}).get("metric", r["metric"])
         split = "test" if "test" in r else "final_val"
         config = identity(run.config)

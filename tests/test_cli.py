@@ -24,7 +24,7 @@ def scalars(run_dir: Path) -> dict:
 
 def test_one_run_from_a_temp_dir(tmp_path):
     proc = run_cli([*TINY, "trainer.steps=2", "trainer.val_every=1"], cwd=tmp_path)
-    runs = list((tmp_path / "outputs").glob("*/*_copy_kru"))
+    runs = list((tmp_path / "outputs").glob("*/*_copy_T10_kru"))
     assert len(runs) == 1, proc.stderr
     run = runs[0]
     results = json.loads((run / "results.json").read_text())
@@ -59,8 +59,15 @@ def test_multirun_two_jobs(tmp_path):
     run_cli(["--multirun", *TINY, "trainer.steps=1", "model=kru,lstm"], cwd=tmp_path)
     jobs = sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if (p / "results.json").exists())
     assert len(jobs) == 2, jobs
-    assert jobs[0].startswith("0_copy_kru_") and jobs[1].startswith("1_copy_lstm_"), jobs
-    assert "model=lstm" in jobs[1]
+    assert jobs[0].startswith("0_copy_T10_kru_model.hidden_size=16,model=kru,") and jobs[1].startswith("1_copy_T10_lstm_"), jobs
+
+
+def test_preset_sweep_folders_name_the_setting(tmp_path):
+    """experiment= is left out of the folder names (it holds a "/"): the setting says which preset ran."""
+    run_cli(["--multirun", "experiment=paper/copy_T1000_rnn,paper/copy_T2000_rnn", "model.hidden_size=4",
+             "task.val_size=2", "trainer=debug", "trainer.steps=1", "trainer.val_every=1"], cwd=tmp_path)
+    jobs = sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if (p / "results.json").exists())
+    assert [j.split("_model.")[0] for j in jobs] == ["0_copy_T1000_rnn", "1_copy_T2000_rnn"], jobs
 
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from krubench.plots import plot_setting, read_scalars
-from krubench.report import find_runs, group, load_paper_numbers, main, setting_key, summary
+from krubench.config import setting_key
+from krubench.report import find_runs, group, load_paper_numbers, main, summary
 
 RUNS = Path(__file__).resolve().parent / "data" / "runs"
 COPY_KRU = RUNS / "sweep" / "0_copy_kru_seed=0"
@@ -100,10 +101,10 @@ def test_plot_of_a_row_of_seeds_draws_a_band(tmp_path):
 
 
 def test_setting_key_names_the_presets():
-    assert setting_key({"task": {"name": "copy", "T": 2000}}) == "copy_T2000"
-    assert setting_key({"task": {"name": "adding", "T": 100, "placement": "uniform"}}) == "adding_T100_uniform"
-    assert setting_key({"task": {"name": "pixel_mnist", "permute": True}}) == "permuted_mnist"
-    assert setting_key({"task": {"name": "music", "dataset": "jsb"}}) == "music_jsb"
+    assert setting_key({"name": "copy", "T": 2000}) == "copy_T2000"
+    assert setting_key({"name": "adding", "T": 100, "placement": "uniform"}) == "adding_T100_uniform"
+    assert setting_key({"name": "pixel_mnist", "permute": True}) == "permuted_mnist"
+    assert setting_key({"name": "music", "dataset": "jsb"}) == "music_jsb"
 
 
 def test_every_paper_number_has_a_source_and_a_verified_flag():
