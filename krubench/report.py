@@ -95,6 +95,10 @@ class Row:
         return self.runs[0].results["baseline"][self.metric]
 
     @property
+    def unit(self) -> str:
+        return unit(self.runs[0].results["task"], self.metric)
+
+    @property
     def label(self) -> str:
         return f"{self.model} ({self.variant})" if self.variant else self.model
 
@@ -102,6 +106,13 @@ class Row:
     def seeds(self) -> int:
         """Distinct seeds among the runs (fewer than the runs when a seed was run twice)."""
         return len({repr(r.config.get("seed")) for r in self.runs})
+
+
+def unit(task: str, metric: str) -> str:
+    """The unit of `metric` as task `task` reports it (the task's `units`), e.g. bits per time step."""
+    from .tasks import TASKS
+
+    return TASKS[task].units.get(metric, "") if task in TASKS else ""
 
 
 def set_variants(rows: list[Row]) -> None:
@@ -152,7 +163,7 @@ def summary(row: Row) -> dict:
     return {
         "setting": row.setting, "model": row.model, "variant": row.variant, "hidden_size": row.hidden_size,
         "recurrent_params": row.recurrent, "total_params": row.total, "steps": row.steps,
-        "metric": f"{'test' if row.split == 'test' else 'val'} {row.metric}", "mean": mean, "std": std,
+        "metric": f"{'test' if row.split == 'test' else 'val'} {row.metric}", "unit": row.unit, "mean": mean, "std": std,
         "n": len(values), "baseline": row.baseline, "paper": paper_value,
         "paper_source": row.paper["source"] if row.paper else "",
         "verified": ("verified" if row.paper["verified"] else "unverified") if row.paper else "",
@@ -170,15 +181,18 @@ def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, 
         ours = f"{fmt(s['mean'])} ± {fmt(s['std'])} ({s['n']})" if s["n"] > 1 else f"{fmt(s['mean'])} (1)"
         paper = "—" if s["paper"] is None else f"{fmt(s['paper'])} ({s['verified']})"
         source = f"{s['paper_source']} ({s['verified']})" if row.paper and s["paper"] is None else s["paper_source"] or "—"
+        metric = f"{s['metric']} ({s['unit']})" if s["unit"] else s["metric"]
         cells = [s["setting"], row.label, s["hidden_size"], f"{s['recurrent_params']:,}", f"{s['total_params']:,}",
-                 f"{s['steps']:,}", s["metric"], ours, fmt(s["baseline"]), paper, fmt(s["difference"]), source]
+                 f"{s['steps']:,}", metric, ours, fmt(s["baseline"]), paper, fmt(s["difference"]), source]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     notes = [f"- {r.setting} {r.label} N={r.hidden_size}: {len(r.runs)} runs but only {r.seeds} distinct seeds"
              for r in rows if r.seeds < len(r.runs)]
     if notes:
         lines += ["", "Rows that repeat a seed (their std is not over independent seeds):", *notes]
     if plots:
-        lines += ["", *(f"![{setting}: loss vs memoryless baseline]({path})" for setting, path in plots.items())]
+        metrics = {row.setting: row.metric for row in rows}
+        lines += ["", *(f"![{setting}: validation {metrics[setting]} vs memoryless baseline]({path})"
+                        for setting, path in plots.items())]
     if skipped:
         lines += ["", f"Skipped {len(skipped)} run(s) that did not finish:",
                   *(f"- `{folder}`: {why}" for folder, why in skipped)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from krubench.plots import plot_setting, read_scalars
+from krubench.plots import draw_setting, plot_setting, read_scalars
 from krubench.config import setting_key
 from krubench.report import find_runs, group, load_paper_numbers, main, summary
 
@@ -98,6 +99,34 @@ def test_plot_of_a_row_of_seeds_draws_a_band(tmp_path):
     assert len(row.runs) == 2
     png = plot_setting(row.setting, [row], tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_draw_the_tables_metric_in_its_unit_with_the_baseline_in_that_unit():
+    runs, _ = find_runs([RUNS])
+    rows = {(r.setting, r.model): r for r in group(runs, load_paper_numbers())}
+    copy = rows["copy_T1000", "kru"]
+    ax = draw_setting("copy_T1000", [copy]).axes[0]
+    assert ax.get_ylabel() == "loss_bits (bits per time step)" and copy.unit == "bits per time step"
+    baseline, = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert baseline.get_ydata()[0] == pytest.approx(10 * 3 / 1020)  # bits, as the table's baseline
+    val = [line for line in ax.get_lines() if line.get_marker() == "o"][0]
+    bits = [read_scalars(run.dir, ("val/loss_bits",))["val/loss_bits"][1] for run in copy.runs]
+    assert list(val.get_ydata()) == pytest.approx([sum(v) / len(v) for v in zip(*bits)])
+    train = [line for line in ax.get_lines() if line.get_marker() != "o" and line is not baseline][0]
+    nats = [read_scalars(run.dir)["train/loss"][1] for run in copy.runs]
+    assert list(train.get_ydata()) == pytest.approx([sum(v) / len(v) / math.log(2) for v in zip(*nats)])
+    fig = draw_setting("pixel_mnist", [rows["pixel_mnist", "kru"]])
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "accuracy (fraction correct)" and "test split" in ax.get_title()
+    assert len(ax.get_lines()) == 2  # accuracy and its baseline: no training loss in nats on an accuracy axis
+    assert ax.get_legend() is None and fig.legends  # the legend is the figure's, below the axes
+
+
+def test_the_table_names_the_metrics_unit(capsys):
+    assert main([str(RUNS)]) == 0
+    text = capsys.readouterr().out
+    assert "| val loss_bits (bits per time step) |" in text and "| test accuracy (fraction correct) |" in text
+    assert "| val loss (MSE) |" in text
 
 
 def test_setting_key_names_the_presets():
