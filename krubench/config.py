@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, List, Optional
@@ -13,9 +14,16 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 
+class Choice(Enum):
+    """A config choice that prints as its value (`jsb`, not `MusicDataset.jsb`): tab completion and messages."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 def choices(name: str, *values: str) -> type[Enum]:
     """An Enum of accepted strings: a wrong value fails at composition, naming the accepted ones."""
-    return Enum(name, {v: v for v in values})
+    return Choice(name, {v: v for v in values})
 
 
 Placement = choices("Placement", "halves", "uniform")
@@ -203,12 +211,32 @@ def run_label(task, model: str, overrides: str = "") -> str:
     return f"{setting_key(task)}_{model}" + (f"_{overrides}" if overrides else "")
 
 
+#: config groups that presets use internally: not listed by `krubench --help`
+INTERNAL_GROUPS = ("hydra", "experiment/paper/setting")
+
+
+def config_groups() -> str:
+    """The `config_groups` resolver of `krubench --help` (conf/config.yaml, hydra.help.template): each group of
+    conf/ and its options, one line each as Hydra lists them, without the INTERNAL_GROUPS."""
+    from .paths import config_dir
+
+    root = Path(config_dir())
+    lines = []
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
+        group = folder.relative_to(root).as_posix()
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options and not group.startswith(INTERNAL_GROUPS):
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
 def register_configs() -> None:
     """Store each schema as the root config `schema_<group>_<option>`; the YAML of that option lists it
     first in its defaults (`/schema_<group>_<option>@_here_`), so the YAML's values are validated against
     the schema. At the root, the schemas are not options of the group (`krubench --help` lists the group's
-    options only). Also the `run_label` resolver of the run folders' names."""
+    options only). Also the `config_groups` resolver of --help and the `run_label` resolver of the run folders' names."""
     OmegaConf.register_new_resolver("run_label", run_label, replace=True)
+    OmegaConf.register_new_resolver("config_groups", config_groups, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     for group, options in SCHEMAS.items():

@@ -19,6 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import checkpoint, rundir, tb
 from .config import validate
+from .data.paths import data_dir as data_root
 from .checkpoint import flatten
 from .interrupt import Interrupted, StopOnSignal
 from .memory import check_memory
@@ -260,6 +261,7 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
         "metric": task.metric, "final_val": val, "best_val": {task.metric: best, "step": best_step}, **held_out,
         "baseline": baselines, "params": counts, "steps": step, "wall_time_s": wall,
         "backend": backend, "device": str(device), "config": config,
+        "data_root": str(data_root(config["data_dir"])) if task.needs_data else None,  # where the data was read
     }
     write_results(run_dir, results)
     log.info(f"done: {step} steps in {wall:.0f} s; validation {task.metric} {val[task.metric]:.4f} "

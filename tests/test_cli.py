@@ -1,6 +1,8 @@
 """The installed `krubench` command, run as a user would: from a temporary directory, one run, a
 multirun sweep, a killed run resumed, and a wheel that carries its configs."""
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +34,8 @@ def test_one_run_from_a_temp_dir(tmp_path):
     assert results["params"]["recurrent"] == 8 * 4
     assert results["baseline"]["loss"] == pytest.approx(10 * 2.0794415 / 30)
     assert results["backend"] and results["versions"]["torch"]
+    assert re.fullmatch(r"[0-9a-f]{40}", results["git"]["commit"]) and isinstance(results["git"]["dirty"], bool)
+    assert results["data_root"] is None  # a synthetic task reads no data
     assert json.loads((run / "status.json").read_text())["status"] == "ok"
     assert (run / "last.pt").exists() and (run / "best.pt").exists() and (run / "krubench.log").exists()
     tags = scalars(run)
@@ -53,6 +57,35 @@ def test_tensorboard_text_custom_scalars_and_hparams(tmp_path):
     assert "_hparams_/experiment" not in plugins  # TensorBoard builds one experiment from all runs' sessions
     assert "config/text_summary" in acc.Tags()["tensors"]
     assert list((run / "tb").iterdir()) == [p for p in (run / "tb").iterdir() if p.is_file()]  # hparams in the same run
+
+
+def test_help_lists_the_groups_without_internal_ones(tmp_path):
+    out = run_cli(["--help"], cwd=tmp_path).stdout
+    assert "task: adding, copy, music, pixel_mnist, ptb_char" in out and "experiment/paper: adding_T100_kru" in out
+    assert "experiment/paper/setting" not in out and "== Config ==" in out and "\ntask:\n  name: copy" in out
+
+
+def test_completion_offers_values_not_enum_reprs(tmp_path):
+    env = {**os.environ, "COMP_LINE": "krubench task=music task.dataset="}
+    proc = subprocess.run([*krubench_command(), "-sc", "query=bash"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.split() == ["task.dataset=jsb"], proc.stdout
+
+
+@pytest.mark.parametrize("override, extra", [("launcher=joblib", "joblib"), ("launcher=slurm", "slurm"),
+                                             ("hydra/launcher=submitit_local", "slurm")])
+def test_a_missing_launcher_plugin_names_the_pip_command(monkeypatch, capsys, override, extra):
+    import importlib.util
+
+    from krubench import cli
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # as if the plugin were not installed
+    monkeypatch.setattr(sys, "argv", ["krubench", "--multirun", override, "seed=0,1"])
+    with pytest.raises(SystemExit) as exit:
+        cli.main()
+    assert exit.value.code == 1
+    assert f'not installed: pip install "krubench[{extra}]"' in capsys.readouterr().err
+    assert cli.missing_plugin(["launcher=nothing_we_know", "seed=1"]) is None
 
 
 def test_multirun_two_jobs(tmp_path):
