@@ -38,6 +38,7 @@ Kernel = choices("Kernel", "auto", "cuda", "cpp", "reference")
 OptimName = choices("OptimName", "rmsprop", "adam", "sgd")
 Resume = choices("Resume", "auto", "never")
 Progress = choices("Progress", "auto", "always", "never")
+ScheduleName = choices("ScheduleName", "constant", "cosine", "step", "reduce_on_plateau")
 
 
 # ---- task ----
@@ -147,6 +148,19 @@ class OptimConfig:
     factor_lr_scale: float = 1.0  # the Kronecker factors train at lr × this (expRNN: its orthogonal part at lr/10)
 
 
+# ---- schedule ----
+@dataclass
+class ScheduleConfig:
+    name: ScheduleName = ScheduleName.constant  # constant | cosine | step | reduce_on_plateau
+    warmup_steps: int = 0  # linear warm-up over the first steps, with any schedule; 0 = none
+    min_lr_scale: float = 0.0  # cosine: ends at lr × this; reduce_on_plateau: never below lr × this
+    every: int = 1000  # step: multiply the lr by gamma every this many steps
+    gamma: float = 0.1  # step
+    factor: float = 0.5  # reduce_on_plateau: multiply the lr by this ...
+    patience: int = 5  # reduce_on_plateau: ... after this many validations without improvement
+    threshold: float = 0.0  # reduce_on_plateau: an improvement must exceed this (in the metric's units)
+
+
 # ---- trainer ----
 @dataclass
 class TrainerConfig:
@@ -160,6 +174,9 @@ class TrainerConfig:
     progress: Progress = Progress.auto  # auto (bar on a terminal) | always | never
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    early_stop_patience: int = 0  # stop after this many validations without improvement of the metric; 0 = off
+    early_stop_min_delta: float = 0.0  # an improvement must exceed this (in the metric's units)
+    csv_log: bool = False  # also write every scalar to metrics.csv in the run directory
 
 
 @dataclass
@@ -168,6 +185,7 @@ class Config:
     model: Any = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = 0
     data_dir: Optional[str] = None  # root of the real data sets; None: $KRUBENCH_DATA, else ~/.cache/krubench/data
 
@@ -176,7 +194,7 @@ class Config:
 #: and threads, logging, resume and progress bar, the Kronecker backend (the same math). The HParams view leaves
 #: them out; krubench-report groups runs differing only in these (and the seed) into one row.
 INCIDENTAL_KEYS = ("data_dir", "trainer.device", "trainer.threads", "trainer.progress", "trainer.resume",
-                   "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "model.kernel")
+                   "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "trainer.csv_log", "model.kernel")
 
 SCHEMAS = {
     "task": {"copy": CopyConfig, "adding": AddingConfig, "pixel_mnist": PixelMNISTConfig, "ptb_char": PTBCharConfig,
@@ -184,6 +202,8 @@ SCHEMAS = {
     "model": {"kru": KRUConfig, "rnn": RNNConfig, "lstm": LSTMConfig, "lstm_kru": LSTMKRUConfig},
     "optim": {"rmsprop": OptimConfig, "adam": OptimConfig, "sgd": OptimConfig},
     "trainer": {"default": TrainerConfig, "debug": TrainerConfig},
+    "schedule": {"constant": ScheduleConfig, "cosine": ScheduleConfig, "step": ScheduleConfig,
+                 "reduce_on_plateau": ScheduleConfig},
 }
 
 
@@ -281,6 +301,19 @@ def validate(config: dict) -> None:
         raise ValueError(f"optim.alpha={optim['alpha']} must be in [0, 1) (RMSprop's smoothing constant)")
     if optim["betas"] is not None and (len(optim["betas"]) != 2 or not all(0 <= b < 1 for b in optim["betas"])):
         raise ValueError(f"optim.betas={optim['betas']} must be two numbers in [0, 1), e.g. [0.9,0.999]")
+    schedule = config["schedule"]
+    for key in ("every", "gamma", "factor", "patience"):
+        if schedule[key] <= 0:
+            raise ValueError(f"schedule.{key}={schedule[key]} must be positive")
+    for key, value in {"schedule.warmup_steps": schedule["warmup_steps"], "schedule.threshold": schedule["threshold"],
+                       "trainer.early_stop_patience": trainer["early_stop_patience"],
+                       "trainer.early_stop_min_delta": trainer["early_stop_min_delta"]}.items():
+        if value < 0:
+            raise ValueError(f"{key}={value} must be >= 0" + (" (0 turns early stopping off)" if key ==
+                                                              "trainer.early_stop_patience" else ""))
+    for key in ("min_lr_scale", "factor"):
+        if not 0 <= schedule[key] <= 1:
+            raise ValueError(f"schedule.{key}={schedule[key]} must be in [0, 1] (a fraction of optim.lr)")
     device = trainer["device"]
     if device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise ValueError(f"trainer.device={device} is not a device: use auto, cpu, cuda or cuda:N")

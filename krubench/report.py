@@ -65,9 +65,21 @@ def find_runs(roots) -> tuple[list[Run], list[tuple[Path, str]]]:
     return runs, skipped
 
 
+def added_defaults() -> dict:
+    """The flattened defaults of the trainer and schedule sections: a run written before one of their keys
+    existed ran as its default says (no schedule: constant; no early stopping)."""
+    from omegaconf import OmegaConf
+
+    from .config import ScheduleConfig, TrainerConfig
+
+    sections = {"trainer": TrainerConfig, "schedule": ScheduleConfig}
+    return flatten({k: OmegaConf.to_container(OmegaConf.structured(v), enum_to_str=True) for k, v in sections.items()})
+
+
 def identity(config: dict) -> dict:
-    """The flattened config without its INCIDENTAL keys: runs with equal identities are seeds of one row."""
-    return {k: v for k, v in flatten(config).items() if not k.startswith(INCIDENTAL)}
+    """The flattened config, keys it predates filled with their defaults, without its INCIDENTAL keys: runs
+    with equal identities are seeds of one row."""
+    return {k: v for k, v in {**added_defaults(), **flatten(config)}.items() if not k.startswith(INCIDENTAL)}
 
 
 @dataclass

@@ -69,6 +69,21 @@ def test_runs_differing_only_in_seed_form_one_row(tmp_path):
     assert summary(row)["n"] == 2 and row.variant == "" and row.seeds == 2
 
 
+def test_a_run_older_than_a_config_key_counts_as_its_default(tmp_path):
+    copy_run(tmp_path / "old", seed=0)  # the committed runs predate schedules and early stopping
+    new = copy_run(tmp_path / "new", seed=1)
+    results = json.loads((new / "results.json").read_text())
+    results["config"]["schedule"] = {"name": "constant", "warmup_steps": 0, "min_lr_scale": 0.0, "every": 1000,
+                                     "gamma": 0.1, "factor": 0.5, "patience": 5, "threshold": 0.0}
+    results["config"]["trainer"] |= {"early_stop_patience": 0, "early_stop_min_delta": 0.0, "csv_log": True}
+    (new / "results.json").write_text(json.dumps(results))
+    [row] = group(find_runs([tmp_path])[0], load_paper_numbers())
+    assert row.seeds == 2 and row.variant == ""
+    copy_run(tmp_path / "cosine", seed=2, schedule={"name": "cosine"})
+    assert sorted(r.variant for r in group(find_runs([tmp_path])[0], load_paper_numbers())) == [
+        "schedule.name=constant", "schedule.name=cosine"]
+
+
 def test_runs_differing_in_config_form_rows_labelled_by_the_difference(tmp_path, capsys):
     copy_run(tmp_path / "a", optim__lr=0.001)
     copy_run(tmp_path / "b", optim__lr=0.01, seed=1)
