@@ -250,6 +250,14 @@ def config_groups() -> str:
     return "\n".join(lines)
 
 
+def task_direction(task: str) -> str:
+    """The `task_direction` resolver of the Optuna preset (conf/hparams_search/optuna.yaml): maximize for a task
+    whose metric is better higher (accuracy), else minimize."""
+    from .tasks import TASKS
+
+    return "maximize" if TASKS[getattr(task, "value", task)].higher_is_better else "minimize"
+
+
 def register_configs() -> None:
     """Store each schema as the root config `schema_<group>_<option>`; the YAML of that option lists it
     first in its defaults (`/schema_<group>_<option>@_here_`), so the YAML's values are validated against
@@ -257,6 +265,7 @@ def register_configs() -> None:
     options only). Also the `config_groups` resolver of --help and the `run_label` resolver of the run folders' names."""
     OmegaConf.register_new_resolver("run_label", run_label, replace=True)
     OmegaConf.register_new_resolver("config_groups", config_groups, replace=True)
+    OmegaConf.register_new_resolver("task_direction", task_direction, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     for group, options in SCHEMAS.items():

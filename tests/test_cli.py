@@ -73,7 +73,8 @@ def test_completion_offers_values_not_enum_reprs(tmp_path):
 
 
 @pytest.mark.parametrize("override, extra", [("launcher=joblib", "joblib"), ("launcher=slurm", "slurm"),
-                                             ("hydra/launcher=submitit_local", "slurm")])
+                                             ("hydra/launcher=submitit_local", "slurm"),
+                                             ("hparams_search=optuna", "optuna")])
 def test_a_missing_launcher_plugin_names_the_pip_command(monkeypatch, capsys, override, extra):
     import importlib.util
 
