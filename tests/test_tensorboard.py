@@ -2,6 +2,7 @@
 API, the same requests its dashboards make): custom-scalars charts that each select exactly their tags, one
 unit per chart, and one HParams experiment over runs of different tasks in one logdir."""
 import json
+import time
 import urllib.request
 
 import pytest
@@ -29,8 +30,13 @@ def server(logdir):
 
     board = program.TensorBoard()
     board.configure(argv=[None, "--logdir", str(logdir), "--port", "0", "--load_fast", "false",
-                          "--reload_interval", "0"])  # 0: load once, at start
-    return board.launch().rstrip("/")
+                          "--reload_interval", "0"])  # 0: load once, at start (in a thread)
+    url = board.launch().rstrip("/")
+    deadline = time.time() + 60
+    while len(get(f"{url}/data/runs")) < 2:  # both runs loaded
+        assert time.time() < deadline, "TensorBoard did not load the runs"
+        time.sleep(0.2)
+    return url
 
 
 def get(url: str, body: dict | None = None):
