@@ -16,6 +16,22 @@ import math
 import torch
 
 
+#: the schedule keys each schedule reads (besides name); the others are unused by it
+USES = {"constant": ("warmup_steps",), "cosine": ("warmup_steps", "min_lr_scale"),
+        "step": ("warmup_steps", "every", "gamma"),
+        "reduce_on_plateau": ("warmup_steps", "factor", "patience", "threshold", "min_lr_scale")}
+
+
+def unused_keys(config: dict) -> set[str]:
+    """Flattened keys of `config` that its own choices make irrelevant: the schedule's keys its schedule does
+    not read, early stopping's min_delta when early stopping is off."""
+    schedule = config.get("schedule") or {}
+    unused = {f"schedule.{k}" for k in schedule if k != "name" and k not in USES.get(schedule.get("name"), schedule)}
+    if not config.get("trainer", {}).get("early_stop_patience"):
+        unused.add("trainer.early_stop_min_delta")
+    return unused
+
+
 class Schedule:
     def __init__(self, cfg: dict, optimizer: torch.optim.Optimizer, total_steps: int, higher_is_better: bool):
         self.cfg, self.optimizer, self.total = cfg, optimizer, total_steps

@@ -20,7 +20,9 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from .checkpoint import flatten
 from .config import INCIDENTAL_KEYS
+from .schedule import unused_keys
 
 
 def baseline_tag(key: str) -> str:
@@ -61,17 +63,18 @@ def log_baselines(writer: SummaryWriter, baselines: dict[str, float], step: int)
         writer.add_scalar(baseline_tag(k), v, step)
 
 
-def hparams_of(flat_config: dict) -> dict:
-    """The hyperparameters shown in the HParams view: the flattened config without incidental keys and unset
-    (None) values; lists as text."""
-    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat_config.items()
-            if v is not None and not k.startswith(INCIDENTAL_KEYS)}
+def hparams_of(config: dict) -> dict:
+    """The hyperparameters shown in the HParams view: the flattened config without incidental keys, unset
+    (None) values and keys the run's own choices leave unused (schedule.unused_keys); lists as text."""
+    unused = unused_keys(config)
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(config).items()
+            if v is not None and not k.startswith(INCIDENTAL_KEYS) and k not in unused}
 
 
-def log_hparams(writer: SummaryWriter, flat_config: dict, metrics: dict[str, float], step: int) -> None:
+def log_hparams(writer: SummaryWriter, config: dict, metrics: dict[str, float], step: int) -> None:
     """The run's session (hyperparameters, then its end) in the run's own folder, and the final metrics as
     scalars; no experiment summary (see the module's docstring)."""
-    _experiment, start, end = hparams(hparams_of(flat_config), metrics)
+    _experiment, start, end = hparams(hparams_of(config), metrics)
     for summary in (start, end):
         writer.file_writer.add_summary(summary)
     for k, v in metrics.items():

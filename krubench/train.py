@@ -21,7 +21,6 @@ from . import checkpoint, rundir, tb
 from .csvlog import CSVMirror
 from .config import validate
 from .data.paths import data_dir as data_root
-from .checkpoint import flatten
 from .interrupt import Interrupted, StopOnSignal
 from .memory import check_memory
 from .models import build_model
@@ -268,7 +267,7 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
             log.info(f"{split} (best checkpoint, step {best_step}): "
                      + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
-    tb.log_hparams(writer, flatten(config), final_metrics, step)
+    tb.log_hparams(writer, config, final_metrics, step)
     writer.close()
     results = {
         "task": config["task"]["name"], "model": config["model"]["name"], "seed": config["seed"],

@@ -57,6 +57,18 @@ def test_early_stopping_counts_validations_without_improvement_by_min_delta():
     assert not any(off.on_validation(0.5) for _ in range(10))
 
 
+def test_unused_keys_are_the_ones_the_runs_choices_do_not_read():
+    from krubench.schedule import unused_keys
+
+    schedule = {"name": "step", "warmup_steps": 0, "min_lr_scale": 0.0, "every": 10, "gamma": 0.5, "factor": 0.5,
+                "patience": 5, "threshold": 0.0}
+    assert unused_keys({"schedule": schedule, "trainer": {"early_stop_patience": 0}}) == {
+        "schedule.min_lr_scale", "schedule.factor", "schedule.patience", "schedule.threshold",
+        "trainer.early_stop_min_delta"}
+    assert unused_keys({"schedule": {**schedule, "name": "reduce_on_plateau"}, "trainer": {"early_stop_patience": 3}}) == {
+        "schedule.every", "schedule.gamma"}
+
+
 def crash_at(monkeypatch, crash_step: int):
     """Make the copy task raise at `crash_step` (a killed process: last.pt holds the last checkpoint)."""
     original = CopyTask.train_loss

@@ -77,7 +77,9 @@ def test_hparams_experiment_is_the_union_of_every_run(server):
     assert hparams["task.name"]["differs"] and hparams["model.name"]["differs"]  # copy vs adding, kru vs lstm
     assert set(hparams["task.name"]["domainDiscrete"]) == {"copy", "adding"}
     assert not hparams["seed"]["differs"]
-    for noise in ("trainer.progress", "trainer.resume", "trainer.device", "data_dir", "model.kernel"):
+    assert "schedule.name" in hparams and "schedule.warmup_steps" in hparams
+    for noise in ("trainer.progress", "trainer.resume", "trainer.device", "data_dir", "model.kernel",
+                  "schedule.gamma", "schedule.patience", "trainer.early_stop_min_delta"):  # unused by these runs
         assert noise not in hparams, noise
     metrics = {m["name"]["tag"] for m in experiment["metricInfos"]}
     assert {"hparam/val_loss", "hparam/val_loss_bits", "hparam/best_val_loss", "val/loss"} <= metrics
