@@ -1,6 +1,7 @@
 """The `krubench` command: a Hydra app over the configs in conf/."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -19,9 +20,34 @@ register_configs()
 #: as one message without a traceback, unless HYDRA_FULL_ERROR=1
 USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError)
 
+#: launcher / hydra/launcher / hydra/sweeper options that need a Hydra plugin: (its module, the krubench extra)
+PLUGINS = {
+    "joblib": ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    "submitit_local": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "submitit_slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm"),
+    "optuna": ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+}
+PLUGIN_KEYS = {"launcher", "hydra/launcher", "hydra/sweeper", "hparams_search"}
+
+
+def missing_plugin(overrides) -> str | None:
+    """A message naming the pip command when an override chooses a launcher or sweeper whose Hydra plugin is
+    not installed (Hydra itself only says "Could not find 'hydra/launcher/joblib'"); None if all are there."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key not in PLUGIN_KEYS:
+            continue
+        for choice in value.split(","):
+            module, extra = PLUGINS.get(choice, (None, None))
+            if module and importlib.util.find_spec(module) is None:
+                return (f"{key}={choice} needs the Hydra plugin {module.split('.')[1].replace('_', '-')}, which is "
+                        f"not installed: pip install \"krubench[{extra}]\"")
+    return None
+
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
-def main(cfg: DictConfig) -> float:
+def run(cfg: DictConfig) -> float:
     """Train one run; returns the final validation metric (for Hydra sweepers)."""
     from .interrupt import Interrupted
     from .rundir import RunDirBusy
@@ -39,6 +65,14 @@ def main(cfg: DictConfig) -> float:
         print(f"krubench: error: {e}", file=sys.stderr)
         sys.exit(1)
     return results["final_val"][results["metric"]]
+
+
+def main() -> None:
+    """The console script: refuse a missing launcher/sweeper plugin with the pip command, then run Hydra."""
+    if message := missing_plugin(sys.argv[1:]):
+        print(f"krubench: error: {message}", file=sys.stderr)
+        sys.exit(1)
+    run()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, List, Optional
@@ -13,9 +14,16 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 
+class Choice(Enum):
+    """A config choice that prints as its value (`jsb`, not `MusicDataset.jsb`): tab completion and messages."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
 def choices(name: str, *values: str) -> type[Enum]:
     """An Enum of accepted strings: a wrong value fails at composition, naming the accepted ones."""
-    return Enum(name, {v: v for v in values})
+    return Choice(name, {v: v for v in values})
 
 
 Placement = choices("Placement", "halves", "uniform")
@@ -31,6 +39,7 @@ Kernel = choices("Kernel", "auto", "cuda", "cpp", "reference")
 OptimName = choices("OptimName", "rmsprop", "adam", "sgd")
 Resume = choices("Resume", "auto", "never")
 Progress = choices("Progress", "auto", "always", "never")
+ScheduleName = choices("ScheduleName", "constant", "cosine", "step", "reduce_on_plateau")
 
 
 # ---- task ----
@@ -167,6 +176,19 @@ class OptimConfig:
     factor_lr_scale: float = 1.0  # the recurrent matrix's own parameters (Kronecker factors; the peers' unitary part) train at lr × this
 
 
+# ---- schedule ----
+@dataclass
+class ScheduleConfig:
+    name: ScheduleName = ScheduleName.constant  # constant | cosine | step | reduce_on_plateau
+    warmup_steps: int = 0  # linear warm-up over the first steps, with any schedule; 0 = none
+    min_lr_scale: float = 0.0  # cosine: ends at lr × this; reduce_on_plateau: never below lr × this
+    every: int = 1000  # step: multiply the lr by gamma every this many steps
+    gamma: float = 0.1  # step
+    factor: float = 0.5  # reduce_on_plateau: multiply the lr by this ...
+    patience: int = 5  # reduce_on_plateau: ... after this many validations without improvement
+    threshold: float = 0.0  # reduce_on_plateau: an improvement must exceed this (in the metric's units)
+
+
 # ---- trainer ----
 @dataclass
 class TrainerConfig:
@@ -180,6 +202,9 @@ class TrainerConfig:
     progress: Progress = Progress.auto  # auto (bar on a terminal) | always | never
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    early_stop_patience: int = 0  # stop after this many validations without improvement of the metric; 0 = off
+    early_stop_min_delta: float = 0.0  # an improvement must exceed this (in the metric's units)
+    csv_log: bool = False  # also write every scalar to metrics.csv in the run directory
 
 
 @dataclass
@@ -188,9 +213,16 @@ class Config:
     model: Any = MISSING
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     seed: int = 0
     data_dir: Optional[str] = None  # root of the real data sets; None: $KRUBENCH_DATA, else ~/.cache/krubench/data
 
+
+#: flattened config keys (prefixes) that do not change what a run computes: where data is read from, the device
+#: and threads, logging, resume and progress bar, the Kronecker backend (the same math). The HParams view leaves
+#: them out; krubench-report groups runs differing only in these (and the seed) into one row.
+INCIDENTAL_KEYS = ("data_dir", "trainer.device", "trainer.threads", "trainer.progress", "trainer.resume",
+                   "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "trainer.csv_log", "model.kernel")
 
 SCHEMAS = {
     "task": {"copy": CopyConfig, "adding": AddingConfig, "pixel_mnist": PixelMNISTConfig, "ptb_char": PTBCharConfig,
@@ -199,21 +231,70 @@ SCHEMAS = {
               "fcurnn": FCURNNConfig, "eurnn": EURNNConfig, "exprnn": ExpRNNConfig},
     "optim": {"rmsprop": OptimConfig, "adam": OptimConfig, "sgd": OptimConfig},
     "trainer": {"default": TrainerConfig, "debug": TrainerConfig},
+    "schedule": {"constant": ScheduleConfig, "cosine": ScheduleConfig, "step": ScheduleConfig,
+                 "reduce_on_plateau": ScheduleConfig},
 }
 
 
-def task_label(name, dataset=None) -> str:
-    """A task's name in run folders: the music task names its data set (music-jsb)."""
-    name, dataset = (getattr(v, "value", v) for v in (name, dataset))  # Enum choices by their value
-    return f"{name}-{dataset}" if dataset else name
+def setting_key(task) -> str:
+    """The benchmark setting of a `task` config (a dict or the composed node), e.g. copy_T1000, adding_T100,
+    permuted_mnist, music_jsb: the prefix of its presets conf/experiment/paper/<setting>_<model>.yaml, the
+    report's grouping key and the start of run folder names."""
+    def value(key, default=None):
+        v = task.get(key, default)
+        return getattr(v, "value", v)  # Enum choices by their value
+
+    name = value("name")
+    if name in ("copy", "adding"):
+        return f"{name}_T{value('T')}" + ("_uniform" if value("placement") == "uniform" else "")
+    if name == "pixel_mnist":
+        return "permuted_mnist" if value("permute") else "pixel_mnist"
+    if name == "music":
+        return f"music_{value('dataset')}"
+    return name
+
+
+def run_label(task, model: str, overrides: str = "") -> str:
+    """A run folder's name after its time stamp or job number: setting, model, then the overrides that are not
+    in the setting (copy_T2000_kru, 3_copy_T1000_rnn_seed=1). The `run_label` resolver of conf/config.yaml."""
+    return f"{setting_key(task)}_{model}" + (f"_{overrides}" if overrides else "")
+
+
+#: config groups that presets use internally: not listed by `krubench --help`
+INTERNAL_GROUPS = ("hydra", "experiment/paper/setting")
+
+
+def config_groups() -> str:
+    """The `config_groups` resolver of `krubench --help` (conf/config.yaml, hydra.help.template): each group of
+    conf/ and its options, one line each as Hydra lists them, without the INTERNAL_GROUPS."""
+    from .paths import config_dir
+
+    root = Path(config_dir())
+    lines = []
+    for folder in sorted(p for p in root.rglob("*") if p.is_dir()):
+        group = folder.relative_to(root).as_posix()
+        options = sorted(f.stem for f in folder.glob("*.yaml"))
+        if options and not group.startswith(INTERNAL_GROUPS):
+            lines.append(f"{group}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+def task_direction(task: str) -> str:
+    """The `task_direction` resolver of the Optuna preset (conf/hparams_search/optuna.yaml): maximize for a task
+    whose metric is better higher (accuracy), else minimize."""
+    from .tasks import TASKS
+
+    return "maximize" if TASKS[getattr(task, "value", task)].higher_is_better else "minimize"
 
 
 def register_configs() -> None:
     """Store each schema as the root config `schema_<group>_<option>`; the YAML of that option lists it
     first in its defaults (`/schema_<group>_<option>@_here_`), so the YAML's values are validated against
     the schema. At the root, the schemas are not options of the group (`krubench --help` lists the group's
-    options only). Also the `task_label` resolver of the run folders' names."""
-    OmegaConf.register_new_resolver("task_label", task_label, replace=True)
+    options only). Also the `config_groups` resolver of --help and the `run_label` resolver of the run folders' names."""
+    OmegaConf.register_new_resolver("run_label", run_label, replace=True)
+    OmegaConf.register_new_resolver("config_groups", config_groups, replace=True)
+    OmegaConf.register_new_resolver("task_direction", task_direction, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     for group, options in SCHEMAS.items():
@@ -258,6 +339,19 @@ def validate(config: dict) -> None:
         raise ValueError(f"optim.alpha={optim['alpha']} must be in [0, 1) (RMSprop's smoothing constant)")
     if optim["betas"] is not None and (len(optim["betas"]) != 2 or not all(0 <= b < 1 for b in optim["betas"])):
         raise ValueError(f"optim.betas={optim['betas']} must be two numbers in [0, 1), e.g. [0.9,0.999]")
+    schedule = config["schedule"]
+    for key in ("every", "gamma", "factor", "patience"):
+        if schedule[key] <= 0:
+            raise ValueError(f"schedule.{key}={schedule[key]} must be positive")
+    for key, value in {"schedule.warmup_steps": schedule["warmup_steps"], "schedule.threshold": schedule["threshold"],
+                       "trainer.early_stop_patience": trainer["early_stop_patience"],
+                       "trainer.early_stop_min_delta": trainer["early_stop_min_delta"]}.items():
+        if value < 0:
+            raise ValueError(f"{key}={value} must be >= 0" + (" (0 turns early stopping off)" if key ==
+                                                              "trainer.early_stop_patience" else ""))
+    for key in ("min_lr_scale", "factor"):
+        if not 0 <= schedule[key] <= 1:
+            raise ValueError(f"schedule.{key}={schedule[key]} must be in [0, 1] (a fraction of optim.lr)")
     device = trainer["device"]
     if device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise ValueError(f"trainer.device={device} is not a device: use auto, cpu, cuda or cuda:N")

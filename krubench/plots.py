@@ -1,9 +1,11 @@
-"""Learning-curve plots for krubench-report: per benchmark setting, each row's training and validation loss
-(mean over its seeds, validation with a min–max band) against the memoryless baseline, read back from the runs'
+"""Learning-curve plots for krubench-report: per benchmark setting, each row's validation curve of the table's
+metric in the table's unit (mean over its seeds with a min–max band; the training loss beside it where it is the
+same quantity) against the memoryless baseline in that unit, read back from the runs'
 TensorBoard event files with TensorBoard's own reader, drawn with matplotlib's Agg canvas (no display needed)
 into PNG files."""
 from __future__ import annotations
 
+import math
 from itertools import cycle
 from pathlib import Path
 
@@ -32,10 +34,22 @@ def mean_curve(curves: list[dict], tag: str) -> tuple[list[int], list[float], li
     return steps, [sum(v) / len(v) for v in at], [min(v) for v in at], [max(v) for v in at]
 
 
+#: metrics that are the training loss in other units: the training curve is drawn converted (nats / ln 2 = bits)
+TRAIN_LOSS_AS = {"loss": 1.0, "loss_bits": 1 / math.log(2), "bpc": 1 / math.log(2)}
+
+
 def plot_setting(setting: str, rows, path: Path) -> Path:
-    """One PNG, in the paper's style: per row, the validation loss averaged over its runs (seeds) with a band
-    from their min to max, the training loss averaged as a thin line of the same colour, and the memoryless
-    baseline of the loss as a dashed line."""
+    """draw_setting's figure as a PNG at `path`."""
+    draw_setting(setting, rows).savefig(path, dpi=110)
+    return path
+
+
+def draw_setting(setting: str, rows) -> Figure:
+    """A figure in the paper's style, of the table's metric in the table's unit: per row, the validation metric
+    averaged over its runs (seeds) with a band from their min to max, the training loss averaged as a thin line
+    of the same colour where it is the same quantity (loss, bits, BPC; not accuracy), and the memoryless
+    baseline of that metric as a dashed line."""
+    metric, unit, split = rows[0].metric, rows[0].unit, rows[0].split
     fig = Figure(figsize=(7, 5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -48,26 +62,30 @@ def plot_setting(setting: str, rows, path: Path) -> Path:
         label = (f"{row.model} N={row.hidden_size} ({row.recurrent:,} rec. params), "
                  + (f"{n} seed{'s' * (n > 1)}" if seeds == n else f"{n} runs ({seeds} seeds)")
                  + (f"; {row.variant}" if row.variant else ""))
-        curves = [read_scalars(run.dir) for run in row.runs]
-        steps, train, _, _ = mean_curve(curves, "train/loss")
-        ax.plot(steps, train, color=color, lw=0.7, alpha=0.5)
-        steps, val, low, high = mean_curve(curves, "val/loss")
+        curves = [read_scalars(run.dir, ("train/loss", f"val/{metric}")) for run in row.runs]
+        train = []
+        if metric in TRAIN_LOSS_AS:
+            steps, train, _, _ = mean_curve(curves, "train/loss")
+            train = [v * TRAIN_LOSS_AS[metric] for v in train]
+            ax.plot(steps, train, color=color, lw=0.7, alpha=0.5)
+        steps, val, low, high = mean_curve(curves, f"val/{metric}")
         ax.plot(steps, val, color=color, marker="o", ms=2.5, lw=1.4, label=label)
         if n > 1:
             ax.fill_between(steps, low, high, color=color, alpha=0.2, lw=0)
         values = [*train, *low, *high]
         lowest = min([lowest, *(v for v in values if v > 0)])
         highest = max([highest, *values])
-    baseline = rows[0].runs[0].results["baseline"]["loss"]
+    baseline = rows[0].baseline
     ax.axhline(baseline, color="black", ls="--", lw=1.2, label=f"memoryless baseline {baseline:.4g}")
-    if highest > 0 and highest / min(lowest, baseline) > 30:  # losses spanning decades (copy, adding) read on a log axis
-        ax.set_yscale("log")
+    if metric in TRAIN_LOSS_AS and highest > 0 and highest / min(lowest, baseline) > 30:
+        ax.set_yscale("log")  # losses spanning decades (copy, adding) read on a log axis
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats per step; the task's training loss)")
-    ax.set_title(f"{setting}: validation loss (band: min–max over seeds), training loss thin", fontsize=10)
+    ax.set_ylabel(f"{metric} ({unit})" if unit else metric)
+    train_note = ", training loss thin" if metric in TRAIN_LOSS_AS else ""
+    table_note = "; the table reports the test split" if split == "test" else ""
+    ax.set_title(f"{setting}: validation {metric} (band: min–max over seeds){train_note}{table_note}", fontsize=9)
     fig.legend(loc="outside lower center", ncols=2, fontsize=7)  # below the axes: hides no curve
-    fig.savefig(path, dpi=110)
-    return path
+    return fig
 
 
 def plot_settings(rows, folder: Path, stem: str) -> dict[str, Path]:

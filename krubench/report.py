@@ -20,28 +20,14 @@ from pathlib import Path
 import yaml
 
 from .checkpoint import flatten
+from .config import INCIDENTAL_KEYS, setting_key
 from .results import RESULTS, STATUS
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 MODEL_ORDER = ("kru", "lstm_kru", "lstm", "rnn", "urnn", "fcurnn", "eurnn", "exprnn")
 #: config keys that do not change what a run measures: runs differing only in these are seeds of one row
-INCIDENTAL = ("seed", "data_dir", "trainer.device", "trainer.threads", "trainer.progress", "trainer.resume",
-              "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "model.kernel")
+INCIDENTAL = ("seed", *INCIDENTAL_KEYS)
 FORMATS = ("md", "csv")
-
-
-def setting_key(config: dict) -> str:
-    """The benchmark setting of a run's resolved config, e.g. copy_T1000, permuted_mnist, music_jsb; the same
-    as the prefix of its preset conf/experiment/paper/<setting>_<model>.yaml."""
-    task = config["task"]
-    name = task["name"]
-    if name in ("copy", "adding"):
-        return f"{name}_T{task['T']}" + ("_uniform" if task.get("placement") == "uniform" else "")
-    if name == "pixel_mnist":
-        return "permuted_mnist" if task["permute"] else "pixel_mnist"
-    if name == "music":
-        return f"music_{task['dataset']}"
-    return name
 
 
 def load_paper_numbers(path: Path = PAPER_NUMBERS) -> dict:
@@ -79,9 +65,21 @@ def find_runs(roots) -> tuple[list[Run], list[tuple[Path, str]]]:
     return runs, skipped
 
 
+def added_defaults() -> dict:
+    """The flattened defaults of the trainer and schedule sections: a run written before one of their keys
+    existed ran as its default says (no schedule: constant; no early stopping)."""
+    from omegaconf import OmegaConf
+
+    from .config import ScheduleConfig, TrainerConfig
+
+    sections = {"trainer": TrainerConfig, "schedule": ScheduleConfig}
+    return flatten({k: OmegaConf.to_container(OmegaConf.structured(v), enum_to_str=True) for k, v in sections.items()})
+
+
 def identity(config: dict) -> dict:
-    """The flattened config without its INCIDENTAL keys: runs with equal identities are seeds of one row."""
-    return {k: v for k, v in flatten(config).items() if not k.startswith(INCIDENTAL)}
+    """The flattened config, keys it predates filled with their defaults, without its INCIDENTAL keys: runs
+    with equal identities are seeds of one row."""
+    return {k: v for k, v in {**added_defaults(), **flatten(config)}.items() if not k.startswith(INCIDENTAL)}
 
 
 @dataclass
@@ -109,6 +107,10 @@ class Row:
         return self.runs[0].results["baseline"][self.metric]
 
     @property
+    def unit(self) -> str:
+        return unit(self.runs[0].results["task"], self.metric)
+
+    @property
     def label(self) -> str:
         return f"{self.model} ({self.variant})" if self.variant else self.model
 
@@ -116,6 +118,13 @@ class Row:
     def seeds(self) -> int:
         """Distinct seeds among the runs (fewer than the runs when a seed was run twice)."""
         return len({repr(r.config.get("seed")) for r in self.runs})
+
+
+def unit(task: str, metric: str) -> str:
+    """The unit of `metric` as task `task` reports it (the task's `units`), e.g. bits per time step."""
+    from .tasks import TASKS
+
+    return TASKS[task].units.get(metric, "") if task in TASKS else ""
 
 
 def set_variants(rows: list[Row]) -> None:
@@ -135,7 +144,7 @@ def group(runs: list[Run], paper: dict) -> list[Row]:
     MODEL_ORDER, then by N, steps and variant."""
     rows: dict[tuple, Row] = {}
     for run in runs:
-        r, setting = run.results, setting_key(run.config)
+        r, setting = run.results, setting_key(run.config["task"])
         metric = paper.get(setting, {}).get("metric", r["metric"])
         split = "test" if "test" in r else "final_val"
         config = identity(run.config)
@@ -166,7 +175,7 @@ def summary(row: Row) -> dict:
     return {
         "setting": row.setting, "model": row.model, "variant": row.variant, "hidden_size": row.hidden_size,
         "recurrent_params": row.recurrent, "total_params": row.total, "steps": row.steps,
-        "metric": f"{'test' if row.split == 'test' else 'val'} {row.metric}", "mean": mean, "std": std,
+        "metric": f"{'test' if row.split == 'test' else 'val'} {row.metric}", "unit": row.unit, "mean": mean, "std": std,
         "n": len(values), "baseline": row.baseline, "paper": paper_value,
         "paper_source": row.paper["source"] if row.paper else "",
         "verified": ("verified" if row.paper["verified"] else "unverified") if row.paper else "",
@@ -184,15 +193,18 @@ def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, 
         ours = f"{fmt(s['mean'])} ± {fmt(s['std'])} ({s['n']})" if s["n"] > 1 else f"{fmt(s['mean'])} (1)"
         paper = "—" if s["paper"] is None else f"{fmt(s['paper'])} ({s['verified']})"
         source = f"{s['paper_source']} ({s['verified']})" if row.paper and s["paper"] is None else s["paper_source"] or "—"
+        metric = f"{s['metric']} ({s['unit']})" if s["unit"] else s["metric"]
         cells = [s["setting"], row.label, s["hidden_size"], f"{s['recurrent_params']:,}", f"{s['total_params']:,}",
-                 f"{s['steps']:,}", s["metric"], ours, fmt(s["baseline"]), paper, fmt(s["difference"]), source]
+                 f"{s['steps']:,}", metric, ours, fmt(s["baseline"]), paper, fmt(s["difference"]), source]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     notes = [f"- {r.setting} {r.label} N={r.hidden_size}: {len(r.runs)} runs but only {r.seeds} distinct seeds"
              for r in rows if r.seeds < len(r.runs)]
     if notes:
         lines += ["", "Rows that repeat a seed (their std is not over independent seeds):", *notes]
     if plots:
-        lines += ["", *(f"![{setting}: loss vs memoryless baseline]({path})" for setting, path in plots.items())]
+        metrics = {row.setting: row.metric for row in rows}
+        lines += ["", *(f"![{setting}: validation {metrics[setting]} vs memoryless baseline]({path})"
+                        for setting, path in plots.items())]
     if skipped:
         lines += ["", f"Skipped {len(skipped)} run(s) that did not finish:",
                   *(f"- `{folder}`: {why}" for folder, why in skipped)]

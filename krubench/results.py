@@ -3,6 +3,7 @@ results.json when it finishes."""
 from __future__ import annotations
 
 import platform
+import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +26,21 @@ def versions() -> dict[str, str]:
     return out
 
 
+def git_revision(folder: Path = Path(__file__).resolve().parent) -> dict | None:
+    """The git commit of the checkout krubench runs from, and whether it has uncommitted changes; None when
+    krubench is not run from a git checkout (an installed wheel) or git is missing."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
+
+
 def write_status(run_dir: Path, status: str, step: int | None = None, error: str | None = None) -> None:
     """status: running | ok (with the steps done) | failed (with the error message)."""
     record = {"status": status, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -36,4 +52,4 @@ def write_status(run_dir: Path, status: str, step: int | None = None, error: str
 
 
 def write_results(run_dir: Path, results: dict) -> None:
-    atomic_write_json(Path(run_dir) / RESULTS, {**results, "versions": versions()})
+    atomic_write_json(Path(run_dir) / RESULTS, {**results, "versions": versions(), "git": git_revision()})

@@ -18,13 +18,15 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import checkpoint, rundir, tb
+from .csvlog import CSVMirror
 from .config import validate
-from .checkpoint import flatten
+from .data.paths import data_dir as data_root
 from .interrupt import Interrupted, StopOnSignal
 from .memory import check_memory
 from .models import build_model
 from .page_faults import PageFaultWatch
 from .results import write_results, write_status
+from .schedule import EarlyStopping, Schedule
 from .tasks import build_task
 
 log = logging.getLogger("krubench")
@@ -144,6 +146,8 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
     task = build_task(config["task"], seed=config["seed"], data_dir=config["data_dir"])
     model = build_model(config["model"], task.input_size, task.output_size).to(device)
     optimizer = build_optimizer(config["optim"], model)
+    schedule = Schedule(config["schedule"], optimizer, tcfg["steps"], task.higher_is_better)
+    early = EarlyStopping(tcfg["early_stop_patience"], tcfg["early_stop_min_delta"], task.higher_is_better)
     penalty_weight = config["model"].get("penalty", 0.0)
     has_factors = bool(model.factor_parameters())
     counts, baselines, backend = model.param_counts(), task.baselines(), model.kron_backend(device)
@@ -155,6 +159,8 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
         load_optimizer_state(optimizer, ckpt["optimizer"])
         checkpoint.set_rng_state(ckpt["rng"])
         task.load_state_dict(ckpt["task"])
+        schedule.load_state_dict(ckpt.get("schedule", {}))  # absent from checkpoints older than schedules
+        early.load_state_dict(ckpt.get("early_stopping", {}))
         step, best, best_step, elapsed = ckpt["step"], ckpt["best"], ckpt["best_step"], ckpt["elapsed"]
         log.info(f"resumed from {run_dir / checkpoint.LAST} at step {step}")
         for change in checkpoint.optim_changes(ckpt["config"], config):
@@ -166,7 +172,9 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
              f"Kronecker backend: {backend}; device: {device}")
     log.info(f"run directory: {run_dir}")
 
-    writer = tb.open_writer(run_dir, step, baselines)
+    writer = tb.open_writer(run_dir, step, task)
+    if tcfg["csv_log"]:
+        writer = CSVMirror(writer, run_dir, step)
     if step == 0:
         writer.add_text("config", "    " + OmegaConf.to_yaml(config).replace("\n", "\n    "))
         writer.add_text("backend", f"Kronecker backend: {backend}, device: {device}")
@@ -174,6 +182,7 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
     def save(path, at_step):
         checkpoint.save(path, model=model.state_dict(), optimizer=optimizer.state_dict(), step=at_step,
                         rng=checkpoint.rng_state(), task=task.state_dict(), best=best, best_step=best_step,
+                        schedule=schedule.state_dict(), early_stopping=early.state_dict(),
                         elapsed=elapsed + time.time() - started, config=config)
 
     def save_last():
@@ -190,12 +199,12 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
     steps = tcfg["steps"]
     started, window_start, window_steps = time.time(), time.time(), 0
     faults = PageFaultWatch(device)
-    val = task.evaluate(model, device) if step >= steps else None  # a finished run: just re-report
+    val = task.evaluate(model, device) if step >= steps or early.stopped else None  # finished: just re-report
     progress = {"auto": None, "always": False, "never": True}[tcfg["progress"]]
     model.train()
     with logging_redirect_tqdm(), tqdm(total=steps, initial=step, disable=progress, desc="train",
                                        dynamic_ncols=True) as bar:
-        while step < steps:
+        while step < steps and not early.stopped:
             loss = task.train_loss(model, step, device)
             penalty = model.unitary_penalty() if has_factors else None
             total = loss + penalty_weight * penalty if penalty_weight > 0 else loss
@@ -206,6 +215,7 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
             if not torch.isfinite(total) or not torch.isfinite(grad_norm):
                 what = "loss" if not torch.isfinite(total) else "gradient norm"
                 raise NonFiniteLoss(non_finite_message(what, step, saved_step, config["optim"]["lr"], run_dir))
+            schedule.apply(step + 1)  # the lrs of this update
             optimizer.step()
             step += 1
             window_steps += 1
@@ -237,8 +247,12 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
                 if better(val[task.metric]) and parameters_finite(model):
                     best, best_step = val[task.metric], step
                     save(run_dir / checkpoint.BEST, step)
+                schedule.on_validation(val[task.metric])
+                if early.on_validation(val[task.metric]):
+                    log.info(f"early stop at step {step}: validation {task.metric} has not improved on "
+                             f"{early.best:.4g} by more than {early.min_delta:g} for {early.stale} validations")
 
-            if step % tcfg["ckpt_every"] == 0 or step == steps or stop.requested:
+            if step % tcfg["ckpt_every"] == 0 or step == steps or stop.requested or early.stopped:
                 save_last()
             if stop.requested:
                 writer.close()
@@ -254,13 +268,14 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
             log.info(f"{split} (best checkpoint, step {best_step}): "
                      + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
-    tb.log_hparams(writer, flatten(config), final_metrics, step)
+    tb.log_hparams(writer, config, final_metrics, step)
     writer.close()
     results = {
         "task": config["task"]["name"], "model": config["model"]["name"], "seed": config["seed"],
         "metric": task.metric, "final_val": val, "best_val": {task.metric: best, "step": best_step}, **held_out,
         "baseline": baselines, "params": counts, "steps": step, "wall_time_s": wall,
-        "backend": backend, "device": str(device), "config": config,
+        "stopped_early": early.stopped, "backend": backend, "device": str(device), "config": config,
+        "data_root": str(data_root(config["data_dir"])) if task.needs_data else None,  # where the data was read
     }
     write_results(run_dir, results)
     log.info(f"done: {step} steps in {wall:.0f} s; validation {task.metric} {val[task.metric]:.4f} "

@@ -1,6 +1,8 @@
 """The installed `krubench` command, run as a user would: from a temporary directory, one run, a
 multirun sweep, a killed run resumed, and a wheel that carries its configs."""
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,7 +26,7 @@ def scalars(run_dir: Path) -> dict:
 
 def test_one_run_from_a_temp_dir(tmp_path):
     proc = run_cli([*TINY, "trainer.steps=2", "trainer.val_every=1"], cwd=tmp_path)
-    runs = list((tmp_path / "outputs").glob("*/*_copy_kru"))
+    runs = list((tmp_path / "outputs").glob("*/*_copy_T10_kru"))
     assert len(runs) == 1, proc.stderr
     run = runs[0]
     results = json.loads((run / "results.json").read_text())
@@ -32,6 +34,8 @@ def test_one_run_from_a_temp_dir(tmp_path):
     assert results["params"]["recurrent"] == 8 * 4
     assert results["baseline"]["loss"] == pytest.approx(10 * 2.0794415 / 30)
     assert results["backend"] and results["versions"]["torch"]
+    assert re.fullmatch(r"[0-9a-f]{40}", results["git"]["commit"]) and isinstance(results["git"]["dirty"], bool)
+    assert results["data_root"] is None  # a synthetic task reads no data
     assert json.loads((run / "status.json").read_text())["status"] == "ok"
     assert (run / "last.pt").exists() and (run / "best.pt").exists() and (run / "krubench.log").exists()
     tags = scalars(run)
@@ -49,18 +53,55 @@ def test_tensorboard_text_custom_scalars_and_hparams(tmp_path):
     acc = EventAccumulator(str(run / "tb"), size_guidance={"tensors": 0})
     acc.Reload()
     plugins = set(acc.PluginTagToContent("hparams")) | set(acc.PluginTagToContent("custom_scalars"))
-    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info",
-            "custom_scalars__config__"} <= plugins
+    assert {"_hparams_/session_start_info", "_hparams_/session_end_info", "custom_scalars__config__"} <= plugins
+    assert "_hparams_/experiment" not in plugins  # TensorBoard builds one experiment from all runs' sessions
     assert "config/text_summary" in acc.Tags()["tensors"]
     assert list((run / "tb").iterdir()) == [p for p in (run / "tb").iterdir() if p.is_file()]  # hparams in the same run
+
+
+def test_help_lists_the_groups_without_internal_ones(tmp_path):
+    out = run_cli(["--help"], cwd=tmp_path).stdout
+    assert "task: adding, copy, music, pixel_mnist, ptb_char" in out and "experiment/paper: adding_T100_kru" in out
+    assert "experiment/paper/setting" not in out and "== Config ==" in out and "\ntask:\n  name: copy" in out
+
+
+def test_completion_offers_values_not_enum_reprs(tmp_path):
+    env = {**os.environ, "COMP_LINE": "krubench task=music task.dataset="}
+    proc = subprocess.run([*krubench_command(), "-sc", "query=bash"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.stdout.split() == ["task.dataset=jsb"], proc.stdout
+
+
+@pytest.mark.parametrize("override, extra", [("launcher=joblib", "joblib"), ("launcher=slurm", "slurm"),
+                                             ("hydra/launcher=submitit_local", "slurm"),
+                                             ("hparams_search=optuna", "optuna")])
+def test_a_missing_launcher_plugin_names_the_pip_command(monkeypatch, capsys, override, extra):
+    import importlib.util
+
+    from krubench import cli
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)  # as if the plugin were not installed
+    monkeypatch.setattr(sys, "argv", ["krubench", "--multirun", override, "seed=0,1"])
+    with pytest.raises(SystemExit) as exit:
+        cli.main()
+    assert exit.value.code == 1
+    assert f'not installed: pip install "krubench[{extra}]"' in capsys.readouterr().err
+    assert cli.missing_plugin(["launcher=nothing_we_know", "seed=1"]) is None
 
 
 def test_multirun_two_jobs(tmp_path):
     run_cli(["--multirun", *TINY, "trainer.steps=1", "model=kru,lstm"], cwd=tmp_path)
     jobs = sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if (p / "results.json").exists())
     assert len(jobs) == 2, jobs
-    assert jobs[0].startswith("0_copy_kru_") and jobs[1].startswith("1_copy_lstm_"), jobs
-    assert "model=lstm" in jobs[1]
+    assert jobs[0].startswith("0_copy_T10_kru_model.hidden_size=16,model=kru,") and jobs[1].startswith("1_copy_T10_lstm_"), jobs
+
+
+def test_preset_sweep_folders_name_the_setting(tmp_path):
+    """experiment= is left out of the folder names (it holds a "/"): the setting says which preset ran."""
+    run_cli(["--multirun", "experiment=paper/copy_T1000_rnn,paper/copy_T2000_rnn", "model.hidden_size=4",
+             "task.val_size=2", "trainer=debug", "trainer.steps=1", "trainer.val_every=1"], cwd=tmp_path)
+    jobs = sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if (p / "results.json").exists())
+    assert [j.split("_model.")[0] for j in jobs] == ["0_copy_T1000_rnn", "1_copy_T2000_rnn"], jobs
 
 
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):

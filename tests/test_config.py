@@ -76,8 +76,10 @@ def test_range_checks():
         validate(cfg)
 
 
-def test_run_folders_name_the_task_the_model_and_a_music_data_set():
-    for overrides, label in ([], "_copy_kru"), (["task=music", "task.dataset=piano", "model=lstm"], "_music-piano_lstm"):
+def test_run_folders_name_the_setting_and_the_model():
+    for overrides, label in (([], "_copy_T100_kru"), (["task=music", "task.dataset=piano", "model=lstm"], "_music_piano_lstm"),
+                             (["experiment=paper/permuted_mnist_lstm_kru"], "_permuted_mnist_lstm_kru"),
+                             (["task=adding", "task.T=200", "task.placement=uniform"], "_adding_T200_uniform_kru")):
         cfg = compose_config(overrides, return_hydra_config=True)
         assert OmegaConf.select(cfg, "hydra.run.dir").endswith(label), OmegaConf.select(cfg, "hydra.run.dir")
 

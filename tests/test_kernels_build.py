@@ -42,6 +42,29 @@ def test_build_dir_is_keyed_by_versions_under_torch_extensions_dir(monkeypatch, 
     assert torch.__version__.replace("+", "_") in folder.parent.name
 
 
+def test_build_dir_is_keyed_by_the_sources_and_the_flags(monkeypatch, tmp_path):
+    """Two checkouts (or revisions) never share a build folder; the same sources and flags always do."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    checkouts = [shutil.copytree(build.source_dir(), tmp_path / name) for name in ("a", "b")]
+    monkeypatch.setattr(build, "source_dir", lambda: checkouts[0])
+    first = build.build_dir("cpp")
+    assert build.build_dir("cpp") == first and first.parent.name.endswith(f"-src{build.source_tag('cpp')}")
+    (checkouts[0] / "kron_math.h").write_text((checkouts[0] / "kron_math.h").read_text() + "\n// edited\n")
+    edited = build.build_dir("cpp")
+    assert edited != first
+    monkeypatch.setattr(build, "source_dir", lambda: checkouts[1])  # same sources as `first`, another checkout
+    assert build.build_dir("cpp") not in (first, edited)
+    flags = build._flags
+
+    def more_flags(backend):
+        out = flags(backend)
+        return {**out, "extra_cflags": [*out["extra_cflags"], "-DKRUBENCH_TEST"]}
+
+    other = build.build_dir("cpp")
+    monkeypatch.setattr(build, "_flags", more_flags)
+    assert build.build_dir("cpp") != other
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a visible GPU gives the arch")
 def test_the_cuda_arch_must_be_named_without_a_gpu(monkeypatch):
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)

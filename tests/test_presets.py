@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO, compose_config
 from krubench.data import paths
-from krubench.report import setting_key
+from krubench.config import setting_key
 from krubench.train import train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -52,7 +52,7 @@ def test_there_is_a_preset_per_benchmark_setting_and_model():
 def test_preset_composes_to_what_its_name_says(name):
     cfg = compose(name)
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    assert f"{setting_key(config)}_{config['model']['name']}" == name  # the report groups runs by this key
+    assert f"{setting_key(config['task'])}_{config['model']['name']}" == name  # the report groups runs by this key
     assert config["optim"]["name"] == "rmsprop" and config["trainer"]["steps"] > 1000
     # a command-line value still wins over the preset's
     assert compose(name, "model.hidden_size=16", "trainer.steps=3").trainer.steps == 3
@@ -87,5 +87,5 @@ def test_preset_trains_two_steps(name, tmp_path, data_cache):
             pytest.skip(f"real data folder {SHARED_DATA} is absent")
         overrides.append(f"data_dir={SHARED_DATA}")
     results = train(compose(name, *overrides), tmp_path / "run")
-    assert results["steps"] == 2 and f"{setting_key(results['config'])}_{results['model']}" == name
+    assert results["steps"] == 2 and f"{setting_key(results['config']['task'])}_{results['model']}" == name
     assert json.loads((tmp_path / "run" / "status.json").read_text())["status"] == "ok"

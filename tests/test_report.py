@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from krubench.plots import plot_setting, read_scalars
-from krubench.report import find_runs, group, load_paper_numbers, main, setting_key, summary
+from krubench.plots import draw_setting, plot_setting, read_scalars
+from krubench.config import setting_key
+from krubench.report import find_runs, group, load_paper_numbers, main, summary
 
 RUNS = Path(__file__).resolve().parent / "data" / "runs"
 COPY_KRU = RUNS / "sweep" / "0_copy_kru_seed=0"
@@ -67,6 +69,21 @@ def test_runs_differing_only_in_seed_form_one_row(tmp_path):
     assert summary(row)["n"] == 2 and row.variant == "" and row.seeds == 2
 
 
+def test_a_run_older_than_a_config_key_counts_as_its_default(tmp_path):
+    copy_run(tmp_path / "old", seed=0)  # the committed runs predate schedules and early stopping
+    new = copy_run(tmp_path / "new", seed=1)
+    results = json.loads((new / "results.json").read_text())
+    results["config"]["schedule"] = {"name": "constant", "warmup_steps": 0, "min_lr_scale": 0.0, "every": 1000,
+                                     "gamma": 0.1, "factor": 0.5, "patience": 5, "threshold": 0.0}
+    results["config"]["trainer"] |= {"early_stop_patience": 0, "early_stop_min_delta": 0.0, "csv_log": True}
+    (new / "results.json").write_text(json.dumps(results))
+    [row] = group(find_runs([tmp_path])[0], load_paper_numbers())
+    assert row.seeds == 2 and row.variant == ""
+    copy_run(tmp_path / "cosine", seed=2, schedule={"name": "cosine"})
+    assert sorted(r.variant for r in group(find_runs([tmp_path])[0], load_paper_numbers())) == [
+        "schedule.name=constant", "schedule.name=cosine"]
+
+
 def test_runs_differing_in_config_form_rows_labelled_by_the_difference(tmp_path, capsys):
     copy_run(tmp_path / "a", optim__lr=0.001)
     copy_run(tmp_path / "b", optim__lr=0.01, seed=1)
@@ -99,11 +116,39 @@ def test_plot_of_a_row_of_seeds_draws_a_band(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_plots_draw_the_tables_metric_in_its_unit_with_the_baseline_in_that_unit():
+    runs, _ = find_runs([RUNS])
+    rows = {(r.setting, r.model): r for r in group(runs, load_paper_numbers())}
+    copy = rows["copy_T1000", "kru"]
+    ax = draw_setting("copy_T1000", [copy]).axes[0]
+    assert ax.get_ylabel() == "loss_bits (bits per time step)" and copy.unit == "bits per time step"
+    baseline, = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert baseline.get_ydata()[0] == pytest.approx(10 * 3 / 1020)  # bits, as the table's baseline
+    val = [line for line in ax.get_lines() if line.get_marker() == "o"][0]
+    bits = [read_scalars(run.dir, ("val/loss_bits",))["val/loss_bits"][1] for run in copy.runs]
+    assert list(val.get_ydata()) == pytest.approx([sum(v) / len(v) for v in zip(*bits)])
+    train = [line for line in ax.get_lines() if line.get_marker() != "o" and line is not baseline][0]
+    nats = [read_scalars(run.dir)["train/loss"][1] for run in copy.runs]
+    assert list(train.get_ydata()) == pytest.approx([sum(v) / len(v) / math.log(2) for v in zip(*nats)])
+    fig = draw_setting("pixel_mnist", [rows["pixel_mnist", "kru"]])
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "accuracy (fraction correct)" and "test split" in ax.get_title()
+    assert len(ax.get_lines()) == 2  # accuracy and its baseline: no training loss in nats on an accuracy axis
+    assert ax.get_legend() is None and fig.legends  # the legend is the figure's, below the axes
+
+
+def test_the_table_names_the_metrics_unit(capsys):
+    assert main([str(RUNS)]) == 0
+    text = capsys.readouterr().out
+    assert "| val loss_bits (bits per time step) |" in text and "| test accuracy (fraction correct) |" in text
+    assert "| val loss (MSE) |" in text
+
+
 def test_setting_key_names_the_presets():
-    assert setting_key({"task": {"name": "copy", "T": 2000}}) == "copy_T2000"
-    assert setting_key({"task": {"name": "adding", "T": 100, "placement": "uniform"}}) == "adding_T100_uniform"
-    assert setting_key({"task": {"name": "pixel_mnist", "permute": True}}) == "permuted_mnist"
-    assert setting_key({"task": {"name": "music", "dataset": "jsb"}}) == "music_jsb"
+    assert setting_key({"name": "copy", "T": 2000}) == "copy_T2000"
+    assert setting_key({"name": "adding", "T": 100, "placement": "uniform"}) == "adding_T100_uniform"
+    assert setting_key({"name": "pixel_mnist", "permute": True}) == "permuted_mnist"
+    assert setting_key({"name": "music", "dataset": "jsb"}) == "music_jsb"
 
 
 def test_every_paper_number_has_a_source_and_a_verified_flag():

@@ -61,6 +61,26 @@ def test_launcher_presets_compose(launcher, target):
         assert hydra.callbacks.prebuild_kernels._target_ == "krubench.sweep.PrebuildKernels"
 
 
+@pytest.mark.parametrize("task, direction", [("copy", "minimize"), ("pixel_mnist", "maximize"), ("ptb_char", "minimize")])
+def test_optuna_preset_takes_the_direction_from_the_task(task, direction):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    hydra = compose_config(["hparams_search=optuna", f"task={task}"], return_hydra_config=True).hydra
+    assert hydra.sweeper._target_.endswith("OptunaSweeper") and hydra.sweeper.direction == direction
+    assert set(hydra.sweeper.params) == {"optim.lr", "optim.factor_lr_scale", "trainer.grad_clip"}
+
+
+def test_optuna_search_runs_trials_and_reports_the_best(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "search"
+    run_cli(["hparams_search=optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}", *TINY,
+             "trainer.steps=2", "model.kernel=reference"], cwd=tmp_path)  # no -m: the preset is a sweep
+    jobs = job_dirs(sweep)
+    assert len(jobs) == 2 and all(j.name.startswith(f"{i}_copy_T10_kru_") for i, j in enumerate(jobs))
+    assert all("optim.lr=" in j.name for j in jobs) and "hparams_search" not in jobs[0].name
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_value == min(results(j)["final_val"]["loss"] for j in jobs)
+
+
 @pytest.mark.slow
 def test_joblib_runs_two_jobs(tmp_path):
     run_cli(["-m", "launcher=joblib", f"hydra.sweep.dir={tmp_path / 'sweep'}", *TINY, "trainer.steps=2",

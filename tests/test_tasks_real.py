@@ -214,6 +214,7 @@ def test_cli_every_model_on_real_data(tmp_path, monkeypatch, task):
     assert sorted(r["model"] for r in results) == ["kru", "lstm", "lstm_kru", "rnn"]
     for run, r in zip(runs, results):
         assert r["metric"] == METRIC[task] and math.isfinite(r["test"][METRIC[task]])
+        assert r["data_root"] == str(SHARED_DATA.resolve())  # the root actually read, here from $KRUBENCH_DATA
         assert set(r["final_val"]) == set(r["baseline"]) == set(r["test"])  # a baseline next to every metric
         events = EventAccumulator(str(run / "tb"))
         events.Reload()

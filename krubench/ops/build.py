@@ -2,13 +2,15 @@
 
 Built on first use (or up front with `krubench-build`) into a cache folder keyed by the torch, CUDA and
 Python versions (plus the CUDA arch list, or the CPU's instruction set for the `-march=native` C++
-build), under `$TORCH_EXTENSIONS_DIR` if set, else `$XDG_CACHE_HOME/krubench` (`~/.cache/krubench`).
+build) and a hash of the kernel sources and compile flags (so two checkouts, or two revisions, never
+rebuild one folder in turn), under `$TORCH_EXTENSIONS_DIR` if set, else `$XDG_CACHE_HOME/krubench` (`~/.cache/krubench`).
 A build is guarded by an OS file lock (released by the kernel if the builder dies) with a timeout, so
 parallel sweep workers wait for one build instead of racing, and never wait forever.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import platform
@@ -63,11 +65,23 @@ def _cpu_tag() -> str:
     return hashlib.sha1(info.encode()).hexdigest()[:8]
 
 
+def source_tag(backend: str) -> str:
+    """A short hash of the kernel sources (every .h/.cpp/.cu of source_dir(), name and content) and of the
+    compile flags (which hold the sources' paths: each checkout gets its own folder, as torch would otherwise
+    rebuild a shared one whenever the other checkout loads it)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in source_dir().iterdir() if p.suffix in (".h", ".cpp", ".cu")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update(json.dumps({k: v for k, v in _flags(backend).items() if k != "verbose"}, sort_keys=True).encode())
+    return h.hexdigest()[:12]
+
+
 def build_dir(backend: str) -> Path:
     root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "krubench")
     key = f"torch{torch.__version__}-cuda{torch.version.cuda or 'none'}-py{sys.version_info[0]}{sys.version_info[1]}"
     key += f"-sm{cuda_arch_list().replace(' ', '_').replace(';', '_')}" if backend == "cuda" else f"-cpu{_cpu_tag()}"
+    key += f"-src{source_tag(backend)}"
     return Path(root) / key.replace("+", "_") / EXTENSIONS[backend][0]
 
 

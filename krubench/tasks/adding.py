@@ -36,6 +36,7 @@ class AddingTask(Task):
     name = "adding"
     input_size = 2
     output_size = 1
+    units = {"loss": "MSE"}
 
     def __init__(self, T: int = 100, placement: str = "halves", batch_size: int = 20, val_size: int = 500,
                  seed: int = 0):

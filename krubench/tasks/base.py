@@ -31,6 +31,8 @@ class Task:
     #: the headline validation metric (a key of `evaluate`) and its direction, used to pick best.pt
     metric: str = "loss"
     higher_is_better: bool = False
+    #: the unit of each key of `evaluate` (and of the training loss, "loss"): axis labels and chart titles
+    units: dict[str, str] = {"loss": "nats"}
 
     #: splits `evaluate` accepts; the trainer validates on "val" and, at the end, evaluates the best
     #: checkpoint on every other split (e.g. "test")

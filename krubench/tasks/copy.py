@@ -38,6 +38,8 @@ class CopyTask(Task):
     name = "copy"
     input_size = N_CLASSES
     output_size = N_CLASSES
+    units = {"loss": "nats per time step", "loss_bits": "bits per time step",
+             "recall_accuracy": "fraction of recalled symbols"}
 
     def __init__(self, T: int = 100, batch_size: int = 20, val_size: int = 500, seed: int = 0):
         if T < 1:

@@ -43,6 +43,7 @@ class MusicTask(Task):
     needs_data = True
     input_size = KEYS
     output_size = KEYS
+    units = {"loss": "nats per frame"}
     splits = ("val", "test")
 
     def __init__(self, dataset: str = "jsb", batch_size: int = 8, eval_batch_size: int = 32,

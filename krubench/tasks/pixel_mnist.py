@@ -34,6 +34,7 @@ class PixelMNISTTask(Task):
     metric = "accuracy"
     higher_is_better = True
     splits = ("val", "test")
+    units = {"loss": "nats per image", "accuracy": "fraction correct"}
 
     def __init__(self, permute: bool = False, permutation_seed: int = 92916, val_size: int = 5000,
                  batch_size: int = 100, eval_batch_size: int = 100, eval_limit: int | None = None,

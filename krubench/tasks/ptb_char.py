@@ -38,6 +38,7 @@ class PTBCharTask(Task):
     needs_data = True
     metric = "bpc"
     splits = ("val", "test")
+    units = {"loss": "nats per character", "bpc": "bits per character"}
 
     def __init__(self, bptt: int = 150, batch_size: int = 128, eval_batch_size: int = 64,
                  eval_limit: int | None = None, seed: int = 0, data_dir: str | None = None):
