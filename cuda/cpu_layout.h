@@ -13,19 +13,24 @@
 
 namespace kru {
 
-constexpr int L = 16;  // batch lanes per chunk: one AVX-512 vector of float
+// Batch lanes per chunk: one vector register of float. Wider than the register, the stages' working set
+// spills: on an AVX2 CPU L = 16 ran a copy T=1000 training step 3x slower than L = 8 (BENCHMARKS.md).
+#if defined(__AVX512F__)
+constexpr int L = 16;  // a zmm register
+#else
+constexpr int L = 8;  // a ymm register (AVX2; narrower ISAs split it)
+#endif
 
-// The L lanes of one state element as a GCC/Clang vector (a zmm register of float on AVX-512; split
-// into narrower registers elsewhere). It may alias T, so planes of T can be read as Lanes<T>.
+// The L lanes of one state element as a GCC/Clang vector (one register of float, two of double). It may alias T, so planes of T can be read as Lanes<T>.
 template <typename T>
 struct LanesOf;
 template <>
 struct LanesOf<float> {
-  typedef float type __attribute__((vector_size(L * sizeof(float)), aligned(64), may_alias));
+  typedef float type __attribute__((vector_size(L * sizeof(float)), aligned(L * sizeof(float)), may_alias));
 };
 template <>
 struct LanesOf<double> {
-  typedef double type __attribute__((vector_size(L * sizeof(double)), aligned(64), may_alias));
+  typedef double type __attribute__((vector_size(L * sizeof(double)), aligned(L * sizeof(double)), may_alias));
 };
 template <typename T>
 using Lanes = typename LanesOf<T>::type;

@@ -485,6 +485,8 @@ TORCH_LIBRARY(krubench, m) {
   m.def("kru_recurrence_lanes(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
   m.def("kru_recurrence_lanes_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, "
         "str nonlinearity, Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
+  // The lanes layout's chunk width L, which this build chose for its CPU (cuda/cpu_layout.h).
+  m.def("lanes_width() -> int", []() -> int64_t { return kru::L; });
 }
 
 TORCH_LIBRARY_IMPL(krubench, CPU, m) {

@@ -146,8 +146,8 @@ class KRU(SequenceModel):
         C, N = (2 if self.complex else 1), self.hidden_size
         u = lanes.linear(self.U.weight, self.U.bias, lanes.batch_to_lanes(x))  # (chunks, T, C·N, LANES)
         c, T = u.shape[:2]
-        H = ops.kru_recurrence_lanes(u.view(c, T, C, N, lanes.LANES), lanes.state_to_lanes(h0), self.W.stages("cpp"),
+        H = ops.kru_recurrence_lanes(u.view(c, T, C, N, lanes.width()), lanes.state_to_lanes(h0), self.W.stages("cpp"),
                                      self.nonlinearity, self.modrelu_bias)  # (chunks, T, C, N, LANES)
-        y = lanes.linear(self.V.weight, self.V.bias, H.view(c, T, C * N, lanes.LANES))
+        y = lanes.linear(self.V.weight, self.V.bias, H.view(c, T, C * N, lanes.width()))
         B = x.shape[0]
         return lanes.outputs_from_lanes(y, B), lanes.state_from_lanes(H[:, -1], B, self.complex)

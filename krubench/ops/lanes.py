@@ -11,33 +11,40 @@ are computed and dropped.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
-LANES = 16  # sequences per chunk: cuda/cpu_layout.h's L (one AVX-512 vector of float)
+
+@functools.cache
+def width() -> int:
+    """LANES, the sequences per chunk: cuda/cpu_layout.h's L, one SIMD vector of float in the build for this
+    CPU (16 with AVX-512, 8 with AVX2). Asks the loaded C++ library, which the lanes layout is for."""
+    return int(torch.ops.krubench.lanes_width())
 
 
 def chunks(batch: int) -> int:
-    return -(-batch // LANES)
+    return -(-batch // width())
 
 
 def _pad_rows(x: torch.Tensor) -> torch.Tensor:
     """x (B, ...) with zero rows appended up to whole chunks."""
-    extra = chunks(x.shape[0]) * LANES - x.shape[0]
+    extra = chunks(x.shape[0]) * width() - x.shape[0]
     return F.pad(x, (0, 0) * (x.dim() - 1) + (0, extra)) if extra else x
 
 
 def batch_to_lanes(x: torch.Tensor) -> torch.Tensor:
     """(B, T, I) -> (chunks, T, I, LANES)."""
     B, T, I = x.shape
-    return _pad_rows(x).view(chunks(B), LANES, T, I).permute(0, 2, 3, 1).contiguous()
+    return _pad_rows(x).view(chunks(B), width(), T, I).permute(0, 2, 3, 1).contiguous()
 
 
 def sequence_to_lanes(u: torch.Tensor) -> torch.Tensor:
     """A sequence (B, T, N), complex or real -> (chunks, T, C, N, LANES) real."""
     planes = torch.view_as_real(u) if u.is_complex() else u.unsqueeze(-1)  # (B, T, N, C)
     B, T, N, C = planes.shape
-    return _pad_rows(planes).view(chunks(B), LANES, T, N, C).permute(0, 2, 4, 3, 1).contiguous()
+    return _pad_rows(planes).view(chunks(B), width(), T, N, C).permute(0, 2, 4, 3, 1).contiguous()
 
 
 def sequence_from_lanes(H: torch.Tensor, batch: int, complex_: bool) -> torch.Tensor:
