@@ -382,8 +382,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_recurrence_backward(
                                                         ptr<T>(gb));
     });
   });
-  at::Tensor gw = combine_planes(gwr.sum({0, 2}), gwi.sum({0, 2}), w.is_complex());
-  return {gh0, gw, gb.sum({0, 2})};
+  at::Tensor gw = combine_planes(gwr.sum(at::IntArrayRef{0, 2}), gwi.sum(at::IntArrayRef{0, 2}), w.is_complex());
+  return {gh0, gw, gb.sum(at::IntArrayRef{0, 2})};
 }
 
 at::Tensor kru_recurrence_cpu(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
@@ -464,7 +464,7 @@ std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cpu(const at::Tensor& gr
     matvec_backward<T, decltype(c)::value>(plan, adj, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(x),
                                            ptr<T>(grad_y), M, ptr<T>(gx), ptr<T>(gwr), ptr<T>(gwi));
   });
-  return {gx, combine_planes(gwr.sum({0, 2}), gwi.sum({0, 2}), x.is_complex())};
+  return {gx, combine_planes(gwr.sum(at::IntArrayRef{0, 2}), gwi.sum(at::IntArrayRef{0, 2}), x.is_complex())};
 }
 
 }  // namespace

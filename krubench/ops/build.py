@@ -96,20 +96,25 @@ def cudart_dir(cuda_home: str) -> Path:
                      "CUDA_HOME to the CUDA toolkit's folder (the one holding bin/nvcc and lib64/)")
 
 
+# torch >= 2.12's headers need C++20, and its cpp_extension asks for it; older ones ask for C++17, which
+# our sources do not all compile under (seen on a GPU machine with torch 2.11): ask for C++20 everywhere.
+CXX_STD = "-std=c++20"
+
+
 def _flags(backend: str, src: Path | None = None) -> dict:
     src = src or source_dir()
     name, files = EXTENSIONS[backend]
     flags = dict(name=name, sources=[str(src / f) for f in files], extra_include_paths=[str(src)],
-                 extra_cflags=["-O3"], is_python_module=False, verbose=os.environ.get("KRUBENCH_BUILD_VERBOSE") == "1")
+                 extra_cflags=["-O3", CXX_STD], is_python_module=False, verbose=os.environ.get("KRUBENCH_BUILD_VERBOSE") == "1")
     if backend == "cpp":
         flags["extra_cflags"] += ["-march=native", "-fopenmp", "-fno-math-errno"]
         flags["extra_ldflags"] = ["-fopenmp"]
     elif backend == "emu":
-        flags["extra_cflags"] = ["-O1", "-fno-math-errno"]  # -O1: a quick build of test code
+        flags["extra_cflags"] = ["-O1", CXX_STD, "-fno-math-errno"]  # -O1: a quick build of test code
     else:
         from torch.utils.cpp_extension import CUDA_HOME
 
-        flags["extra_cuda_cflags"] = ["-O3"]
+        flags["extra_cuda_cflags"] = ["-O3", CXX_STD]
         flags["extra_ldflags"] = [f"-L{cudart_dir(CUDA_HOME)}"]
     return flags
 
