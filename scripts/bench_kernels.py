@@ -103,7 +103,7 @@ def kru_step(kernel, factors, u, h0, bias, stages, backward=True, nonlinearity="
         for leaf in (u, bias, *factors):  # as optimizer.zero_grad(set_to_none=True) leaves them
             leaf.grad = None
         if kernel == "lanes":
-            H = ops.kru_recurrence_lanes(u, h0, stages("cpp"), nonlinearity, bias)  # (chunks, T, 2, N, 16)
+            H = ops.kru_recurrence_lanes(u, h0, stages("cpp"), nonlinearity, bias)  # (chunks, T, 2, N, LANES)
         else:
             H = ops.kru_recurrence(u, h0, stages(kernel), nonlinearity, bias, kernel=kernel)  # (B, T, N)
         if backward:

@@ -20,7 +20,12 @@ import torch.nn.functional as F
 @functools.cache
 def width() -> int:
     """LANES, the sequences per chunk: cuda/cpu_layout.h's L, one SIMD vector of float in the build for this
-    CPU (16 with AVX-512, 8 with AVX2). Asks the loaded C++ library, which the lanes layout is for."""
+    CPU (16 with AVX-512, 8 with AVX2). Asks the C++ library, which the lanes layout is for (built and loaded
+    here if nothing has loaded it yet)."""
+    from .dispatch import load  # here: dispatch imports this module
+
+    if (reason := load("cpp")) is not None:
+        raise RuntimeError(f"the lanes layout is the cpp backend's, which is unavailable: {reason}")
     return int(torch.ops.krubench.lanes_width())
 
 
