@@ -45,6 +45,12 @@ def table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def print_row(row: list) -> None:
+    """One row of a table whose heading is already printed, at once: a phase cut off by its timeout still
+    leaves the rows it finished (the first GPU run's bench and large phases left none)."""
+    print(table([], [row]).split("\n", 2)[-1], flush=True)
+
+
 def _command_version(cmd: list[str]) -> str:
     exe = shutil.which(cmd[0])
     if exe is None:
@@ -161,7 +167,9 @@ def large(args) -> int:
     and every gradient. Pass: the device's complex64 error at most 2× cpp's + 1e-6 (STYLE.md's rule)."""
     backend, device = ("cpp", "cpu") if args.dry_run else ("cuda", "cuda")
     sizes, batches, T = ([64, 256], [3, 5], 6) if args.dry_run else (args.sizes, args.batches, args.steps)
-    rows, failed = [], 0
+    failed = 0
+    print(f"### Large sizes ({backend}, complex64 vs complex128 on {device}; cpp complex64 vs the same)\n\n" +
+          table(["N", "B", "T", f"{backend} c64 rel. err", "cpp c64 rel. err", "verdict", "s"], []), flush=True)
     for N in sizes:
         for B in batches:
             started = time.perf_counter()
@@ -174,10 +182,8 @@ def large(args) -> int:
             e_cpp = max(rel_err(a, b) for a, b in zip(cpp64, dev128))
             ok = e_dev <= 2 * e_cpp + 1e-6
             failed += not ok
-            rows.append([N, B, T, f"{e_dev:.2e}", f"{e_cpp:.2e}", "ok" if ok else "FAIL",
-                         f"{time.perf_counter() - started:.1f}"])
-    print(f"### Large sizes ({backend}, complex64 vs complex128 on {device}; cpp complex64 vs the same)\n\n" +
-          table(["N", "B", "T", f"{backend} c64 rel. err", "cpp c64 rel. err", "verdict", "s"], rows))
+            print_row([N, B, T, f"{e_dev:.2e}", f"{e_cpp:.2e}", "ok" if ok else "FAIL",
+                       f"{time.perf_counter() - started:.1f}"])
     return 1 if failed else 0
 
 
@@ -266,7 +272,11 @@ def bench(args) -> int:
     device = torch.device(device)
     sizes, batches, T = ([16, 64], [2, 5], 10) if args.dry_run else (args.sizes, args.batches, args.steps)
     bw = copy_bandwidth(device, 2**24 if args.dry_run else 2**30)
-    rows = []
+    print(f"### KRU ({backend}) vs nn.RNN on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}: "
+          f"ms, best of {args.repeats}; memory roof {bw / 1e9:.0f} GB/s (device copy)\n\n" +
+          table(["N", "B", "T", "KRU fwd", "KRU bwd", "RNN fwd", "RNN bwd", "RNN/KRU fwd", "RNN/KRU fwd+bwd",
+                 "KRU fwd / HBM floor", "KRU bwd / HBM floor", "register-resident fwd (2×2 factors)",
+                 "cuDNN algorithm (kernels)"], []), flush=True)
     for N in sizes:
         for B in batches:
             problem = kru_problem(N, B, T)
@@ -289,16 +299,11 @@ def bench(args) -> int:
             del rnn, x
             floor_f = 16 * B * N * T / bw  # read u_t, write h_t (complex64) once per step
             floor_b = 24 * B * N * T / bw  # read H_t and ∂L/∂H_t, write ∂L/∂u_t
-            rows.append([N, B, T, f"{kf * 1e3:.2f}", f"{kb * 1e3:.2f}", f"{rf * 1e3:.2f}", f"{rb * 1e3:.2f}",
-                         f"{rf / kf:.2f}×", f"{(rf + rb) / (kf + kb):.2f}×", f"{kf / floor_f:.1f}×",
-                         f"{kb / floor_b:.1f}×", regs, algo])
+            print_row([N, B, T, f"{kf * 1e3:.2f}", f"{kb * 1e3:.2f}", f"{rf * 1e3:.2f}", f"{rb * 1e3:.2f}",
+                       f"{rf / kf:.2f}×", f"{(rf + rb) / (kf + kb):.2f}×", f"{kf / floor_f:.1f}×",
+                       f"{kb / floor_b:.1f}×", regs, algo])
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    print(f"### KRU ({backend}) vs nn.RNN on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}: "
-          f"ms, best of {args.repeats}; memory roof {bw / 1e9:.0f} GB/s (device copy)\n\n" +
-          table(["N", "B", "T", "KRU fwd", "KRU bwd", "RNN fwd", "RNN bwd", "RNN/KRU fwd", "RNN/KRU fwd+bwd",
-                 "KRU fwd / HBM floor", "KRU bwd / HBM floor", "register-resident fwd (2×2 factors)",
-                 "cuDNN algorithm (kernels)"], rows))
     print("\nHBM floor: forward 16·B·N bytes a step (u_t in, h_t out, complex64), backward 24·B·N (H_t and ∂L/∂H_t "
           "in, ∂L/∂u_t out), at the measured copy bandwidth. RNN/KRU > 1: the KRU kernel is faster.")
     return 0
