@@ -61,7 +61,8 @@ def test_tensorboard_text_custom_scalars_and_hparams(tmp_path):
 
 def test_help_lists_the_groups_without_internal_ones(tmp_path):
     out = run_cli(["--help"], cwd=tmp_path).stdout
-    assert "task: adding, copy, music, pixel_mnist, ptb_char" in out and "experiment/paper: adding_T100_kru" in out
+    presets = next(line for line in out.splitlines() if line.startswith("experiment/paper: "))
+    assert "task: adding, copy, music, pixel_mnist, ptb_char" in out and " adding_T100_kru," in presets
     assert "experiment/paper/setting" not in out and "== Config ==" in out and "\ntask:\n  name: copy" in out
 
 
