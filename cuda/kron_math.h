@@ -138,8 +138,8 @@ KRU_HD void nl_forward(T zr, T zi, T bias, T& hr, T& hi) {
 // derivative off h (h > 0; 1 − h²). modReLU recovers z: where it is on (h ≠ 0), z has h's phase and
 // |h| = m (m + b) / (m + eps) for m = |z|, so m is the positive root of m² + (b − |h|) m − |h| eps
 // (no cancellation: |h| − b > 0 there); where it is off, h = 0 and so is every gradient. Matches torch
-// autograd at the kinks: relu'(0) = 0, ∂|z|/∂z = 0 at 0. One exception: with b > 0, z = 0 exactly also
-// gives h = 0, where modReLU jumps and the reference's gradient is g·b/eps; here it is 0.
+// autograd at the kinks: relu'(0) = 0, ∂|z|/∂z = 0 at 0; at z = 0 exactly (h = 0, where modReLU jumps
+// when b > 0) the gradient is 0, as in the reference (krubench/ops/recurrence.py: modrelu).
 template <int NL, typename T, bool CPLX>
 KRU_HD void nl_backward(T hr, T hi, T bias, T gr, T gi, T& dzr, T& dzi, T& db) {
   if (NL == kModRelu) {
