@@ -169,11 +169,13 @@ def test_sigterm_saves_and_exits_143_and_a_second_run_is_locked_out(tmp_path):
 
 def test_a_second_sigint_exits_at_once(tmp_path):
     run = tmp_path / "run"
-    proc = start([*TINY, "task.T=1000", "trainer.steps=100000", "trainer.val_every=100000",
-                  f"hydra.run.dir={run}"], tmp_path)
+    # steps of ~1 s (the reference recurrence, T=5000), so that the second signal comes before the first
+    # one's step has finished and saved: on a fast machine a T=1000 step ended in under 50 ms
+    proc = start([*TINY, "task.T=5000", "model.kernel=reference", "trainer.steps=100000",
+                  "trainer.val_every=100000", f"hydra.run.dir={run}"], tmp_path)
     wait_for_log(run, r"step 2/", proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    wait_for_log(run, r"SIGINT received", proc)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 128 + signal.SIGINT
     status = json.loads((run / "status.json").read_text())
