@@ -9,6 +9,8 @@
 #              kernels it ran) and the HBM floor; the register-resident forward (kru_recurrence_regs) too
 #   large      N 1024/2048/4096 × B 133/257 × T 200: complex64 vs complex128 on the GPU, and the cpp backend
 #   memcheck, racecheck   compute-sanitizer on a tiny forward+backward of every kernel, where installed
+# GPU_CHECK_SKIP="tests large ...": phases not to run (for a short device budget); GPU_CHECK_BENCH_ARGS: extra
+# arguments of the bench phase (e.g. "--batches 32 128" to leave out B=1024).
 # Output: OUTDIR/summary.md (one Markdown document: the phases' verdicts, then each phase's table, for
 # BENCHMARKS.md) and one log per phase (at most 8 files in all: the device tool's limit).
 #   bash scripts/gpu_check.sh [--dry-run] [OUTDIR]   # OUTDIR: default $OUT, else /tmp/gpu_check
@@ -34,6 +36,10 @@ phase() {
   local name=$1 limit=$2 log=$3
   shift 3
   local left=$((budget - SECONDS - 5))
+  if [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
+    echo "| $name | skipped: GPU_CHECK_SKIP | 0 |" >>"$verdicts"
+    return 0
+  fi
   if ((left < 20)); then
     echo "| $name | skipped: the ${budget} s budget is spent | 0 |" >>"$verdicts"
     return 1
@@ -74,7 +80,8 @@ if [[ -z "${preflight_failed:-}" ]] &&
   phase build 300 "$out/build.log" python3 -c \
     "from krubench.ops.cli import build_main; raise SystemExit(build_main(['--backend', '$backends']))"; then
   phase tests 150 "$out/tests.log" python3 -m pytest -q --noconftest -p no:cacheprovider "${tests[@]}"
-  phase bench 200 "$out/bench.log" "${py[@]}" bench $dry
+  # shellcheck disable=SC2086  # GPU_CHECK_BENCH_ARGS is a list of words
+  phase bench 200 "$out/bench.log" "${py[@]}" bench $dry ${GPU_CHECK_BENCH_ARGS:-}
   phase large 150 "$out/large.log" "${py[@]}" large $dry
   if [[ -z "$dry" ]] && command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do

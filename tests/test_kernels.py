@@ -206,7 +206,11 @@ def test_backward_overwrites_only_a_gradient_it_owns(backend, device, monkeypatc
     expected = grad_u("held")
     torch.testing.assert_close(grad_u("view"), expected)
     torch.testing.assert_close(grad_u("owned"), expected)
-    assert owned == [False, False, True], owned
+    assert owned[:2] == [False, False], owned  # never a gradient the caller holds, never a view
+    if device == "cpu":
+        # the reuse itself: on the CPU with the pinned torch. On an H200 with torch 2.11 (BENCHMARKS.md, GPU)
+        # autograd's ∂L/∂H was never the sole owner of its storage: the backward then allocates, still correct
+        assert owned[2], owned
 
 
 def test_without_torch_use_counts_the_backward_allocates_and_says_so_once(monkeypatch, caplog):
