@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # README "Large tensors on the CPU"
+# the data sets of the krubench workspace (../shared/data) unless KRUBENCH_DATA says otherwise: no downloads
+if [ -z "${KRUBENCH_DATA:-}" ] && [ -d ../shared/data ]; then export KRUBENCH_DATA=$PWD/../shared/data; fi
 COMMON="trainer.threads=1 trainer.progress=never"
 run() {  # run PRESET SEEDS [OVERRIDES...]
   local preset=$1 seeds=$2; shift 2
