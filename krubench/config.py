@@ -173,7 +173,9 @@ class OptimConfig:
     betas: Optional[List[float]] = None  # adam
     momentum: Optional[float] = None  # sgd, rmsprop
     eps: float = 1e-8  # rmsprop, adam: added to the root-mean-square in the step's denominator
-    factor_lr_scale: float = 1.0  # the recurrent matrix's own parameters (Kronecker factors; the peers' unitary part) train at lr × this
+    # the recurrent matrix's own parameters (Kronecker factors; the peers' unitary part) train at lr × this;
+    # None: the model's default_factor_lr_scale (kru and exprnn 0.1, the others 1.0)
+    factor_lr_scale: Optional[float] = None
 
 
 # ---- schedule ----

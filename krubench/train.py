@@ -23,7 +23,7 @@ from .config import validate
 from .data.paths import data_dir as data_root
 from .interrupt import Interrupted, StopOnSignal
 from .memory import check_memory
-from .models import build_model
+from .models import build_model, default_factor_lr_scale
 from .page_faults import PageFaultWatch
 from .results import write_results, write_status
 from .schedule import EarlyStopping, Schedule
@@ -131,6 +131,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
 def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # plain dict, stored everywhere
+    if config["optim"]["factor_lr_scale"] is None:  # null: the model's own split, stored as resolved
+        config["optim"]["factor_lr_scale"] = default_factor_lr_scale(config["model"]["name"])
     validate(config)
     tcfg = config["trainer"]
     device = pick_device(tcfg["device"])

@@ -54,13 +54,13 @@ def test_non_finite_loss_keeps_the_last_checkpoint_and_a_lower_lr_continues_it(t
 
     monkeypatch.setattr(CopyTask, "train_loss", original)
     with caplog.at_level("INFO", logger="krubench"):
-        train(small_run_config(tmp_path, "optim.lr=0.0005", "optim.factor_lr_scale=0.1"), run)
+        train(small_run_config(tmp_path, "optim.lr=0.0005", "optim.factor_lr_scale=0.5"), run)
     messages = [r.getMessage() for r in caplog.records]
     assert any("resumed from" in m and "at step 5" in m for m in messages)
     assert "optim.lr changed 0.001 -> 0.0005 on resume" in messages
-    assert "optim.factor_lr_scale changed 1.0 -> 0.1 on resume" in messages
+    assert "optim.factor_lr_scale changed 0.1 -> 0.5 on resume" in messages  # from the KRU's default
     groups = torch.load(run / "last.pt", weights_only=True)["optimizer"]["param_groups"]
-    assert [g["lr"] for g in groups] == pytest.approx([0.0005, 0.00005])
+    assert [g["lr"] for g in groups] == pytest.approx([0.0005, 0.00025])
     assert json.loads((run / "status.json").read_text()) | {"updated": None} == {
         "status": "ok", "step": 10, "updated": None}
 
@@ -162,3 +162,14 @@ def test_factors_train_at_their_own_learning_rate(model_name):
 def test_dense_models_have_one_parameter_group():
     optim = {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "betas": None, "eps": 1e-8, "factor_lr_scale": 0.1}
     assert len(build_optimizer(optim, build_model({"name": "lstm", "hidden_size": 8}, 3, 4)).param_groups) == 1
+
+
+@pytest.mark.parametrize("model_name,expected", [("kru", 0.1), ("rnn", 1.0), ("lstm_kru", 1.0), ("exprnn", 0.1)])
+def test_a_null_factor_lr_scale_is_the_models_own_and_stored_resolved(tmp_path, model_name, expected):
+    """optim.factor_lr_scale defaults to null: the model's default_factor_lr_scale, written into results.json as
+    the number it ran with (the report and a resume compare numbers)."""
+    cfg = small_run_config(tmp_path, f"model={model_name}", "model.hidden_size=16", "trainer.steps=2")
+    assert cfg.optim.factor_lr_scale is None
+    train(cfg, tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["optim"]["factor_lr_scale"] == expected

@@ -14,6 +14,11 @@ MODELS = {"kru": KRU, "rnn": RNN, "lstm": LSTM, "lstm_kru": LSTMKRU,
           "urnn": URNN, "fcurnn": FCURNN, "eurnn": EURNN, "exprnn": ExpRNN}  # the last four: the unitary peers
 
 
+def default_factor_lr_scale(name: str) -> float:
+    """What optim.factor_lr_scale=null means for model `name`."""
+    return MODELS[name].default_factor_lr_scale
+
+
 def build_model(cfg, input_size: int, output_size: int) -> SequenceModel:
     """cfg: the `model` config as a plain dict (enums as strings); its fields other than `name` are the constructor's keywords."""
     kwargs = {k: v for k, v in cfg.items() if k not in ("name", "penalty")}  # penalty is the trainer's
@@ -21,4 +26,4 @@ def build_model(cfg, input_size: int, output_size: int) -> SequenceModel:
 
 
 __all__ = ["EURNN", "FCURNN", "KRU", "LSTM", "LSTMKRU", "MODELS", "RNN", "SequenceModel", "URNN", "ExpRNN",
-           "build_model"]
+           "build_model", "default_factor_lr_scale"]

@@ -14,6 +14,8 @@ def count_real(params) -> int:
 class SequenceModel(nn.Module):
     """x: (B, T, input_size) -> y: (B, T, output_size), plus the final recurrent state."""
 
+    default_factor_lr_scale = 1.0  # optim.factor_lr_scale when the config leaves it null
+
     def recurrent_parameters(self) -> list[nn.Parameter]:
         """The hidden-to-hidden matrices (what the paper counts as recurrent parameters)."""
         raise NotImplementedError

@@ -33,6 +33,8 @@ def block_diagonal_skew(n: int, init: str) -> torch.Tensor:
 
 
 class ExpRNN(UnitaryRNN):
+    default_factor_lr_scale = 0.1  # expRNN's paper: the orthogonal part at lr/10
+
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, init: str = "henaff"):
         if hidden_size < 2:
             raise ValueError(f"model.hidden_size={hidden_size} must be at least 2 for model=exprnn (SO(1) is a point)")
