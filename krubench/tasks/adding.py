@@ -1,7 +1,9 @@
 """Adding problem (Hochreiter & Schmidhuber; Arjovsky et al. set-up). Inputs (T, 2): a U(0,1) number
 and a marker; exactly two markers are 1. Target: the sum of the two marked numbers, read at the last
 step. placement=halves puts one marker in each half (Arjovsky); uniform draws two distinct positions.
-Memoryless baseline: always predict 1, MSE = Var(U1 + U2) = 1/6.
+Memoryless baseline: always predict 1, MSE = Var(U1 + U2) = 1/6 in expectation. The validation losses are
+compared with that rule's MSE on the validation set itself: with 500 sequences it ranges 0.158-0.186 over
+seeds, and a model that learned nothing sits on it, not on 1/6.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class AddingTask(Task):
             raise ValueError(f"task.T={T} must be at least 2 (two markers)")
         self.T, self.placement, self.batch_size, self.seed = T, placement, batch_size, seed
         self.val = make_adding_batch(T, val_size, placement, seeded_generator(seed, "adding/val"))
+        self.val_baseline = F.mse_loss(torch.ones_like(self.val[1]), self.val[1]).item()  # always predict 1
 
     def train_batch(self, step):
         return make_adding_batch(self.T, self.batch_size, self.placement,
@@ -59,7 +62,8 @@ class AddingTask(Task):
         return evaluate_batches(model, [(x[i:i + 256], t[i:i + 256]) for i in range(0, len(x), 256)], self.loss, device)
 
     def baselines(self):
-        return {"loss": ADDING_BASELINE_MSE}
+        return {"loss": self.val_baseline}
 
     def describe(self):
-        return f"adding T={self.T} ({self.placement}): memoryless baseline MSE {ADDING_BASELINE_MSE:.4f} (always predict 1)"
+        return (f"adding T={self.T} ({self.placement}): memoryless baseline (always predict 1) MSE "
+                f"{self.val_baseline:.4f} on the validation set, {ADDING_BASELINE_MSE:.4f} in expectation")
