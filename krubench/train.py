@@ -130,6 +130,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> dict:
+    """The loop, top to bottom: check and resume, then step, log, validate and checkpoint until the budget
+    (or early stopping, or a signal) ends it, then the held-out splits and results.json."""
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # plain dict, stored everywhere
     if config["optim"]["factor_lr_scale"] is None:  # null: the model's own split, stored as resolved
         config["optim"]["factor_lr_scale"] = default_factor_lr_scale(config["model"]["name"])
@@ -145,142 +147,184 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
         torch.set_num_threads(tcfg["threads"])
     seed_everything(config["seed"], tcfg["deterministic"])
 
-    task = build_task(config["task"], seed=config["seed"], data_dir=config["data_dir"])
-    model = build_model(config["model"], task.input_size, task.output_size).to(device)
-    optimizer = build_optimizer(config["optim"], model)
-    schedule = Schedule(config["schedule"], optimizer, tcfg["steps"], task.higher_is_better)
-    early = EarlyStopping(tcfg["early_stop_patience"], tcfg["early_stop_min_delta"], task.higher_is_better)
-    penalty_weight = config["model"].get("penalty", 0.0)
-    has_factors = bool(model.factor_parameters())
-    counts, baselines, backend = model.param_counts(), task.baselines(), model.kron_backend(device)
-
-    # ---- resume ----
-    step, best, best_step, elapsed = 0, None, None, 0.0
+    run = Run(config, run_dir, device)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        load_optimizer_state(optimizer, ckpt["optimizer"])
-        checkpoint.set_rng_state(ckpt["rng"])
-        task.load_state_dict(ckpt["task"])
-        schedule.load_state_dict(ckpt.get("schedule", {}))  # absent from checkpoints older than schedules
-        early.load_state_dict(ckpt.get("early_stopping", {}))
-        step, best, best_step, elapsed = ckpt["step"], ckpt["best"], ckpt["best_step"], ckpt["elapsed"]
-        log.info(f"resumed from {run_dir / checkpoint.LAST} at step {step}")
-        for change in checkpoint.optim_changes(ckpt["config"], config):
-            log.info(f"{change} on resume")
-    saved_step = step if ckpt is not None else None  # the step last.pt holds
+        run.resume(ckpt)
+    run.open_log()
 
-    log.info(task.describe())
-    log.info(f"model {config['model']['name']}: {counts['total']:,} parameters, {counts['recurrent']:,} recurrent; "
-             f"Kronecker backend: {backend}; device: {device}")
-    log.info(f"run directory: {run_dir}")
-
-    writer = tb.open_writer(run_dir, step, task)
-    if tcfg["csv_log"]:
-        writer = CSVMirror(writer, run_dir, step)
-    if step == 0:
-        writer.add_text("config", "    " + OmegaConf.to_yaml(config).replace("\n", "\n    "))
-        writer.add_text("backend", f"Kronecker backend: {backend}, device: {device}")
-
-    def save(path, at_step):
-        checkpoint.save(path, model=model.state_dict(), optimizer=optimizer.state_dict(), step=at_step,
-                        rng=checkpoint.rng_state(), task=task.state_dict(), best=best, best_step=best_step,
-                        schedule=schedule.state_dict(), early_stopping=early.state_dict(),
-                        elapsed=elapsed + time.time() - started, config=config)
-
-    def save_last():
-        nonlocal saved_step
-        if not parameters_finite(model):  # a bad update: keep the last checkpoint, which is finite
-            raise NonFiniteLoss(non_finite_message("parameters", step, saved_step, config["optim"]["lr"], run_dir))
-        writer.flush()  # TensorBoard holds every point up to the checkpoint: a resume logs only later ones
-        save(run_dir / checkpoint.LAST, step)
-        saved_step = step
-
-    def better(value):
-        return best is None or (value > best if task.higher_is_better else value < best)
-
-    steps = tcfg["steps"]
-    started, window_start, window_steps = time.time(), time.time(), 0
-    faults = PageFaultWatch(device)
-    val = task.evaluate(model, device) if step >= steps or early.stopped else None  # finished: just re-report
+    steps, every = tcfg["steps"], lambda n: run.step % tcfg[n] == 0 or run.step == steps
+    val = run.task.evaluate(run.model, device) if run.finished() else None  # finished: just re-report
     progress = {"auto": None, "always": False, "never": True}[tcfg["progress"]]
-    model.train()
-    with logging_redirect_tqdm(), tqdm(total=steps, initial=step, disable=progress, desc="train",
+    run.model.train()
+    with logging_redirect_tqdm(), tqdm(total=steps, initial=run.step, disable=progress, desc="train",
                                        dynamic_ncols=True) as bar:
-        while step < steps and not early.stopped:
-            loss = task.train_loss(model, step, device)
-            penalty = model.unitary_penalty() if has_factors else None
-            total = loss + penalty_weight * penalty if penalty_weight > 0 else loss
-            optimizer.zero_grad(set_to_none=True)
-            if torch.isfinite(total):
-                total.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"] or math.inf)
-            if not torch.isfinite(total) or not torch.isfinite(grad_norm):
-                what = "loss" if not torch.isfinite(total) else "gradient norm"
-                raise NonFiniteLoss(non_finite_message(what, step, saved_step, config["optim"]["lr"], run_dir))
-            schedule.apply(step + 1)  # the lrs of this update
-            optimizer.step()
-            step += 1
-            window_steps += 1
+        while not run.finished():
+            loss, penalty, grad_norm = run.train_step()
             bar.update(1)
-            if hint := faults.check(step):
-                log.info(hint)
-
-            if step % tcfg["log_every"] == 0 or step == steps:
-                rate = window_steps / max(time.time() - window_start, 1e-9)
-                window_start, window_steps = time.time(), 0
-                writer.add_scalar("train/loss", loss.item(), step)
-                writer.add_scalar("train/grad_norm", grad_norm.item(), step)
-                writer.add_scalar("train/lr", optimizer.param_groups[0]["lr"], step)
-                writer.add_scalar("train/steps_per_s", rate, step)
-                line = f"step {step}/{steps} loss {loss.item():.4g} (baseline {baselines['loss']:.4f})"
-                if penalty is not None:
-                    writer.add_scalar("kru/unitary_penalty", penalty.item(), step)
-                    line += f" unitary penalty {penalty.item():.3g}"
+            if every("log_every"):
+                run.log_train(loss, penalty, grad_norm)
                 bar.set_postfix(loss=f"{loss.item():.4g}", refresh=False)
-                log.info(f"{line} {rate:.1f} steps/s")
-
-            if step % tcfg["val_every"] == 0 or step == steps:
-                val = task.evaluate(model, device)
-                for k, v in val.items():
-                    writer.add_scalar(f"val/{k}", v, step)
-                tb.log_baselines(writer, baselines, step)
-                log.info(f"step {step} validation " + ", ".join(f"{k} {v:.4f}" for k, v in val.items())
-                         + f" | memoryless baseline loss {baselines['loss']:.4f}")
-                if better(val[task.metric]) and parameters_finite(model):
-                    best, best_step = val[task.metric], step
-                    save(run_dir / checkpoint.BEST, step)
-                schedule.on_validation(val[task.metric])
-                if early.on_validation(val[task.metric]):
-                    log.info(f"early stop at step {step}: validation {task.metric} has not improved on "
-                             f"{early.best:.4g} by more than {early.min_delta:g} for {early.stale} validations")
-
-            if step % tcfg["ckpt_every"] == 0 or step == steps or stop.requested or early.stopped:
-                save_last()
+            if every("val_every"):
+                val = run.validate()
+            if every("ckpt_every") or stop.requested or run.early.stopped:
+                run.save_last()
             if stop.requested:
-                writer.close()
-                raise Interrupted(stop.requested, step)
+                run.writer.close()
+                raise Interrupted(stop.requested, run.step)
+    return run.finish(val)
 
-    wall = elapsed + time.time() - started
-    final_metrics = {f"hparam/val_{k}": v for k, v in val.items()} | {f"hparam/best_val_{task.metric}": best}
-    held_out = {}
-    if len(task.splits) > 1:  # held-out splits are measured once, with the best-on-validation weights
-        model.load_state_dict(checkpoint.load(run_dir / checkpoint.BEST, map_location=device)["model"])
-        held_out = {split: task.evaluate(model, device, split) for split in task.splits if split != "val"}
-        for split, metrics in held_out.items():
-            log.info(f"{split} (best checkpoint, step {best_step}): "
-                     + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
-    tb.log_hparams(writer, config, final_metrics, step)
-    writer.close()
-    results = {
-        "task": config["task"]["name"], "model": config["model"]["name"], "seed": config["seed"],
-        "metric": task.metric, "final_val": val, "best_val": {task.metric: best, "step": best_step}, **held_out,
-        "baseline": baselines, "params": counts, "steps": step, "wall_time_s": wall,
-        "stopped_early": early.stopped, "backend": backend, "device": str(device), "config": config,
-        "data_root": str(data_root(config["data_dir"])) if task.needs_data else None,  # where the data was read
-    }
-    write_results(run_dir, results)
-    log.info(f"done: {step} steps in {wall:.0f} s; validation {task.metric} {val[task.metric]:.4f} "
-             f"(best {best:.4f} at step {best_step}; memoryless baseline {baselines[task.metric]:.4f}); "
-             f"results in {run_dir / 'results.json'}")
-    return results
+
+class Run:
+    """One run's objects and counters, and the named steps of its loop (see _train)."""
+
+    def __init__(self, config: dict, run_dir: Path, device: torch.device):
+        tcfg = config["trainer"]
+        self.config, self.run_dir, self.device, self.steps = config, run_dir, device, tcfg["steps"]
+        self.task = build_task(config["task"], seed=config["seed"], data_dir=config["data_dir"])
+        self.model = build_model(config["model"], self.task.input_size, self.task.output_size).to(device)
+        self.optimizer = build_optimizer(config["optim"], self.model)
+        self.schedule = Schedule(config["schedule"], self.optimizer, self.steps, self.task.higher_is_better)
+        self.early = EarlyStopping(tcfg["early_stop_patience"], tcfg["early_stop_min_delta"],
+                                   self.task.higher_is_better)
+        self.penalty_weight = config["model"].get("penalty", 0.0)
+        self.has_factors = bool(self.model.factor_parameters())
+        self.grad_clip = tcfg["grad_clip"] or math.inf
+        self.counts, self.baselines = self.model.param_counts(), self.task.baselines()
+        self.backend = self.model.kron_backend(device)
+        self.step, self.best, self.best_step, self.elapsed = 0, None, None, 0.0
+        self.saved_step = None  # the step last.pt holds
+        self.started = self.window_start = time.time()
+        self.window_steps = 0
+        self.faults = PageFaultWatch(device)
+
+    def resume(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        load_optimizer_state(self.optimizer, ckpt["optimizer"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        self.task.load_state_dict(ckpt["task"])
+        self.schedule.load_state_dict(ckpt.get("schedule", {}))  # absent from checkpoints older than schedules
+        self.early.load_state_dict(ckpt.get("early_stopping", {}))
+        self.step, self.best, self.best_step = ckpt["step"], ckpt["best"], ckpt["best_step"]
+        self.elapsed = ckpt["elapsed"]
+        self.saved_step = self.step
+        log.info(f"resumed from {self.run_dir / checkpoint.LAST} at step {self.step}")
+        for change in checkpoint.optim_changes(ckpt["config"], self.config):
+            log.info(f"{change} on resume")
+
+    def open_log(self) -> None:
+        """The run's description in krubench.log; TensorBoard's writer (and the CSV mirror), from this step on."""
+        config, counts = self.config, self.counts
+        log.info(self.task.describe())
+        log.info(f"model {config['model']['name']}: {counts['total']:,} parameters, {counts['recurrent']:,} "
+                 f"recurrent; Kronecker backend: {self.backend}; device: {self.device}")
+        log.info(f"run directory: {self.run_dir}")
+        self.writer = tb.open_writer(self.run_dir, self.step, self.task)
+        if config["trainer"]["csv_log"]:
+            self.writer = CSVMirror(self.writer, self.run_dir, self.step)
+        if self.step == 0:
+            self.writer.add_text("config", "    " + OmegaConf.to_yaml(config).replace("\n", "\n    "))
+            self.writer.add_text("backend", f"Kronecker backend: {self.backend}, device: {self.device}")
+        self.started = self.window_start = time.time()
+
+    def finished(self) -> bool:
+        return self.step >= self.steps or self.early.stopped
+
+    def train_step(self):
+        """One update. Returns the task loss, the unitary penalty (None without factors) and the gradient norm."""
+        loss = self.task.train_loss(self.model, self.step, self.device)
+        penalty = self.model.unitary_penalty() if self.has_factors else None
+        total = loss + self.penalty_weight * penalty if self.penalty_weight > 0 else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        if torch.isfinite(total):
+            total.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if not torch.isfinite(total) or not torch.isfinite(grad_norm):
+            what = "loss" if not torch.isfinite(total) else "gradient norm"
+            raise NonFiniteLoss(self.non_finite(what))
+        self.schedule.apply(self.step + 1)  # the lrs of this update
+        self.optimizer.step()
+        self.step += 1
+        self.window_steps += 1
+        if hint := self.faults.check(self.step):
+            log.info(hint)
+        return loss, penalty, grad_norm
+
+    def non_finite(self, what: str) -> str:
+        return non_finite_message(what, self.step, self.saved_step, self.config["optim"]["lr"], self.run_dir)
+
+    def log_train(self, loss, penalty, grad_norm) -> None:
+        step, writer = self.step, self.writer
+        rate = self.window_steps / max(time.time() - self.window_start, 1e-9)
+        self.window_start, self.window_steps = time.time(), 0
+        writer.add_scalar("train/loss", loss.item(), step)
+        writer.add_scalar("train/grad_norm", grad_norm.item(), step)
+        writer.add_scalar("train/lr", self.optimizer.param_groups[0]["lr"], step)
+        writer.add_scalar("train/steps_per_s", rate, step)
+        line = f"step {step}/{self.steps} loss {loss.item():.4g} (baseline {self.baselines['loss']:.4f})"
+        if penalty is not None:
+            writer.add_scalar("kru/unitary_penalty", penalty.item(), step)
+            line += f" unitary penalty {penalty.item():.3g}"
+        log.info(f"{line} {rate:.1f} steps/s")
+
+    def validate(self) -> dict:
+        """The validation metrics, logged; best.pt when they improved; the schedule and early stopping told."""
+        task, step = self.task, self.step
+        val = task.evaluate(self.model, self.device)
+        for k, v in val.items():
+            self.writer.add_scalar(f"val/{k}", v, step)
+        tb.log_baselines(self.writer, self.baselines, step)
+        log.info(f"step {step} validation " + ", ".join(f"{k} {v:.4f}" for k, v in val.items())
+                 + f" | memoryless baseline loss {self.baselines['loss']:.4f}")
+        value = val[task.metric]
+        better = self.best is None or (value > self.best if task.higher_is_better else value < self.best)
+        if better and parameters_finite(self.model):
+            self.best, self.best_step = value, step
+            self.save(self.run_dir / checkpoint.BEST)
+        self.schedule.on_validation(value)
+        if self.early.on_validation(value):
+            log.info(f"early stop at step {step}: validation {task.metric} has not improved on "
+                     f"{self.early.best:.4g} by more than {self.early.min_delta:g} for {self.early.stale} validations")
+        return val
+
+    def save(self, path: Path) -> None:
+        checkpoint.save(path, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(), step=self.step,
+                        rng=checkpoint.rng_state(), task=self.task.state_dict(), best=self.best,
+                        best_step=self.best_step, schedule=self.schedule.state_dict(),
+                        early_stopping=self.early.state_dict(), elapsed=self.elapsed + time.time() - self.started,
+                        config=self.config)
+
+    def save_last(self) -> None:
+        if not parameters_finite(self.model):  # a bad update: keep the last checkpoint, which is finite
+            raise NonFiniteLoss(self.non_finite("parameters"))
+        self.writer.flush()  # TensorBoard holds every point up to the checkpoint: a resume logs only later ones
+        self.save(self.run_dir / checkpoint.LAST)
+        self.saved_step = self.step
+
+    def finish(self, val: dict) -> dict:
+        """The held-out splits (with the best-on-validation weights), the HParams summary and results.json."""
+        task, config, run_dir, best = self.task, self.config, self.run_dir, self.best
+        wall = self.elapsed + time.time() - self.started
+        final_metrics = {f"hparam/val_{k}": v for k, v in val.items()} | {f"hparam/best_val_{task.metric}": best}
+        held_out = {}
+        if len(task.splits) > 1:
+            self.model.load_state_dict(checkpoint.load(run_dir / checkpoint.BEST, map_location=self.device)["model"])
+            held_out = {split: task.evaluate(self.model, self.device, split) for split in task.splits if split != "val"}
+            for split, metrics in held_out.items():
+                log.info(f"{split} (best checkpoint, step {self.best_step}): "
+                         + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
+        tb.log_hparams(self.writer, config, final_metrics, self.step)
+        self.writer.close()
+        results = {
+            "task": config["task"]["name"], "model": config["model"]["name"], "seed": config["seed"],
+            "metric": task.metric, "final_val": val, "best_val": {task.metric: best, "step": self.best_step},
+            **held_out, "baseline": self.baselines, "params": self.counts, "steps": self.step, "wall_time_s": wall,
+            "stopped_early": self.early.stopped, "backend": self.backend, "device": str(self.device),
+            "config": config,
+            "data_root": str(data_root(config["data_dir"])) if task.needs_data else None,  # where the data was read
+        }
+        write_results(run_dir, results)
+        log.info(f"done: {self.step} steps in {wall:.0f} s; validation {task.metric} {val[task.metric]:.4f} "
+                 f"(best {best:.4f} at step {self.best_step}; memoryless baseline {self.baselines[task.metric]:.4f}); "
+                 f"results in {run_dir / 'results.json'}")
+        return results
