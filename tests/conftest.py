@@ -15,6 +15,7 @@ from krubench.config import register_configs
 from krubench.paths import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"  # the workspace's real data sets (tests that need them skip without)
 
 
 def compose_config(overrides=(), return_hydra_config: bool = False) -> DictConfig:

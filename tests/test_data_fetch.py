@@ -15,7 +15,8 @@ from krubench.data import cli, fetch, paths, sources
 from krubench.data.fetch import ChecksumError, MissingDataError, ensure, verify
 from krubench.data.sources import DataFile
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED_DATA
+
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data folder {SHARED_DATA} is absent")
 
 

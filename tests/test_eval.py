@@ -3,15 +3,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, small_run_config
+from conftest import REPO, SHARED_DATA, small_run_config
 from krubench.evaluate import evaluate, main
 from krubench.train import train
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="module")

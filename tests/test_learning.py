@@ -1,11 +1,10 @@
 """Short learning runs: the models learn something about the past (beat the memoryless baseline)."""
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import compose_config
+from conftest import compose_config, SHARED_DATA
 from krubench.models import KRU
 from krubench.models.kru import unitary_penalty
 from krubench.tasks import build_task
@@ -30,9 +29,6 @@ def test_the_default_experiment_solves_copy_T100(tmp_path):
     results = train(cfg, tmp_path / "run")
     assert results["final_val"]["loss"] < 0.1 * results["baseline"]["loss"], results["final_val"]
     assert results["final_val"]["recall_accuracy"] > 0.9
-
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.mark.slow

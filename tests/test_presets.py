@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import REPO, compose_config
+from conftest import compose_config, REPO, SHARED_DATA
 from krubench.data import paths
 from krubench.config import setting_key
 from krubench.train import train
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PRESETS = sorted(p.stem for p in (REPO / "conf" / "experiment" / "paper").glob("*.yaml"))
 REAL = ("pixel_mnist", "ptb_char", "music")
 #: overrides that shrink a preset to a couple of cheap steps, per task

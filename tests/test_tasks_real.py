@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import compose_config, run_cli
+from conftest import compose_config, run_cli, SHARED_DATA
 from krubench.config import validate
 from krubench.data import paths
 from krubench.models import build_model
@@ -25,7 +24,6 @@ from krubench.tasks.music import frame_nll
 from krubench.tasks.pixel_mnist import mnist_permutation
 from krubench.train import train
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data folder {SHARED_DATA} is absent")
 MODELS = {
     "kru": {"name": "kru", "hidden_size": 8, "factor_size": 2, "factors": None, "complex": True,
