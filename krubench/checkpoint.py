@@ -5,15 +5,15 @@ under a different task, model, seed or optimizer."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .config import flatten
+from .files import atomic_write
 
 log = logging.getLogger("krubench")
 
@@ -25,28 +25,6 @@ DIGEST = "sha256"  # the key of the content digest inside a checkpoint
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: damaged, not a krubench checkpoint, or from another run."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(file_object) on a temporary file next to `path`, fsync it, then rename over `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
 
 
 def rng_state() -> dict:
@@ -111,24 +89,6 @@ def load(path: Path, map_location="cpu") -> dict:
     elif stored != content_digest(ckpt):
         raise CheckpointError(f"{path} is damaged: its content does not match its sha256 digest. {what_to_do}")
     return ckpt
-
-
-def remove_temp_files(run_dir: Path) -> list[Path]:
-    """Delete the temporary files of writes a killed process never finished (.last.pt.*.tmp, ...).
-    Only call it while holding the run directory's lock: otherwise they may be another run's writes."""
-    leftovers = list(Path(run_dir).glob(".*.tmp"))
-    for p in leftovers:
-        p.unlink(missing_ok=True)
-    return leftovers
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
 
 
 def config_diff(saved: dict, current: dict, keys=IDENTITY_KEYS) -> list[str]:

@@ -327,7 +327,7 @@ def validate(config: dict) -> None:
         if not math.isfinite(value):
             raise ValueError(f"{key}={value} must be a finite number")
     for key, value in positive.items():
-        if value <= 0:
+        if value is not None and value <= 0:  # None: optim.factor_lr_scale=null, the model's own
             raise ValueError(f"{key}={value} must be positive")
     for key, value in at_least_zero.items():
         if value is not None and value < 0:
@@ -357,6 +357,16 @@ def validate(config: dict) -> None:
     device = trainer["device"]
     if device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise ValueError(f"trainer.device={device} is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config as one level of dotted keys: {"optim": {"lr": 1}} -> {"optim.lr": 1}."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
 
 
 def flatten_numbers(d, prefix: str = "") -> dict[str, float]:

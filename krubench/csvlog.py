@@ -8,7 +8,7 @@ import csv
 import io
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 METRICS_CSV = "metrics.csv"
 HEADER = ["step", "tag", "value"]

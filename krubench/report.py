@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from .checkpoint import flatten
+from .config import flatten
 from .config import INCIDENTAL_KEYS, setting_key
 from .results import RESULTS, STATUS
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import atomic_write_json
+from .files import atomic_write_json
 
 STATUS, RESULTS = "status.json", "results.json"
 

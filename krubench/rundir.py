@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .checkpoint import atomic_write_json
+from .files import atomic_write_json
 from .results import STATUS
 
 log = logging.getLogger("krubench")

@@ -20,7 +20,7 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from .checkpoint import flatten
+from .config import flatten
 from .config import INCIDENTAL_KEYS
 from .schedule import unused_keys
 

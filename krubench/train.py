@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import checkpoint, rundir, tb
+from . import checkpoint, files, rundir, tb
 from .csvlog import CSVMirror
 from .config import validate
 from .data.paths import data_dir as data_root
@@ -140,7 +140,7 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
     device = pick_device(tcfg["device"])
     check_memory(config, device)  # before the task and model allocate anything
     ckpt = checkpoint.load_for_resume(run_dir, config, tcfg["resume"])
-    if leftovers := checkpoint.remove_temp_files(run_dir):
+    if leftovers := files.remove_temp_files(run_dir):
         log.info(f"removed {len(leftovers)} temporary file(s) of writes a killed run never finished")
     mark_running()
     if tcfg["threads"] > 0:

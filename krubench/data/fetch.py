@@ -15,7 +15,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from .paths import DATA_ENV, OFFLINE_ENV, cache_dir, offline
 from .sources import DataFile
 

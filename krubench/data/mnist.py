@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
 from .fetch import ensure, read_gzip, sha256_of
 from .paths import derived_dir
 from .sources import mnist_files
