@@ -25,11 +25,11 @@ commands() {
   # adding T=100's KRU seeds are the stability sweep's factor_lr_scale=0.1 arm (results/sweeps/): the preset's
   # exact configuration, so they are not run twice
   run adding_T100_lstm 0; run adding_T100_rnn 0
+  for T in 200 400 750; do run adding_T${T}_kru "0 1 2"; run adding_T${T}_lstm 0; run adding_T${T}_rnn 0; done
+  run copy_T2000_kru "0 1 2"; run copy_T2000_lstm 0; run copy_T2000_rnn 0
   for d in jsb nottingham piano musedata; do
     run music_${d}_kru "0 1 2"; run music_${d}_lstm_kru 0; run music_${d}_lstm 0; run music_${d}_rnn 0
   done
-  for T in 200 400 750; do run adding_T${T}_kru "0 1 2"; run adding_T${T}_lstm 0; run adding_T${T}_rnn 0; done
-  run copy_T2000_kru "0 1 2"; run copy_T2000_lstm 0; run copy_T2000_rnn 0
   # Not full budgets (RESULTS.md gives the full budgets' wall time from the measured steps/s):
   # pixel and permuted MNIST, KRU N=128: 5,500 of 38,500 steps (10 epochs); validation on the first 1,000 images
   run pixel_mnist_kru 0 model.hidden_size=128 trainer.steps=5500 task.eval_limit=1000
