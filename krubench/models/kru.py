@@ -54,11 +54,8 @@ class KronFactors(nn.Module):
         self.factors = nn.ParameterList([nn.Parameter(init_factor(s, init, complex_)) for s in self.sizes])
 
     def stages(self, backend: str = "reference") -> list[torch.Tensor]:
-        """The factors as applied by `backend`: small neighbours merged up to `merge_upto`, capped at the
-        size that backend runs fastest (same W, fewer ops)."""
-        fs = list(self.factors)
-        size = ops.merge_limit(backend, self.merge_upto)
-        return ops.merge_factors(fs, size) if size > 1 else fs
+        """The factors as `backend` applies them (ops.stages)."""
+        return ops.stages(self.factors, backend, self.merge_upto)
 
     def penalty(self) -> torch.Tensor:
         return unitary_penalty(list(self.factors))
@@ -130,28 +127,6 @@ class KRU(SequenceModel):
         return torch.zeros(batch, self.hidden_size, dtype=dtype, device=device)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
-        B, T, _ = x.shape
-        h0 = self.initial_state(B, x.device) if state is None else state
-        backend = ops.backend_name(x.device, self.kernel)
-        if backend == "cpp":
-            return self._forward_lanes(x, h0)
-        u = ops.at_least_fp32(self.U(x))  # (B, T, N) or (B, T, 2N); fp16/bf16 under autocast, the recurrence fp32
-        if self.complex:
-            u = torch.complex(*u.chunk(2, dim=-1))  # (B, T, N) complex
-        H = ops.kru_recurrence(u, h0, self.W.stages(backend), self.nonlinearity, self.modrelu_bias,
-                               kernel=backend)  # (B, T, N)
-        features = torch.cat([H.real, H.imag], dim=-1) if self.complex else H  # (B, T, 2N) or (B, T, N)
-        return self.V(features), H[:, -1]
-
-    def _forward_lanes(self, x: torch.Tensor, h0: torch.Tensor):
-        """`forward` on the C++ kernel's own layout (ops.lanes): U writes u in it and V reads H from it,
-        so the kernel transposes nothing. Same model, same parameters; [Re h; Im h] are its C planes."""
-        lanes = ops.lanes
-        C, N = (2 if self.complex else 1), self.hidden_size
-        u = lanes.linear(self.U.weight, self.U.bias, lanes.batch_to_lanes(x))  # (chunks, T, C·N, LANES)
-        c, T = u.shape[:2]
-        H = ops.kru_recurrence_lanes(u.view(c, T, C, N, lanes.width()), lanes.state_to_lanes(h0), self.W.stages("cpp"),
-                                     self.nonlinearity, self.modrelu_bias)  # (chunks, T, C, N, LANES)
-        y = lanes.linear(self.V.weight, self.V.bias, H.view(c, T, C * N, lanes.width()))
-        B = x.shape[0]
-        return lanes.outputs_from_lanes(y, B), lanes.state_from_lanes(H[:, -1], B, self.complex)
+        h0 = self.initial_state(x.shape[0], x.device) if state is None else state
+        return ops.kru_layer(x, h0, self.U, self.V, self.W.factors, self.nonlinearity, self.modrelu_bias,
+                             self.complex, self.kernel, self.W.merge_upto)
