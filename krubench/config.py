@@ -13,6 +13,15 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from .data.sources import MUSIC
+from .models.exprnn import SKEW_INITS
+from .models.kru import FACTOR_INITS, MAP_INITS
+from .models.lstm import FACTORISATIONS
+from .models.rnn import RNN_INITS, RNN_NONLINEARITIES
+from .ops import KERNELS, NONLINEARITIES
+from .schedule import USES as SCHEDULE_USES
+from .tasks.adding import PLACEMENTS
+
 
 class Choice(Enum):
     """A config choice that prints as its value (`jsb`, not `MusicDataset.jsb`): tab completion and messages."""
@@ -26,20 +35,21 @@ def choices(name: str, *values: str) -> type[Enum]:
     return Choice(name, {v: v for v in values})
 
 
-Placement = choices("Placement", "halves", "uniform")
-MusicDataset = choices("MusicDataset", "jsb", "piano", "nottingham", "musedata")
-KRUNonlinearity = choices("KRUNonlinearity", "modrelu", "relu", "tanh")
-FactorInit = choices("FactorInit", "unitary", "identity")
-MapInit = choices("MapInit", "glorot", "torch")
-RNNNonlinearity = choices("RNNNonlinearity", "tanh", "relu")
-RNNInit = choices("RNNInit", "default", "orthogonal", "identity")
-Factorisation = choices("Factorisation", "per_gate", "joint")
-SkewInit = choices("SkewInit", "henaff", "cayley")
-Kernel = choices("Kernel", "auto", "cuda", "cpp", "reference")
+# the accepted values are defined next to the code that implements them; the schemas only name them
+Placement = choices("Placement", *PLACEMENTS)
+MusicDataset = choices("MusicDataset", *MUSIC)
+KRUNonlinearity = choices("KRUNonlinearity", *NONLINEARITIES)
+FactorInit = choices("FactorInit", *FACTOR_INITS)
+MapInit = choices("MapInit", *MAP_INITS)
+RNNNonlinearity = choices("RNNNonlinearity", *RNN_NONLINEARITIES)
+RNNInit = choices("RNNInit", *RNN_INITS)
+Factorisation = choices("Factorisation", *FACTORISATIONS)
+SkewInit = choices("SkewInit", *SKEW_INITS)
+Kernel = choices("Kernel", *KERNELS)
 OptimName = choices("OptimName", "rmsprop", "adam", "sgd")
 Resume = choices("Resume", "auto", "never")
 Progress = choices("Progress", "auto", "always", "never")
-ScheduleName = choices("ScheduleName", "constant", "cosine", "step", "reduce_on_plateau")
+ScheduleName = choices("ScheduleName", *SCHEDULE_USES)
 
 
 # ---- task ----

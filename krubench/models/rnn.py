@@ -7,13 +7,14 @@ from torch import nn
 from .base import SequenceModel
 
 RNN_INITS = ("default", "orthogonal", "identity")
+RNN_NONLINEARITIES = ("tanh", "relu")  # nn.RNN's
 
 
 class RNN(SequenceModel):
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128,
                  nonlinearity: str = "tanh", init: str = "default"):
         super().__init__()
-        if nonlinearity not in ("tanh", "relu"):
+        if nonlinearity not in RNN_NONLINEARITIES:
             raise ValueError(f"model.nonlinearity={nonlinearity!r} is not supported by model=rnn: use tanh or relu")
         self.rnn = nn.RNN(input_size, hidden_size, nonlinearity=nonlinearity, batch_first=True)
         w = self.rnn.weight_hh_l0
