@@ -16,6 +16,7 @@ def run(*args: str) -> str:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, check=True).stdout
 
 
+@pytest.mark.slow
 def test_the_benchmark_prints_its_tables():
     out = run("--sizes", "16", "--steps", "4", "--repeats", "1", "--memory-steps", "50", "--lstm-kru", "3")
     for heading in ("| N | lanes fwd+bwd ms |", "| N | backend | kept for backward MB |", "| N | factorisation |"):
@@ -23,6 +24,7 @@ def test_the_benchmark_prints_its_tables():
     assert "| 16 | lanes |" in out and "| 16 | reference |" in out and "| 16 | joint |" in out
 
 
+@pytest.mark.slow
 def test_a_training_step_of_the_fused_recurrence_peaks_at_twice_the_states():
     N, B, T = 128, 32, 400
     states = B * T * N * 8
@@ -48,6 +50,7 @@ def test_ab_revisions_runs_a_command_in_both_trees_alternately(tmp_path):
     assert trees[0] == trees[2] and trees[1] == trees[3] == str(root) and trees[0].startswith(str(tmp_path)), out
 
 
+@pytest.mark.slow
 def test_bench_freed_memory_prints_both_allocator_settings(tmp_path):
     script = SCRIPT.parent / "bench_freed_memory.sh"
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # krubench, python3

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from krubench.models import MODELS
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_models.py"
@@ -15,6 +17,7 @@ def run(*args: str) -> str:
                            "1", *args], capture_output=True, text=True, check=True).stdout
 
 
+@pytest.mark.slow
 def test_the_benchmark_prints_a_row_per_model():
     out = run("--sizes", "8")
     assert "| model | N | recurrent params | total params | ms per step (best) |" in out
@@ -22,6 +25,7 @@ def test_the_benchmark_prints_a_row_per_model():
         assert f"| {name} | 8 |" in out, out
 
 
+@pytest.mark.slow
 def test_models_as_their_presets_have_them():
     out = run("--preset", "copy_T1000", "--models", "exprnn", "lstm", "lstm_kru")
     assert "| exprnn | 190 | 17,955 |" in out and "| lstm | 68 |" in out, out

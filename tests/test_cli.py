@@ -24,6 +24,7 @@ def scalars(run_dir: Path) -> dict:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_one_run_from_a_temp_dir(tmp_path):
     proc = run_cli([*TINY, "trainer.steps=2", "trainer.val_every=1"], cwd=tmp_path)
     runs = list((tmp_path / "outputs").glob("*/*_copy_T10_kru"))
@@ -47,6 +48,7 @@ def test_one_run_from_a_temp_dir(tmp_path):
     assert "memoryless baseline" in log and "32 recurrent" in log
 
 
+@pytest.mark.slow
 def test_tensorboard_text_custom_scalars_and_hparams(tmp_path):
     run = tmp_path / "run"
     run_cli([*TINY, "trainer.steps=1", f"hydra.run.dir={run}"], cwd=tmp_path)
@@ -90,6 +92,7 @@ def test_a_missing_launcher_plugin_names_the_pip_command(monkeypatch, capsys, ov
     assert cli.missing_plugin(["launcher=nothing_we_know", "seed=1"]) is None
 
 
+@pytest.mark.slow
 def test_multirun_two_jobs(tmp_path):
     run_cli(["--multirun", *TINY, "trainer.steps=1", "model=kru,lstm"], cwd=tmp_path)
     jobs = sorted(p.name for p in (tmp_path / "multirun").glob("*/*/*") if (p / "results.json").exists())
@@ -97,6 +100,7 @@ def test_multirun_two_jobs(tmp_path):
     assert jobs[0].startswith("0_copy_T10_kru_model.hidden_size=16,model=kru,") and jobs[1].startswith("1_copy_T10_lstm_"), jobs
 
 
+@pytest.mark.slow
 def test_preset_sweep_folders_name_the_setting(tmp_path):
     """experiment= is left out of the folder names (it holds a "/"): the setting says which preset ran."""
     run_cli(["--multirun", "experiment=paper/copy_T1000_rnn,paper/copy_T2000_rnn", "model.hidden_size=4",
@@ -105,6 +109,7 @@ def test_preset_sweep_folders_name_the_setting(tmp_path):
     assert [j.split("_model.")[0] for j in jobs] == ["0_copy_T1000_rnn", "1_copy_T2000_rnn"], jobs
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     run = tmp_path / "run"
     args = [*TINY, "trainer.steps=400", "trainer.ckpt_every=20", "trainer.val_every=1000",
@@ -126,6 +131,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     assert steps == sorted(set(steps)) and steps[-1] == 400  # no duplicate points from the killed process
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_is_refused(tmp_path):
     run = tmp_path / "run"
     run_cli([*TINY, "trainer.steps=1", f"hydra.run.dir={run}"], cwd=tmp_path)
@@ -136,12 +142,14 @@ def test_resume_with_another_model_is_refused(tmp_path):
     assert json.loads((run / "status.json").read_text())["status"] == "ok"  # the finished run stays finished
 
 
+@pytest.mark.slow
 def test_bad_value_fails_before_running(tmp_path):
     proc = run_cli(["model.hidden_size=100"], cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert "model.hidden_size=100 is not a power of model.factor_size=2" in proc.stderr
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_configs(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
                     str(REPO)], check=True, capture_output=True)

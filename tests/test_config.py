@@ -129,6 +129,7 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(override, key):
     assert key in str(e.value)
 
 
+@pytest.mark.slow
 def test_presets_fit_the_memory_estimate():
     """The estimate refuses no paper preset on a machine with 4 GiB free (music: the data decides, no estimate)."""
     from pathlib import Path

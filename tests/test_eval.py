@@ -48,6 +48,7 @@ def test_clear_errors(run, tmp_path, capsys):
         main([str(run_dir), "--checkpoint", "middle"])
 
 
+@pytest.mark.slow
 def test_runs_as_a_module_without_writing_to_the_run(run):
     run_dir, _ = run
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}

@@ -106,6 +106,7 @@ def test_a_stale_lock_file_of_an_older_torch_is_removed(monkeypatch, caplog):
     assert any("stale build lock" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_doctor_lists_versions_and_working_backends():
     proc = subprocess.run([script("krubench-doctor")], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr

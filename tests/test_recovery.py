@@ -147,6 +147,7 @@ def log_size(run: Path) -> int:
     return len((run / "krubench.log").read_text()) if (run / "krubench.log").exists() else 0
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_exits_143_and_a_second_run_is_locked_out(tmp_path):
     run = tmp_path / "run"
     args = [*TINY, "trainer.steps=100000", "trainer.ckpt_every=1000", "trainer.val_every=100000",
@@ -167,6 +168,7 @@ def test_sigterm_saves_and_exits_143_and_a_second_run_is_locked_out(tmp_path):
     assert json.loads((run / "results.json").read_text())["steps"] == status["step"] + 2
 
 
+@pytest.mark.slow
 def test_a_second_sigint_exits_at_once(tmp_path):
     run = tmp_path / "run"
     # the signals come during the first validation, a long one (10,000 sequences on the reference kernel, one
@@ -201,6 +203,7 @@ def tensorboard_view(run: Path) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_tensorboard_after_kills_and_resumes_equals_an_uninterrupted_run(tmp_path):
     args = [*TINY, "trainer.steps=30", "trainer.ckpt_every=7"]
     run_cli([*args, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path)
@@ -215,6 +218,7 @@ def test_tensorboard_after_kills_and_resumes_equals_an_uninterrupted_run(tmp_pat
     assert tensorboard_view(run) == tensorboard_view(tmp_path / "straight")
 
 
+@pytest.mark.slow
 def test_a_config_error_is_one_line_unless_hydra_full_error(tmp_path):
     proc = run_cli(["optim.lr=inf"], cwd=tmp_path, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
@@ -224,6 +228,7 @@ def test_a_config_error_is_one_line_unless_hydra_full_error(tmp_path):
     assert full.returncode == 1 and "Traceback" in full.stderr and "optim.lr=inf" in full.stderr
 
 
+@pytest.mark.slow
 def test_the_nan_stop_recovery_works_as_printed(tmp_path):
     """The issue's case: optim.lr=1e3 blows up at step 1. The rerun the message suggests, with a lower
     optim.lr, runs to the end."""

@@ -69,6 +69,7 @@ def test_optuna_preset_takes_the_direction_from_the_task(task, direction):
     assert set(hydra.sweeper.params) == {"optim.lr", "optim.factor_lr_scale", "trainer.grad_clip"}
 
 
+@pytest.mark.slow
 def test_optuna_search_runs_trials_and_reports_the_best(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "search"
