@@ -3,8 +3,8 @@
 glibc hands blocks above its mmap threshold (32 MiB at most) back to the OS when they are freed, and trims
 the top of its heap, so a run whose per-step tensors are that large (pixel MNIST, PTB, large N) gets them
 as fresh pages at every step: the kernel zeroes and maps each page again. Keeping them
-(`MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647`) made such runs 1.4-2.2x faster
-here, for 1.2-1.7x the peak resident memory (README, "Kernels and backends"; BENCHMARKS.md). That trade is
+(`MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647`) makes such runs faster for more
+peak resident memory (how much: BENCHMARKS.md, "Training runs with large tensors"). That trade is
 the user's to make, so krubench measures the faults, says so once, and changes nothing itself.
 """
 from __future__ import annotations
@@ -51,5 +51,5 @@ class PageFaultWatch:
         if mb < FAULTED_MB_PER_STEP:
             return None
         return (f"hint: each training step faults in about {mb:,.0f} MB of fresh memory (glibc returns large freed "
-                f"blocks to the OS). Running with {KEEP} keeps them: pixel MNIST and PTB steps ran 1.4-2.2x faster "
-                f"that way here, for 1.2-1.7x the peak resident memory (README, 'Kernels and backends').")
+                f"blocks to the OS). Running with {KEEP} keeps them: faster steps for more peak memory (README, "
+                f"'Large tensors on the CPU'; measured in BENCHMARKS.md).")

@@ -3,7 +3,7 @@ planes (C, N, LANES) — C = 2 for complex states (real plane, imaginary plane),
 every stage of the recurrence is a vertical multiply-add across the LANES sequences of a chunk.
 
 Given (B, T, N) rows, the kernel has to transpose u_t and h_t at every step, and more in the backward
-pass (measured: up to a fifth of the forward's time and a quarter of forward+backward's, BENCHMARKS.md).
+pass (what that costs: BENCHMARKS.md).
 The KRU model avoids that on the CPU: its input projection writes u straight
 into this layout and its read-out reads H from it (`kru_recurrence_lanes`, the same recurrence as
 `kru_recurrence_ref`, tested against it). The batch is zero-padded to whole chunks; padded sequences
@@ -71,8 +71,8 @@ def state_from_lanes(h: torch.Tensor, batch: int, complex_: bool) -> torch.Tenso
 
 def linear(weight: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
     """nn.Linear on the lanes layout: (chunks, T, I, LANES) -> (chunks, T, O, LANES), one batched GEMM.
-    The bias goes in through baddbmm rather than a separate add: one pass less over the output (pixel MNIST's
-    input projection, 7 × 784 × 1024 × 16: forward+backward 378 -> 274 ms)."""
+    The bias goes in through baddbmm rather than a separate add: one pass less over the output (BENCHMARKS.md,
+    "Training runs with large tensors")."""
     c, T, I, L = x.shape
     n = c * T
     w, xs = weight.expand(n, *weight.shape), x.reshape(n, I, L)
