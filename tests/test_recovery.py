@@ -127,8 +127,11 @@ def test_a_failed_rerun_leaves_a_finished_run_finished(finished, tmp_path, monke
 # ---- the command line ----
 
 def start(args, cwd):
+    # SIGINT at its default, as for a run started in a terminal: a pytest started as a shell's background job
+    # (`pytest &`) passes SIGINT on ignored, and a run that inherits that rightly ignores Ctrl-C
     return subprocess.Popen([*krubench_command(), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_log(run: Path, pattern: str, proc, after: int = 0, timeout: float = 180) -> None:
