@@ -151,3 +151,24 @@ def test_the_cpp_kernel_trains_the_model_the_reference_defines(name, options):
         got[k] = [y1, y2, *as_list(state)] + [p.grad for p in model.parameters()]
     for a, b in zip(got["cpp"], got["reference"]):
         torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("name,options", [(name, {}) for name in sorted(MODELS)] + [("kru", {"kernel": "reference"})])
+def test_last_only_is_the_last_step_of_the_full_output(name, options):
+    """model(x, last_only=True): the last step's output (B, 1, out), the same final state, and the same gradients
+    for a loss on the last step, as slicing the full output (what pixel MNIST and adding are scored on)."""
+    torch.manual_seed(5)
+    model = MODELS[name](3, 4, hidden_size=16, **options)
+    x = torch.randn(5, 7, 3)
+    as_list = lambda state: list(state) if isinstance(state, tuple) else [state]  # noqa: E731
+    results = []
+    for last_only in (False, True):
+        model.zero_grad()
+        y, state = model(x, last_only=last_only)
+        y = y[:, -1:]
+        y.square().sum().backward()
+        results.append([y, *as_list(state)] + [p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert results[1][0].shape == (5, 1, 4)
+    assert len(results[0]) == len(results[1])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

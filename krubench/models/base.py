@@ -12,7 +12,9 @@ def count_real(params) -> int:
 
 
 class SequenceModel(nn.Module):
-    """x: (B, T, input_size) -> y: (B, T, output_size), plus the final recurrent state."""
+    """x: (B, T, input_size) -> y: (B, T, output_size), plus the final recurrent state. With `last_only=True`
+    y is the last step's output only, (B, 1, output_size): tasks scored at the last step (pixel MNIST, adding)
+    then skip the read-out of the other T − 1 steps and its gradient."""
 
     default_factor_lr_scale = 1.0  # optim.factor_lr_scale when the config leaves it null
 

@@ -126,7 +126,7 @@ class KRU(SequenceModel):
         dtype = torch.complex64 if self.complex else torch.float32
         return torch.zeros(batch, self.hidden_size, dtype=dtype, device=device)
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None, last_only: bool = False):
         h0 = self.initial_state(x.shape[0], x.device) if state is None else state
         return ops.kru_layer(x, h0, self.U, self.V, self.W.factors, self.nonlinearity, self.modrelu_bias,
-                             self.complex, self.kernel, self.W.merge_upto)
+                             self.complex, self.kernel, self.W.merge_upto, last_only)

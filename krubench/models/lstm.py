@@ -22,11 +22,11 @@ class LSTM(SequenceModel):
     def recurrent_parameters(self):
         return [self.lstm.weight_hh_l0]
 
-    def forward(self, x: torch.Tensor, state=None):
+    def forward(self, x: torch.Tensor, state=None, last_only: bool = False):
         if state is not None:
             state = tuple(s.unsqueeze(0) for s in state)
         H, (h, c) = self.lstm(x, state)  # (B, T, N)
-        return self.V(H), (h[0], c[0])
+        return self.V(H[:, -1:] if last_only else H), (h[0], c[0])
 
 
 class LSTMKRU(SequenceModel):
@@ -77,7 +77,7 @@ class LSTMKRU(SequenceModel):
             out = torch.cat([ops.kron_matvec(h, s, self.kernel) for s in stages], dim=-1)  # (B, 4N)
         return out.real if out.is_complex() else out
 
-    def forward(self, x: torch.Tensor, state=None):
+    def forward(self, x: torch.Tensor, state=None, last_only: bool = False):
         B, N = x.shape[0], self.hidden_size
         h, c = (x.new_zeros(B, N), x.new_zeros(B, N)) if state is None else state
         backend = ops.backend_name(x.device, self.kernel)
@@ -89,4 +89,4 @@ class LSTMKRU(SequenceModel):
             c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             outs.append(h)
-        return self.V(torch.stack(outs, dim=1)), (h, c)
+        return self.V(torch.stack(outs[-1:] if last_only else outs, dim=1)), (h, c)

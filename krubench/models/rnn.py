@@ -30,6 +30,6 @@ class RNN(SequenceModel):
     def recurrent_parameters(self):
         return [self.rnn.weight_hh_l0]
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None, last_only: bool = False):
         H, h = self.rnn(x, None if state is None else state.unsqueeze(0))  # (B, T, N), (1, B, N)
-        return self.V(H), h[0]
+        return self.V(H[:, -1:] if last_only else H), h[0]

@@ -98,7 +98,7 @@ class UnitaryRNN(SequenceModel):
         real = self.modrelu_bias.dtype
         return torch.complex(torch.zeros((), dtype=real), torch.zeros((), dtype=real)).dtype if self.complex else real
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None, last_only: bool = False):
         h = self.initial_state(x.shape[0], x.device) if state is None else state  # (B, N)
         u = self.U(x)  # (B, T, N) or (B, T, 2N)
         if self.complex:
@@ -109,6 +109,8 @@ class UnitaryRNN(SequenceModel):
             h = apply_nonlinearity(step(h) + u_t, "modrelu", self.modrelu_bias)  # (B, N)
             states.append(h)
         H = torch.stack(states, dim=1) if states else u  # (B, T, N)
+        if last_only:
+            H = H[:, -1:]
         if not self.complex:
             features = H
         elif self.readout == "re_im":

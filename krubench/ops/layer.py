@@ -23,28 +23,31 @@ def stages(factors: Sequence[torch.Tensor], backend: str, merge_upto: int) -> li
 
 def kru_layer(x: torch.Tensor, h0: torch.Tensor, U: nn.Linear, V: nn.Linear, factors: Sequence[torch.Tensor],
               nonlinearity: str, bias: torch.Tensor | None, complex_: bool, kernel: str = "auto",
-              merge_upto: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+              merge_upto: int = 16, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """x (B, T, in), h0 (B, N) -> outputs (B, T, out) and the last state h_T (B, N). U maps x to [Re u; Im u]
-    (2N features) if `complex_`, else to u (N); V reads [Re h; Im h] (or h)."""
+    (2N features) if `complex_`, else to u (N); V reads [Re h; Im h] (or h), at every step or, with
+    `last_only`, at the last one only (outputs (B, 1, out))."""
     backend = select(kernel, x.device)
     ws = stages(factors, backend, merge_upto)
     if backend == "cpp":
-        return _on_lanes(x, h0, U, V, ws, nonlinearity, bias, complex_)
+        return _on_lanes(x, h0, U, V, ws, nonlinearity, bias, complex_, last_only)
     u = at_least_fp32(U(x))  # (B, T, N) or (B, T, 2N); fp16/bf16 under autocast, the recurrence fp32
     if complex_:
         u = torch.complex(*u.chunk(2, dim=-1))  # (B, T, N) complex
     H = kru_recurrence(u, h0, ws, nonlinearity, bias, kernel=backend)  # (B, T, N)
-    features = torch.cat([H.real, H.imag], dim=-1) if complex_ else H  # (B, T, 2N) or (B, T, N)
+    read = H[:, -1:] if last_only else H
+    features = torch.cat([read.real, read.imag], dim=-1) if complex_ else read  # (B, T, 2N) or (B, T, N)
     return V(features), H[:, -1]
 
 
-def _on_lanes(x, h0, U, V, ws, nonlinearity, bias, complex_):
+def _on_lanes(x, h0, U, V, ws, nonlinearity, bias, complex_, last_only):
     """kru_layer on the C++ kernel's own layout (lanes.py): U writes u in it and V reads H from it, so the
     kernel transposes nothing; [Re h; Im h] are its C planes."""
     C, N, L = (2 if complex_ else 1), h0.shape[-1], lanes.width()
     u = lanes.linear(U.weight, U.bias, lanes.batch_to_lanes(x))  # (chunks, T, C·N, L)
     c, T = u.shape[:2]
     H = kru_recurrence_lanes(u.view(c, T, C, N, L), lanes.state_to_lanes(h0), ws, nonlinearity, bias)  # (c, T, C, N, L)
-    y = lanes.linear(V.weight, V.bias, H.view(c, T, C * N, L))
+    read = H[:, -1:] if last_only else H
+    y = lanes.linear(V.weight, V.bias, read.reshape(c, read.shape[1], C * N, L))
     B = x.shape[0]
     return lanes.outputs_from_lanes(y, B), lanes.state_from_lanes(H[:, -1], B, complex_)

@@ -36,6 +36,7 @@ def make_adding_batch(T: int, batch: int, placement: str, generator: torch.Gener
 
 class AddingTask(Task):
     name = "adding"
+    scores_last_step_only = True  # the sum is read at the last step
     input_size = 2
     output_size = 1
     units = {"loss": "MSE"}
@@ -59,7 +60,8 @@ class AddingTask(Task):
 
     def evaluate(self, model, device, split="val"):
         x, t = self.val
-        return evaluate_batches(model, [(x[i:i + 256], t[i:i + 256]) for i in range(0, len(x), 256)], self.loss, device)
+        return evaluate_batches(model, [(x[i:i + 256], t[i:i + 256]) for i in range(0, len(x), 256)], self.loss, device,
+                                last_only=True)
 
     def baselines(self):
         return {"loss": self.val_baseline}

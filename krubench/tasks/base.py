@@ -40,6 +40,8 @@ class Task:
 
     #: real-data tasks take the data root as the constructor keyword `data_dir` (None: the default root)
     needs_data: bool = False
+    #: the loss and metrics read the model's output at the last step only: the model then computes only that one
+    scores_last_step_only: bool = False
 
     def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs (B, T, input_size), targets) for optimizer step `step`."""
@@ -53,7 +55,7 @@ class Task:
         """Loss of optimizer step `step`. Tasks that carry state across steps (truncated BPTT) or need
         masks override this."""
         x, target = (t.to(device) for t in self.train_batch(step))
-        y, _ = model(x)
+        y, _ = model(x, last_only=self.scores_last_step_only)
         return self.loss(y, target)
 
     def evaluate(self, model, device, split: str = "val") -> dict[str, float]:
@@ -77,15 +79,16 @@ class Task:
 
 
 @torch.no_grad()
-def evaluate_batches(model, batches, loss_fn, device, extra=None) -> dict[str, float]:
-    """Average `loss_fn` (and the per-batch `extra` metrics) over (x, target) batches, weighted by batch size."""
+def evaluate_batches(model, batches, loss_fn, device, extra=None, last_only=False) -> dict[str, float]:
+    """Average `loss_fn` (and the per-batch `extra` metrics) over (x, target) batches, weighted by batch size;
+    `last_only`: the model's outputs at the last step only (tasks scored there)."""
     sums: dict[str, float] = {}
     count = 0
     was_training = model.training
     model.eval()
     for x, target in batches:
         x, target = x.to(device), target.to(device)
-        y, _ = model(x)
+        y, _ = model(x, last_only=last_only)
         metrics = {"loss": loss_fn(y, target).item(), **(extra(y, target) if extra else {})}
         for k, v in metrics.items():
             sums[k] = sums.get(k, 0.0) + v * x.shape[0]

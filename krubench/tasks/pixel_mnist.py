@@ -28,6 +28,7 @@ def mnist_permutation(seed: int) -> torch.Tensor:
 
 class PixelMNISTTask(Task):
     name = "pixel_mnist"
+    scores_last_step_only = True  # the class is read at the last step
     needs_data = True
     input_size = 1
     output_size = CLASSES
@@ -77,7 +78,7 @@ class PixelMNISTTask(Task):
         images, labels = (t[:self.eval_limit] for t in self.data[split])
         size = self.eval_batch_size
         batches = ((self.inputs(images[i:i + size]), labels[i:i + size]) for i in range(0, len(labels), size))
-        return evaluate_batches(model, batches, self.loss, device, self._accuracy)
+        return evaluate_batches(model, batches, self.loss, device, self._accuracy, last_only=True)
 
     def baselines(self):
         p = torch.bincount(self.data["train"][1], minlength=CLASSES).double() / len(self.data["train"][1])
