@@ -104,7 +104,8 @@ class Row:
 
     @property
     def baseline(self) -> float:
-        return self.runs[0].results["baseline"][self.metric]
+        """The mean over the row's runs: adding's differs by seed (each validation set has its own)."""
+        return statistics.fmean(r.results["baseline"][self.metric] for r in self.runs)
 
     @property
     def unit(self) -> str:
