@@ -61,7 +61,7 @@ class AddingTask(Task):
     def evaluate(self, model, device, split="val"):
         x, t = self.val
         return evaluate_batches(model, [(x[i:i + 256], t[i:i + 256]) for i in range(0, len(x), 256)], self.loss, device,
-                                last_only=True)
+                                last_only=self.scores_last_step_only)
 
     def baselines(self):
         return {"loss": self.val_baseline}

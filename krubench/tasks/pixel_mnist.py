@@ -78,7 +78,8 @@ class PixelMNISTTask(Task):
         images, labels = (t[:self.eval_limit] for t in self.data[split])
         size = self.eval_batch_size
         batches = ((self.inputs(images[i:i + size]), labels[i:i + size]) for i in range(0, len(labels), size))
-        return evaluate_batches(model, batches, self.loss, device, self._accuracy, last_only=True)
+        return evaluate_batches(model, batches, self.loss, device, self._accuracy,
+                                last_only=self.scores_last_step_only)
 
     def baselines(self):
         p = torch.bincount(self.data["train"][1], minlength=CLASSES).double() / len(self.data["train"][1])
