@@ -129,13 +129,20 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             raise
 
 
-def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> dict:
-    """The loop, top to bottom: check and resume, then step, log, validate and checkpoint until the budget
-    (or early stopping, or a signal) ends it, then the held-out splits and results.json."""
+def resolve_config(cfg: DictConfig) -> dict:
+    """The composed config as a run stores and uses it: a plain dict, defaults that depend on the model
+    filled in, validated."""
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # plain dict, stored everywhere
     if config["optim"]["factor_lr_scale"] is None:  # null: the model's own split, stored as resolved
         config["optim"]["factor_lr_scale"] = default_factor_lr_scale(config["model"]["name"])
     validate(config)
+    return config
+
+
+def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> dict:
+    """The loop, top to bottom: check and resume, then step, log, validate and checkpoint until the budget
+    (or early stopping, or a signal) ends it, then the held-out splits and results.json."""
+    config = resolve_config(cfg)
     tcfg = config["trainer"]
     device = pick_device(tcfg["device"])
     check_memory(config, device)  # before the task and model allocate anything

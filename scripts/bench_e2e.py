@@ -1,0 +1,113 @@
+"""Steps/s of a real training step of every paper preset that runs on a CPU, for every model that has one,
+side by side in one run (results go to BENCHMARKS.md "End to end").
+
+A step is exactly the trainer's (krubench.train.Run.train_step): the task's own batch, loss and read-out, the
+unitary penalty, gradient clipping, the schedule and the optimizer with its factor group. The models of one
+preset run interleaved, round by round, so that load from other processes hits them alike. For models with
+Kronecker factors the table adds the kernel share: the time of the krubench kernels (the recurrence's forward
+and backward, torch.profiler's self time of the `krubench::` ops) over the profiled step's, i.e. how much of
+a step the recurrence itself is. The last column is the preset's full budget at the measured rate.
+
+    python scripts/bench_e2e.py                                   # all presets, 1 and 2 threads
+    python scripts/bench_e2e.py --presets copy_T1000 --models kru lstm --threads 1
+    python scripts/bench_e2e.py --override model.kernel=reference  # any config override, applied to all
+
+The data sets are read from KRUBENCH_DATA (or data_dir's default): nothing is downloaded if they are there.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from krubench.config import register_configs
+from krubench.paths import config_dir
+from krubench.train import Run, resolve_config, seed_everything
+
+PRESETS = ("copy_T1000", "adding_T750", "pixel_mnist", "ptb_char", "music_jsb")
+MODELS = ("kru", "lstm_kru", "rnn", "lstm")
+
+
+def preset_config(preset: str, model: str, overrides: list[str]) -> dict | None:
+    """The resolved config of paper/<preset>_<model> as `krubench experiment=...` would run it (None if there
+    is no such preset)."""
+    from hydra import compose, initialize_config_dir
+
+    if not (Path(config_dir()) / "experiment" / "paper" / f"{preset}_{model}.yaml").exists():
+        return None
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment=paper/{preset}_{model}", *overrides])
+    return resolve_config(cfg)
+
+
+def kernel_share(run: Run) -> float | None:
+    """The krubench kernels' share of one profiled training step (None if the step runs none)."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        run.train_step()
+        total = time.perf_counter() - start
+    kernels = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith("krubench::"))
+    return kernels / 1e6 / total if kernels else None
+
+
+def bench(preset: str, models: list[str], overrides: list[str], rounds: int, scratch: Path) -> list[dict]:
+    runs = {}
+    for name in models:
+        config = preset_config(preset, name, overrides)
+        if config is None:
+            continue
+        seed_everything(0, False)
+        run = Run(config, scratch / f"{preset}_{name}", torch.device("cpu"))
+        run.model.train()
+        run.train_step()  # warm-up: first-call allocations, kernel builds
+        runs[name] = run
+    times = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run.train_step()
+            times[name].append(time.perf_counter() - start)
+    rows = []
+    for name, run in runs.items():
+        best = min(times[name])
+        rows.append({"preset": preset, "model": name, "N": run.config["model"]["hidden_size"],
+                     "B": run.config["task"]["batch_size"], "backend": run.backend, "best": best,
+                     "median": statistics.median(times[name]), "steps": run.steps,
+                     "share": kernel_share(run) if run.has_factors else None})
+    return rows
+
+
+def hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--presets", nargs="+", default=list(PRESETS), help=f"paper presets (default: {PRESETS})")
+    p.add_argument("--models", nargs="+", default=list(MODELS), help="models (those without the preset are left out)")
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch CPU thread counts to run at")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up step each")
+    p.add_argument("--override", nargs="*", default=[], help="config overrides for every run, e.g. trainer.threads=1")
+    args = p.parse_args(argv)
+    print(f"torch {torch.__version__}, {args.rounds} rounds; ms per step: best (median)\n")
+    print("| preset | model | N | B | threads | backend | ms per step | steps/s | kernel share | full budget |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as scratch:
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for preset in args.presets:
+                for r in bench(preset, args.models, args.override, args.rounds, Path(scratch)):
+                    share = "" if r["share"] is None else f"{100 * r['share']:.0f}%"
+                    print(f"| {r['preset']} | {r['model']} | {r['N']} | {r['B']} | {threads} | {r['backend']} | "
+                          f"{1e3 * r['best']:.0f} ({1e3 * r['median']:.0f}) | {1 / r['best']:.2f} | {share} | "
+                          f"{hours(r['steps'] * r['best'])} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
