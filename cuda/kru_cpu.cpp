@@ -209,9 +209,102 @@ struct Sequences {
   }
 };
 
+// The KRU layer's input map and read-out fused into the recurrence (lanes layout; kru_layer_lanes):
+// u_t = U x_t + b_U is computed per step from x_t instead of read from a (chunks, T, C, N, L) tensor, and
+// y_t = V h_t + b_V is written at the steps read out; the backward pass accumulates their gradients per
+// chunk on the way, from ∂L/∂u_t and ∂L/∂y_t as they arise. Batched small GEMMs over (chunk, step) did
+// the same in torch at a fraction of this speed (BENCHMARKS.md, "End to end"). A state's planes are
+// adjacent in memory (Scratch slots, the lanes layout), so [Re h; Im h] is one array of K = C·N rows.
+template <typename T>
+struct Maps {
+  const T *x, *uw, *ub, *vw, *vb;  // x (chunks, T, I, L); uw (K, I); ub (K); vw (O, K); vb (O)
+  long I, O, K;
+  bool last_only;  // read out at the last step only: y (chunks, 1, O, L), else (chunks, T, O, L)
+  T* y;
+  const T *gy, *ghT, *vwt;   // backward: ∂L/∂y like y; ∂L/∂h_T (chunks, K, L); V transposed (K, O)
+  T *guw, *gub, *gvw, *gvb;  // backward: per-chunk partials (chunks, K, I, L), (chunks, K, L), (chunks, O, K, L), (chunks, O, L)
+  bool reads(long t, long steps) const { return !last_only || t == steps - 1; }
+  const T* x_at(long c, long t, long steps) const { return x + (c * steps + t) * I * L; }
+  long y_offset(long c, long t, long steps) const { return last_only ? c * O * L : (c * steps + t) * O * L; }
+};
+
+// u = U x_t + b_U into the K rows at u.
+template <typename T>
+void input_map(const Maps<T>& m, const T* __restrict xt, T* __restrict u) {
+  for (long k = 0; k < m.K; ++k) {
+    const T* row = m.uw + k * m.I;
+    T acc[L];
+#pragma omp simd
+    for (int l = 0; l < L; ++l) acc[l] = m.ub[k];
+    for (long i = 0; i < m.I; ++i)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) acc[l] += row[i] * xt[i * L + l];
+#pragma omp simd
+    for (int l = 0; l < L; ++l) u[k * L + l] = acc[l];
+  }
+}
+
+// Partials of U's and b_U's gradients += ∂L/∂u_t x_tᵀ, ∂L/∂u_t (du: K rows).
+template <typename T>
+void input_map_backward(const Maps<T>& m, const T* __restrict xt, const T* __restrict du, T* __restrict guw,
+                        T* __restrict gub) {
+  for (long k = 0; k < m.K; ++k) {
+    const T* d = du + k * L;
+#pragma omp simd
+    for (int l = 0; l < L; ++l) gub[k * L + l] += d[l];
+    for (long i = 0; i < m.I; ++i) {
+      T* g = guw + (k * m.I + i) * L;
+#pragma omp simd
+      for (int l = 0; l < L; ++l) g[l] += d[l] * xt[i * L + l];
+    }
+  }
+}
+
+// y_t = V h_t + b_V (h: K rows).
+template <typename T>
+void read_out(const Maps<T>& m, const T* __restrict h, T* __restrict yt) {
+  for (long o = 0; o < m.O; ++o) {
+    const T* row = m.vw + o * m.K;
+    T acc[L];
+#pragma omp simd
+    for (int l = 0; l < L; ++l) acc[l] = m.vb[o];
+    for (long k = 0; k < m.K; ++k)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) acc[l] += row[k] * h[k * L + l];
+#pragma omp simd
+    for (int l = 0; l < L; ++l) yt[o * L + l] = acc[l];
+  }
+}
+
+// ∂L/∂h_t from the read-out, gh = Vᵀ ∂L/∂y_t (K rows), and the partials of V's and b_V's gradients
+// += ∂L/∂y_t h_tᵀ, ∂L/∂y_t.
+template <typename T>
+void read_out_backward(const Maps<T>& m, const T* __restrict dyt, const T* __restrict h, T* __restrict gh,
+                       T* __restrict gvw, T* __restrict gvb) {
+  for (long k = 0; k < m.K; ++k) {
+    const T* col = m.vwt + k * m.O;
+    T acc[L] = {};
+    for (long o = 0; o < m.O; ++o)
+#pragma omp simd
+      for (int l = 0; l < L; ++l) acc[l] += col[o] * dyt[o * L + l];
+#pragma omp simd
+    for (int l = 0; l < L; ++l) gh[k * L + l] = acc[l];
+  }
+  for (long o = 0; o < m.O; ++o) {
+    const T* d = dyt + o * L;
+#pragma omp simd
+    for (int l = 0; l < L; ++l) gvb[o * L + l] += d[l];
+    for (long k = 0; k < m.K; ++k) {
+      T* g = gvw + (o * m.K + k) * L;
+#pragma omp simd
+      for (int l = 0; l < L; ++l) g[l] += d[l] * h[k * L + l];
+    }
+  }
+}
+
 template <typename T, bool CPLX, int NL, bool LANES>
 void recurrence_forward(const Plan& plan, const T* wr, const T* wi, const T* u, const T* h0, const T* bias, T* H,
-                        const Sequences<T, CPLX, LANES>& seq) {
+                        const Sequences<T, CPLX, LANES>& seq, const Maps<T>* maps = nullptr) {
   const long N = plan.n_in;
   at::parallel_for(0, seq.chunks(), 1, [&](long c0, long c1) {
     Scratch<T> st(3, N);  // slots 0, 1: the stages' ping-pong (h_{t-1} in 0); 2: u_t (rows)
@@ -222,10 +315,13 @@ void recurrence_forward(const Plan& plan, const T* wr, const T* wi, const T* u, 
         const long z = run_stages<T, CPLX>(plan, wr, wi, st, false);  // W h_{t-1}
         const T *zr = st.re(z), *zi = st.im(z);
         T *ur = st.re(2), *ui = st.im(2);
-        seq.load(u, nullptr, c, t, ur, ui, false);
-        const T* u_next = u + seq.offset(c, std::min(t + 1, seq.steps - 1));
+        if (maps)
+          input_map(*maps, maps->x_at(c, t, seq.steps), ur);
+        else
+          seq.load(u, nullptr, c, t, ur, ui, false);
+        const T* u_next = maps ? nullptr : u + seq.offset(c, std::min(t + 1, seq.steps - 1));
         for (long n = 0; n < N; ++n) {  // h_t = σ(W h_{t-1} + u_t), into slot 0; padding lanes stay 0
-          if (LANES) prefetch_part(u_next, seq.step_size(), n, N);
+          if (LANES && u_next) prefetch_part(u_next, seq.step_size(), n, N);
 #pragma omp simd
           for (int l = 0; l < L; ++l) {
             const long o = n * L + l;
@@ -233,6 +329,7 @@ void recurrence_forward(const Plan& plan, const T* wr, const T* wi, const T* u, 
           }
         }
         seq.store(hr, hi, H, c, t);
+        if (maps && maps->reads(t, seq.steps)) read_out(*maps, hr, maps->y + maps->y_offset(c, t, seq.steps));
       }
     }
     stream_fence();
@@ -246,7 +343,7 @@ void recurrence_forward(const Plan& plan, const T* wr, const T* wi, const T* u, 
 template <typename T, bool CPLX, int NL, bool LANES>
 void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T* wi, const T* awr, const T* awi,
                          const T* h0, const T* H, const T* gH, const T* bias, const Sequences<T, CPLX, LANES>& seq,
-                         T* gu, T* gh0, T* gwr, T* gwi, T* gb) {
+                         T* gu, T* gh0, T* gwr, T* gwi, T* gb, const Maps<T>* maps = nullptr) {
   const long N = plan.n_in, F = plan.stages.size();
   at::parallel_for(0, seq.chunks(), 1, [&](long c0, long c1) {
     // slots 1..F-1: the stage inputs of step t (stage 0's is h_{t-1}); 0 and F: h_{t-1} and h_t, taking
@@ -256,6 +353,9 @@ void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T
     const long gl = F + 3;
     for (long c = c0; c < c1; ++c) {
       T *cwr = gwr + c * plan.wsize * L, *cwi = gwi + c * plan.wsize * L, *cb = gb + c * N * L;
+      const long K = seq.C * N;  // the layer's partials of chunk c (maps)
+      T *cuw = maps ? maps->guw + c * K * maps->I * L : nullptr, *cub = maps ? maps->gub + c * K * L : nullptr;
+      T *cvw = maps ? maps->gvw + c * maps->O * K * L : nullptr, *cvb = maps ? maps->gvb + c * maps->O * L : nullptr;
       long g = F + 4, d = F + 1, e = F + 2, cur = 0, other = F;
       st.zero(g);
       T *hr = st.re(other), *hi = st.im(other);  // h_t
@@ -265,15 +365,27 @@ void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T
         seq.load(H, h0, c, t - 1, h1r, h1i, false);
         run_stages<T, CPLX>(plan, wr, wi, st, true, F - 1, h1r, h1i);  // recompute the stage inputs of step t
         T *glr = st.re(gl), *gli = st.im(gl);
-        seq.load(gH, nullptr, c, t, glr, gli, false);
+        if (!maps) {
+          seq.load(gH, nullptr, c, t, glr, gli, false);
+        } else {  // ∂L/∂h_t from the loss: through the read-out, and at t = T−1 from h_T
+          if (maps->reads(t, seq.steps))
+            read_out_backward(*maps, maps->gy + maps->y_offset(c, t, seq.steps), hr, glr, cvw, cvb);
+          else
+            st.zero(gl);
+          if (t == seq.steps - 1) {
+            const T* ghT = maps->ghT + c * K * L;
+#pragma omp simd
+            for (long o = 0; o < K * L; ++o) glr[o] += ghT[o];
+          }
+        }
         const T *gr = st.re(g), *gi = st.im(g);
         T *dr = st.re(d), *di = st.im(d);
         const T* h_next = t >= 2 ? H + seq.offset(c, t - 2) : h0 + seq.offset(c, -1);
-        const T* g_next = gH + seq.offset(c, std::max(t - 1, 0L));
+        const T* g_next = maps ? nullptr : gH + seq.offset(c, std::max(t - 1, 0L));
         for (long n = 0; n < N; ++n) {
           if (LANES) {  // what step t − 1 reads: h_{t-2} and ∂L/∂h_{t-1}
             prefetch_part(h_next, seq.step_size(), n, N);
-            prefetch_part(g_next, seq.step_size(), n, N);
+            if (g_next) prefetch_part(g_next, seq.step_size(), n, N);
           }
 #pragma omp simd
           for (int l = 0; l < L; ++l) {
@@ -282,7 +394,10 @@ void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T
                                      dr[o], di[o], cb[o]);
           }
         }
-        seq.store(dr, di, gu, c, t);
+        if (maps)
+          input_map_backward(*maps, maps->x_at(c, t, seq.steps), dr, cuw, cub);
+        else
+          seq.store(dr, di, gu, c, t);
         const long dh = backprop_stages<T, CPLX>(plan, adj, awr, awi, st, d, e, cwr, cwi, h1r, h1i);
         const long spare = dh == d ? e : d;  // ∂L/∂h_{t-1} is in slot dh: it becomes g
         e = spare;
@@ -342,21 +457,38 @@ at::Tensor partials(long rows, long size, const at::Tensor& like) {
   return at::zeros({(rows + L - 1) / L, size, L}, like.options().dtype(c10::toRealValueType(like.scalar_type())));
 }
 
+// The layer's maps as tensors (kru_layer_lanes): x, U, b_U, V, b_V and y in the forward pass; in the
+// backward pass also ∂L/∂y, ∂L/∂h_T, Vᵀ and the partials of the maps' gradients. Undefined: not used.
+struct LayerTensors {
+  at::Tensor x, uw, ub, vw, vb, y, gy, ghT, vwt, guw, gub, gvw, gvb;
+  bool last_only;
+  template <typename T>
+  Maps<T> maps() const {
+    auto p = [](const at::Tensor& t) { return t.defined() ? static_cast<T*>(t.data_ptr()) : nullptr; };
+    return {p(x), p(uw), p(ub), p(vw), p(vb), x.size(2), vw.size(0), vw.size(1), last_only, p(y),
+            p(gy), p(ghT), p(vwt), p(guw), p(gub), p(gvw), p(gvb)};
+  }
+};
+
 // The recurrence's forward and backward for either layout; the tensors are checked by the caller.
-// The factors' dtype says whether the data are complex (u, H: real planes in the lanes layout).
+// The factors' dtype says whether the data are complex (u, H: real planes in the lanes layout). With
+// `layer` (lanes only) the input map and read-out run inside (u undefined, H shaped `sizes`).
 template <bool LANES>
-at::Tensor run_recurrence(const Plan& plan, const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
-                      c10::string_view nonlinearity, const at::Tensor& bias) {
+at::Tensor run_recurrence(const Plan& plan, const at::Tensor& u, at::IntArrayRef sizes, const at::Tensor& h0,
+                          const at::Tensor& w, c10::string_view nonlinearity, const at::Tensor& bias,
+                          const LayerTensors* layer = nullptr) {
   at::Tensor wr, wi;
   std::tie(wr, wi) = factor_planes(w, plan, false);
-  at::Tensor H = new_output(u.sizes(), u.options());
+  at::Tensor H = new_output(sizes, h0.options());
   dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
     dispatch_nonlinearity(nonlinearity, [&](auto nl) {
       using T = decltype(t);
       constexpr bool CPLX = decltype(c)::value;
-      const Sequences<T, CPLX, LANES> seq{u.size(0), u.size(1), plan.n_in};
-      recurrence_forward<T, CPLX, decltype(nl)::value>(plan, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0),
-                                                       ptr<T>(bias), ptr<T>(H), seq);
+      const Sequences<T, CPLX, LANES> seq{sizes[0], sizes[1], plan.n_in};
+      const Maps<T> maps = layer ? layer->maps<T>() : Maps<T>{};
+      recurrence_forward<T, CPLX, decltype(nl)::value>(plan, ptr<T>(wr), ptr<T>(wi),
+                                                       layer ? nullptr : ptr<T>(u), ptr<T>(h0), ptr<T>(bias),
+                                                       ptr<T>(H), seq, layer ? &maps : nullptr);
     });
   });
   return H;
@@ -365,7 +497,8 @@ at::Tensor run_recurrence(const Plan& plan, const at::Tensor& u, const at::Tenso
 template <bool LANES>
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_recurrence_backward(
     const Plan& plan, const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0, const at::Tensor& w,
-    c10::string_view nonlinearity, const at::Tensor& bias, const at::Tensor& grad_u) {
+    c10::string_view nonlinearity, const at::Tensor& bias, const at::Tensor& grad_u,
+    const LayerTensors* layer = nullptr) {
   const Plan adj = adjoint_plan(plan);
   const auto [wr, wi, awr, awi] = backward_planes(w, plan);
   const long rows = LANES ? H.size(0) * L : H.size(0);
@@ -376,10 +509,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_recurrence_backward(
       using T = decltype(t);
       constexpr bool CPLX = decltype(c)::value;
       const Sequences<T, CPLX, LANES> seq{H.size(0), H.size(1), plan.n_in};
+      const Maps<T> maps = layer ? layer->maps<T>() : Maps<T>{};
       recurrence_backward<T, CPLX, decltype(nl)::value>(plan, adj, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi),
-                                                        ptr<T>(h0), ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), seq,
-                                                        ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi),
-                                                        ptr<T>(gb));
+                                                        ptr<T>(h0), ptr<T>(H), layer ? nullptr : ptr<T>(grad_H),
+                                                        ptr<T>(bias), seq, layer ? nullptr : ptr<T>(grad_u),
+                                                        ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb),
+                                                        layer ? &maps : nullptr);
     });
   });
   at::Tensor gw = combine_planes(gwr.sum(at::IntArrayRef{0, 2}), gwi.sum(at::IntArrayRef{0, 2}), w.is_complex());
@@ -388,7 +523,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> run_recurrence_backward(
 
 at::Tensor kru_recurrence_cpu(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
                               c10::string_view nonlinearity, const at::Tensor& bias) {
-  return run_recurrence<false>(check_recurrence(u, h0, w, shapes, bias), u, h0, w, nonlinearity, bias);
+  return run_recurrence<false>(check_recurrence(u, h0, w, shapes, bias), u, u.sizes(), h0, w, nonlinearity, bias);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cpu(
@@ -398,34 +533,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cpu(
   return run_recurrence_backward<false>(plan, grad_H, H, h0, w, nonlinearity, bias, grad_u);
 }
 
-// The lanes layout: u, H (chunks, T, C, N, L) and h0 (chunks, C, N, L), real, C = 2 for complex factors.
-Plan check_recurrence_lanes(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
-                            const at::Tensor& bias) {
-  check_dtype(w);
-  const Plan plan = make_plan(shapes);
-  TORCH_CHECK(plan.n_in == plan.n_out, "krubench: the recurrence needs square factors, got shapes ", shapes);
-  const long C = w.is_complex() ? 2 : 1, N = plan.n_in;
+// Tensors of the lanes layout: real, in the factors' real dtype, contiguous, on their device.
+void check_lanes_tensors(const at::Tensor& w, std::initializer_list<std::pair<const at::Tensor*, const char*>> tensors) {
   const auto real = c10::toRealValueType(w.scalar_type());
-  TORCH_CHECK(u.dim() == 5 && u.size(2) == C && u.size(3) == N && u.size(4) == L, "krubench: u must be (chunks, T, ",
-              C, ", ", N, ", ", L, ") in the lanes layout, got ", u.sizes());
-  TORCH_CHECK(h0.dim() == 4 && h0.size(0) == u.size(0) && h0.size(1) == C && h0.size(2) == N && h0.size(3) == L,
-              "krubench: h0 must be (", u.size(0), ", ", C, ", ", N, ", ", L, ") in the lanes layout, got ", h0.sizes());
-  TORCH_CHECK(w.dim() == 1 && w.numel() == plan.wsize, "krubench: the flat factors must have ", plan.wsize,
-              " entries, got ", w.sizes());
-  TORCH_CHECK(bias.dim() == 1 && bias.numel() == N, "krubench: bias must be (N,) = (", N, ",), got ", bias.sizes());
-  for (const auto& [t, name] : {std::pair{&u, "u"}, std::pair{&h0, "h0"}, std::pair{&bias, "bias"}}) {
+  for (const auto& [t, name] : tensors) {
     TORCH_CHECK(t->scalar_type() == real, "krubench: ", name, " has dtype ", t->scalar_type(), "; the lanes layout ",
                 "holds the factors' real dtype, ", real);
     TORCH_CHECK(t->device() == w.device() && t->is_contiguous(), "krubench: ", name, " must be contiguous on ",
                 w.device());
   }
+}
+
+// The recurrence on the lanes layout, all but its sequences: h0 (chunks, C, N, L), the flat factors w, the
+// bias (N,); C = 2 for complex factors.
+Plan check_lanes_recurrence(const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes, const at::Tensor& bias,
+                            long chunks) {
+  check_dtype(w);
+  const Plan plan = make_plan(shapes);
+  TORCH_CHECK(plan.n_in == plan.n_out, "krubench: the recurrence needs square factors, got shapes ", shapes);
+  const long C = w.is_complex() ? 2 : 1, N = plan.n_in;
+  TORCH_CHECK(h0.dim() == 4 && h0.size(0) == chunks && h0.size(1) == C && h0.size(2) == N && h0.size(3) == L,
+              "krubench: h0 must be (", chunks, ", ", C, ", ", N, ", ", L, ") in the lanes layout, got ", h0.sizes());
+  TORCH_CHECK(w.dim() == 1 && w.numel() == plan.wsize, "krubench: the flat factors must have ", plan.wsize,
+              " entries, got ", w.sizes());
+  TORCH_CHECK(bias.dim() == 1 && bias.numel() == N, "krubench: bias must be (N,) = (", N, ",), got ", bias.sizes());
   TORCH_CHECK(w.is_contiguous(), "krubench: the flat factors must be contiguous");
+  check_lanes_tensors(w, {{&h0, "h0"}, {&bias, "bias"}});
+  return plan;
+}
+
+// The lanes layout: u, H (chunks, T, C, N, L) and h0 (chunks, C, N, L), real, C = 2 for complex factors.
+Plan check_recurrence_lanes(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
+                            const at::Tensor& bias) {
+  TORCH_CHECK(u.dim() == 5, "krubench: u must be (chunks, T, C, N, L) in the lanes layout, got ", u.sizes());
+  const Plan plan = check_lanes_recurrence(h0, w, shapes, bias, u.size(0));
+  const long C = w.is_complex() ? 2 : 1, N = plan.n_in;
+  TORCH_CHECK(u.dim() == 5 && u.size(2) == C && u.size(3) == N && u.size(4) == L, "krubench: u must be (chunks, T, ",
+              C, ", ", N, ", ", L, ") in the lanes layout, got ", u.sizes());
+  check_lanes_tensors(w, {{&u, "u"}});
   return plan;
 }
 
 at::Tensor kru_recurrence_lanes_cpu(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
                                     at::IntArrayRef shapes, c10::string_view nonlinearity, const at::Tensor& bias) {
-  return run_recurrence<true>(check_recurrence_lanes(u, h0, w, shapes, bias), u, h0, w, nonlinearity, bias);
+  return run_recurrence<true>(check_recurrence_lanes(u, h0, w, shapes, bias), u, u.sizes(), h0, w, nonlinearity, bias);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_lanes_backward_cpu(
@@ -437,6 +588,64 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_lanes_backward_cpu
                 "krubench: ", name, " must be contiguous, shaped and typed like H ", H.sizes(), ", got ", t->sizes());
   poison_unless_in_place(grad_u, grad_H);
   return run_recurrence_backward<true>(plan, grad_H, H, h0, w, nonlinearity, bias, grad_u);
+}
+
+// The KRU layer on the lanes layout (Maps): x (chunks, T, I, L); U (K, I), b_U (K,); V (O, K), b_V (O,);
+// K = C·N. Returns y (chunks, T or 1, O, L) and H (chunks, T, C, N, L).
+Plan check_layer_lanes(const at::Tensor& x, const at::Tensor& uw, const at::Tensor& ub, const at::Tensor& h0,
+                       const at::Tensor& w, at::IntArrayRef shapes, const at::Tensor& bias, const at::Tensor& vw,
+                       const at::Tensor& vb) {
+  TORCH_CHECK(x.dim() == 4 && x.size(3) == L, "krubench: x must be (chunks, T, I, ", L, ") in the lanes layout, got ",
+              x.sizes());
+  const Plan plan = check_lanes_recurrence(h0, w, shapes, bias, x.size(0));
+  const long K = (w.is_complex() ? 2 : 1) * plan.n_in;
+  TORCH_CHECK(uw.dim() == 2 && uw.size(0) == K && uw.size(1) == x.size(2) && ub.dim() == 1 && ub.size(0) == K,
+              "krubench: the input map must be (", K, ", ", x.size(2), ") with a (", K, ",) bias, got ", uw.sizes(),
+              " and ", ub.sizes());
+  TORCH_CHECK(vw.dim() == 2 && vw.size(1) == K && vb.dim() == 1 && vb.size(0) == vw.size(0),
+              "krubench: the read-out must be (O, ", K, ") with an (O,) bias, got ", vw.sizes(), " and ", vb.sizes());
+  check_lanes_tensors(w, {{&x, "x"}, {&uw, "U"}, {&ub, "the input bias"}, {&vw, "V"}, {&vb, "the read-out bias"}});
+  return plan;
+}
+
+std::tuple<at::Tensor, at::Tensor> kru_layer_lanes_cpu(const at::Tensor& x, const at::Tensor& uw, const at::Tensor& ub,
+                                                       const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
+                                                       c10::string_view nonlinearity, const at::Tensor& bias,
+                                                       const at::Tensor& vw, const at::Tensor& vb, bool last_only) {
+  const Plan plan = check_layer_lanes(x, uw, ub, h0, w, shapes, bias, vw, vb);
+  const long chunks = x.size(0), T = x.size(1), C = w.is_complex() ? 2 : 1;
+  LayerTensors layer{x, uw, ub, vw, vb};
+  layer.last_only = last_only;
+  layer.y = new_output({chunks, last_only ? std::min<long>(T, 1) : T, vw.size(0), L}, x.options());
+  at::Tensor H = run_recurrence<true>(plan, at::Tensor(), {chunks, T, C, plan.n_in, L}, h0, w, nonlinearity, bias,
+                                      &layer);
+  return {layer.y, H};
+}
+
+// grad_y like y, grad_hT like h0; returns the gradients of U, b_U, h0, w, bias, V, b_V.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+kru_layer_lanes_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_hT, const at::Tensor& x,
+                             const at::Tensor& uw, const at::Tensor& H, const at::Tensor& h0, const at::Tensor& w,
+                             at::IntArrayRef shapes, c10::string_view nonlinearity, const at::Tensor& bias,
+                             const at::Tensor& vw, bool last_only) {
+  const Plan plan = check_recurrence_lanes(H, h0, w, shapes, bias);
+  const long chunks = x.size(0), T = x.size(1), K = uw.size(0), I = uw.size(1), O = vw.size(0);
+  TORCH_CHECK(x.dim() == 4 && H.size(0) == chunks && H.size(1) == T && uw.dim() == 2 && K == H.size(2) * H.size(3) &&
+              I == x.size(2) && vw.dim() == 2 && vw.size(1) == K,
+              "krubench: x ", x.sizes(), ", U ", uw.sizes(), ", V ", vw.sizes(), " do not fit H ", H.sizes());
+  TORCH_CHECK(grad_y.sizes() == at::IntArrayRef({chunks, last_only ? std::min<long>(T, 1) : T, O, L}) &&
+              grad_hT.sizes() == h0.sizes(), "krubench: grad_y ", grad_y.sizes(), " or grad_hT ", grad_hT.sizes(),
+              " is not shaped like y or h0");
+  check_lanes_tensors(w, {{&x, "x"}, {&uw, "U"}, {&vw, "V"}, {&grad_y, "grad_y"}, {&grad_hT, "grad_hT"}});
+  const auto opts = x.options();
+  LayerTensors layer{x, uw, at::Tensor(), vw, at::Tensor(), at::Tensor(), grad_y, grad_hT, vw.t().contiguous(),
+                     at::zeros({chunks, K, I, L}, opts), at::zeros({chunks, K, L}, opts),
+                     at::zeros({chunks, O, K, L}, opts), at::zeros({chunks, O, L}, opts)};
+  layer.last_only = last_only;
+  const auto [gh0, gw, gb] = run_recurrence_backward<true>(plan, at::Tensor(), H, h0, w, nonlinearity, bias,
+                                                           at::Tensor(), &layer);
+  return {layer.guw.sum(at::IntArrayRef{0, 3}), layer.gub.sum(at::IntArrayRef{0, 2}), gh0, gw, gb,
+          layer.gvw.sum(at::IntArrayRef{0, 3}), layer.gvb.sum(at::IntArrayRef{0, 2})};
 }
 
 at::Tensor kron_matvec_cpu(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef shapes) {
@@ -486,12 +695,20 @@ TORCH_LIBRARY(krubench, m) {
   m.def("kru_recurrence_lanes_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, "
         "str nonlinearity, Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
   // The lanes layout's chunk width L, which this build chose for its CPU (cuda/cpu_layout.h).
+  // The KRU layer on that layout: input map, recurrence and read-out in one pass (CPU only)
+  m.def("kru_layer_lanes(Tensor x, Tensor uw, Tensor ub, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
+        "Tensor bias, Tensor vw, Tensor vb, bool last_only) -> (Tensor, Tensor)");
+  m.def("kru_layer_lanes_backward(Tensor grad_y, Tensor grad_hT, Tensor x, Tensor uw, Tensor H, Tensor h0, Tensor w, "
+        "int[] shapes, str nonlinearity, Tensor bias, Tensor vw, bool last_only) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lanes_width() -> int", []() -> int64_t { return kru::L; });
 }
 
 TORCH_LIBRARY_IMPL(krubench, CPU, m) {
   m.impl("kru_recurrence_lanes", &kru::kru_recurrence_lanes_cpu);
   m.impl("kru_recurrence_lanes_backward", &kru::kru_recurrence_lanes_backward_cpu);
+  m.impl("kru_layer_lanes", &kru::kru_layer_lanes_cpu);
+  m.impl("kru_layer_lanes_backward", &kru::kru_layer_lanes_backward_cpu);
   m.impl("kron_matvec", &kru::kron_matvec_cpu);
   m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cpu);
   m.impl("kru_recurrence", &kru::kru_recurrence_cpu);

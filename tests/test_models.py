@@ -172,3 +172,20 @@ def test_last_only_is_the_last_step_of_the_full_output(name, options):
     assert len(results[0]) == len(results[1])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_kru_input_that_needs_a_gradient_gets_it_on_the_cpp_kernel():
+    """An input with requires_grad (a KRU on top of a trainable layer) takes the C++ kernel's unfused lanes path,
+    which gives x its gradient (the fused layer does not): same outputs and gradients, x's included, as the
+    reference."""
+    torch.manual_seed(4)
+    models = {k: MODELS["kru"](3, 4, hidden_size=16, kernel=k) for k in ("cpp", "reference")}
+    models["reference"].load_state_dict(models["cpp"].state_dict())
+    got = {}
+    for k, model in models.items():
+        x = torch.randn(9, 5, 3, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        y, _ = model(x)
+        y.square().sum().backward()
+        got[k] = [y, x.grad] + [p.grad for p in model.parameters()]
+    for a, b in zip(got["cpp"], got["reference"]):
+        torch.testing.assert_close(a, b, rtol=2e-4, atol=2e-5)

@@ -68,6 +68,42 @@ def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.
     return torch.ops.krubench.kru_recurrence_lanes(_ready(u, real), _ready(h0, real), w, shapes, nonlinearity, b)
 
 
+class _LayerLanes(torch.autograd.Function):
+    """Autograd of `kru_layer_lanes`. Its outputs are y and the last state h_T; the states H it returns are
+    kept for the backward pass only, so no gradient the size of H is ever made (unused outputs' gradients
+    are not materialised either: the backward pass takes None as zero)."""
+
+    @staticmethod
+    def forward(ctx, x, uw, ub, h0, w, bias, vw, vb, shapes, nonlinearity, last_only):
+        y, H = torch.ops.krubench.kru_layer_lanes(x, uw, ub, h0, w, shapes, nonlinearity, bias, vw, vb, last_only)
+        ctx.save_for_backward(x, uw, h0, w, bias, vw, H)
+        ctx.shapes, ctx.nonlinearity, ctx.last_only, ctx.y_shape = shapes, nonlinearity, last_only, y.shape
+        ctx.set_materialize_grads(False)
+        return y, H[:, -1].clone()
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_hT):
+        x, uw, h0, w, bias, vw, H = ctx.saved_tensors
+        grad_y = x.new_zeros(ctx.y_shape) if grad_y is None else _ready(grad_y, x.dtype)
+        grad_hT = torch.zeros_like(h0) if grad_hT is None else _ready(grad_hT, x.dtype)
+        guw, gub, gh0, gw, gb, gvw, gvb = torch.ops.krubench.kru_layer_lanes_backward(
+            grad_y, grad_hT, x, uw, H, h0, w, ctx.shapes, ctx.nonlinearity, bias, vw, ctx.last_only)
+        return None, guw, gub, gh0, gw, gb, gvw, gvb, None, None, None
+
+
+def kru_layer_lanes(x, U_weight, U_bias, h0, factors, nonlinearity: str, bias, V_weight, V_bias, last_only: bool):
+    """The compiled KRU layer on the C++ kernel's own layout, CPU only: x (chunks, T, I, LANES) -> y (chunks,
+    T or 1, O, LANES) and h_T (chunks, C, N, LANES); U maps x to the C·N rows of [Re u; Im u], V reads
+    [Re h; Im h]; a missing bias is zero. No gradient flows to x."""
+    dtype = _common_dtype(*factors)
+    w, shapes, b = _recurrence_args(factors, dtype, nonlinearity, bias, h0.shape[2], h0)
+    real = dtype.to_real()
+    ub = U_weight.new_zeros(U_weight.shape[0]) if U_bias is None else U_bias
+    vb = V_weight.new_zeros(V_weight.shape[0]) if V_bias is None else V_bias
+    return _LayerLanes.apply(*(_ready(t, real) for t in (x, U_weight, ub, h0)), w, b, _ready(V_weight, real),
+                             _ready(vb, real), shapes, nonlinearity, last_only)
+
+
 def _matvec_setup(ctx, inputs, output):
     x, w, shapes = inputs
     ctx.save_for_backward(x, w)
@@ -148,6 +184,17 @@ def register() -> None:
     @torch.library.register_fake("krubench::kru_recurrence_lanes_backward")
     def _(grad_H, H, h0, w, shapes, nonlinearity, bias, grad_u):
         return torch.empty_like(h0), torch.empty_like(w), torch.empty_like(bias)
+
+    @torch.library.register_fake("krubench::kru_layer_lanes")
+    def _(x, uw, ub, h0, w, shapes, nonlinearity, bias, vw, vb, last_only):
+        c, T, _, L = x.shape
+        C, N = h0.shape[1:3]
+        return x.new_empty(c, min(T, 1) if last_only else T, vw.shape[0], L), x.new_empty(c, T, C, N, L)
+
+    @torch.library.register_fake("krubench::kru_layer_lanes_backward")
+    def _(grad_y, grad_hT, x, uw, H, h0, w, shapes, nonlinearity, bias, vw, last_only):
+        return (torch.empty_like(uw), uw.new_empty(uw.shape[0]), torch.empty_like(h0), torch.empty_like(w),
+                torch.empty_like(bias), torch.empty_like(vw), vw.new_empty(vw.shape[0]))
 
     @torch.library.register_fake("krubench::kru_recurrence_backward")
     def _(grad_H, H, h0, w, shapes, nonlinearity, bias, grad_u):

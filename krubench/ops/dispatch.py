@@ -123,3 +123,19 @@ def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.
     u, h0, bias, factors = at_least_fp32(u), at_least_fp32(h0), at_least_fp32(bias), [at_least_fp32(f) for f in factors]
     with without_autocast(u.device):
         return compiled.kru_recurrence_lanes(u, h0, factors, nonlinearity, bias)
+
+
+def kru_layer_lanes(x, U_weight, U_bias, h0, factors, nonlinearity: str, bias, V_weight, V_bias, last_only: bool):
+    """The KRU layer (input map, recurrence, read-out) fused into the C++ kernel, on its own layout
+    (`ops.lanes`: x (chunks, T, I, LANES), h0 (chunks, C, N, LANES)); returns y (chunks, T or 1, O, LANES)
+    and h_T. CPU tensors only; no gradient flows to x."""
+    if x.device.type != "cpu":
+        raise ValueError(f"kru_layer_lanes runs the C++ kernel on CPU tensors, got {x.device}")
+    reason = load("cpp")
+    if reason is not None:
+        raise RuntimeError(f"kru_layer_lanes needs the cpp backend, which is unavailable: {reason}")
+    tensors = [at_least_fp32(t) for t in (x, U_weight, U_bias, h0, bias, V_weight, V_bias)]
+    x, U_weight, U_bias, h0, bias, V_weight, V_bias = tensors
+    with without_autocast(x.device):
+        return compiled.kru_layer_lanes(x, U_weight, U_bias, h0, [at_least_fp32(f) for f in factors], nonlinearity,
+                                        bias, V_weight, V_bias, last_only)

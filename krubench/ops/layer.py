@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import lanes
-from .dispatch import at_least_fp32, kru_recurrence, kru_recurrence_lanes, merge_limit, select
+from .dispatch import at_least_fp32, kru_layer_lanes, kru_recurrence, kru_recurrence_lanes, merge_limit, select
 from .kron import merge_factors
 
 
@@ -41,13 +41,19 @@ def kru_layer(x: torch.Tensor, h0: torch.Tensor, U: nn.Linear, V: nn.Linear, fac
 
 
 def _on_lanes(x, h0, U, V, ws, nonlinearity, bias, complex_, last_only):
-    """kru_layer on the C++ kernel's own layout (lanes.py): U writes u in it and V reads H from it, so the
-    kernel transposes nothing; [Re h; Im h] are its C planes."""
+    """kru_layer on the C++ kernel's own layout (lanes.py), which transposes nothing; [Re h; Im h] are its
+    C planes. Data inputs (no gradient wanted for x) go through the fused kernel, which computes u_t and y_t
+    step by step: neither u nor ∂L/∂H exists as a (B, T, C·N) tensor. Otherwise U writes u in the layout
+    and V reads H from it."""
+    B = x.shape[0]
+    if not x.requires_grad:
+        y, hT = kru_layer_lanes(lanes.batch_to_lanes(x), U.weight, U.bias, lanes.state_to_lanes(h0), ws, nonlinearity,
+                                bias, V.weight, V.bias, last_only)
+        return lanes.outputs_from_lanes(y, B), lanes.state_from_lanes(hT, B, complex_)
     C, N, L = (2 if complex_ else 1), h0.shape[-1], lanes.width()
     u = lanes.linear(U.weight, U.bias, lanes.batch_to_lanes(x))  # (chunks, T, C·N, L)
     c, T = u.shape[:2]
     H = kru_recurrence_lanes(u.view(c, T, C, N, L), lanes.state_to_lanes(h0), ws, nonlinearity, bias)  # (c, T, C, N, L)
     read = H[:, -1:] if last_only else H
     y = lanes.linear(V.weight, V.bias, read.reshape(c, read.shape[1], C * N, L))
-    B = x.shape[0]
     return lanes.outputs_from_lanes(y, B), lanes.state_from_lanes(H[:, -1], B, complex_)
