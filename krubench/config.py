@@ -249,21 +249,12 @@ SCHEMAS = {
 
 
 def setting_key(task) -> str:
-    """The benchmark setting of a `task` config (a dict or the composed node), e.g. copy_T1000, adding_T100,
-    permuted_mnist, music_jsb: the prefix of its presets conf/experiment/paper/<setting>_<model>.yaml, the
-    report's grouping key and the start of run folder names."""
-    def value(key, default=None):
-        v = task.get(key, default)
-        return getattr(v, "value", v)  # Enum choices by their value
+    """The benchmark setting of a `task` config (a dict or the composed node): what its task class says it is
+    (`Task.setting`), e.g. copy_T1000, permuted_mnist, music_jsb."""
+    from .tasks import TASKS  # here: the tasks import the data layer, which imports this module
+    from .tasks.base import config_value
 
-    name = value("name")
-    if name in ("copy", "adding"):
-        return f"{name}_T{value('T')}" + ("_uniform" if value("placement") == "uniform" else "")
-    if name == "pixel_mnist":
-        return "permuted_mnist" if value("permute") else "pixel_mnist"
-    if name == "music":
-        return f"music_{value('dataset')}"
-    return name
+    return TASKS[config_value(task, "name")].setting(task)
 
 
 def run_label(task, model: str, overrides: str = "") -> str:

@@ -145,7 +145,8 @@ def group(runs: list[Run], paper: dict) -> list[Row]:
     MODEL_ORDER, then by N, steps and variant."""
     rows: dict[tuple, Row] = {}
     for run in runs:
-        r, setting = run.results, setting_key(run.config["task"])
+        r = run.results
+        setting = r.get("setting") or setting_key(run.config["task"])  # runs older than "setting" in results.json
         metric = paper.get(setting, {}).get("metric", r["metric"])
         split = "test" if "test" in r else "final_val"
         config = identity(run.config)

@@ -19,7 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import checkpoint, files, rundir, tb
 from .csvlog import CSVMirror
-from .config import validate
+from .config import setting_key, validate
 from .data.paths import data_dir as data_root
 from .interrupt import Interrupted, StopOnSignal
 from .memory import check_memory
@@ -323,7 +323,8 @@ class Run:
         tb.log_hparams(self.writer, config, final_metrics, self.step)
         self.writer.close()
         results = {
-            "task": config["task"]["name"], "model": config["model"]["name"], "seed": config["seed"],
+            "task": config["task"]["name"], "setting": setting_key(config["task"]), "model": config["model"]["name"],
+            "seed": config["seed"],
             "metric": task.metric, "final_val": val, "best_val": {task.metric: best, "step": self.best_step},
             **held_out, "baseline": self.baselines, "params": self.counts, "steps": self.step, "wall_time_s": wall,
             "stopped_early": self.early.stopped, "backend": self.backend, "device": str(self.device),

@@ -173,3 +173,11 @@ def test_a_null_factor_lr_scale_is_the_models_own_and_stored_resolved(tmp_path, 
     train(cfg, tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["config"]["optim"]["factor_lr_scale"] == expected
+
+
+def test_results_name_the_setting_the_task_says_it_is(tmp_path):
+    """results.json carries the task's own setting (Task.setting), which the report groups by."""
+    cfg = small_run_config(tmp_path, "task=adding", "task.T=30", "task.placement=uniform", "model.hidden_size=16",
+                           "trainer.steps=2")
+    train(cfg, tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["setting"] == "adding_T30_uniform"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import Task, evaluate_batches, seeded_generator
+from .base import Task, config_value, evaluate_batches, seeded_generator
 
 PLACEMENTS = ("halves", "uniform")
 ADDING_BASELINE_MSE = 1 / 6
@@ -40,6 +40,11 @@ class AddingTask(Task):
     input_size = 2
     output_size = 1
     units = {"loss": "MSE"}
+
+    @classmethod
+    def setting(cls, cfg) -> str:
+        uniform = config_value(cfg, "placement") == "uniform"
+        return f"adding_T{config_value(cfg, 'T')}" + ("_uniform" if uniform else "")
 
     def __init__(self, T: int = 100, placement: str = "halves", batch_size: int = 20, val_size: int = 500,
                  seed: int = 0):

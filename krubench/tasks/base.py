@@ -43,6 +43,14 @@ class Task:
     #: the loss and metrics read the model's output at the last step only: the model then computes only that one
     scores_last_step_only: bool = False
 
+    @classmethod
+    def setting(cls, cfg) -> str:
+        """The benchmark setting a `task` config (a dict or the composed node) describes, e.g. copy_T1000,
+        permuted_mnist, music_jsb: the prefix of its presets conf/experiment/paper/<setting>_<model>.yaml, the
+        report's grouping key, the start of run folder names, and `setting` in results.json. From the config
+        alone, since run folders are named before a task is built. Tasks with variants override it."""
+        return cls.name
+
     def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs (B, T, input_size), targets) for optimizer step `step`."""
         raise NotImplementedError
@@ -79,6 +87,12 @@ class Task:
 
 
 @torch.no_grad()
+def config_value(cfg, key: str, default=None):
+    """A task config's value, an Enum choice (the composed config's) by its value."""
+    v = cfg.get(key, default)
+    return getattr(v, "value", v)
+
+
 def evaluate_batches(model, batches, loss_fn, device, extra=None, last_only=False) -> dict[str, float]:
     """Average `loss_fn` (and the per-batch `extra` metrics) over (x, target) batches, weighted by batch size;
     `last_only`: the model's outputs at the last step only (tasks scored there)."""

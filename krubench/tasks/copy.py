@@ -13,7 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import Task, evaluate_batches, seeded_generator
+from .base import Task, config_value, evaluate_batches, seeded_generator
 
 N_SYMBOLS, N_CLASSES, N_COPY = 8, 10, 10
 BLANK, DELIMITER = 0, 9
@@ -40,6 +40,10 @@ class CopyTask(Task):
     output_size = N_CLASSES
     units = {"loss": "nats per time step", "loss_bits": "bits per time step",
              "recall_accuracy": "fraction of recalled symbols"}
+
+    @classmethod
+    def setting(cls, cfg) -> str:
+        return f"copy_T{config_value(cfg, 'T')}"
 
     def __init__(self, T: int = 100, batch_size: int = 20, val_size: int = 500, seed: int = 0):
         if T < 1:

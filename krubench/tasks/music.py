@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data.music import KEYS, load_music
 from ..data.paths import data_dir as resolve_data_dir
-from .base import Task, epoch_batch
+from .base import Task, config_value, epoch_batch
 
 SPLIT_NAMES = {"train": "train", "val": "valid", "test": "test"}  # krubench split -> data set split
 
@@ -45,6 +45,10 @@ class MusicTask(Task):
     output_size = KEYS
     units = {"loss": "nats per frame"}
     splits = ("val", "test")
+
+    @classmethod
+    def setting(cls, cfg) -> str:
+        return f"music_{config_value(cfg, 'dataset')}"
 
     def __init__(self, dataset: str = "jsb", batch_size: int = 8, eval_batch_size: int = 32,
                  eval_limit: int | None = None, seed: int = 0, data_dir: str | None = None):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..data.mnist import load_mnist
 from ..data.paths import data_dir as resolve_data_dir
-from .base import Task, epoch_batch, evaluate_batches
+from .base import Task, config_value, epoch_batch, evaluate_batches
 
 PIXELS, CLASSES, MNIST_TRAIN = 784, 10, 60000
 
@@ -36,6 +36,10 @@ class PixelMNISTTask(Task):
     higher_is_better = True
     splits = ("val", "test")
     units = {"loss": "nats per image", "accuracy": "fraction correct"}
+
+    @classmethod
+    def setting(cls, cfg) -> str:
+        return "permuted_mnist" if config_value(cfg, "permute") else "pixel_mnist"
 
     def __init__(self, permute: bool = False, permutation_seed: int = 92916, val_size: int = 5000,
                  batch_size: int = 100, eval_batch_size: int = 100, eval_limit: int | None = None,
