@@ -11,8 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .config import register_configs
-from .paths import config_dir
+from .config import config_dir, register_configs
 
 register_configs()
 

@@ -263,6 +263,21 @@ def run_label(task, model: str, overrides: str = "") -> str:
     return f"{setting_key(task)}_{model}" + (f"_{overrides}" if overrides else "")
 
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def config_dir() -> str:
+    """Absolute path of the `conf/` folder: shipped inside the package in a wheel (krubench/conf),
+    or at the repository's top level in a checkout (editable install)."""
+    for candidate in (PACKAGE_DIR / "conf", PACKAGE_DIR.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(
+        f"krubench cannot find its configs: neither {PACKAGE_DIR / 'conf'} nor {PACKAGE_DIR.parent / 'conf'} "
+        "holds config.yaml. Reinstall krubench (pip install -e . from a checkout, or pip install krubench)."
+    )
+
+
 #: config groups that presets use internally: not listed by `krubench --help`
 INTERNAL_GROUPS = ("hydra", "experiment/paper/setting")
 
@@ -270,8 +285,6 @@ INTERNAL_GROUPS = ("hydra", "experiment/paper/setting")
 def config_groups() -> str:
     """The `config_groups` resolver of `krubench --help` (conf/config.yaml, hydra.help.template): each group of
     conf/ and its options, one line each as Hydra lists them, without the INTERNAL_GROUPS."""
-    from .paths import config_dir
-
     root = Path(config_dir())
     lines = []
     for folder in sorted(p for p in root.rglob("*") if p.is_dir()):

@@ -20,7 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import checkpoint, files, rundir, tb
 from .csvlog import CSVMirror
 from .config import setting_key, validate
-from .data.paths import data_dir as data_root
+from .data.roots import data_dir as data_root
 from .interrupt import Interrupted, StopOnSignal
 from .memory import check_memory
 from .models import build_model, default_factor_lr_scale

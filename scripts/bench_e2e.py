@@ -28,8 +28,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # the profiler's start/stop chat
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from krubench.config import register_configs
-from krubench.paths import config_dir
+from krubench.config import config_dir, register_configs
 from krubench.train import Run, resolve_config, seed_everything
 
 PRESETS = ("copy_T1000", "adding_T750", "pixel_mnist", "ptb_char", "music_jsb")

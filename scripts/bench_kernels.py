@@ -208,7 +208,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    fused = ops.backend_name(device, "auto")
+    fused = ops.backend_for("auto", device)
     B, T = args.batch, args.steps
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
           f"device {device}{' ' + torch.cuda.get_device_name() if device.type == 'cuda' else ''}; fused backend: {fused}")

@@ -33,7 +33,7 @@ def model_config(name: str, hidden_size: int | None, preset: str | None) -> dict
     of the preset paper/<preset>_<name> (None if there is none)."""
     from hydra import compose, initialize_config_dir
 
-    from krubench.paths import config_dir
+    from krubench.config import config_dir
 
     if preset is not None:
         if not (Path(config_dir()) / "experiment" / "paper" / f"{preset}_{name}.yaml").exists():

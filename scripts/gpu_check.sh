@@ -78,7 +78,7 @@ fi
 
 if [[ -z "${preflight_failed:-}" ]] &&
   phase build 300 "$out/build.log" python3 -c \
-    "from krubench.ops.cli import build_main; raise SystemExit(build_main(['--backend', '$backends']))"; then
+    "from krubench.ops.doctor import build_main; raise SystemExit(build_main(['--backend', '$backends']))"; then
   phase tests 150 "$out/tests.log" python3 -m pytest -q --noconftest -p no:cacheprovider "${tests[@]}"
   # shellcheck disable=SC2086  # GPU_CHECK_BENCH_ARGS is a list of words
   phase bench 200 "$out/bench.log" "${py[@]}" bench $dry ${GPU_CHECK_BENCH_ARGS:-}

@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from krubench.config import register_configs
-from krubench.paths import config_dir
+from krubench.config import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # the workspace's real data sets (tests that need them skip without)

@@ -164,7 +164,7 @@ def test_wheel_ships_the_configs(tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
-    code = ("import krubench.paths as p; print(p.config_dir())")
+    code = ("import krubench.config as c; print(c.config_dir())")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == str(site / "krubench" / "conf")

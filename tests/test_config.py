@@ -6,7 +6,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from conftest import compose_config
 from hydra import initialize_config_dir
-from krubench.paths import config_dir
+from krubench.config import config_dir
 from krubench.config import SCHEMAS, validate
 from krubench.models import build_model
 from krubench.tasks import TASKS, build_task

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from krubench.data import cli, fetch, paths, sources
+from krubench.data import fetch, manage, roots, sources
 from krubench.data.fetch import ChecksumError, MissingDataError, ensure, verify
 from krubench.data.sources import DataFile
 
@@ -30,9 +30,9 @@ def no_network(monkeypatch, tmp_path):
         return real(url, *args, **kwargs)
 
     monkeypatch.setattr(urllib.request, "urlopen", local_only)
-    monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.delenv(paths.OFFLINE_ENV, raising=False)
-    monkeypatch.delenv(paths.DATA_ENV, raising=False)
+    monkeypatch.setenv(roots.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(roots.OFFLINE_ENV, raising=False)
+    monkeypatch.delenv(roots.DATA_ENV, raising=False)
 
 
 def sha(data: bytes) -> str:
@@ -98,7 +98,7 @@ def test_archive_members_are_extracted_and_checked(tmp_path):
 
 
 def test_offline_missing_files_error_says_what_where_and_how(tmp_path, monkeypatch):
-    monkeypatch.setenv(paths.OFFLINE_ENV, "1")
+    monkeypatch.setenv(roots.OFFLINE_ENV, "1")
     root = tmp_path / "root"
     with pytest.raises(MissingDataError) as err:
         ensure("ptb_char", sources.ptb_files(), root)
@@ -133,10 +133,10 @@ def test_corrupt_gzip_is_a_checksum_error(tmp_path):
 
 
 def test_data_dir_precedence(tmp_path, monkeypatch):
-    assert paths.data_dir() == tmp_path / "cache" / "data"
-    monkeypatch.setenv(paths.DATA_ENV, str(tmp_path / "env"))
-    assert paths.data_dir() == (tmp_path / "env").resolve()
-    assert paths.data_dir(str(tmp_path / "cfg")) == (tmp_path / "cfg").resolve()
+    assert roots.data_dir() == tmp_path / "cache" / "data"
+    monkeypatch.setenv(roots.DATA_ENV, str(tmp_path / "env"))
+    assert roots.data_dir() == (tmp_path / "env").resolve()
+    assert roots.data_dir(str(tmp_path / "cfg")) == (tmp_path / "cfg").resolve()
 
 
 def test_files_for_names():
@@ -157,18 +157,18 @@ def test_manifest_matches_the_shared_checksums():
 
 @needs_shared
 def test_cli_verify_real_data(capsys):
-    assert cli.main(["verify", "all", "--data-dir", str(SHARED_DATA)]) == 0
+    assert manage.main(["verify", "all", "--data-dir", str(SHARED_DATA)]) == 0
     assert capsys.readouterr().out.count("ok  ") == 11
-    assert cli.main(["download", "jsb", "--data-dir", str(SHARED_DATA)]) == 0  # present: nothing to fetch
+    assert manage.main(["download", "jsb", "--data-dir", str(SHARED_DATA)]) == 0  # present: nothing to fetch
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(paths.OFFLINE_ENV, "1")
-    assert cli.main(["download", "jsb", "--data-dir", str(tmp_path)]) == 1
+    monkeypatch.setenv(roots.OFFLINE_ENV, "1")
+    assert manage.main(["download", "jsb", "--data-dir", str(tmp_path)]) == 1
     assert "krubench-data: data for jsb is missing" in capsys.readouterr().err
-    assert cli.main(["verify", "nonsense", "--data-dir", str(tmp_path)]) == 1
+    assert manage.main(["verify", "nonsense", "--data-dir", str(tmp_path)]) == 1
     assert "unknown data set 'nonsense'" in capsys.readouterr().err
-    assert cli.main(["where"]) == 0
+    assert manage.main(["where"]) == 0
     assert str(tmp_path / "cache") in capsys.readouterr().out
 
 
@@ -176,6 +176,6 @@ def test_cli_download_from_local_mirror(tmp_path, monkeypatch, capsys):
     data = b"\x00\x01" * 50
     monkeypatch.setattr(sources, "MUSIC_URL", served(tmp_path, "JSB_Chorales.mat", data).removesuffix("JSB_Chorales.mat"))
     monkeypatch.setitem(sources.MUSIC, "jsb", ("JSB_Chorales.mat", "JSB Chorales.pickle", sha(data)))
-    assert cli.main(["download", "jsb", "--data-dir", str(tmp_path / "root")]) == 0
+    assert manage.main(["download", "jsb", "--data-dir", str(tmp_path / "root")]) == 0
     assert (tmp_path / "root/music/JSB_Chorales.mat").read_bytes() == data
     assert fetch.sha256_of(tmp_path / "root/music/JSB_Chorales.mat") == sha(data)

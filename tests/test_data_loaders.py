@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from krubench.data import mnist, music, paths, ptb
+from krubench.data import mnist, music, ptb, roots
 from krubench.data.fetch import DataError
 from krubench.data.sources import DataFile
 
@@ -25,8 +25,8 @@ needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data f
 
 @pytest.fixture(autouse=True)
 def private_cache(monkeypatch, tmp_path):
-    monkeypatch.setenv(paths.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.setenv(paths.OFFLINE_ENV, "1")  # a loader must never reach for the network here
+    monkeypatch.setenv(roots.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(roots.OFFLINE_ENV, "1")  # a loader must never reach for the network here
 
 
 def sha(data: bytes) -> str:

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_config, REPO, SHARED_DATA
-from krubench.data import paths
+from krubench.data import roots
 from krubench.config import setting_key
 from krubench.train import train
 
@@ -70,8 +70,8 @@ def test_no_experiment_keeps_the_default_run():
 def data_cache(tmp_path_factory):
     """One writable cache for the module (decompressed MNIST), offline: tests never touch the network."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(paths.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
-        mp.setenv(paths.OFFLINE_ENV, "1")
+        mp.setenv(roots.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        mp.setenv(roots.OFFLINE_ENV, "1")
         yield
 
 

@@ -16,7 +16,7 @@ import zlib
 from pathlib import Path
 
 from ..files import atomic_write
-from .paths import DATA_ENV, OFFLINE_ENV, cache_dir, offline
+from .roots import DATA_ENV, OFFLINE_ENV, cache_dir, offline
 from .sources import DataFile
 
 log = logging.getLogger("krubench.data")

@@ -9,7 +9,7 @@ import torch
 
 from ..files import atomic_write
 from .fetch import ensure, read_gzip, sha256_of
-from .paths import derived_dir
+from .roots import derived_dir
 from .sources import mnist_files
 
 

@@ -120,7 +120,7 @@ class KRU(SequenceModel):
         return self.W.penalty()
 
     def kron_backend(self, device) -> str:
-        return ops.backend_name(device, self.kernel)
+        return ops.backend_for(self.kernel, device)
 
     def initial_state(self, batch: int, device) -> torch.Tensor:
         dtype = torch.complex64 if self.complex else torch.float32

@@ -68,7 +68,7 @@ class LSTMKRU(SequenceModel):
         return sum(kf.penalty() for kf in self.W_hh)
 
     def kron_backend(self, device) -> str:
-        return ops.backend_name(device, self.kernel)
+        return ops.backend_for(self.kernel, device)
 
     def _recurrent(self, h: torch.Tensor, stages: list[list[torch.Tensor]]) -> torch.Tensor:
         if self.factorisation == "joint":
@@ -80,7 +80,7 @@ class LSTMKRU(SequenceModel):
     def forward(self, x: torch.Tensor, state=None, last_only: bool = False):
         B, N = x.shape[0], self.hidden_size
         h, c = (x.new_zeros(B, N), x.new_zeros(B, N)) if state is None else state
-        backend = ops.backend_name(x.device, self.kernel)
+        backend = ops.backend_for(self.kernel, x.device)
         stages = [kf.stages(backend) for kf in self.W_hh]
         gx = self.W_ih(x)  # (B, T, 4N)
         outs = []

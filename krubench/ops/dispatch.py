@@ -48,7 +48,7 @@ def load(backend: str) -> str | None:
     return _unavailable[backend]
 
 
-def select(kernel: str, device) -> str:
+def backend_for(kernel: str, device) -> str:
     """The backend that runs for `kernel` on tensors on `device`: 'cuda', 'cpp' or 'reference'."""
     if kernel not in KERNELS:
         raise ValueError(f"model.kernel={kernel!r} is not supported: use one of {KERNELS}")
@@ -81,11 +81,6 @@ def without_autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def backend_name(device="cpu", kernel: str = "auto") -> str:
-    """The implementation of `kron_matvec`/`kru_recurrence` that runs for `kernel` on `device`."""
-    return select(kernel, device)
-
-
 def merge_limit(backend: str, merge_upto: int) -> int:
     """The largest merged factor size to give `backend`: the model's `merge_upto`, capped where a
     backend runs smaller stages faster."""
@@ -97,7 +92,7 @@ def kron_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor], kernel: str = 
     check_matvec(x, factors)
     x, factors = at_least_fp32(x), [at_least_fp32(f) for f in factors]
     with without_autocast(x.device):
-        if select(kernel, x.device) == "reference":
+        if backend_for(kernel, x.device) == "reference":
             return kron_matvec_ref(x, factors)
         return compiled.kron_matvec(x, factors)
 
@@ -106,7 +101,7 @@ def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None, kernel: str = "
     """All states of the KRU recurrence on the backend `kernel` selects; the contract is `kru_recurrence_ref`'s."""
     u, h0, bias, factors = at_least_fp32(u), at_least_fp32(h0), at_least_fp32(bias), [at_least_fp32(f) for f in factors]
     with without_autocast(u.device):
-        if select(kernel, u.device) == "reference":
+        if backend_for(kernel, u.device) == "reference":
             return kru_recurrence_ref(u, h0, factors, nonlinearity, bias)
         return compiled.kru_recurrence(u, h0, factors, nonlinearity, bias)
 

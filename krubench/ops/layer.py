@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import lanes
-from .dispatch import at_least_fp32, kru_layer_lanes, kru_recurrence, kru_recurrence_lanes, merge_limit, select
+from .dispatch import at_least_fp32, backend_for, kru_layer_lanes, kru_recurrence, kru_recurrence_lanes, merge_limit
 from .kron import merge_factors
 
 
@@ -27,7 +27,7 @@ def kru_layer(x: torch.Tensor, h0: torch.Tensor, U: nn.Linear, V: nn.Linear, fac
     """x (B, T, in), h0 (B, N) -> outputs (B, T, out) and the last state h_T (B, N). U maps x to [Re u; Im u]
     (2N features) if `complex_`, else to u (N); V reads [Re h; Im h] (or h), at every step or, with
     `last_only`, at the last one only (outputs (B, 1, out))."""
-    backend = select(kernel, x.device)
+    backend = backend_for(kernel, x.device)
     ws = stages(factors, backend, merge_upto)
     if backend == "cpp":
         return _on_lanes(x, h0, U, V, ws, nonlinearity, bias, complex_, last_only)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.music import KEYS, load_music
-from ..data.paths import data_dir as resolve_data_dir
+from ..data.roots import data_dir as resolve_data_dir
 from .base import Task, config_value, epoch_batch
 
 SPLIT_NAMES = {"train": "train", "val": "valid", "test": "test"}  # krubench split -> data set split

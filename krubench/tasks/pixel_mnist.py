@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.mnist import load_mnist
-from ..data.paths import data_dir as resolve_data_dir
+from ..data.roots import data_dir as resolve_data_dir
 from .base import Task, config_value, epoch_batch, evaluate_batches
 
 PIXELS, CLASSES, MNIST_TRAIN = 784, 10, 60000

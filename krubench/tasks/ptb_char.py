@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..data.paths import data_dir as resolve_data_dir
+from ..data.roots import data_dir as resolve_data_dir
 from ..data.ptb import load_ptb
 from .base import Task
 

@@ -101,6 +101,6 @@ def doctor_main(argv=None) -> int:
     else:
         print(f"{'cuda':>22}: not checked (no GPU visible); `TORCH_CUDA_ARCH_LIST=9.0 krubench-build --backend cuda` "
               "compiles it anyway")
-    print(f"{'model.kernel=auto runs':>22}: {dispatch.select('auto', 'cpu')} on the CPU"
-          + (f", {dispatch.select('auto', 'cuda')} on the GPU" if torch.cuda.is_available() else ""))
+    print(f"{'model.kernel=auto runs':>22}: {dispatch.backend_for('auto', 'cpu')} on the CPU"
+          + (f", {dispatch.backend_for('auto', 'cuda')} on the GPU" if torch.cuda.is_available() else ""))
     return 0

@@ -12,7 +12,7 @@ import logging
 import sys
 
 from .fetch import DataError, ensure, verify
-from .paths import CACHE_ENV, DATA_ENV, cache_dir, data_dir
+from .roots import CACHE_ENV, DATA_ENV, cache_dir, data_dir
 from .sources import files_for
 
 
