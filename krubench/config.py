@@ -52,104 +52,106 @@ Progress = choices("Progress", "auto", "always", "never")
 ScheduleName = choices("ScheduleName", *SCHEDULE_USES)
 
 
+# The schemas give each group's keys, their types and the accepted values; the values themselves, defaults
+# included, live in conf/ (one place; tests/test_config.py checks that the constructors' Python defaults agree).
 # ---- task ----
 @dataclass
 class CopyConfig:
     name: str = "copy"
-    T: int = 100  # blank length; sequences are T + 20 long
-    batch_size: int = 20
-    val_size: int = 500  # sequences in the fixed validation set
+    T: int = MISSING  # blank length; sequences are T + 20 long
+    batch_size: int = MISSING
+    val_size: int = MISSING  # sequences in the fixed validation set
 
 
 @dataclass
 class AddingConfig:
     name: str = "adding"
-    T: int = 100  # sequence length
-    placement: Placement = Placement.halves  # halves (one marker per half, Arjovsky) | uniform
-    batch_size: int = 20
-    val_size: int = 500
+    T: int = MISSING  # sequence length
+    placement: Placement = MISSING  # halves (one marker per half, Arjovsky) | uniform
+    batch_size: int = MISSING
+    val_size: int = MISSING
 
 
 @dataclass
 class PixelMNISTConfig:
     name: str = "pixel_mnist"
-    permute: bool = False  # permuted MNIST: one fixed permutation of the 784 pixels
-    permutation_seed: int = 92916  # numpy RandomState(seed).permutation(784); 92916 as in uRNN/expRNN
-    val_size: int = 5000  # the last val_size training images are the validation split
-    batch_size: int = 100
-    eval_batch_size: int = 100
-    eval_limit: Optional[int] = None  # evaluate on the first eval_limit images of a split only (smoke runs)
+    permute: bool = MISSING  # permuted MNIST: one fixed permutation of the 784 pixels
+    permutation_seed: int = MISSING  # numpy RandomState(seed).permutation(784); 92916 as in uRNN/expRNN
+    val_size: int = MISSING  # the last val_size training images are the validation split
+    batch_size: int = MISSING
+    eval_batch_size: int = MISSING
+    eval_limit: Optional[int] = MISSING  # evaluate on the first eval_limit images of a split only (smoke runs)
 
 
 @dataclass
 class PTBCharConfig:
     name: str = "ptb_char"
-    bptt: int = 150  # truncated-BPTT segment length (steps); the state is carried across segments
-    batch_size: int = 128  # parallel columns of the training stream
-    eval_batch_size: int = 64  # parallel columns of the valid/test stream
-    eval_limit: Optional[int] = None  # evaluate on the first eval_limit tokens of a split only (smoke runs)
+    bptt: int = MISSING  # truncated-BPTT segment length (steps); the state is carried across segments
+    batch_size: int = MISSING  # parallel columns of the training stream
+    eval_batch_size: int = MISSING  # parallel columns of the valid/test stream
+    eval_limit: Optional[int] = MISSING  # evaluate on the first eval_limit tokens of a split only (smoke runs)
 
 
 @dataclass
 class MusicConfig:
     name: str = "music"
-    dataset: MusicDataset = MusicDataset.jsb  # jsb | piano | nottingham | musedata
-    batch_size: int = 8  # whole sequences per step, padded and masked
-    eval_batch_size: int = 32
-    eval_limit: Optional[int] = None  # evaluate on the first eval_limit sequences of a split only (smoke runs)
+    dataset: MusicDataset = MISSING  # jsb | piano | nottingham | musedata
+    batch_size: int = MISSING  # whole sequences per step, padded and masked
+    eval_batch_size: int = MISSING
+    eval_limit: Optional[int] = MISSING  # evaluate on the first eval_limit sequences of a split only (smoke runs)
 
 
 # ---- model ----
 @dataclass
 class KRUConfig:
     name: str = "kru"
-    hidden_size: int = 128
-    factor_size: int = 2  # square factors of this size: hidden_size must be a power of it
-    factors: Optional[List[int]] = None  # explicit factor sizes instead, e.g. [4, 4, 8]
-    complex: bool = True
-    nonlinearity: KRUNonlinearity = KRUNonlinearity.modrelu  # modrelu | relu | tanh
-    init: FactorInit = FactorInit.unitary  # unitary (Haar random) | identity
-    merge_upto: int = 16  # apply neighbouring factors merged up to this size (same W, fewer ops); 1 = off
-    kernel: Kernel = Kernel.auto  # auto (fastest for the device) | cuda | cpp | reference (pure PyTorch)
-    penalty: float = 0.0  # λ of the soft unitary constraint λ·Σ‖W_f^H W_f − I‖²
-    input_bias: Optional[bool] = None  # additive bias in U x_t + b; null: only without modReLU (its bias is b)
-    input_init: MapInit = MapInit.glorot  # glorot (uRNN) | torch (nn.Linear's default)
-    modrelu_bias_init: float = 0.01  # modReLU bias starts U(±this) (uRNN); 0: zeros
-    readout_init: MapInit = MapInit.glorot  # glorot, zero bias (uRNN) | torch (nn.Linear's default)
+    hidden_size: int = MISSING
+    factor_size: int = MISSING  # square factors of this size: hidden_size must be a power of it
+    factors: Optional[List[int]] = MISSING  # explicit factor sizes instead, e.g. [4, 4, 8]
+    complex: bool = MISSING
+    nonlinearity: KRUNonlinearity = MISSING  # modrelu | relu | tanh
+    init: FactorInit = MISSING  # unitary (Haar random) | identity
+    merge_upto: int = MISSING  # apply neighbouring factors merged up to this size (same W, fewer ops); 1 = off
+    kernel: Kernel = MISSING  # auto (fastest for the device) | cuda | cpp | reference (pure PyTorch)
+    penalty: float = MISSING  # λ of the soft unitary constraint λ·Σ‖W_f^H W_f − I‖²
+    input_bias: Optional[bool] = MISSING  # additive bias in U x_t + b; null: only without modReLU (its bias is b)
+    input_init: MapInit = MISSING  # glorot (uRNN) | torch (nn.Linear's default)
+    modrelu_bias_init: float = MISSING  # modReLU bias starts U(±this) (uRNN); 0: zeros
+    readout_init: MapInit = MISSING  # glorot, zero bias (uRNN) | torch (nn.Linear's default)
 
 
 @dataclass
 class RNNConfig:
     name: str = "rnn"
-    hidden_size: int = 128
-    nonlinearity: RNNNonlinearity = RNNNonlinearity.tanh  # tanh | relu
-    init: RNNInit = RNNInit.default  # default | orthogonal | identity
+    hidden_size: int = MISSING
+    nonlinearity: RNNNonlinearity = MISSING  # tanh | relu
+    init: RNNInit = MISSING  # default | orthogonal | identity
 
 
 @dataclass
 class LSTMConfig:
     name: str = "lstm"
-    hidden_size: int = 128
+    hidden_size: int = MISSING
 
 
 @dataclass
 class LSTMKRUConfig:
     name: str = "lstm_kru"
-    hidden_size: int = 128
-    factor_size: int = 2
-    factors: Optional[List[int]] = None
-    complex: bool = False
-    init: FactorInit = FactorInit.unitary
-    factorisation: Factorisation = Factorisation.per_gate  # per_gate (four N×N products) | joint (one 4N×N product)
-    merge_upto: int = 16
-    kernel: Kernel = Kernel.auto  # auto | cuda | cpp | reference, as for kru
-    penalty: float = 0.0
+    hidden_size: int = MISSING
+    factor_size: int = MISSING
+    factors: Optional[List[int]] = MISSING
+    complex: bool = MISSING
+    init: FactorInit = MISSING
+    factorisation: Factorisation = MISSING  # per_gate (four N×N products) | joint (one 4N×N product)
+    merge_upto: int = MISSING
+    kernel: Kernel = MISSING  # auto | cuda | cpp | reference, as for kru
+    penalty: float = MISSING
 
 
 @dataclass
 class URNNConfig:
     name: str = "urnn"
-    hidden_size: int = 128
+    hidden_size: int = MISSING
 
 
 @dataclass
@@ -160,20 +162,22 @@ class FCURNNConfig(URNNConfig):
 @dataclass
 class EURNNConfig:
     name: str = "eurnn"
-    hidden_size: int = 128
-    capacity: Optional[int] = None  # tunable style: layers of rotations; null: 2 (tunable), log2 N (fft)
-    fft: bool = False  # FFT style: log2 N layers (hidden_size a power of 2)
-    complex: bool = True
+    hidden_size: int = MISSING
+    capacity: Optional[int] = MISSING  # tunable style: layers of rotations; null: 2 (tunable), log2 N (fft)
+    fft: bool = MISSING  # FFT style: log2 N layers (hidden_size a power of 2)
+    complex: bool = MISSING
 
 
 @dataclass
 class ExpRNNConfig:
     name: str = "exprnn"
-    hidden_size: int = 128
-    init: SkewInit = SkewInit.henaff  # henaff (copy) | cayley (MNIST): the repository's skew initialisations
+    hidden_size: int = MISSING
+    init: SkewInit = MISSING  # henaff (copy) | cayley (MNIST): the repository's skew initialisations
 
 
 # ---- optim ----
+# optim and schedule options share one schema each, and an option's YAML sets only its own keys: the
+# schema's values are what the others read (None or neutral).
 @dataclass
 class OptimConfig:
     name: OptimName = MISSING  # rmsprop | adam | sgd
@@ -204,19 +208,19 @@ class ScheduleConfig:
 # ---- trainer ----
 @dataclass
 class TrainerConfig:
-    steps: int = 1500  # optimizer steps in total (a resumed run continues up to this)
-    val_every: int = 100
-    log_every: int = 100  # steps between log lines (the progress bar updates every step)
-    ckpt_every: int = 200
-    grad_clip: float = 1.0  # max global gradient norm; 0 = off
-    resume: Resume = Resume.auto  # auto (continue from last.pt if present) | never (refuse if present)
-    deterministic: bool = False  # torch.use_deterministic_algorithms
-    progress: Progress = Progress.auto  # auto (bar on a terminal) | always | never
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int = 0  # torch CPU threads; 0 = torch's default
-    early_stop_patience: int = 0  # stop after this many validations without improvement of the metric; 0 = off
-    early_stop_min_delta: float = 0.0  # an improvement must exceed this (in the metric's units)
-    csv_log: bool = False  # also write every scalar to metrics.csv in the run directory
+    steps: int = MISSING  # optimizer steps in total (a resumed run continues up to this)
+    val_every: int = MISSING
+    log_every: int = MISSING  # steps between log lines (the progress bar updates every step)
+    ckpt_every: int = MISSING
+    grad_clip: float = MISSING  # max global gradient norm; 0 = off
+    resume: Resume = MISSING  # auto (continue from last.pt if present) | never (refuse if present)
+    deterministic: bool = MISSING  # torch.use_deterministic_algorithms
+    progress: Progress = MISSING  # auto (bar on a terminal) | always | never
+    device: str = MISSING  # auto | cpu | cuda | cuda:N
+    threads: int = MISSING  # torch CPU threads; 0 = torch's default
+    early_stop_patience: int = MISSING  # stop after this many validations without improvement of the metric; 0 = off
+    early_stop_min_delta: float = MISSING  # an improvement must exceed this (in the metric's units)
+    csv_log: bool = MISSING  # also write every scalar to metrics.csv in the run directory
 
 
 @dataclass

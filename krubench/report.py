@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import json
 import os
@@ -65,15 +66,19 @@ def find_runs(roots) -> tuple[list[Run], list[tuple[Path, str]]]:
     return runs, skipped
 
 
+@functools.cache
 def added_defaults() -> dict:
-    """The flattened defaults of the trainer and schedule sections: a run written before one of their keys
-    existed ran as its default says (no schedule: constant; no early stopping)."""
+    """The flattened defaults of the trainer and schedule sections (conf/, composed as `krubench` would): a run
+    written before one of their keys existed ran as its default says (no schedule: constant; no early stopping)."""
+    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from .config import ScheduleConfig, TrainerConfig
+    from .config import config_dir, register_configs
 
-    sections = {"trainer": TrainerConfig, "schedule": ScheduleConfig}
-    return flatten({k: OmegaConf.to_container(OmegaConf.structured(v), enum_to_str=True) for k, v in sections.items()})
+    register_configs()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="config")
+    return flatten({k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) for k in ("trainer", "schedule")})
 
 
 def identity(config: dict) -> dict:

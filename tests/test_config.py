@@ -137,3 +137,23 @@ def test_presets_fit_the_memory_estimate():
     for preset in sorted((Path(config_dir()) / "experiment" / "paper").glob("*.yaml")):
         estimate = training_bytes(plain(compose_config([f"experiment=paper/{preset.stem}"])))
         assert estimate is None or estimate[0] < 4 * 2**30, preset.stem
+
+
+@pytest.mark.parametrize("group,option", [("model", m) for m in sorted(SCHEMAS["model"])]
+                         + [("task", t) for t in sorted(SCHEMAS["task"])])
+def test_python_defaults_are_the_yaml_defaults(group, option):
+    """conf/ holds the defaults (the schemas only name and type the keys); the constructors keep defaults for
+    use from Python, and they must be the same values, or a model built in a notebook would differ from
+    `krubench model=...`."""
+    import inspect
+
+    from krubench.models import MODELS
+
+    cls = (MODELS if group == "model" else TASKS)[option]
+    cfg = plain(compose_config([f"{group}={option}"]))[group]
+    params = inspect.signature(cls.__init__).parameters
+    compared = [k for k in cfg if k in params and params[k].default is not inspect.Parameter.empty]
+    assert compared, f"{option}: no constructor default to compare"
+    for key in compared:
+        assert params[key].default == cfg[key], (f"{cls.__name__}({key}={params[key].default!r}) but "
+                                                 f"conf/{group}/{option}.yaml has {key}: {cfg[key]!r}")

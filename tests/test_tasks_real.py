@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import compose_config, run_cli, SHARED_DATA
 from krubench.config import validate
-from krubench.data import paths
+from krubench.data import roots
 from krubench.models import build_model
 from krubench.tasks import MusicTask, PixelMNISTTask, PTBCharTask, build_task
 from krubench.tasks.base import epoch_batch
@@ -35,8 +35,8 @@ MODELS = {
 @pytest.fixture(scope="module", autouse=True)
 def env(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(paths.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
-        mp.setenv(paths.OFFLINE_ENV, "1")
+        mp.setenv(roots.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
+        mp.setenv(roots.OFFLINE_ENV, "1")
         yield
 
 
@@ -203,7 +203,7 @@ METRIC = {"pixel_mnist": "accuracy", "ptb_char": "bpc", "music": "loss"}
 @pytest.mark.parametrize("task", [pytest.param("pixel_mnist", marks=pytest.mark.slow),  # 784 steps: ~30 s on 2 cores
                                   "ptb_char", "music"])
 def test_cli_every_model_on_real_data(tmp_path, monkeypatch, task):
-    monkeypatch.setenv(paths.DATA_ENV, str(SHARED_DATA))
+    monkeypatch.setenv(roots.DATA_ENV, str(SHARED_DATA))
     # A pipeline test, at a small lr: RMSprop's first step moves every weight by 10·lr whatever its gradient,
     # and at lr 1e-3 that takes the KRU's W far enough from unitary that 784 pixels overflow (issue 15 notes)
     lr = ["optim.lr=1e-5"] if task == "pixel_mnist" else []
