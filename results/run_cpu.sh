@@ -5,6 +5,9 @@
 #   Only the runs whose command matches PATTERN; in the order below (most telling first). Finished runs
 #   (status.json "ok") are skipped; unfinished ones resume from their last.pt.
 #   DRY_RUN=1 prints the commands instead.
+#   The runs use a snapshot of the checkout (a git worktree of HEAD under .runtree/, krubench run from it
+#   with `python -m krubench.cli`), so that editing the code while the queue runs cannot change or break
+#   the runs still to start (commit first: uncommitted changes are not in the snapshot).
 #   Then: krubench-report results/runs --out RESULTS.md --plots results   (the table and the figures)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,12 +15,13 @@ export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # RE
 # the data sets of the krubench workspace (../shared/data) unless KRUBENCH_DATA says otherwise: no downloads
 if [ -z "${KRUBENCH_DATA:-}" ] && [ -d ../shared/data ]; then export KRUBENCH_DATA=$PWD/../shared/data; fi
 COMMON="trainer.threads=1 trainer.progress=never"
+ROOT=$PWD
 run() {  # run PRESET SEEDS [OVERRIDES...]
   local preset=$1 seeds=$2; shift 2
   for seed in $seeds; do
-    local dir="results/runs/${preset}_s$seed"
+    local dir="$ROOT/results/runs/${preset}_s$seed"
     grep -qs '"status": "ok"' "$dir/status.json" && continue
-    echo "krubench experiment=paper/$preset seed=$seed $* $COMMON hydra.run.dir=$dir"
+    echo "python -m krubench.cli experiment=paper/$preset seed=$seed $* $COMMON hydra.run.dir=$dir"
   done
 }
 commands() {
@@ -38,4 +42,6 @@ commands() {
   run ptb_char_kru 0 trainer.steps=1044 task.eval_limit=100000; run ptb_char_lstm 0 trainer.steps=1044 task.eval_limit=100000
 }
 if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
-commands | grep -e "${1:-.}" | xargs -P "${2:-2}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
+snapshot=$ROOT/.runtree/$(git rev-parse --short HEAD)
+[ -d "$snapshot" ] || git worktree add --quiet --detach -f "$snapshot" HEAD
+commands | grep -e "${1:-.}" | (cd "$snapshot" && PYTHONPATH="$snapshot" xargs -P "${2:-2}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'")
