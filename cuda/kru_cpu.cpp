@@ -228,78 +228,60 @@ struct Maps {
   long y_offset(long c, long t, long steps) const { return last_only ? c * O * L : (c * steps + t) * O * L; }
 };
 
-// u = U x_t + b_U into the K rows at u.
+// y = W x + b for L lanes: W (rows, cols), b (rows) or null, x (cols, L), y (rows, L).
 template <typename T>
-void input_map(const Maps<T>& m, const T* __restrict xt, T* __restrict u) {
-  for (long k = 0; k < m.K; ++k) {
-    const T* row = m.uw + k * m.I;
+void lanes_affine(const T* __restrict w, const T* __restrict b, long rows, long cols, const T* __restrict x,
+                  T* __restrict y) {
+  for (long r = 0; r < rows; ++r) {
+    const T* row = w + r * cols;
     T acc[L];
 #pragma omp simd
-    for (int l = 0; l < L; ++l) acc[l] = m.ub[k];
-    for (long i = 0; i < m.I; ++i)
+    for (int l = 0; l < L; ++l) acc[l] = b ? b[r] : T(0);
+    for (long c = 0; c < cols; ++c)
 #pragma omp simd
-      for (int l = 0; l < L; ++l) acc[l] += row[i] * xt[i * L + l];
+      for (int l = 0; l < L; ++l) acc[l] += row[c] * x[c * L + l];
 #pragma omp simd
-    for (int l = 0; l < L; ++l) u[k * L + l] = acc[l];
+    for (int l = 0; l < L; ++l) y[r * L + l] = acc[l];
   }
 }
 
-// Partials of U's and b_U's gradients += ∂L/∂u_t x_tᵀ, ∂L/∂u_t (du: K rows).
+// The gradients of lanes_affine's W and b from ∂L/∂y = d (rows, L), per lane (the partials a chunk sums):
+// gw (rows, cols, L) += d xᵀ, gb (rows, L) += d.
 template <typename T>
-void input_map_backward(const Maps<T>& m, const T* __restrict xt, const T* __restrict du, T* __restrict guw,
-                        T* __restrict gub) {
-  for (long k = 0; k < m.K; ++k) {
-    const T* d = du + k * L;
+void lanes_affine_grad(const T* __restrict d, long rows, const T* __restrict x, long cols, T* __restrict gw,
+                       T* __restrict gb) {
+  for (long r = 0; r < rows; ++r) {
+    const T* dr = d + r * L;
 #pragma omp simd
-    for (int l = 0; l < L; ++l) gub[k * L + l] += d[l];
-    for (long i = 0; i < m.I; ++i) {
-      T* g = guw + (k * m.I + i) * L;
+    for (int l = 0; l < L; ++l) gb[r * L + l] += dr[l];
+    for (long c = 0; c < cols; ++c) {
+      T* g = gw + (r * cols + c) * L;
 #pragma omp simd
-      for (int l = 0; l < L; ++l) g[l] += d[l] * xt[i * L + l];
+      for (int l = 0; l < L; ++l) g[l] += dr[l] * x[c * L + l];
     }
   }
+}
+
+// u = U x_t + b_U into the K rows at u.
+template <typename T>
+void input_map(const Maps<T>& m, const T* xt, T* u) { lanes_affine(m.uw, m.ub, m.K, m.I, xt, u); }
+
+// Partials of U's and b_U's gradients += ∂L/∂u_t x_tᵀ, ∂L/∂u_t (du: K rows).
+template <typename T>
+void input_map_backward(const Maps<T>& m, const T* xt, const T* du, T* guw, T* gub) {
+  lanes_affine_grad(du, m.K, xt, m.I, guw, gub);
 }
 
 // y_t = V h_t + b_V (h: K rows).
 template <typename T>
-void read_out(const Maps<T>& m, const T* __restrict h, T* __restrict yt) {
-  for (long o = 0; o < m.O; ++o) {
-    const T* row = m.vw + o * m.K;
-    T acc[L];
-#pragma omp simd
-    for (int l = 0; l < L; ++l) acc[l] = m.vb[o];
-    for (long k = 0; k < m.K; ++k)
-#pragma omp simd
-      for (int l = 0; l < L; ++l) acc[l] += row[k] * h[k * L + l];
-#pragma omp simd
-    for (int l = 0; l < L; ++l) yt[o * L + l] = acc[l];
-  }
-}
+void read_out(const Maps<T>& m, const T* h, T* yt) { lanes_affine(m.vw, m.vb, m.O, m.K, h, yt); }
 
 // ∂L/∂h_t from the read-out, gh = Vᵀ ∂L/∂y_t (K rows), and the partials of V's and b_V's gradients
 // += ∂L/∂y_t h_tᵀ, ∂L/∂y_t.
 template <typename T>
-void read_out_backward(const Maps<T>& m, const T* __restrict dyt, const T* __restrict h, T* __restrict gh,
-                       T* __restrict gvw, T* __restrict gvb) {
-  for (long k = 0; k < m.K; ++k) {
-    const T* col = m.vwt + k * m.O;
-    T acc[L] = {};
-    for (long o = 0; o < m.O; ++o)
-#pragma omp simd
-      for (int l = 0; l < L; ++l) acc[l] += col[o] * dyt[o * L + l];
-#pragma omp simd
-    for (int l = 0; l < L; ++l) gh[k * L + l] = acc[l];
-  }
-  for (long o = 0; o < m.O; ++o) {
-    const T* d = dyt + o * L;
-#pragma omp simd
-    for (int l = 0; l < L; ++l) gvb[o * L + l] += d[l];
-    for (long k = 0; k < m.K; ++k) {
-      T* g = gvw + (o * m.K + k) * L;
-#pragma omp simd
-      for (int l = 0; l < L; ++l) g[l] += d[l] * h[k * L + l];
-    }
-  }
+void read_out_backward(const Maps<T>& m, const T* dyt, const T* h, T* gh, T* gvw, T* gvb) {
+  lanes_affine(m.vwt, static_cast<const T*>(nullptr), m.K, m.O, dyt, gh);
+  lanes_affine_grad(dyt, m.O, h, m.K, gvw, gvb);
 }
 
 template <typename T, bool CPLX, int NL, bool LANES>
