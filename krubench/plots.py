@@ -13,8 +13,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-COLORS = {"kru": "tab:blue", "lstm_kru": "tab:purple", "lstm": "tab:green", "rnn": "tab:red", "urnn": "tab:orange",
-          "fcurnn": "tab:brown", "eurnn": "tab:pink", "exprnn": "tab:olive"}
+from .models import MODELS
+
+# a model's colour is its place in MODELS: the same colour in every figure, and a new model gets one
+PALETTE = ("tab:blue", "tab:purple", "tab:green", "tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:olive",
+           "tab:cyan", "tab:gray")
+COLORS = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(MODELS)}
 
 
 def read_scalars(run_dir: Path, tags=("train/loss", "val/loss")) -> dict[str, tuple[list[int], list[float]]]:

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import yaml
 
-from .config import flatten
-from .config import INCIDENTAL_KEYS, setting_key
+from .config import INCIDENTAL_KEYS, flatten, setting_key
+from .models import MODELS
 from .results import RESULTS, STATUS
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
-MODEL_ORDER = ("kru", "lstm_kru", "lstm", "rnn", "urnn", "fcurnn", "eurnn", "exprnn")
+MODEL_ORDER = tuple(MODELS)  # a model added to MODELS is listed without touching this file
 #: config keys that do not change what a run measures: runs differing only in these are seeds of one row
 INCIDENTAL = ("seed", *INCIDENTAL_KEYS)
 FORMATS = ("md", "csv")

@@ -10,8 +10,9 @@ from .lstm import LSTM, LSTMKRU
 from .rnn import RNN
 from .urnn import URNN
 
-MODELS = {"kru": KRU, "rnn": RNN, "lstm": LSTM, "lstm_kru": LSTMKRU,
-          "urnn": URNN, "fcurnn": FCURNN, "eurnn": EURNN, "exprnn": ExpRNN}  # the last four: the unitary peers
+# in the order the report lists them and the plots colour them; the last four: the unitary peers
+MODELS = {"kru": KRU, "lstm_kru": LSTMKRU, "lstm": LSTM, "rnn": RNN,
+          "urnn": URNN, "fcurnn": FCURNN, "eurnn": EURNN, "exprnn": ExpRNN}
 
 
 def default_factor_lr_scale(name: str) -> float:
