@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -127,11 +128,19 @@ def test_a_failed_rerun_leaves_a_finished_run_finished(finished, tmp_path, monke
 # ---- the command line ----
 
 def start(args, cwd):
+    """The command line in the background. Its output goes to files, not pipes: nobody reads a pipe while the run
+    goes on, and a run logging every step fills one (64 KiB) and then blocks in write(), deaf to signals."""
     # SIGINT at its default, as for a run started in a terminal: a pytest started as a shell's background job
     # (`pytest &`) passes SIGINT on ignored, and a run that inherits that rightly ignores Ctrl-C
-    return subprocess.Popen([*krubench_command(), *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    fd, out = tempfile.mkstemp(dir=cwd, prefix="krubench-", suffix=".out")
+    os.close(fd)
+    out = Path(out)
+    with out.open("w") as sink:
+        proc = subprocess.Popen([*krubench_command(), *args], cwd=cwd, stdout=sink, stderr=subprocess.STDOUT,
+                                text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc.output = out
+    return proc
 
 
 def wait_for_log(run: Path, pattern: str, proc, after: int = 0, timeout: float = 180) -> None:
@@ -141,7 +150,7 @@ def wait_for_log(run: Path, pattern: str, proc, after: int = 0, timeout: float =
     while time.time() < deadline:
         if log.exists() and re.search(pattern, log.read_text()[after:]):
             return
-        assert proc.poll() is None, proc.communicate()
+        assert proc.poll() is None, proc.output.read_text()
         time.sleep(0.05)
     raise AssertionError(f"{pattern!r} never appeared in {log}")
 
