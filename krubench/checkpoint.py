@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .config import flatten
+from .config import flatten, upgrade_config
 from .files import atomic_write
 
 log = logging.getLogger("krubench")
@@ -88,6 +88,8 @@ def load(path: Path, map_location="cpu") -> dict:
         log.warning(f"{path} is an old-format checkpoint without a digest: loaded without an integrity check")
     elif stored != content_digest(ckpt):
         raise CheckpointError(f"{path} is damaged: its content does not match its sha256 digest. {what_to_do}")
+    if "config" in ckpt:  # written by an earlier krubench: its keys as they are named now
+        ckpt["config"] = upgrade_config(ckpt["config"])
     return ckpt
 
 

@@ -3,6 +3,7 @@ override against these dataclasses, so a misspelled key or a wrong type fails at
 The YAML files in conf/ hold the defaults users see; the schemas hold names and types."""
 from __future__ import annotations
 
+import copy
 import math
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from .data.sources import MUSIC
+from .models import MODELS
 from .models.exprnn import SKEW_INITS
 from .models.kru import FACTOR_INITS, MAP_INITS
 from .models.lstm import FACTORISATIONS
@@ -113,7 +115,6 @@ class KRUConfig:
     init: FactorInit = MISSING  # unitary (Haar random) | identity
     merge_upto: int = MISSING  # apply neighbouring factors merged up to this size (same W, fewer ops); 1 = off
     kernel: Kernel = MISSING  # auto (fastest for the device) | cuda | cpp | reference (pure PyTorch)
-    penalty: float = MISSING  # λ of the soft unitary constraint λ·Σ‖W_f^H W_f − I‖²
     input_bias: Optional[bool] = MISSING  # additive bias in U x_t + b; null: only without modReLU (its bias is b)
     input_init: MapInit = MISSING  # glorot (uRNN) | torch (nn.Linear's default)
     modrelu_bias_init: float = MISSING  # modReLU bias starts U(±this) (uRNN); 0: zeros
@@ -145,7 +146,6 @@ class LSTMKRUConfig:
     factorisation: Factorisation = MISSING  # per_gate (four N×N products) | joint (one 4N×N product)
     merge_upto: int = MISSING
     kernel: Kernel = MISSING  # auto | cuda | cpp | reference, as for kru
-    penalty: float = MISSING
 
 
 @dataclass
@@ -213,6 +213,7 @@ class TrainerConfig:
     log_every: int = MISSING  # steps between log lines (the progress bar updates every step)
     ckpt_every: int = MISSING
     grad_clip: float = MISSING  # max global gradient norm; 0 = off
+    unitary_penalty: float = MISSING  # λ of the soft unitary constraint λ·Σ‖W_f^H W_f − I‖² (kru, lstm_kru); 0 = off
     resume: Resume = MISSING  # auto (continue from last.pt if present) | never (refuse if present)
     deterministic: bool = MISSING  # torch.use_deterministic_algorithms
     progress: Progress = MISSING  # auto (bar on a terminal) | always | never
@@ -337,7 +338,7 @@ def validate(config: dict) -> None:
             positive[f"task.{key}"] = task[key]
     at_least_zero = {
         "optim.weight_decay": optim["weight_decay"], "optim.momentum": optim["momentum"],
-        "trainer.threads": trainer["threads"], "model.penalty": model.get("penalty"),
+        "trainer.threads": trainer["threads"], "trainer.unitary_penalty": trainer["unitary_penalty"],
         "model.modrelu_bias_init": model.get("modrelu_bias_init"),
         "trainer.grad_clip": trainer["grad_clip"],
     }
@@ -375,6 +376,27 @@ def validate(config: dict) -> None:
     device = trainer["device"]
     if device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise ValueError(f"trainer.device={device} is not a device: use auto, cpu, cuda or cuda:N")
+    if trainer["unitary_penalty"] > 0:
+        penalised = [name for name, cls in MODELS.items() if cls.penalised]
+        if model["name"] not in penalised:
+            raise ValueError(f"trainer.unitary_penalty={trainer['unitary_penalty']} has nothing to act on: "
+                             f"model={model['name']} has no Kronecker factors. It applies to {', '.join(penalised)}; "
+                             "leave it at 0 for the other models")
+
+
+#: keys that moved, old -> new (flattened): configs written by earlier krubench (checkpoints, results.json)
+#: are read as if written with the new names, so old runs resume and share report rows with new ones
+MOVED_KEYS = {"model.penalty": "trainer.unitary_penalty"}
+
+
+def upgrade_config(config: dict) -> dict:
+    """A run's saved config with MOVED_KEYS renamed (a new dict; the argument is left as it is)."""
+    config = copy.deepcopy(config)
+    for old, new in MOVED_KEYS.items():
+        (old_group, old_key), (new_group, new_key) = old.split("."), new.split(".")
+        if old_key in config.get(old_group, {}):
+            config.setdefault(new_group, {})[new_key] = config[old_group].pop(old_key)
+    return config
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import INCIDENTAL_KEYS, flatten, setting_key
+from .config import INCIDENTAL_KEYS, flatten, setting_key, upgrade_config
 from .models import MODELS
 from .results import RESULTS, STATUS
 
@@ -42,7 +42,8 @@ class Run:
 
     @property
     def config(self) -> dict:
-        return self.results["config"]
+        """The run's config, keys renamed since it was written (config.MOVED_KEYS) as they are named now."""
+        return upgrade_config(self.results["config"])
 
 
 def find_runs(roots) -> tuple[list[Run], list[tuple[Path, str]]]:

@@ -89,10 +89,10 @@ def non_finite_message(what: str, step: int, saved_step: int | None, lr: float, 
     rerun = f"add optim.lr=<lower, e.g. {lr / 10:g}> hydra.run.dir={run_dir} to your command"
     if saved_step is None:
         return (f"the {what} became non-finite at step {step}, before any checkpoint: nothing was saved. "
-                f"To start over in this directory, {rerun}; trainer.grad_clip or model.penalty may help too.")
+                f"To start over in this directory, {rerun}; trainer.grad_clip or trainer.unitary_penalty may help too.")
     return (f"the {what} became non-finite at step {step}. {run_dir / checkpoint.LAST} is kept as it was: "
             f"the last checkpoint, from step {saved_step}. To continue from it, {rerun}; "
-            f"trainer.grad_clip or model.penalty may help too.")
+            f"trainer.grad_clip or trainer.unitary_penalty may help too.")
 
 
 def train(cfg: DictConfig, run_dir: Path) -> dict:
@@ -193,7 +193,7 @@ class Run:
         self.schedule = Schedule(config["schedule"], self.optimizer, self.steps, self.task.higher_is_better)
         self.early = EarlyStopping(tcfg["early_stop_patience"], tcfg["early_stop_min_delta"],
                                    self.task.higher_is_better)
-        self.penalty_weight = config["model"].get("penalty", 0.0)
+        self.penalty_weight = tcfg["unitary_penalty"]
         self.has_factors = bool(self.model.factor_parameters())
         self.grad_clip = tcfg["grad_clip"] or math.inf
         self.counts, self.baselines = self.model.param_counts(), self.task.baselines()

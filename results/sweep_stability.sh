@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The sweep behind the KRU presets' stability settings (optim.factor_lr_scale, model.penalty): adding T=100,
+# The sweep behind the KRU presets' stability settings (optim.factor_lr_scale, trainer.unitary_penalty): adding T=100,
 # seeds 0-2, with and without each of the two. RESULTS.md ("How the KRU presets were chosen") reads its runs.
 # Usage (from the repository root): bash results/sweep_stability.sh [PATTERN] [JOBS]
 set -euo pipefail
@@ -12,7 +12,7 @@ commands() {
   for setting in "1.0 0.0 0" "0.1 0.0 0 1 2" "1.0 0.1 0 1 2" "0.1 0.1 0 1 2" "1.0 0.0 1 2"; do
     read -r scale lam seeds <<< "$setting"
     for seed in $seeds; do
-      echo "krubench experiment=paper/adding_T100_kru optim.factor_lr_scale=$scale model.penalty=$lam seed=$seed $COMMON hydra.run.dir=results/sweeps/adding_T100_kru_scale${scale}_pen${lam}_s$seed"
+      echo "krubench experiment=paper/adding_T100_kru optim.factor_lr_scale=$scale trainer.unitary_penalty=$lam seed=$seed $COMMON hydra.run.dir=results/sweeps/adding_T100_kru_scale${scale}_pen${lam}_s$seed"
     done
   done
 }

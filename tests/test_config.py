@@ -102,7 +102,9 @@ def test_groups_offer_only_their_options():
     ("optim.lr=nan", "optim.lr=nan must be a finite number"),
     ("optim.lr=-1", "optim.lr=-1.0 must be positive"),
     ("model.merge_upto=0", "model.merge_upto=0 must be >= 1"),
-    ("model.penalty=-1", "model.penalty=-1.0 must be >= 0"),
+    ("trainer.unitary_penalty=-1", "trainer.unitary_penalty=-1.0 must be >= 0"),
+    ("model=lstm trainer.unitary_penalty=0.1",
+     "trainer.unitary_penalty=0.1 has nothing to act on: model=lstm has no Kronecker factors. It applies to kru, lstm_kru;"),
     ("trainer.threads=-1", "trainer.threads=-1 must be >= 0"),
     ("optim.weight_decay=-1", "optim.weight_decay=-1.0 must be >= 0"),
     ("optim.momentum=-1", "optim.momentum=-1.0 must be >= 0"),
@@ -115,7 +117,7 @@ def test_groups_offer_only_their_options():
 ])
 def test_bad_numbers_are_refused_naming_the_key(override, message):
     with pytest.raises(ValueError, match=message):
-        validate(plain(compose_config([override])))
+        validate(plain(compose_config(override.split())))
 
 
 @pytest.mark.parametrize("override,key", [("model.hidden_size=1048576", "model.hidden_size=1048576"),

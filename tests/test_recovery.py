@@ -83,6 +83,16 @@ def test_an_old_format_checkpoint_resumes_with_a_warning(finished, tmp_path, cap
     assert checkpoint.DIGEST in torch.load(finished / "last.pt", weights_only=True)  # rewritten in the new format
 
 
+def test_a_checkpoint_written_before_a_key_moved_resumes(finished, tmp_path):
+    """model.penalty (earlier krubench) is read as trainer.unitary_penalty: the run continues, not refused as
+    another run's."""
+    old = checkpoint.load(finished / "last.pt")
+    old["config"]["model"]["penalty"] = old["config"]["trainer"].pop("unitary_penalty")
+    checkpoint.save(finished / "last.pt", **old)
+    assert "penalty" in torch.load(finished / "last.pt", weights_only=True)["config"]["model"]
+    assert train(small_run_config(tmp_path), finished)["steps"] == 10
+
+
 def test_checkpoints_hold_only_tensors_and_plain_data(finished):
     for name in ("last.pt", "best.pt"):
         ckpt = checkpoint.load(finished / name)

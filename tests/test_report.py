@@ -84,6 +84,21 @@ def test_a_run_older_than_a_config_key_counts_as_its_default(tmp_path):
         "schedule.name=constant", "schedule.name=cosine"]
 
 
+def test_a_run_written_before_a_key_moved_shares_the_row_of_the_new_name(tmp_path):
+    """model.penalty became trainer.unitary_penalty: runs written before and after are seeds of one row."""
+    old = copy_run(tmp_path / "old", seed=0)
+    assert json.loads((old / "results.json").read_text())["config"]["model"]["penalty"] == 0.0  # as committed
+    new = copy_run(tmp_path / "new", seed=1)
+    results = json.loads((new / "results.json").read_text())
+    results["config"]["trainer"]["unitary_penalty"] = results["config"]["model"].pop("penalty")
+    (new / "results.json").write_text(json.dumps(results))
+    [row] = group(find_runs([tmp_path])[0], load_paper_numbers())
+    assert row.seeds == 2 and row.variant == ""
+    copy_run(tmp_path / "penalised", seed=2, model__penalty=0.1)
+    assert sorted(r.variant for r in group(find_runs([tmp_path])[0], load_paper_numbers())) == [
+        "trainer.unitary_penalty=0.0", "trainer.unitary_penalty=0.1"]
+
+
 def test_runs_differing_in_config_form_rows_labelled_by_the_difference(tmp_path, capsys):
     copy_run(tmp_path / "a", optim__lr=0.001)
     copy_run(tmp_path / "b", optim__lr=0.01, seed=1)

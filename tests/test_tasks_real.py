@@ -200,8 +200,8 @@ SMOKE = {
 METRIC = {"pixel_mnist": "accuracy", "ptb_char": "bpc", "music": "loss"}
 
 
-@pytest.mark.parametrize("task", [pytest.param("pixel_mnist", marks=pytest.mark.slow),  # 784 steps: ~30 s on 2 cores
-                                  "ptb_char", "music"])
+@pytest.mark.slow  # a CLI multirun of four models in subprocesses: 15-30 s a task on 2 cores
+@pytest.mark.parametrize("task", ["pixel_mnist", "ptb_char", "music"])
 def test_cli_every_model_on_real_data(tmp_path, monkeypatch, task):
     monkeypatch.setenv(roots.DATA_ENV, str(SHARED_DATA))
     # A pipeline test, at a small lr: RMSprop's first step moves every weight by 10·lr whatever its gradient,

@@ -104,7 +104,7 @@ def test_other_task_in_same_dir_is_refused_with_a_diff(tmp_path):
 def test_unitary_penalty_keeps_factors_unitary(tmp_path):
     """Same init, same data: with λ > 0 the factors end closer to unitary than without."""
     def penalty_after(weight):
-        cfg = small_run_config(tmp_path, f"model.penalty={weight}", "optim.lr=0.03", "trainer.steps=10")
+        cfg = small_run_config(tmp_path, f"trainer.unitary_penalty={weight}", "optim.lr=0.03", "trainer.steps=10")
         train(cfg, tmp_path / f"run{weight}")
         factors = [v for k, v in final_weights(tmp_path / f"run{weight}").items() if k.startswith("W.factors")]
         return unitary_penalty(factors).item()

@@ -22,7 +22,7 @@ def default_factor_lr_scale(name: str) -> float:
 
 def build_model(cfg, input_size: int, output_size: int) -> SequenceModel:
     """cfg: the `model` config as a plain dict (enums as strings); its fields other than `name` are the constructor's keywords."""
-    kwargs = {k: v for k, v in cfg.items() if k not in ("name", "penalty")}  # penalty is the trainer's
+    kwargs = {k: v for k, v in cfg.items() if k != "name"}
     return MODELS[cfg["name"]](input_size, output_size, **kwargs)
 
 

@@ -17,6 +17,7 @@ class SequenceModel(nn.Module):
     then skip the read-out of the other T − 1 steps and its gradient."""
 
     default_factor_lr_scale = 1.0  # optim.factor_lr_scale when the config leaves it null
+    penalised = False  # whether trainer.unitary_penalty acts on it (its unitary_penalty() has a gradient to follow)
 
     def recurrent_parameters(self) -> list[nn.Parameter]:
         """The hidden-to-hidden matrices (what the paper counts as recurrent parameters)."""

@@ -65,6 +65,7 @@ class KRU(SequenceModel):
     # the factors at lr/10 by default: at the full lr they drift off unitary (adding T=100: penalty 0.36, no
     # learning; lr/10: 3 of 3 seeds learn, penalty <= 0.011) and pixel MNIST stays at chance (RESULTS.md)
     default_factor_lr_scale = 0.1
+    penalised = True
 
     def __init__(
         self,

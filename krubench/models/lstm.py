@@ -37,6 +37,8 @@ class LSTMKRU(SequenceModel):
     (the state stays real).
     """
 
+    penalised = True
+
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, factor_size: int = 2,
                  factors: Sequence[int] | None = None, complex: bool = False, init: str = "unitary",
                  factorisation: str = "per_gate", merge_upto: int = 16, kernel: str = "auto"):
