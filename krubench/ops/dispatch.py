@@ -27,7 +27,7 @@ KERNELS = ("auto", "cuda", "cpp", "reference")
 BACKENDS = ("cuda", "cpp", "reference")
 NATIVE = {"cpu": "cpp", "cuda": "cuda"}  # the compiled backend for each device type
 
-MERGE_LIMIT = {"cpp": 4}  # measured: the C++ kernel runs 4×4 stages fastest (1.5-2× faster than 16×16)
+MERGE_LIMIT = {"cpp": 4}  # measured: the C++ kernel runs 4×4 stages fastest (BENCHMARKS.md, "Merging factors")
 
 _unavailable: dict[str, str | None] = {}  # backend -> None once loaded, else why it cannot load
 
