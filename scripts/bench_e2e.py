@@ -11,6 +11,11 @@ a step the recurrence itself is. The last column is the preset's full budget at 
     python scripts/bench_e2e.py                                   # all presets, 1 and 2 threads
     python scripts/bench_e2e.py --presets copy_T1000 --models kru lstm --threads 1
     python scripts/bench_e2e.py --override model.kernel=reference  # any config override, applied to all
+    python scripts/bench_e2e.py --memory --presets pixel_mnist --models kru --threads 2   # + the memory table
+
+--memory adds, per preset and model, what a training step keeps for its backward pass (the tensors autograd
+saves) and the peak resident memory one step adds (the RSS high-water mark over a step, in a fresh process
+after a warm-up step), against the largest kept tensor (for the KRU: its states H, B·T·N complex).
 
 The data sets are read from KRUBENCH_DATA (or data_dir's default): nothing is downloaded if they are there.
 """
@@ -19,6 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -88,17 +95,72 @@ def bench(preset: str, models: list[str], overrides: list[str], rounds: int, scr
     return rows
 
 
+def kept_for_backward(run: Run) -> tuple[int, int]:
+    """Bytes of the tensors one training step saves for its backward pass (each storage once), and of the
+    largest of them."""
+    seen = {}
+
+    def pack(t):
+        if t.device.type == "cpu" and t.numel():
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run.train_step()
+    return sum(seen.values()), max(seen.values(), default=0)
+
+
+def _status_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}: the peak-memory measurement needs Linux")
+
+
+def peak_child(preset: str, model: str, overrides: list[str]) -> None:
+    """Prints: bytes kept for backward, the largest kept tensor's bytes, the peak RSS one step adds."""
+    config = preset_config(preset, model, overrides)
+    seed_everything(0, False)
+    with tempfile.TemporaryDirectory() as scratch:
+        run = Run(config, Path(scratch), torch.device("cpu"))
+        run.model.train()
+        kept, largest = kept_for_backward(run)  # also the warm-up: first-call allocations, kernel builds
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the high-water mark VmHWM to the current RSS
+        base = _status_kib("VmRSS")
+        run.train_step()
+        print(kept, largest, (_status_kib("VmHWM") - base) * 1024)
+
+
+def memory_rows(presets: list[str], models: list[str], overrides: list[str]) -> None:
+    print("\n| preset | model | kept for backward MB | largest kept MB | step peak MB | kept / largest | peak / largest |")
+    print("|---|---|---|---|---|---|---|")
+    for preset in presets:
+        for model in models:
+            if preset_config(preset, model, overrides) is None:
+                continue
+            out = subprocess.run([sys.executable, __file__, "--peak-child", preset, model, *overrides],
+                                 capture_output=True, text=True, check=True).stdout
+            kept, largest, peak = map(int, out.split()[-3:])
+            mb = 1 << 20
+            print(f"| {preset} | {model} | {kept / mb:.0f} | {largest / mb:.0f} | {peak / mb:.0f} | "
+                  f"{kept / largest:.2f} | {peak / largest:.2f} |", flush=True)
+
+
 def hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--peak-child"]:  # the fresh process of one memory measurement
+        return peak_child(argv[1], argv[2], argv[3:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--presets", nargs="+", default=list(PRESETS), help=f"paper presets (default: {PRESETS})")
     p.add_argument("--models", nargs="+", default=list(MODELS), help="models (those without the preset are left out)")
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch CPU thread counts to run at")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up step each")
     p.add_argument("--override", nargs="*", default=[], help="config overrides for every run, e.g. trainer.threads=1")
+    p.add_argument("--memory", action="store_true", help="also the memory of a step (kept for backward, peak)")
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, {args.rounds} rounds; ms per step: best (median)\n")
     print("| preset | model | N | B | threads | backend | ms per step | steps/s | kernel share | full budget |")
@@ -112,6 +174,8 @@ def main(argv=None) -> None:
                     print(f"| {r['preset']} | {r['model']} | {r['N']} | {r['B']} | {threads} | {r['backend']} | "
                           f"{1e3 * r['best']:.0f} ({1e3 * r['median']:.0f}) | {1 / r['best']:.2f} | {share} | "
                           f"{hours(r['steps'] * r['best'])} |", flush=True)
+    if args.memory:
+        memory_rows(args.presets, args.models, args.override)
 
 
 if __name__ == "__main__":

@@ -75,3 +75,17 @@ def test_the_gpu_check_script_parses_and_its_phases_dry_run_on_the_cpu():
     assert "| 256 | 5 | 6 |" in outputs["large"] and "FAIL" not in outputs["large"]
     assert "| 64 | 5 | 10 |" in outputs["bench"] and "HBM floor" in outputs["bench"]
     assert "× fused, err" in outputs["bench"]  # the register-resident forward, emulated in a dry run
+
+
+@pytest.mark.slow
+def test_the_end_to_end_benchmark_prints_speed_and_memory_and_holds_the_kru_step_to_its_states():
+    """scripts/bench_e2e.py on a small copy task: both tables; the fused KRU layer keeps little more than its
+    states H for the backward pass (no (B, T, 2N) input or gradient tensor), while a dense RNN keeps 2×."""
+    out = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_e2e.py"), "--memory", "--presets", "copy_T1000",
+                          "--models", "kru", "rnn", "--threads", "1", "--rounds", "1", "--override", "task.T=400"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "| copy_T1000 | kru | 128 | 20 | 1 | cpp |" in out and "| copy_T1000 | rnn | 128 | 20 | 1 | none |" in out
+    rows = {line.split(" | ")[1]: line.split(" | ") for line in out.splitlines()
+            if line.startswith("| copy_T1000 |") and line.count("|") == 8}
+    assert set(rows) == {"kru", "rnn"}, out
+    assert float(rows["kru"][5]) <= 1.15 and float(rows["rnn"][5]) >= 1.9, out  # kept / largest kept
