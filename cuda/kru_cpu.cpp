@@ -431,6 +431,137 @@ void matvec_backward(const Plan& plan, const Plan& adj, const T* wr, const T* wi
   });
 }
 
+// ---- LSTM+KRU: the whole LSTM recurrence, its W_hh Kronecker-factored, in one pass ----
+// Gates a_t = gx_t + Re(W h_{t-1}) (4N rows, gate-major: i, f, g, o), where W is G products of one plan
+// (G = 4: an N × N product per gate; G = 1: one 4N × N product, its first factor 4·q_0 × q_0) and
+// gx_t = W_ih x_t + b comes from one GEMM outside; c_t = σ(f) c_{t-1} + σ(i) tanh(g), h_t = σ(o) tanh(c_t).
+// The state is real; complex factors act on it with a zero imaginary plane, and only the real part of
+// W h feeds the gates. The forward stores H and the cell states C (B, T, N); the backward recomputes the
+// gates from h_{t-1}, each product keeping its stage inputs for its own backpropagation. Rows layout.
+
+template <typename T>
+inline T sigmoid_of(T x) { return T(0.5) + T(0.5) * hd_tanh(T(0.5) * x); }  // σ(x) = (1 + tanh(x/2)) / 2
+
+// The G products' factor planes (and their adjoints' for the backward pass), one pointer each.
+template <typename T>
+struct Products {
+  long G;
+  std::vector<const T*> wr, wi, awr, awi;
+};
+
+// a (4N × L) += Re(W h) for every product, h: planes (hr, zero imaginary); keep: each product's scratch
+// keeps its stage inputs (slots 1..F) for backprop_stages.
+template <typename T, bool CPLX>
+void add_recurrent(const Plan& plan, const Products<T>& w, std::vector<Scratch<T>>& sts, bool keep, const T* hr,
+                   const T* zero, T* a) {
+  for (long g = 0; g < w.G; ++g) {
+    const long z = run_stages<T, CPLX>(plan, w.wr[g], w.wi[g], sts[g], keep, -1, hr, zero);
+    const T* zr = sts[g].re(z);
+    T* ag = a + g * plan.n_out * L;
+#pragma omp simd
+    for (long o = 0; o < plan.n_out * L; ++o) ag[o] += zr[o];
+  }
+}
+
+template <typename T, bool CPLX>
+void lstm_forward(const Plan& plan, const Products<T>& w, const T* gx, const T* h0, const T* c0, T* H, T* C, long B,
+                  long steps, long N) {
+  at::parallel_for(0, (B + L - 1) / L, 1, [&](long c0_, long c1_) {
+    std::vector<Scratch<T>> sts(w.G, Scratch<T>(2, plan.max_size));
+    Scratch<T> io(3, 4 * N);  // 0: the gates a (re), junk (im); 1: h (re), zeros (im, never written); 2: c, junk
+    T *a = io.re(0), *junk = io.im(0), *h = io.re(1), *zero = io.im(1), *c = io.re(2);
+    for (long ch = c0_; ch < c1_; ++ch) {
+      const long m0 = ch * L, lanes = std::min<long>(L, B - m0);
+      gather<T, false>(h0 + m0 * N, N, lanes, N, h, junk);
+      gather<T, false>(c0 + m0 * N, N, lanes, N, c, junk);
+      for (long t = 0; t < steps; ++t) {
+        gather<T, false>(gx + (m0 * steps + t) * 4 * N, steps * 4 * N, lanes, 4 * N, a, junk);
+        add_recurrent<T, CPLX>(plan, w, sts, false, h, zero, a);
+        for (long n = 0; n < N; ++n) {
+#pragma omp simd
+          for (int l = 0; l < L; ++l) {
+            const long o = n * L + l;
+            const T i = sigmoid_of(a[o]), f = sigmoid_of(a[N * L + o]), g = hd_tanh(a[2 * N * L + o]),
+                    og = sigmoid_of(a[3 * N * L + o]);
+            c[o] = f * c[o] + i * g;
+            h[o] = og * hd_tanh(c[o]);
+          }
+        }
+        scatter<T, false>(h, junk, lanes, N, H + (m0 * steps + t) * N, steps * N);
+        scatter<T, false>(c, junk, lanes, N, C + (m0 * steps + t) * N, steps * N);
+      }
+    }
+  });
+}
+
+// ∂L/∂gx into ggx (B, T, 4N), ∂L/∂h0, ∂L/∂c0, and per chunk the partial factor gradients of the G products
+// (gwr, gwi: (chunks, G·wsize, L)), from ∂L/∂H and ∂L/∂C (B, T, N).
+template <typename T, bool CPLX>
+void lstm_backward(const Plan& plan, const Plan& adj, const Products<T>& w, const T* gx, const T* h0, const T* c0,
+                   const T* H, const T* C, const T* gH, const T* gC, long B, long steps, long N, T* ggx, T* gh0, T* gc0,
+                   T* gwr, T* gwi) {
+  const long F = plan.stages.size(), G = w.G;
+  at::parallel_for(0, (B + L - 1) / L, 1, [&](long c0_, long c1_) {
+    // each product's scratch: slots 1..F its stage inputs, F+1 and F+2 its backpropagation's
+    std::vector<Scratch<T>> sts(G, Scratch<T>(F + 3, plan.max_size));
+    // 0: the gates a, then ∂L/∂a; 1: h_{t-1} (im: zeros, never written); 2: c_{t-1}; 3: c_t; 4: ∂L/∂h_t;
+    // 5: ∂L/∂c_t; 6: what the loss adds to them (re: ∂L/∂H_t, im: ∂L/∂C_t); 7: junk (gathers' imaginary planes)
+    Scratch<T> io(8, 4 * N);
+    T *a = io.re(0), *h1 = io.re(1), *zero = io.im(1), *cp = io.re(2), *ct = io.re(3), *dh = io.re(4), *dc = io.re(5);
+    T *lh = io.re(6), *lc = io.im(6), *junk = io.re(7);
+    for (long ch = c0_; ch < c1_; ++ch) {
+      const long m0 = ch * L, lanes = std::min<long>(L, B - m0);
+      T *cwr = gwr + ch * G * plan.wsize * L, *cwi = gwi + ch * G * plan.wsize * L;
+      std::fill(dh, dh + N * L, T(0));
+      std::fill(dc, dc + N * L, T(0));
+      for (long t = steps - 1; t >= 0; --t) {
+        const long row = (m0 * steps + t) * N;  // step t of the chunk's first row, in (B, T, N)
+        if (t > 0) {
+          gather<T, false>(H + row - N, steps * N, lanes, N, h1, junk);
+          gather<T, false>(C + row - N, steps * N, lanes, N, cp, junk);
+        } else {
+          gather<T, false>(h0 + m0 * N, N, lanes, N, h1, junk);
+          gather<T, false>(c0 + m0 * N, N, lanes, N, cp, junk);
+        }
+        gather<T, false>(C + row, steps * N, lanes, N, ct, junk);
+        gather<T, false>(gH + row, steps * N, lanes, N, lh, junk);
+        gather<T, false>(gC + row, steps * N, lanes, N, lc, junk);
+        gather<T, false>(gx + row * 4, steps * 4 * N, lanes, 4 * N, a, junk);
+        add_recurrent<T, CPLX>(plan, w, sts, true, h1, zero, a);
+        for (long n = 0; n < N; ++n) {
+#pragma omp simd
+          for (int l = 0; l < L; ++l) {
+            const long o = n * L + l;
+            const T i = sigmoid_of(a[o]), f = sigmoid_of(a[N * L + o]), g = hd_tanh(a[2 * N * L + o]),
+                    og = sigmoid_of(a[3 * N * L + o]), tc = hd_tanh(ct[o]);
+            const T gh = dh[o] + lh[o], gc = dc[o] + lc[o] + gh * og * (T(1) - tc * tc);
+            a[o] = gc * g * i * (T(1) - i);
+            a[N * L + o] = gc * cp[o] * f * (T(1) - f);
+            a[2 * N * L + o] = gc * i * (T(1) - g * g);
+            a[3 * N * L + o] = gh * tc * og * (T(1) - og);
+            dc[o] = gc * f;
+            dh[o] = T(0);
+          }
+        }
+        scatter<T, false>(a, junk, lanes, 4 * N, ggx + row * 4, steps * 4 * N);
+        for (long g = 0; g < G; ++g) {  // ∂L/∂h_{t-1} = Σ_g Re(W_gᴴ ∂L/∂a_g); the factors' gradients
+          Scratch<T>& st = sts[g];
+          const long d = F + 1;
+          std::copy(a + g * plan.n_out * L, a + (g + 1) * plan.n_out * L, st.re(d));
+          std::fill(st.im(d), st.im(d) + plan.n_out * L, T(0));
+          const long r = backprop_stages<T, CPLX>(plan, adj, w.awr[g], w.awi[g], st, d, F + 2,
+                                                  cwr + g * plan.wsize * L, cwi + g * plan.wsize * L, h1, zero);
+          const T* rr = st.re(r);
+#pragma omp simd
+          for (long o = 0; o < N * L; ++o) dh[o] += rr[o];
+        }
+      }
+      scatter<T, false>(dh, junk, lanes, N, gh0 + m0 * N, N);
+      scatter<T, false>(dc, junk, lanes, N, gc0 + m0 * N, N);
+    }
+  });
+}
+
 template <typename T>
 T* ptr(const at::Tensor& t) { return static_cast<T*>(t.data_ptr()); }
 
@@ -658,6 +789,93 @@ std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cpu(const at::Tensor& gr
   return {gx, combine_planes(gwr.sum(at::IntArrayRef{0, 2}), gwi.sum(at::IntArrayRef{0, 2}), x.is_complex())};
 }
 
+
+// LSTM+KRU (lstm_kru_recurrence): gx (B, T, 4N) real; h0, c0 (B, N); w: G products' flat factors back to
+// back (G · Σ p q,), each with the factor shapes `shapes`; G · n_out = 4N and n_in = N.
+Plan check_lstm(const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w,
+                at::IntArrayRef shapes) {
+  check_dtype(w);
+  const Plan plan = make_plan(shapes);
+  const long N = plan.n_in;
+  TORCH_CHECK(w.dim() == 1 && w.is_contiguous() && w.numel() % plan.wsize == 0 && w.numel() / plan.wsize * plan.n_out == 4 * N,
+              "krubench: w must hold G products of ", plan.wsize, " entries each with G · ", plan.n_out, " = 4 · ", N,
+              " output rows (shapes ", shapes, "), got ", w.sizes());
+  TORCH_CHECK(gx.dim() == 3 && gx.size(2) == 4 * N, "krubench: gx must be (B, T, 4N) = (B, T, ", 4 * N, "), got ",
+              gx.sizes());
+  const auto real = c10::toRealValueType(w.scalar_type());
+  TORCH_CHECK(gx.scalar_type() == real, "krubench: gx has dtype ", gx.scalar_type(), "; the factors' real dtype is ",
+              real);
+  for (const auto& [t, name] : {std::pair{&h0, "h0"}, std::pair{&c0, "c0"}})
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == gx.size(0) && t->size(1) == N, "krubench: ", name, " must be (",
+                gx.size(0), ", ", N, "), got ", t->sizes());
+  for (const auto& [t, name] : {std::pair{&gx, "gx"}, std::pair{&h0, "h0"}, std::pair{&c0, "c0"}})
+    check_same(gx, *t, name);
+  TORCH_CHECK(w.device() == gx.device(), "krubench: w is on ", w.device(), " but gx is on ", gx.device());
+  return plan;
+}
+
+template <typename T>
+Products<T> product_planes(const at::Tensor& w, const Plan& plan, bool backward, std::vector<at::Tensor>& keep) {
+  Products<T> p{w.numel() / plan.wsize};
+  for (long g = 0; g < p.G; ++g) {
+    const at::Tensor wg = w.narrow(0, g * plan.wsize, plan.wsize);
+    const auto [wr, wi] = factor_planes(wg, plan, false);
+    keep.insert(keep.end(), {wr, wi});
+    p.wr.push_back(ptr<T>(wr));
+    p.wi.push_back(ptr<T>(wi));
+    if (backward) {
+      const auto [awr, awi] = factor_planes(wg, plan, true);
+      keep.insert(keep.end(), {awr, awi});
+      p.awr.push_back(ptr<T>(awr));
+      p.awi.push_back(ptr<T>(awi));
+    }
+  }
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> lstm_kru_recurrence_cpu(const at::Tensor& gx, const at::Tensor& h0,
+                                                           const at::Tensor& c0, const at::Tensor& w,
+                                                           at::IntArrayRef shapes) {
+  const Plan plan = check_lstm(gx, h0, c0, w, shapes);
+  const long B = gx.size(0), T_ = gx.size(1), N = plan.n_in;
+  at::Tensor H = new_output({B, T_, N}, gx.options()), C = new_output({B, T_, N}, gx.options());
+  dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
+    using T = decltype(t);
+    std::vector<at::Tensor> keep;
+    const Products<T> p = product_planes<T>(w, plan, false, keep);
+    lstm_forward<T, decltype(c)::value>(plan, p, ptr<T>(gx), ptr<T>(h0), ptr<T>(c0), ptr<T>(H), ptr<T>(C), B, T_, N);
+  });
+  return {H, C};
+}
+
+// Returns the gradients of gx, h0, c0 and w.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_kru_recurrence_backward_cpu(
+    const at::Tensor& grad_H, const at::Tensor& grad_C, const at::Tensor& gx, const at::Tensor& h0,
+    const at::Tensor& c0, const at::Tensor& w, at::IntArrayRef shapes, const at::Tensor& H, const at::Tensor& C) {
+  const Plan plan = check_lstm(gx, h0, c0, w, shapes);
+  const Plan adj = adjoint_plan(plan);
+  const long B = gx.size(0), T_ = gx.size(1), N = plan.n_in;
+  for (const auto& [t, name] : {std::pair{&grad_H, "grad_H"}, std::pair{&grad_C, "grad_C"}, std::pair{&H, "H"},
+                                std::pair{&C, "C"}}) {
+    TORCH_CHECK(t->sizes() == at::IntArrayRef({B, T_, N}), "krubench: ", name, " must be (", B, ", ", T_, ", ", N,
+                "), got ", t->sizes());
+    check_same(gx, *t, name);
+  }
+  at::Tensor ggx = new_output(gx.sizes(), gx.options()), gh0 = new_output(h0.sizes(), h0.options()),
+             gc0 = new_output(c0.sizes(), c0.options());
+  const long G = w.numel() / plan.wsize;
+  at::Tensor gwr = partials(B, G * plan.wsize, gx), gwi = partials(B, G * plan.wsize, gx);
+  dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
+    using T = decltype(t);
+    std::vector<at::Tensor> keep;
+    const Products<T> p = product_planes<T>(w, plan, true, keep);
+    lstm_backward<T, decltype(c)::value>(plan, adj, p, ptr<T>(gx), ptr<T>(h0), ptr<T>(c0), ptr<T>(H), ptr<T>(C),
+                                         ptr<T>(grad_H), ptr<T>(grad_C), B, T_, N, ptr<T>(ggx), ptr<T>(gh0),
+                                         ptr<T>(gc0), ptr<T>(gwr), ptr<T>(gwi));
+  });
+  return {ggx, gh0, gc0, combine_planes(gwr.sum(at::IntArrayRef{0, 2}), gwi.sum(at::IntArrayRef{0, 2}), w.is_complex())};
+}
+
 }  // namespace
 }  // namespace kru
 
@@ -684,6 +902,10 @@ TORCH_LIBRARY(krubench, m) {
         "int[] shapes, str nonlinearity, Tensor bias, Tensor vw, bool last_only) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("lanes_width() -> int", []() -> int64_t { return kru::L; });
+  // LSTM+KRU's whole recurrence (CPU only): gates from gx = W_ih x + b and G Kronecker products of h
+  m.def("lstm_kru_recurrence(Tensor gx, Tensor h0, Tensor c0, Tensor w, int[] shapes) -> (Tensor, Tensor)");
+  m.def("lstm_kru_recurrence_backward(Tensor grad_H, Tensor grad_C, Tensor gx, Tensor h0, Tensor c0, Tensor w, "
+        "int[] shapes, Tensor H, Tensor C) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(krubench, CPU, m) {
@@ -695,4 +917,6 @@ TORCH_LIBRARY_IMPL(krubench, CPU, m) {
   m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cpu);
   m.impl("kru_recurrence", &kru::kru_recurrence_cpu);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cpu);
+  m.impl("lstm_kru_recurrence", &kru::lstm_kru_recurrence_cpu);
+  m.impl("lstm_kru_recurrence_backward", &kru::lstm_kru_recurrence_backward_cpu);
 }

@@ -72,22 +72,10 @@ class LSTMKRU(SequenceModel):
     def kron_backend(self, device) -> str:
         return ops.backend_for(self.kernel, device)
 
-    def _recurrent(self, h: torch.Tensor, products) -> torch.Tensor:
-        """W_hh h (B, 4N), gate-major (joint: the gate index is the first factor's row block)."""
-        out = products[0](h) if len(products) == 1 else torch.cat([W(h) for W in products], dim=-1)
-        return out.real if out.is_complex() else out
-
     def forward(self, x: torch.Tensor, state=None, last_only: bool = False):
         B, N = x.shape[0], self.hidden_size
         h, c = (x.new_zeros(B, N), x.new_zeros(B, N)) if state is None else state
         backend = ops.backend_for(self.kernel, x.device)
-        # each product prepared once per sequence (the factors packed once, not at every step)
-        products = [ops.kron_operator(kf.stages(backend), backend, x.device, h.dtype) for kf in self.W_hh]
-        gx = self.W_ih(x)  # (B, T, 4N)
-        outs = []
-        for gx_t in gx.unbind(1):  # not gx[:, t]: each such slice's backward fills a zero tensor of gx's size
-            i, f, g, o = (gx_t + self._recurrent(h, products)).chunk(4, dim=-1)  # each (B, N)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            outs.append(h)
-        return self.V(torch.stack(outs[-1:] if last_only else outs, dim=1)), (h, c)
+        # on the CPU the whole recurrence is one C++ call; elsewhere a loop over time (ops.lstm_kru_recurrence)
+        H, C = ops.lstm_kru_recurrence(self.W_ih(x), h, c, [kf.stages(backend) for kf in self.W_hh], backend)
+        return self.V(H[:, -1:] if last_only else H), (H[:, -1], C[:, -1])

@@ -116,6 +116,41 @@ def kru_layer_lanes(x, U_weight, U_bias, h0, factors, nonlinearity: str, bias, V
                              _ready(vb, real), shapes, nonlinearity, last_only)
 
 
+class _LSTMKRU(torch.autograd.Function):
+    """Autograd of `lstm_kru_recurrence`: outputs H and C, both kept for the backward pass with gx (which
+    recomputes the gates from them); a missing output gradient is zero."""
+
+    @staticmethod
+    def forward(ctx, gx, h0, c0, w, shapes):
+        H, C = torch.ops.krubench.lstm_kru_recurrence(gx, h0, c0, w, shapes)
+        ctx.save_for_backward(gx, h0, c0, w, H, C)
+        ctx.shapes = shapes
+        ctx.set_materialize_grads(False)
+        return H, C
+
+    @staticmethod
+    def backward(ctx, grad_H, grad_C):
+        gx, h0, c0, w, H, C = ctx.saved_tensors
+        grad_H = torch.zeros_like(H) if grad_H is None else _ready(grad_H, H.dtype)
+        grad_C = torch.zeros_like(C) if grad_C is None else _ready(grad_C, C.dtype)
+        ggx, gh0, gc0, gw = torch.ops.krubench.lstm_kru_recurrence_backward(grad_H, grad_C, gx, h0, c0, w,
+                                                                            ctx.shapes, H, C)
+        return ggx, gh0, gc0, gw, None
+
+
+def lstm_kru_recurrence(gx, h0, c0, products: Sequence[Sequence[torch.Tensor]]):
+    """The compiled LSTM+KRU recurrence, CPU only: gx (B, T, 4N), h0 and c0 (B, N) -> H, C (B, T, N), where
+    `products` are the G factor lists of W_hh (all of one shape list), their outputs stacked gate-major."""
+    dtype = _common_dtype(*(f for fs in products for f in fs))
+    packed = [_pack(fs, dtype) for fs in products]
+    shapes = packed[0][1]
+    if any(s != shapes for _, s in packed):
+        raise ValueError(f"lstm_kru_recurrence: the products' factor shapes differ: {[s for _, s in packed]}")
+    real = dtype.to_real()
+    return _LSTMKRU.apply(_ready(gx, real), _ready(h0, real), _ready(c0, real), torch.cat([w for w, _ in packed]),
+                          shapes)
+
+
 def _matvec_setup(ctx, inputs, output):
     x, w, shapes = inputs
     ctx.save_for_backward(x, w)
@@ -207,6 +242,15 @@ def register() -> None:
     def _(grad_y, grad_hT, x, uw, H, h0, w, shapes, nonlinearity, bias, vw, last_only):
         return (torch.empty_like(uw), uw.new_empty(uw.shape[0]), torch.empty_like(h0), torch.empty_like(w),
                 torch.empty_like(bias), torch.empty_like(vw), vw.new_empty(vw.shape[0]))
+
+    @torch.library.register_fake("krubench::lstm_kru_recurrence")
+    def _(gx, h0, c0, w, shapes):
+        B, T, _ = gx.shape
+        return gx.new_empty(B, T, h0.shape[1]), gx.new_empty(B, T, h0.shape[1])
+
+    @torch.library.register_fake("krubench::lstm_kru_recurrence_backward")
+    def _(grad_H, grad_C, gx, h0, c0, w, shapes, H, C):
+        return torch.empty_like(gx), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w)
 
     @torch.library.register_fake("krubench::kru_recurrence_backward")
     def _(grad_H, H, h0, w, shapes, nonlinearity, bias, grad_u):

@@ -19,7 +19,7 @@ import torch
 
 from . import build, compiled
 from .kron import check_matvec, kron_matvec_ref
-from .recurrence import kru_recurrence_ref
+from .recurrence import kru_recurrence_ref, lstm_kru_recurrence_ref
 
 log = logging.getLogger("krubench")
 
@@ -120,6 +120,18 @@ def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None, kernel: str = "
         if backend_for(kernel, u.device) == "reference":
             return kru_recurrence_ref(u, h0, factors, nonlinearity, bias)
         return compiled.kru_recurrence(u, h0, factors, nonlinearity, bias)
+
+
+def lstm_kru_recurrence(gx, h0, c0, products: Sequence[Sequence[torch.Tensor]], kernel: str = "auto"):
+    """(H, C) of the LSTM whose W_hh is the Kronecker products `products` (G factor lists) on the backend
+    `kernel` selects: the whole recurrence in one C++ call on the CPU; elsewhere the reference's loop over
+    time with each product applied by that backend (`kron_operator`). The contract is `lstm_kru_recurrence_ref`'s."""
+    gx, h0, c0 = at_least_fp32(gx), at_least_fp32(h0), at_least_fp32(c0)
+    backend = backend_for(kernel, gx.device)
+    if backend == "cpp":
+        with without_autocast(gx.device):
+            return compiled.lstm_kru_recurrence(gx, h0, c0, [[at_least_fp32(f) for f in fs] for fs in products])
+    return lstm_kru_recurrence_ref(gx, h0, c0, [kron_operator(fs, backend, gx.device, h0.dtype) for fs in products])
 
 
 def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:

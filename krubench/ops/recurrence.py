@@ -2,7 +2,7 @@
 reference (the specification for the compiled backends) and the nonlinearities it supports."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -53,3 +53,21 @@ def kru_recurrence_ref(
     if not states:
         return u.new_empty(u.shape)
     return torch.stack(states, dim=1)  # (B, T, N)
+
+
+def lstm_kru_recurrence_ref(gx: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor,
+                            products: Sequence[Callable[[torch.Tensor], torch.Tensor]]):
+    """All hidden and cell states (H, C), each (B, T, N), of an LSTM whose hidden-to-hidden map is the
+    products W_g (x ↦ W_g x, G of them: four N × N, one per gate, or one 4N × N), their outputs stacked
+    gate-major (i, f, g, o) and their real part taken:
+        a_t = gx_t + Re([W_0 h_{t-1}; …]),  c_t = σ(f) c_{t-1} + σ(i) tanh(g),  h_t = σ(o) tanh(c_t).
+    gx (B, T, 4N) = W_ih x_t + b, h0 and c0 (B, N). The specification of the compiled kernel."""
+    h, c, hs, cs = h0, c0, [], []
+    for gx_t in gx.unbind(1):  # not gx[:, t]: each such slice's backward fills a zero tensor of gx's size
+        out = products[0](h) if len(products) == 1 else torch.cat([W(h) for W in products], dim=-1)
+        i, f, g, o = (gx_t + (out.real if out.is_complex() else out)).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(hs, dim=1), torch.stack(cs, dim=1)

@@ -1,0 +1,132 @@
+"""LSTM+KRU's whole recurrence in one C++ call (`lstm_kru_recurrence`: gates from gx = W_ih x + b and the
+Kronecker-factored W_hh, the LSTM cell, all T steps; backward through time with the factors' gradients)
+against its definition, `ops.lstm_kru_recurrence_ref` on the pure-PyTorch reference: H, C and the gradients
+of gx, h0, c0 and every factor, under STYLE.md's tolerance rule (test_kernels.assert_as_accurate); outputs
+poisoned with NaN; float64/complex128 gradcheck; the model against a dense LSTM. What LSTM+KRU runs on the CPU.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from krubench import ops
+from krubench.models import LSTMKRU
+from krubench.models.kru import random_unitary
+
+from test_kernels import assert_as_accurate, loaded
+
+CASES = [  # (one product's factor shapes (p, q), products G, B, T)
+    ([(2, 2), (2, 2), (2, 2)], 4, 1, 1),      # per gate: four N × N products
+    ([(4, 4), (2, 2)], 4, 17, 6),             # a batch that is not a whole number of chunks
+    ([(8, 2), (2, 2), (2, 2)], 1, 9, 5),      # joint: one 4N × N product, its first factor 4·q × q
+    ([(3, 3), (2, 2)], 4, 5, 4),              # a size without an unrolled stage
+    ([(4, 4), (4, 4), (4, 4)], 4, 8, 3),      # N = 64, as merged for the C++ kernel
+]
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    monkeypatch.setenv("KRUBENCH_POISON_OUTPUTS", "1")
+
+
+def lstm_problem(shapes, G, B, T, complex_, seed) -> dict:
+    """float64 (complex128 factors) inputs and upstream gradients of one recurrence."""
+    g = torch.Generator().manual_seed(seed)
+    dtype = torch.complex128 if complex_ else torch.float64
+    N = math.prod(q for _, q in shapes)
+
+    def factor(p, q):
+        base = random_unitary(q, complex_, g) if p == q else torch.randn(p, q, dtype=torch.float64, generator=g) / p ** 0.5
+        return (base + 0.05 * torch.randn(p, q, generator=g)).to(dtype)
+    r = lambda *shape: torch.randn(*shape, dtype=torch.float64, generator=g)  # noqa: E731
+    return {"products": [[factor(p, q) for p, q in shapes] for _ in range(G)], "gx": r(B, T, 4 * N),
+            "h0": r(B, N), "c0": r(B, N), "grad_H": r(B, T, N), "grad_C": r(B, T, N)}
+
+
+def outputs(kernel, p, complex_, dtype, use=("H", "C")):
+    """H, C and the gradients w.r.t. (gx, h0, c0, *factors) in `dtype` (the factors complex if complex_) of a
+    loss on the outputs named in `use`."""
+    fdtype = dtype.to_complex() if complex_ else dtype
+    gx, h0, c0 = (p[k].to(dtype).requires_grad_() for k in ("gx", "h0", "c0"))
+    products = [[f.to(fdtype).requires_grad_() for f in fs] for fs in p["products"]]
+    H, C = ops.lstm_kru_recurrence(gx, h0, c0, products, kernel)
+    loss = sum((out * p[f"grad_{name}"].to(dtype)).sum() for name, out in (("H", H), ("C", C)) if name in use)
+    leaves = [gx, h0, c0, *(f for fs in products for f in fs)]
+    return [H.detach(), C.detach(), *torch.autograd.grad(loss, leaves, materialize_grads=True)]
+
+
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+@pytest.mark.parametrize("shapes,G,B,T", CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_the_compiled_recurrence_matches_its_definition(complex_, shapes, G, B, T):
+    loaded("cpp")
+    p = lstm_problem(shapes, G, B, T, complex_, seed=B * 100 + T)
+    ref64, ref32 = outputs("reference", p, complex_, torch.float64), outputs("reference", p, complex_, torch.float32)
+    got = outputs("cpp", p, complex_, torch.float32)
+    names = ["H", "C", "grad gx", "grad h0", "grad c0"] + [f"grad product {g} factor {i}" for g in range(G)
+                                                           for i in range(len(shapes))]
+    assert len(names) == len(got)
+    for name, g, r32, r64 in zip(names, got, ref32, ref64):
+        assert g.shape == r64.shape, name
+        assert torch.isfinite(g).all(), f"{name}: some elements were not written (NaN poison left)"
+        assert_as_accurate(g, r32, r64, name)
+
+
+@pytest.mark.parametrize("use", [("H",), ("C",)], ids=["H-only", "C-only"])
+def test_an_unused_output_counts_as_a_zero_gradient(use):
+    loaded("cpp")
+    p = lstm_problem([(2, 2), (4, 4)], 4, 10, 5, True, seed=4)
+    ref = outputs("reference", p, True, torch.float64, use)
+    got = outputs("cpp", p, True, torch.float64, use)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+@pytest.mark.parametrize("G,shapes", [(4, [(2, 2), (2, 2)]), (1, [(8, 2), (2, 2)])], ids=["per-gate", "joint"])
+def test_gradcheck(complex_, G, shapes):
+    loaded("cpp")
+    p = lstm_problem(shapes, G, 3, 3, complex_, seed=9)
+    factors = [f.requires_grad_() for fs in p["products"] for f in fs]
+    leaves = [p[k].requires_grad_() for k in ("gx", "h0", "c0")] + factors
+    k = len(shapes)
+
+    def f(gx, h0, c0, *flat):
+        return ops.lstm_kru_recurrence(gx, h0, c0, [list(flat[i:i + k]) for i in range(0, len(flat), k)], "cpp")
+    assert torch.autograd.gradcheck(f, leaves)
+
+
+def test_bad_shapes_are_refused_with_their_shapes():
+    loaded("cpp")
+    p = lstm_problem([(2, 2), (2, 2)], 4, 3, 3, False, seed=1)
+    with pytest.raises(RuntimeError, match=r"gx must be \(B, T, 4N\) = \(B, T, 16\), got \[3, 3, 15\]"):
+        ops.lstm_kru_recurrence(p["gx"][..., :15], p["h0"], p["c0"], p["products"], "cpp")
+    with pytest.raises(RuntimeError, match=r"c0 must be \(3, 4\), got \[3, 5\]"):
+        ops.lstm_kru_recurrence(p["gx"], p["h0"], torch.zeros(3, 5, dtype=torch.float64), p["products"], "cpp")
+    with pytest.raises(RuntimeError, match=r"w must hold G products of 8 entries each with G · 4 = 4 · 4 output rows"):
+        ops.lstm_kru_recurrence(p["gx"], p["h0"], p["c0"], p["products"][:3], "cpp")
+
+
+@pytest.mark.parametrize("kernel", ["cpp", "reference"])
+@pytest.mark.parametrize("factorisation", ["per_gate", "joint"])
+def test_the_model_is_an_lstm_with_the_dense_kronecker_product_as_w_hh(kernel, factorisation):
+    """LSTMKRU's outputs and state against a dense LSTM computed step by step with W_hh = kron_dense(factors)
+    (per gate: the four products stacked), from the model's own parameters."""
+    torch.manual_seed(2)
+    model = LSTMKRU(3, 2, hidden_size=8, factorisation=factorisation, kernel=kernel, complex=True).double()
+    for factor in model.recurrent_parameters():  # .double() leaves complex parameters as they are
+        factor.data = factor.data.to(torch.complex128)
+    dense = torch.cat([ops.kron_dense(list(kf.factors)) for kf in model.W_hh]).real  # (4N, N)
+    assert dense.shape == (32, 8)
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+    h, c, hs = torch.zeros(4, 8, dtype=torch.float64), torch.zeros(4, 8, dtype=torch.float64), []
+    for t in range(5):
+        i, f, g, o = (model.W_ih(x[:, t]) + h @ dense.T).chunk(4, dim=-1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        hs.append(h)
+    y, (hT, cT) = model(x)
+    torch.testing.assert_close(y, model.V(torch.stack(hs, 1)))
+    torch.testing.assert_close(hT, h)
+    torch.testing.assert_close(cT, c)
