@@ -52,8 +52,12 @@ def test_preset_composes_to_what_its_name_says(name):
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     assert f"{setting_key(config['task'])}_{config['model']['name']}" == name  # the report groups runs by this key
     assert config["optim"]["name"] == "rmsprop" and config["trainer"]["steps"] > 1000
-    # a command-line value still wins over the preset's
-    assert compose(name, "model.hidden_size=16", "trainer.steps=3").trainer.steps == 3
+
+
+def test_a_command_line_value_wins_over_the_presets():
+    for name in ("copy_T1000_kru", "music_jsb_lstm_kru", "pixel_mnist_exprnn"):
+        cfg = compose(name, "model.hidden_size=16", "trainer.steps=3")
+        assert (cfg.model.hidden_size, cfg.trainer.steps) == (16, 3)
 
 
 def test_reproduce_script_runs_every_preset():
