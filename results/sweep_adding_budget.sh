@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Does the KRU (N=128, the presets otherwise unchanged) learn adding T=400 and T=750 given 20,000 steps
+# instead of the presets' 10,000? Each run continues its finished 10,000-step run of results/runs/ (last.pt,
+# kept on the machine that ran it) in a copy of its folder: with the constant schedule and the runner's exact
+# resume (RNG, optimizer, task state) that is the 20,000-step run from scratch, minus its first half's time.
+# Where last.pt is gone (a fresh clone), the run starts from scratch and gives the same numbers.
+# Usage (from the repository root): bash results/sweep_adding_budget.sh [PATTERN] [JOBS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # README "Large tensors on the CPU"
+COMMON="trainer.threads=1 trainer.progress=never"
+commands() {
+  for run in "T400 0" "T750 0" "T400 1" "T750 1" "T400 2" "T750 2"; do
+    read -r T seed <<< "$run"
+    local src=results/runs/adding_${T}_kru_s$seed dst=results/sweeps/adding_${T}_kru_steps20k_s$seed
+    grep -qs '"status": "ok"' "$dst/status.json" && continue
+    [ -d "$dst" ] || [ ! -f "$src/last.pt" ] || { mkdir -p "$dst" && cp -r "$src/." "$dst/" && rm -f "$dst/status.json"; }
+    echo "krubench experiment=paper/adding_${T}_kru seed=$seed trainer.steps=20000 $COMMON hydra.run.dir=$dst"
+  done
+}
+commands | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
