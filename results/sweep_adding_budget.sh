@@ -3,7 +3,7 @@
 # instead of the presets' 10,000? Each run continues its finished 10,000-step run of results/runs/ (last.pt,
 # kept on the machine that ran it) in a copy of its folder: with the constant schedule and the runner's exact
 # resume (RNG, optimizer, task state) that is the 20,000-step run from scratch, minus its first half's time.
-# Where last.pt is gone (a fresh clone), the run starts from scratch and gives the same numbers.
+# Where last.pt is gone (a fresh clone), the run starts from scratch (the same run by that argument; not checked).
 # Usage (from the repository root): bash results/sweep_adding_budget.sh [PATTERN] [JOBS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
