@@ -790,44 +790,17 @@ std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cpu(const at::Tensor& gr
 }
 
 
-// LSTM+KRU (lstm_kru_recurrence): gx (B, T, 4N) real; h0, c0 (B, N); w: G products' flat factors back to
-// back (G · Σ p q,), each with the factor shapes `shapes`; G · n_out = 4N and n_in = N.
-Plan check_lstm(const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w,
-                at::IntArrayRef shapes) {
-  check_dtype(w);
-  const Plan plan = make_plan(shapes);
-  const long N = plan.n_in;
-  TORCH_CHECK(w.dim() == 1 && w.is_contiguous() && w.numel() % plan.wsize == 0 && w.numel() / plan.wsize * plan.n_out == 4 * N,
-              "krubench: w must hold G products of ", plan.wsize, " entries each with G · ", plan.n_out, " = 4 · ", N,
-              " output rows (shapes ", shapes, "), got ", w.sizes());
-  TORCH_CHECK(gx.dim() == 3 && gx.size(2) == 4 * N, "krubench: gx must be (B, T, 4N) = (B, T, ", 4 * N, "), got ",
-              gx.sizes());
-  const auto real = c10::toRealValueType(w.scalar_type());
-  TORCH_CHECK(gx.scalar_type() == real, "krubench: gx has dtype ", gx.scalar_type(), "; the factors' real dtype is ",
-              real);
-  for (const auto& [t, name] : {std::pair{&h0, "h0"}, std::pair{&c0, "c0"}})
-    TORCH_CHECK(t->dim() == 2 && t->size(0) == gx.size(0) && t->size(1) == N, "krubench: ", name, " must be (",
-                gx.size(0), ", ", N, "), got ", t->sizes());
-  for (const auto& [t, name] : {std::pair{&gx, "gx"}, std::pair{&h0, "h0"}, std::pair{&c0, "c0"}})
-    check_same(gx, *t, name);
-  TORCH_CHECK(w.device() == gx.device(), "krubench: w is on ", w.device(), " but gx is on ", gx.device());
-  return plan;
-}
-
+// The G products' planes (all of them back to back, product g at g · wsize) as the kernels' pointers.
 template <typename T>
-Products<T> product_planes(const at::Tensor& w, const Plan& plan, bool backward, std::vector<at::Tensor>& keep) {
-  Products<T> p{w.numel() / plan.wsize};
-  for (long g = 0; g < p.G; ++g) {
-    const at::Tensor wg = w.narrow(0, g * plan.wsize, plan.wsize);
-    const auto [wr, wi] = factor_planes(wg, plan, false);
-    keep.insert(keep.end(), {wr, wi});
-    p.wr.push_back(ptr<T>(wr));
-    p.wi.push_back(ptr<T>(wi));
-    if (backward) {
-      const auto [awr, awi] = factor_planes(wg, plan, true);
-      keep.insert(keep.end(), {awr, awi});
-      p.awr.push_back(ptr<T>(awr));
-      p.awi.push_back(ptr<T>(awi));
+Products<T> products_of(const Plan& plan, long G, const at::Tensor& wr, const at::Tensor& wi, const at::Tensor* awr,
+                        const at::Tensor* awi) {
+  Products<T> p{G};
+  for (long g = 0; g < G; ++g) {
+    p.wr.push_back(ptr<T>(wr) + g * plan.wsize);
+    p.wi.push_back(ptr<T>(wi) + g * plan.wsize);
+    if (awr) {
+      p.awr.push_back(ptr<T>(*awr) + g * plan.wsize);
+      p.awi.push_back(ptr<T>(*awi) + g * plan.wsize);
     }
   }
   return p;
@@ -839,10 +812,11 @@ std::tuple<at::Tensor, at::Tensor> lstm_kru_recurrence_cpu(const at::Tensor& gx,
   const Plan plan = check_lstm(gx, h0, c0, w, shapes);
   const long B = gx.size(0), T_ = gx.size(1), N = plan.n_in;
   at::Tensor H = new_output({B, T_, N}, gx.options()), C = new_output({B, T_, N}, gx.options());
+  const long G = w.numel() / plan.wsize;
+  const auto [wr, wi] = products_planes(w, plan, false);
   dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
     using T = decltype(t);
-    std::vector<at::Tensor> keep;
-    const Products<T> p = product_planes<T>(w, plan, false, keep);
+    const Products<T> p = products_of<T>(plan, G, wr, wi, nullptr, nullptr);
     lstm_forward<T, decltype(c)::value>(plan, p, ptr<T>(gx), ptr<T>(h0), ptr<T>(c0), ptr<T>(H), ptr<T>(C), B, T_, N);
   });
   return {H, C};
@@ -865,10 +839,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_kru_recurrence_b
              gc0 = new_output(c0.sizes(), c0.options());
   const long G = w.numel() / plan.wsize;
   at::Tensor gwr = partials(B, G * plan.wsize, gx), gwi = partials(B, G * plan.wsize, gx);
+  const auto [wr, wi] = products_planes(w, plan, false);
+  const auto [awr, awi] = products_planes(w, plan, true);
   dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
     using T = decltype(t);
-    std::vector<at::Tensor> keep;
-    const Products<T> p = product_planes<T>(w, plan, true, keep);
+    const Products<T> p = products_of<T>(plan, G, wr, wi, &awr, &awi);
     lstm_backward<T, decltype(c)::value>(plan, adj, p, ptr<T>(gx), ptr<T>(h0), ptr<T>(c0), ptr<T>(H), ptr<T>(C),
                                          ptr<T>(grad_H), ptr<T>(grad_C), B, T_, N, ptr<T>(ggx), ptr<T>(gh0),
                                          ptr<T>(gc0), ptr<T>(gwr), ptr<T>(gwi));

@@ -264,6 +264,134 @@ __global__ void matvec_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_
   store_planes(d.xr, d.xi, plan.n_in, CPLX, gx + m * plan.n_in * C);
 }
 
+// ---- LSTM+KRU: the whole recurrence, its W_hh G Kronecker products of one plan ----
+// Gates a_t = gx_t + Re(W h_{t-1}) (4N, gate-major i, f, g, o; product g gives rows [g n_out, (g + 1) n_out)),
+// c_t = σ(f) c_{t-1} + σ(i) tanh(g), h_t = σ(o) tanh(c_t); the state is real (a zero imaginary plane into
+// complex factors, the real part out). As kru_cpu.cpp's lstm_forward / lstm_backward, one block a sequence.
+
+template <typename T>
+__device__ T sigmoid_of(T x) { return T(0.5) + T(0.5) * hd_tanh(T(0.5) * x); }
+
+// Shared memory: the G products' factor planes (2 G wsize), h and c (N each), the gates a (4N), a PingPong
+// of max_size. Block b runs sequence b.
+template <typename T, bool CPLX>
+__global__ void lstm_forward_kernel(DevPlan plan, int G, const T* wr_g, const T* wi_g, const T* gx, const T* h0,
+                                    const T* c0, T* H, T* C, int steps) {
+  KRU_DYNAMIC_SHARED(smem);
+  const int N = plan.n_in, no = plan.n_out, W = plan.wsize;
+  T* wr = reinterpret_cast<T*>(smem);
+  T *wi = wr + G * W, *h = wi + G * W, *c = h + N, *a = c + N;
+  PingPong<T> v(a + 4 * N, plan.max_size);
+  const long b = blockIdx.x;
+  load_factors(wr_g, wi_g, G * W, wr, wi);
+  for (int n = threadIdx.x; n < N; n += blockDim.x) {
+    h[n] = h0[b * N + n];
+    c[n] = c0[b * N + n];
+  }
+  for (int t = 0; t < steps; ++t) {
+    const T* gxt = gx + (b * steps + t) * 4 * N;
+    for (int g = 0; g < G; ++g) {
+      for (int n = threadIdx.x; n < N; n += blockDim.x) {  // h_{t-1} into the stages: each thread its own n
+        v.xr[n] = h[n];
+        v.xi[n] = T(0);
+      }
+      __syncthreads();
+      for (int f = 0; f < plan.k; ++f, v.swap()) stage<T, CPLX>(plan.s[f], wr + g * W, wi + g * W, v.xr, v.xi, v.yr, v.yi);
+      for (int j = threadIdx.x; j < no; j += blockDim.x) a[g * no + j] = gxt[g * no + j] + v.xr[j];
+    }
+    __syncthreads();  // the cell reads gate rows other threads wrote (one 4N product: G = 1)
+    T* Ht = H + (b * steps + t) * N;
+    T* Ct = C + (b * steps + t) * N;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {
+      const T i = sigmoid_of(a[n]), f = sigmoid_of(a[N + n]), gg = hd_tanh(a[2 * N + n]), o = sigmoid_of(a[3 * N + n]);
+      c[n] = f * c[n] + i * gg;
+      h[n] = o * hd_tanh(c[n]);
+      Ht[n] = h[n];
+      Ct[n] = c[n];
+    }
+    // No barrier: h and c are read next by the threads that wrote them; a's rows are next written after
+    // the next step's stage() barriers.
+  }
+}
+
+// Shared memory: factors and adjoints (4 G wsize), the gates a (4N, then ∂L/∂a), ∂L/∂h and ∂L/∂c carried
+// between steps (N each), a PingPong of max_size for the adjoint stages, the reduction scratch (2 max(blockDim,
+// max p q)). Global scratch ws: this block's stage inputs per product, G × (k + 1) × 2 max_size.
+template <typename T, bool CPLX>
+__global__ void lstm_backward_kernel(DevPlan plan, int G, const T* wr_g, const T* wi_g, const T* awr_g,
+                                     const T* awi_g, const T* gx, const T* h0, const T* c0, const T* H, const T* C,
+                                     const T* gH, const T* gC, int steps, T* ggx, T* gh0, T* gc0, T* gwr, T* gwi,
+                                     T* ws) {
+  KRU_DYNAMIC_SHARED(smem);
+  const int N = plan.n_in, no = plan.n_out, W = plan.wsize, S = plan.max_size;
+  const int red = max(static_cast<int>(blockDim.x), plan.max_entries);
+  T* wr = reinterpret_cast<T*>(smem);
+  T *wi = wr + G * W, *awr = wi + G * W, *awi = awr + G * W, *a = awi + G * W, *dh = a + 4 * N, *dc = dh + N;
+  PingPong<T> d(dc + N, S);
+  T *redr = dc + N + 4 * S, *redi = redr + red;
+  const long b = blockIdx.x;
+  T* block_ws = ws + b * G * (plan.k + 1) * 2 * S;  // product g's stage input f: planes at ((g (k+1) + f) 2) S
+  T *bgr = gwr + b * G * W, *bgi = gwi + b * G * W;
+  load_factors(wr_g, wi_g, G * W, wr, wi);
+  load_factors(awr_g, awi_g, G * W, awr, awi);
+  for (int n = threadIdx.x; n < N; n += blockDim.x) dh[n] = dc[n] = T(0);
+  for (int t = steps - 1; t >= 0; --t) {
+    const T* h1 = t > 0 ? H + (b * steps + t - 1) * N : h0 + b * N;
+    for (int g = 0; g < G; ++g) {  // h_{t-1}, the first stage's input of every product
+      T* sr = block_ws + g * (plan.k + 1) * 2 * S;
+      for (int n = threadIdx.x; n < N; n += blockDim.x) {
+        sr[n] = h1[n];
+        sr[S + n] = T(0);
+      }
+    }
+    __syncthreads();
+    const long row = (b * steps + t) * N;
+    for (int g = 0; g < G; ++g) {  // recompute the gates, keeping each product's stage inputs
+      T* sr = block_ws + g * (plan.k + 1) * 2 * S;
+      for (int f = 0; f < plan.k; ++f)
+        stage<T, CPLX>(plan.s[f], wr + g * W, wi + g * W, sr + 2 * f * S, sr + (2 * f + 1) * S, sr + 2 * (f + 1) * S,
+                       sr + (2 * f + 3) * S);
+      for (int j = threadIdx.x; j < no; j += blockDim.x) a[g * no + j] = gx[row * 4 + g * no + j] + sr[2 * plan.k * S + j];
+    }
+    __syncthreads();  // the cell reads gate rows other threads wrote
+    const T* cp = t > 0 ? C + row - N : c0 + b * N;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {
+      const T i = sigmoid_of(a[n]), f = sigmoid_of(a[N + n]), gg = hd_tanh(a[2 * N + n]), o = sigmoid_of(a[3 * N + n]);
+      const T tc = hd_tanh(C[row + n]);
+      const T gh = dh[n] + gH[row + n], gc = dc[n] + gC[row + n] + gh * o * (T(1) - tc * tc);
+      a[n] = gc * gg * i * (T(1) - i);
+      a[N + n] = gc * cp[n] * f * (T(1) - f);
+      a[2 * N + n] = gc * i * (T(1) - gg * gg);
+      a[3 * N + n] = gh * tc * o * (T(1) - o);
+      for (int r = 0; r < 4; ++r) ggx[row * 4 + r * N + n] = a[r * N + n];
+      dc[n] = gc * f;
+      dh[n] = T(0);
+    }
+    for (int g = 0; g < G; ++g) {  // ∂L/∂h_{t-1} = Σ_g Re(W_gᴴ ∂L/∂a_g), and the factors' gradients
+      __syncthreads();  // one 4N product (G = 1): its rows of ∂L/∂a were written by the cell's threads
+      for (int j = threadIdx.x; j < no; j += blockDim.x) {
+        d.xr[j] = a[g * no + j];
+        d.xi[j] = T(0);
+      }
+      __syncthreads();
+      const T* sr = block_ws + g * (plan.k + 1) * 2 * S;
+      for (int f = plan.k - 1; f >= 0; --f, d.swap()) {
+        accumulate_factor_grad<T, CPLX>(plan.s[f], d.xr, d.xi, sr + 2 * f * S, sr + (2 * f + 1) * S, redr, redi,
+                                        bgr + g * W, bgi + g * W);
+        DevStage adj = plan.s[f];
+        adj.p = plan.s[f].q;
+        adj.q = plan.s[f].p;
+        stage<T, CPLX>(adj, awr + g * W, awi + g * W, d.xr, d.xi, d.yr, d.yi);
+      }
+      for (int n = threadIdx.x; n < N; n += blockDim.x) dh[n] += d.xr[n];
+    }
+  }
+  for (int n = threadIdx.x; n < N; n += blockDim.x) {  // each thread its own n, as in the loop: no barrier
+    gh0[b * N + n] = dh[n];
+    gc0[b * N + n] = dc[n];
+  }
+}
+
 // ---- register-resident forward (a first step of the design in BENCHMARKS.md, "Performance model") ----
 //
 // 2×2 factors, N = 2^k: each thread holds R = 2^kRegBits elements of the state in registers, the elements
@@ -573,6 +701,65 @@ std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cuda(const at::Tensor& g
   return {gx, combine_planes(gwr.sum(0), gwi.sum(0), x.is_complex())};
 }
 
+
+std::tuple<at::Tensor, at::Tensor> lstm_kru_recurrence_cuda(const at::Tensor& gx, const at::Tensor& h0,
+                                                            const at::Tensor& c0, const at::Tensor& w,
+                                                            at::IntArrayRef shapes) {
+  const Plan plan = check_lstm(gx, h0, c0, w, shapes);
+  const gpu::Guard guard(gx.device());
+  const DevPlan dp = device_plan(plan);
+  const auto [wr, wi] = products_planes(w, plan, false);
+  const long B = gx.size(0), steps = gx.size(1), N = plan.n_in, G = w.numel() / plan.wsize;
+  at::Tensor H = new_output({B, steps, N}, gx.options()), C = new_output({B, steps, N}, gx.options());
+  if (B == 0 || steps == 0) return {H, C};
+  const int threads = block_threads(plan.max_size);
+  auto stream = gpu::stream();
+  dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
+    using T = decltype(t);
+    auto kernel = lstm_forward_kernel<T, decltype(c)::value>;
+    const size_t smem = (2 * G * plan.wsize + 6 * N + 4 * plan.max_size) * sizeof(T);
+    allow_shared_memory(kernel, smem, gx, "the LSTM+KRU recurrence");
+    KRU_LAUNCH(kernel, B, threads, smem, stream, dp, static_cast<int>(G), ptr<T>(wr), ptr<T>(wi), ptr<T>(gx),
+               ptr<T>(h0), ptr<T>(c0), ptr<T>(H), ptr<T>(C), static_cast<int>(steps));
+  });
+  return {H, C};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_kru_recurrence_backward_cuda(
+    const at::Tensor& grad_H, const at::Tensor& grad_C, const at::Tensor& gx, const at::Tensor& h0,
+    const at::Tensor& c0, const at::Tensor& w, at::IntArrayRef shapes, const at::Tensor& H, const at::Tensor& C) {
+  const Plan plan = check_lstm(gx, h0, c0, w, shapes);
+  const long B = gx.size(0), steps = gx.size(1), N = plan.n_in, G = w.numel() / plan.wsize, S = plan.max_size;
+  for (const auto& [t, name] : {std::pair{&grad_H, "grad_H"}, std::pair{&grad_C, "grad_C"}, std::pair{&H, "H"},
+                                std::pair{&C, "C"}}) {
+    TORCH_CHECK(t->sizes() == at::IntArrayRef({B, steps, N}), "krubench: ", name, " must be (", B, ", ", steps, ", ",
+                N, "), got ", t->sizes());
+    check_same(gx, *t, name);
+  }
+  const gpu::Guard guard(gx.device());
+  const DevPlan dp = device_plan(plan);
+  const auto [wr, wi] = products_planes(w, plan, false);
+  const auto [awr, awi] = products_planes(w, plan, true);
+  at::Tensor ggx = new_output(gx.sizes(), gx.options()), gh0 = new_output(h0.sizes(), h0.options()),
+             gc0 = new_output(c0.sizes(), c0.options());
+  at::Tensor gwr = real_zeros({B, G * plan.wsize}, gx), gwi = real_zeros({B, G * plan.wsize}, gx);
+  at::Tensor ws = scratch({B, G, static_cast<long>(plan.stages.size()) + 1, 2, S}, gx);
+  if (B > 0) {
+    const int threads = block_threads(S);
+    auto stream = gpu::stream();
+    dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
+      using T = decltype(t);
+      auto kernel = lstm_backward_kernel<T, decltype(c)::value>;
+      const size_t smem = (4 * G * plan.wsize + 6 * N + 4 * S + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
+      allow_shared_memory(kernel, smem, gx, "the LSTM+KRU recurrence's backward pass");
+      KRU_LAUNCH(kernel, B, threads, smem, stream, dp, static_cast<int>(G), ptr<T>(wr), ptr<T>(wi), ptr<T>(awr),
+                 ptr<T>(awi), ptr<T>(gx), ptr<T>(h0), ptr<T>(c0), ptr<T>(H), ptr<T>(C), ptr<T>(grad_H), ptr<T>(grad_C),
+                 static_cast<int>(steps), ptr<T>(ggx), ptr<T>(gh0), ptr<T>(gc0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(ws));
+    });
+  }
+  return {ggx, gh0, gc0, combine_planes(gwr.sum(0), gwi.sum(0), w.is_complex())};
+}
+
 }  // namespace
 }  // namespace kru
 
@@ -583,5 +770,7 @@ TORCH_LIBRARY_IMPL(krubench, CUDA, m) {
   m.impl("kru_recurrence", &kru::kru_recurrence_cuda);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cuda);
   m.impl("kru_recurrence_regs", &kru::kru_recurrence_regs_cuda);
+  m.impl("lstm_kru_recurrence", &kru::lstm_kru_recurrence_cuda);
+  m.impl("lstm_kru_recurrence_backward", &kru::lstm_kru_recurrence_backward_cuda);
 }
 #endif

@@ -257,6 +257,9 @@ KRU_EMU_TORCH_LIBRARY(KRU_EMU_LIB, m) {
   m.def("kru_recurrence_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
         "Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
   m.def("kru_recurrence_regs(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
+  m.def("lstm_kru_recurrence(Tensor gx, Tensor h0, Tensor c0, Tensor w, int[] shapes) -> (Tensor, Tensor)");
+  m.def("lstm_kru_recurrence_backward(Tensor grad_H, Tensor grad_C, Tensor gx, Tensor h0, Tensor c0, Tensor w, "
+        "int[] shapes, Tensor H, Tensor C) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("configure(int order, int seed, int skip_barrier_line, int smem_optin) -> ()", &configure);
   m.def("barrier_lines() -> int[]", &barrier_lines);
   m.def("lane_stage(Tensor x, Tensor w, int bit) -> Tensor", &lane_stage);
@@ -269,4 +272,6 @@ KRU_EMU_TORCH_LIBRARY_IMPL(KRU_EMU_LIB, CPU, m) {
   m.impl("kru_recurrence", &kru::kru_recurrence_cuda);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cuda);
   m.impl("kru_recurrence_regs", &kru::kru_recurrence_regs_cuda);
+  m.impl("lstm_kru_recurrence", &kru::lstm_kru_recurrence_cuda);
+  m.impl("lstm_kru_recurrence_backward", &kru::lstm_kru_recurrence_backward_cuda);
 }

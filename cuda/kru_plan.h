@@ -204,6 +204,42 @@ void dispatch_dtype(at::ScalarType st, F&& f) {
   }
 }
 
+// LSTM+KRU (lstm_kru_recurrence): gx (B, T, 4N) real; h0, c0 (B, N); w: G products' flat factors back to
+// back (G · Σ p q,), each with the factor shapes `shapes`; G · n_out = 4N and n_in = N.
+inline Plan check_lstm(const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w,
+                at::IntArrayRef shapes) {
+  check_dtype(w);
+  const Plan plan = make_plan(shapes);
+  const long N = plan.n_in;
+  TORCH_CHECK(w.dim() == 1 && w.is_contiguous() && w.numel() % plan.wsize == 0 && w.numel() / plan.wsize * plan.n_out == 4 * N,
+              "krubench: w must hold G products of ", plan.wsize, " entries each with G · ", plan.n_out, " = 4 · ", N,
+              " output rows (shapes ", shapes, "), got ", w.sizes());
+  TORCH_CHECK(gx.dim() == 3 && gx.size(2) == 4 * N, "krubench: gx must be (B, T, 4N) = (B, T, ", 4 * N, "), got ",
+              gx.sizes());
+  const auto real = c10::toRealValueType(w.scalar_type());
+  TORCH_CHECK(gx.scalar_type() == real, "krubench: gx has dtype ", gx.scalar_type(), "; the factors' real dtype is ",
+              real);
+  for (const auto& [t, name] : {std::pair{&h0, "h0"}, std::pair{&c0, "c0"}})
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == gx.size(0) && t->size(1) == N, "krubench: ", name, " must be (",
+                gx.size(0), ", ", N, "), got ", t->sizes());
+  for (const auto& [t, name] : {std::pair{&gx, "gx"}, std::pair{&h0, "h0"}, std::pair{&c0, "c0"}})
+    check_same(gx, *t, name);
+  TORCH_CHECK(w.device() == gx.device(), "krubench: w is on ", w.device(), " but gx is on ", gx.device());
+  return plan;
+}
+
+// The planes of G products' flat factors w (G · wsize,), product by product (adjoint: each factor its
+// conjugate transpose), back to back: product g's at g · wsize.
+inline std::pair<at::Tensor, at::Tensor> products_planes(const at::Tensor& w, const Plan& plan, bool adjoint) {
+  std::vector<at::Tensor> re, im;
+  for (long g = 0; g < w.numel() / plan.wsize; ++g) {
+    auto [r, i] = factor_planes(w.narrow(0, g * plan.wsize, plan.wsize), plan, adjoint);
+    re.push_back(r);
+    im.push_back(i);
+  }
+  return {at::cat(re).contiguous(), at::cat(im).contiguous()};
+}
+
 // Factor gradients from their planes: complex when the factors are complex.
 inline at::Tensor combine_planes(const at::Tensor& re, const at::Tensor& im, bool complex) {
   return complex ? at::complex(re, im) : re;

@@ -4,7 +4,7 @@
 # when under 20 s are left):
 #   preflight  torch/CUDA/cuDNN/driver versions, nvcc, CUDA_HOME, libcudart, ninja, pytest, compute-sanitizer
 #   build      the cpp and cuda backends (krubench-build)
-#   tests      tests/test_kernels.py, the cuda rows
+#   tests      tests/test_kernels.py and tests/test_lstm_kru_kernel.py, the cuda rows
 #   bench      forward and backward, N 128/512/1024 × B 32/128/1024, T 1000, vs nn.RNN (cuDNN, with the
 #              kernels it ran) and the HBM floor; the register-resident forward (kru_recurrence_regs) too
 #   large      N 1024/2048/4096 × B 133/257 × T 200: complex64 vs complex128 on the GPU, and the cpp backend
@@ -70,7 +70,7 @@ if [[ -z "$dry" ]]; then
     "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>/dev/null)}
   export TORCH_CUDA_ARCH_LIST
   backends=all
-  tests=(tests/test_kernels.py -k cuda)
+  tests=(tests/test_kernels.py tests/test_lstm_kru_kernel.py -k cuda)
 else
   backends=cpp
   tests=(tests/test_kernels.py -k "cpp and (opcheck or tanh)")

@@ -219,6 +219,7 @@ def test_every_barrier_of_the_kernels_runs(emu):
     recurrence_errors(emu, [4, 2], 2, 2, True, "modrelu")
     matvec_errors(emu, [(2, 3), (4, 2)], 2)
     regs_errors(emu, 5, 1, 2, True, "modrelu")
+    lstm_errors(emu, [(8, 2), (2, 2)], 1, 2, 2, True)
     assert set(BARRIER_LINES) <= set(emu.barrier_lines()), "a __syncthreads() of kru_cuda.cu never ran in the emulator"
 
 
@@ -232,6 +233,8 @@ def test_removing_any_barrier_fails(emu, line):
             exposed += recurrence_errors(emu, [4, 2, 2], 2, 2, True, "modrelu")
             exposed += matvec_errors(emu, [(2, 3), (4, 2)], 2)
             exposed += regs_errors(emu, 7, 1, 3, True, "modrelu")
+            exposed += lstm_errors(emu, [(8, 2), (2, 2)], 1, 2, 2, True)  # joint: gate rows cross threads
+            exposed += lstm_errors(emu, [(2, 2), (4, 4)], 4, 2, 2, False)
         except RuntimeError as e:  # the emulator's barrier checks
             exposed.append(str(e))
     configure(emu)
@@ -265,3 +268,39 @@ def test_a_flipped_sign_fails(tmp_path, mutant):
     lib = getattr(torch.ops, lib_name)
     found = recurrence_errors(lib, [4, 2], 2, 2, True, "modrelu") + matvec_errors(lib, [(2, 3), (4, 2)], 2)
     assert found, f"the kernels still match the reference with {mutant} flipped ({file}: {mutated})"
+
+
+# ---- LSTM+KRU ----
+
+LSTM_CASES = [  # (one product's factor shapes, products G, B, T)
+    ([(2, 2), (4, 4)], 4, 2, 3),   # per gate: four N × N products
+    ([(8, 2), (2, 2)], 1, 3, 2),   # joint: one 4N × N product
+    ([(3, 3), (2, 2)], 4, 2, 2),   # an odd size
+]
+
+
+def lstm_errors(lib, shapes, G, B, T, complex_, seed=0):
+    """The emulated LSTM+KRU forward and backward kernels against the reference (tests/test_lstm_kru_kernel.py)."""
+    from test_lstm_kru_kernel import lstm_problem, outputs
+
+    p = lstm_problem(shapes, G, B, T, complex_, seed)
+    ref64, ref32 = outputs("reference", p, complex_, torch.float64), outputs("reference", p, complex_, torch.float32)
+    fdtype = torch.complex64 if complex_ else torch.float32
+    w, flat = compiled._pack([f for fs in p["products"] for f in fs], fdtype)
+    flat = flat[:2 * len(shapes)]  # one product's shapes
+    gx, h0, c0 = (p[k].float().contiguous() for k in ("gx", "h0", "c0"))
+    H, C = lib.lstm_kru_recurrence(gx, h0, c0, w, flat)
+    ggx, gh0, gc0, gw = lib.lstm_kru_recurrence_backward(p["grad_H"].float(), p["grad_C"].float(), gx, h0, c0, w, flat,
+                                                          H, C)
+    per_product = [g for part in gw.split(len(gw) // G) for g in split_factor_grad(part, flat)]
+    names = ["H", "C", "grad gx", "grad h0", "grad c0"] + [f"grad product {g} factor {i}" for g in range(G)
+                                                           for i in range(len(shapes))]
+    return errors([H, C, ggx, gh0, gc0, *per_product], ref32, ref64, names)
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+@pytest.mark.parametrize("shapes,G,B,T", LSTM_CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_emulated_lstm_kru_matches_reference(emu, order, complex_, shapes, G, B, T):
+    configure(emu, order, seed=B * 1000 + T)
+    assert lstm_errors(emu, shapes, G, B, T, complex_, seed=G) == []

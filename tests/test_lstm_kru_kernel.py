@@ -15,7 +15,7 @@ from krubench import ops
 from krubench.models import LSTMKRU
 from krubench.models.kru import random_unitary
 
-from test_kernels import assert_as_accurate, loaded
+from test_kernels import BACKENDS, assert_as_accurate, loaded
 
 CASES = [  # (one product's factor shapes (p, q), products G, B, T)
     ([(2, 2), (2, 2), (2, 2)], 4, 1, 1),      # per gate: four N × N products
@@ -45,25 +45,27 @@ def lstm_problem(shapes, G, B, T, complex_, seed) -> dict:
             "h0": r(B, N), "c0": r(B, N), "grad_H": r(B, T, N), "grad_C": r(B, T, N)}
 
 
-def outputs(kernel, p, complex_, dtype, use=("H", "C")):
-    """H, C and the gradients w.r.t. (gx, h0, c0, *factors) in `dtype` (the factors complex if complex_) of a
-    loss on the outputs named in `use`."""
+def outputs(kernel, p, complex_, dtype, use=("H", "C"), device="cpu"):
+    """H, C and the gradients w.r.t. (gx, h0, c0, *factors) in `dtype` (the factors complex if complex_) on
+    `device` of a loss on the outputs named in `use`."""
     fdtype = dtype.to_complex() if complex_ else dtype
-    gx, h0, c0 = (p[k].to(dtype).requires_grad_() for k in ("gx", "h0", "c0"))
-    products = [[f.to(fdtype).requires_grad_() for f in fs] for fs in p["products"]]
+    gx, h0, c0 = (p[k].to(device, dtype).requires_grad_() for k in ("gx", "h0", "c0"))
+    products = [[f.to(device, fdtype).requires_grad_() for f in fs] for fs in p["products"]]
     H, C = ops.lstm_kru_recurrence(gx, h0, c0, products, kernel)
-    loss = sum((out * p[f"grad_{name}"].to(dtype)).sum() for name, out in (("H", H), ("C", C)) if name in use)
+    loss = sum((out * p[f"grad_{name}"].to(device, dtype)).sum() for name, out in (("H", H), ("C", C)) if name in use)
     leaves = [gx, h0, c0, *(f for fs in products for f in fs)]
     return [H.detach(), C.detach(), *torch.autograd.grad(loss, leaves, materialize_grads=True)]
 
 
+@pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
 @pytest.mark.parametrize("shapes,G,B,T", CASES, ids=lambda v: str(v).replace(" ", ""))
-def test_the_compiled_recurrence_matches_its_definition(complex_, shapes, G, B, T):
-    loaded("cpp")
+def test_the_compiled_recurrence_matches_its_definition(backend, device, complex_, shapes, G, B, T):
+    """Both compiled backends (the CUDA kernels also run without a GPU, in tests/test_kernels_emu.py)."""
+    loaded(backend)
     p = lstm_problem(shapes, G, B, T, complex_, seed=B * 100 + T)
     ref64, ref32 = outputs("reference", p, complex_, torch.float64), outputs("reference", p, complex_, torch.float32)
-    got = outputs("cpp", p, complex_, torch.float32)
+    got = outputs(backend, p, complex_, torch.float32, device=device)
     names = ["H", "C", "grad gx", "grad h0", "grad c0"] + [f"grad product {g} factor {i}" for g in range(G)
                                                            for i in range(len(shapes))]
     assert len(names) == len(got)

@@ -76,6 +76,6 @@ class LSTMKRU(SequenceModel):
         B, N = x.shape[0], self.hidden_size
         h, c = (x.new_zeros(B, N), x.new_zeros(B, N)) if state is None else state
         backend = ops.backend_for(self.kernel, x.device)
-        # on the CPU the whole recurrence is one C++ call; elsewhere a loop over time (ops.lstm_kru_recurrence)
+        # the whole recurrence in one compiled call (C++ or CUDA); the reference loops over time
         H, C = ops.lstm_kru_recurrence(self.W_ih(x), h, c, [kf.stages(backend) for kf in self.W_hh], backend)
         return self.V(H[:, -1:] if last_only else H), (H[:, -1], C[:, -1])

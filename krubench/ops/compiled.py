@@ -139,7 +139,7 @@ class _LSTMKRU(torch.autograd.Function):
 
 
 def lstm_kru_recurrence(gx, h0, c0, products: Sequence[Sequence[torch.Tensor]]):
-    """The compiled LSTM+KRU recurrence, CPU only: gx (B, T, 4N), h0 and c0 (B, N) -> H, C (B, T, N), where
+    """The compiled LSTM+KRU recurrence (C++ or CUDA, by the tensors' device): gx (B, T, 4N), h0 and c0 (B, N) -> H, C (B, T, N), where
     `products` are the G factor lists of W_hh (all of one shape list), their outputs stacked gate-major."""
     dtype = _common_dtype(*(f for fs in products for f in fs))
     packed = [_pack(fs, dtype) for fs in products]

@@ -124,14 +124,15 @@ def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None, kernel: str = "
 
 def lstm_kru_recurrence(gx, h0, c0, products: Sequence[Sequence[torch.Tensor]], kernel: str = "auto"):
     """(H, C) of the LSTM whose W_hh is the Kronecker products `products` (G factor lists) on the backend
-    `kernel` selects: the whole recurrence in one C++ call on the CPU; elsewhere the reference's loop over
-    time with each product applied by that backend (`kron_operator`). The contract is `lstm_kru_recurrence_ref`'s."""
+    `kernel` selects: the whole recurrence in one compiled call (C++ or CUDA); the reference is a loop over time
+    (`lstm_kru_recurrence_ref`, whose contract this is)."""
     gx, h0, c0 = at_least_fp32(gx), at_least_fp32(h0), at_least_fp32(c0)
     backend = backend_for(kernel, gx.device)
-    if backend == "cpp":
+    if backend != "reference":
         with without_autocast(gx.device):
             return compiled.lstm_kru_recurrence(gx, h0, c0, [[at_least_fp32(f) for f in fs] for fs in products])
-    return lstm_kru_recurrence_ref(gx, h0, c0, [kron_operator(fs, backend, gx.device, h0.dtype) for fs in products])
+    products = [[at_least_fp32(f) for f in fs] for fs in products]
+    return lstm_kru_recurrence_ref(gx, h0, c0, [lambda x, fs=fs: kron_matvec_ref(x, fs) for fs in products])
 
 
 def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:
