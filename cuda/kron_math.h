@@ -136,17 +136,20 @@ KRU_HD void nl_forward(T zr, T zi, T bias, T& hr, T& hi) {
 // Backward of nl_forward from its output h alone (the kernels keep H, not the pre-activation z), given
 // g = ∂L/∂h: returns ∂L/∂z and adds the modReLU bias gradient to db. relu and tanh read their
 // derivative off h (h > 0; 1 − h²). modReLU recovers z: where it is on (h ≠ 0), z has h's phase and
-// |h| = m (m + b) / (m + eps) for m = |z|, so m is the positive root of m² + (b − |h|) m − |h| eps
-// (no cancellation: |h| − b > 0 there); where it is off, h = 0 and so is every gradient. Matches torch
-// autograd at the kinks: relu'(0) = 0, ∂|z|/∂z = 0 at 0; at z = 0 exactly (h = 0, where modReLU jumps
-// when b > 0) the gradient is 0, as in the reference (krubench/ops/recurrence.py: modrelu).
+// |h| = m (m + b) / (m + eps) for m = |z|, so m is the positive root of m² − d m − |h| eps, d = |h| − b.
+// d < 0 happens (b > 0 and m below eps: |h| ≈ m b / eps < b), and there the textbook root (d + q) / 2,
+// q = √(d² + 4 |h| eps), cancels to 0 in float (NaN gradients; a long adding run died of it): there the
+// same root is taken as 2 |h| eps / (q − d), which does not cancel. Where modReLU is off, h = 0 and so is
+// every gradient. Matches torch autograd at the kinks: relu'(0) = 0, ∂|z|/∂z = 0 at 0; at z = 0 exactly
+// (h = 0, where modReLU jumps when b > 0) the gradient is 0, as in the reference (ops/recurrence.py: modrelu).
 template <int NL, typename T, bool CPLX>
 KRU_HD void nl_backward(T hr, T hi, T bias, T gr, T gi, T& dzr, T& dzi, T& db) {
   if (NL == kModRelu) {
     const T rho = CPLX ? hd_sqrt(hr * hr + hi * hi) : (hr < 0 ? -hr : hr);
     const bool on = rho > 0;
     const T d = rho - bias, eps = T(kModReluEps);
-    const T m = on ? (d + hd_sqrt(d * d + T(4) * rho * eps)) / T(2) : T(1);  // |z| (1: unused when off)
+    const T q = hd_sqrt(d * d + T(4) * rho * eps);
+    const T m = !on ? T(1) : d >= 0 ? (d + q) / T(2) : T(2) * rho * eps / (q - d);  // |z| (1: unused when off)
     // three reciprocals instead of six divisions (the loop around this is division-bound)
     const T inv_m = T(1) / m, inv_rho = T(1) / (on ? rho : T(1)), inv_den = T(1) / (m + eps);
     const T c = on ? rho * inv_m : T(0);                // h = z · c

@@ -126,6 +126,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
                 write_status(run_dir, "interrupted", e.step)
             elif started:
                 write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+                # in krubench.log too: a sweep's or a batch job's console output is often gone
+                log.error(f"run failed: {type(e).__name__}: {e}")
             raise
 
 

@@ -176,6 +176,33 @@ def test_tanh_is_float_accurate_and_keeps_nan(backend, device):
     assert nan[0, 0, 0].isnan() and nan[0, 0, 1].item() == pytest.approx(math.tanh(1.0))
 
 
+@pytest.mark.parametrize("kernel,device", [*BACKENDS, pytest.param("lanes", "cpu", id="lanes")])
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+def test_modrelu_backward_is_finite_where_the_modulus_is_below_eps(kernel, device, complex_):
+    """modReLU with a positive bias b and |z| far below its eps (1e-6): h = z (|z| + b) / (|z| + eps) is on,
+    with |h| < b. The backward recovers |z| from |h| as the positive root of a quadratic whose textbook form
+    cancels there (kron_math.h, nl_backward): in float32 it gave |z| = 0 and NaN gradients, and an adding T=400
+    run died of it at step 16,978 (results/sweeps/adding_T400_kru_steps20k_s0). Values and gradients against
+    the reference."""
+    loaded("cpp" if kernel == "lanes" else kernel)
+    g = torch.Generator().manual_seed(0)
+    dtype64 = torch.complex128 if complex_ else torch.float64
+    scale = torch.logspace(-12, -6.5, 16, dtype=torch.float64)  # |u| per element, all below eps
+    u = (torch.randn(3, 2, 16, dtype=dtype64, generator=g) * scale)
+    h0 = torch.zeros(3, 16, dtype=dtype64)
+    eye = [torch.eye(4, dtype=dtype64), torch.eye(4, dtype=dtype64)]
+    bias = torch.full((16,), 0.01, dtype=torch.float64)
+    grad = torch.randn(3, 2, 16, dtype=dtype64, generator=g)
+    problem = (eye, u, h0, bias, grad, "modrelu")
+    f32 = torch.complex64 if complex_ else torch.float32
+    got = recurrence_outputs(kernel, *problem, f32, device)
+    ref32, ref64 = recurrence_outputs("reference", *problem, f32), recurrence_outputs("reference", *problem, dtype64)
+    for name, a, r32, r64 in zip(["H", "grad u", "grad h0", "grad factor 0", "grad factor 1", "grad bias"], got, ref32,
+                                 ref64):
+        assert torch.isfinite(a).all(), f"{name} is not finite"
+        assert_as_accurate(a, r32, r64, name)
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_backward_overwrites_only_a_gradient_it_owns(backend, device, monkeypatch):
     """∂L/∂u reuses the memory of ∂L/∂H when nothing else refers to it (the training step's peak memory),

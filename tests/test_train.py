@@ -41,8 +41,10 @@ def test_non_finite_loss_keeps_the_last_checkpoint_and_a_lower_lr_continues_it(t
 
     monkeypatch.setattr(CopyTask, "train_loss", poisoned)
     run = tmp_path / "run"
-    with pytest.raises(NonFiniteLoss, match="non-finite at step 7") as stop:
+    with caplog.at_level("ERROR", logger="krubench"), pytest.raises(NonFiniteLoss, match="non-finite at step 7") as stop:
         train(small_run_config(tmp_path), run)
+    assert any(r.getMessage().startswith("run failed: NonFiniteLoss: the loss became non-finite at step 7")
+               for r in caplog.records)  # the log file says why the run ended
     assert "the last checkpoint, from step 5" in str(stop.value) and f"hydra.run.dir={run}" in str(stop.value)
     ckpt = torch.load(run / "last.pt", weights_only=True)
     assert ckpt["step"] == 5
