@@ -9,13 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # README "Large tensors on the CPU"
 COMMON="trainer.threads=1 trainer.progress=never"
-commands() {
+commands() {  # prints the runs to do, having copied each one's 10,000-step folder (only those PATTERN selects)
   for run in "T400 0" "T750 0" "T400 1" "T750 1" "T400 2" "T750 2"; do
     read -r T seed <<< "$run"
     local src=results/runs/adding_${T}_kru_s$seed dst=results/sweeps/adding_${T}_kru_steps20k_s$seed
+    local cmd="krubench experiment=paper/adding_${T}_kru seed=$seed trainer.steps=20000 $COMMON hydra.run.dir=$dst"
+    echo "$cmd" | grep -q -e "${1:-.}" || continue
     grep -qs '"status": "ok"' "$dst/status.json" && continue
     [ -d "$dst" ] || [ ! -f "$src/last.pt" ] || { mkdir -p "$dst" && cp -r "$src/." "$dst/" && rm -f "$dst/status.json"; }
-    echo "krubench experiment=paper/adding_${T}_kru seed=$seed trainer.steps=20000 $COMMON hydra.run.dir=$dst"
+    echo "$cmd"
   done
 }
-commands | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
+commands "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
