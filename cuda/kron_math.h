@@ -113,6 +113,19 @@ KRU_HD void row_dot(const W* wr, const W* wi, int q, const T* xr, const T* xi, l
   if (CPLX) yi = ri + ir;
 }
 
+// σ(x) = (1 + tanh(x/2)) / 2: the kernels' own tanh, so that the CPU's loops vectorise.
+template <typename T>
+KRU_HD T hd_sigmoid(T x) { return T(0.5) + T(0.5) * hd_tanh(T(0.5) * x); }
+
+// An LSTM cell's gate activations from their pre-activations a_i, a_f, a_g, a_o: σ, σ, tanh, σ.
+template <typename T>
+KRU_HD void lstm_gates(T ai, T af, T ag, T ao, T& i, T& f, T& g, T& o) {
+  i = hd_sigmoid(ai);
+  f = hd_sigmoid(af);
+  g = hd_tanh(ag);
+  o = hd_sigmoid(ao);
+}
+
 // h = σ(z). relu and tanh act on the real and imaginary parts separately; modReLU keeps the phase
 // and shifts the modulus: z · relu(|z| + b) / (|z| + eps). NL is a compile-time Nonlinearity so
 // that a loop over lanes has no branch on it (and vectorises).

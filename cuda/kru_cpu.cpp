@@ -439,9 +439,6 @@ void matvec_backward(const Plan& plan, const Plan& adj, const T* wr, const T* wi
 // W h feeds the gates. The forward stores H and the cell states C (B, T, N); the backward recomputes the
 // gates from h_{t-1}, each product keeping its stage inputs for its own backpropagation. Rows layout.
 
-template <typename T>
-inline T sigmoid_of(T x) { return T(0.5) + T(0.5) * hd_tanh(T(0.5) * x); }  // σ(x) = (1 + tanh(x/2)) / 2
-
 // The G products' factor planes (and their adjoints' for the backward pass), one pointer each.
 template <typename T>
 struct Products {
@@ -481,8 +478,8 @@ void lstm_forward(const Plan& plan, const Products<T>& w, const T* gx, const T* 
 #pragma omp simd
           for (int l = 0; l < L; ++l) {
             const long o = n * L + l;
-            const T i = sigmoid_of(a[o]), f = sigmoid_of(a[N * L + o]), g = hd_tanh(a[2 * N * L + o]),
-                    og = sigmoid_of(a[3 * N * L + o]);
+            T i, f, g, og;
+            lstm_gates(a[o], a[N * L + o], a[2 * N * L + o], a[3 * N * L + o], i, f, g, og);
             c[o] = f * c[o] + i * g;
             h[o] = og * hd_tanh(c[o]);
           }
@@ -532,8 +529,9 @@ void lstm_backward(const Plan& plan, const Plan& adj, const Products<T>& w, cons
 #pragma omp simd
           for (int l = 0; l < L; ++l) {
             const long o = n * L + l;
-            const T i = sigmoid_of(a[o]), f = sigmoid_of(a[N * L + o]), g = hd_tanh(a[2 * N * L + o]),
-                    og = sigmoid_of(a[3 * N * L + o]), tc = hd_tanh(ct[o]);
+            T i, f, g, og;
+            lstm_gates(a[o], a[N * L + o], a[2 * N * L + o], a[3 * N * L + o], i, f, g, og);
+            const T tc = hd_tanh(ct[o]);
             const T gh = dh[o] + lh[o], gc = dc[o] + lc[o] + gh * og * (T(1) - tc * tc);
             a[o] = gc * g * i * (T(1) - i);
             a[N * L + o] = gc * cp[o] * f * (T(1) - f);

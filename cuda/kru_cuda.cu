@@ -269,9 +269,6 @@ __global__ void matvec_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_
 // c_t = σ(f) c_{t-1} + σ(i) tanh(g), h_t = σ(o) tanh(c_t); the state is real (a zero imaginary plane into
 // complex factors, the real part out). As kru_cpu.cpp's lstm_forward / lstm_backward, one block a sequence.
 
-template <typename T>
-__device__ T sigmoid_of(T x) { return T(0.5) + T(0.5) * hd_tanh(T(0.5) * x); }
-
 // Shared memory: the G products' factor planes (2 G wsize), h and c (N each), the gates a (4N), a PingPong
 // of max_size. Block b runs sequence b.
 template <typename T, bool CPLX>
@@ -303,7 +300,8 @@ __global__ void lstm_forward_kernel(DevPlan plan, int G, const T* wr_g, const T*
     T* Ht = H + (b * steps + t) * N;
     T* Ct = C + (b * steps + t) * N;
     for (int n = threadIdx.x; n < N; n += blockDim.x) {
-      const T i = sigmoid_of(a[n]), f = sigmoid_of(a[N + n]), gg = hd_tanh(a[2 * N + n]), o = sigmoid_of(a[3 * N + n]);
+      T i, f, gg, o;
+      lstm_gates(a[n], a[N + n], a[2 * N + n], a[3 * N + n], i, f, gg, o);
       c[n] = f * c[n] + i * gg;
       h[n] = o * hd_tanh(c[n]);
       Ht[n] = h[n];
@@ -356,7 +354,8 @@ __global__ void lstm_backward_kernel(DevPlan plan, int G, const T* wr_g, const T
     __syncthreads();  // the cell reads gate rows other threads wrote
     const T* cp = t > 0 ? C + row - N : c0 + b * N;
     for (int n = threadIdx.x; n < N; n += blockDim.x) {
-      const T i = sigmoid_of(a[n]), f = sigmoid_of(a[N + n]), gg = hd_tanh(a[2 * N + n]), o = sigmoid_of(a[3 * N + n]);
+      T i, f, gg, o;
+      lstm_gates(a[n], a[N + n], a[2 * N + n], a[3 * N + n], i, f, gg, o);
       const T tc = hd_tanh(C[row + n]);
       const T gh = dh[n] + gH[row + n], gc = dc[n] + gC[row + n] + gh * o * (T(1) - tc * tc);
       a[n] = gc * gg * i * (T(1) - i);
