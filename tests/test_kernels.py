@@ -306,32 +306,6 @@ def test_kron_matvec_gradcheck(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("complex_f", [False, True], ids=["real", "complex"])
-def test_a_prepared_kron_operator_is_kron_matvec_at_every_call(backend, device, complex_f):
-    """ops.kron_operator packs the factors once for a loop of calls (LSTM+KRU's time steps): the same values
-    as kron_matvec at each call, and the factors' gradient summed over the calls, against the reference."""
-    loaded(backend)
-    g = torch.Generator().manual_seed(5)
-    dtype = torch.complex128 if complex_f else torch.float64
-    factors = [torch.randn(s, s, dtype=dtype, generator=g).to(device) for s in (4, 2, 4)]
-    xs = [torch.randn(6, 32, dtype=torch.float64, generator=g).to(device) for _ in range(3)]
-    results = []
-    for kernel in (backend, "reference"):
-        leaves = [f.detach().clone().requires_grad_() for f in factors]
-        W = ops.kron_operator(leaves, kernel, device, torch.float64)
-        h, ys = xs[0], []
-        for x in xs:  # a recurrence: each call's input depends on the previous output
-            h = W(x + (h.real if h.is_complex() else h)).tanh() if not complex_f else W(x + h.real).real.tanh()
-            ys.append(h)
-        torch.autograd.backward(sum(y.square().sum() for y in ys))
-        results.append([*ys, *(f.grad for f in leaves)])
-    for got, ref in zip(*results):
-        torch.testing.assert_close(got, ref)
-    with pytest.raises(ValueError, match="last dimension"):
-        W(torch.randn(6, 31, dtype=torch.float64, device=device))
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
 def test_operators_pass_opcheck(backend, device):
     """Schemas, autograd and fake (meta) registrations, as torch.library.opcheck checks them."""
     from krubench.ops import compiled

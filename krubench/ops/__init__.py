@@ -4,7 +4,7 @@ the CPU, CUDA on a GPU; sources in cuda/) or to their pure-PyTorch `_ref` twins,
 kernel on its own data layout (lanes.py); `kru_layer` (layer.py) is the whole KRU layer (input map,
 recurrence, read-out) on the layout its backend wants: what the KRU model calls."""
 from . import lanes
-from .dispatch import (BACKENDS, KERNELS, at_least_fp32, backend_for, kron_matvec, kron_operator, kru_recurrence,
+from .dispatch import (BACKENDS, KERNELS, at_least_fp32, backend_for, kron_matvec, kru_recurrence,
                        kru_recurrence_lanes, lstm_kru_recurrence, merge_limit)
 from .kron import factor_sizes, kron_dense, kron_matvec_ref, merge_factors
 from .layer import kru_layer, stages
@@ -12,7 +12,7 @@ from .recurrence import NONLINEARITIES, apply_nonlinearity, kru_recurrence_ref, 
 
 __all__ = [
     "BACKENDS", "KERNELS", "NONLINEARITIES", "apply_nonlinearity", "at_least_fp32", "backend_for", "factor_sizes", "kron_dense",
-    "kron_matvec", "kron_matvec_ref", "kron_operator", "kru_recurrence", "kru_recurrence_lanes", "kru_recurrence_ref", "lanes",
+    "kron_matvec", "kron_matvec_ref", "kru_recurrence", "kru_recurrence_lanes", "kru_recurrence_ref", "lanes",
     "lstm_kru_recurrence", "lstm_kru_recurrence_ref",
     "merge_factors", "merge_limit", "kru_layer", "stages",
 ]

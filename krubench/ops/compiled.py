@@ -43,18 +43,6 @@ def kron_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tenso
     return y.reshape(*x.shape[:-1], -1)
 
 
-def kron_operator(factors: Sequence[torch.Tensor], x_dtype: torch.dtype):
-    """x ↦ compiled `kron_matvec(x, factors)`, the factors packed once (not at every call): for a loop that
-    applies one product at every time step. Their gradient reaches the factors through that one packing."""
-    dtype = _common_dtype(torch.empty(0, dtype=x_dtype), *factors)
-    w, shapes = _pack(factors, dtype)
-
-    def apply(x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.krubench.kron_matvec(_ready(x.reshape(-1, x.shape[-1]), dtype), w, shapes)
-        return y.reshape(*x.shape[:-1], -1)
-    return apply
-
-
 def _recurrence_args(factors, dtype: torch.dtype, nonlinearity: str, bias, n: int, like: torch.Tensor):
     """The factors packed in `dtype`, their shapes, and the modReLU bias (n,) in its real dtype."""
     if nonlinearity == "modrelu" and bias is None:

@@ -97,22 +97,6 @@ def kron_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor], kernel: str = 
         return compiled.kron_matvec(x, factors)
 
 
-def kron_operator(factors: Sequence[torch.Tensor], kernel: str, device, x_dtype: torch.dtype = torch.float32):
-    """x ↦ `kron_matvec(x, factors, kernel)` for inputs of `x_dtype` on `device`, prepared once (the backend
-    chosen, the factors packed for a compiled one): what a per-time-step loop calls (LSTM+KRU)."""
-    factors = [at_least_fp32(f) for f in factors]
-    if backend_for(kernel, device) == "reference":
-        return lambda x: kron_matvec_ref(at_least_fp32(x), factors)
-    with without_autocast(torch.device(device)):
-        apply = compiled.kron_operator(factors, at_least_fp32(torch.empty(0, dtype=x_dtype)).dtype)
-
-    def checked(x: torch.Tensor) -> torch.Tensor:
-        check_matvec(x, factors)
-        with without_autocast(x.device):
-            return apply(at_least_fp32(x))
-    return checked
-
-
 def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None, kernel: str = "auto") -> torch.Tensor:
     """All states of the KRU recurrence on the backend `kernel` selects; the contract is `kru_recurrence_ref`'s."""
     u, h0, bias, factors = at_least_fp32(u), at_least_fp32(h0), at_least_fp32(bias), [at_least_fp32(f) for f in factors]
