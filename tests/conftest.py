@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
@@ -16,6 +17,15 @@ from krubench.config import config_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"  # the workspace's real data sets (tests that need them skip without)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test starts on one torch CPU thread. The tests' ops are tiny, and a second thread only waits for a
+    core: under `pytest -n 2` on 2 cores it made a 12-step run 2x slower (the uRNN's FFT backward 40x). Reset before each test because a run's
+    `trainer.threads` sets the process-wide count. The kernels' multi-threaded paths have their own tests
+    (`test_*_thread_count*`), which set the count they need."""
+    torch.set_num_threads(1)
 
 
 def compose_config(overrides=(), return_hydra_config: bool = False) -> DictConfig:

@@ -106,6 +106,20 @@ def test_fused_layer_matches_its_definition(nonlinearity, complex_, last_only, s
         assert_as_accurate(g, r32, r64, name)
 
 
+@pytest.mark.parametrize("complex_,nonlinearity", [(True, "modrelu"), (False, "tanh")], ids=["complex", "real"])
+def test_cpp_results_do_not_depend_on_the_thread_count(complex_, nonlinearity):
+    """Chunks of sequences run over threads (at::parallel_for): three threads give what one gives (conftest runs
+    tests on one), bit for bit (B=41: six chunks, one partial)."""
+    loaded("cpp")
+    p = layer_problem([4, 2, 2], 41, 5, 3, 5, complex_, nonlinearity, nonlinearity != "modrelu", seed=13)
+    dtype = torch.complex64 if complex_ else torch.float32
+    one = layer_outputs(fused_layer, p, complex_, nonlinearity, False, dtype)
+    torch.set_num_threads(3)
+    three = layer_outputs(fused_layer, p, complex_, nonlinearity, False, dtype)
+    for i, (a, b) in enumerate(zip(one, three)):
+        assert torch.equal(a, b), f"output {i} differs between one and three threads"
+
+
 @pytest.mark.parametrize("use", [("y",), ("hT",)], ids=["y-only", "state-only"])
 def test_an_unused_output_counts_as_a_zero_gradient(use):
     """A loss on y alone (the usual) or on h_T alone: the other output's gradient is never materialised."""

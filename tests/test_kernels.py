@@ -101,6 +101,21 @@ def test_recurrence_matches_reference(backend, device, nonlinearity, complex_, s
         assert_as_accurate(g, r32, r64, name)
 
 
+@pytest.mark.parametrize("complex_,nonlinearity", [(True, "modrelu"), (False, "tanh")], ids=["complex", "real"])
+def test_cpp_results_do_not_depend_on_the_thread_count(complex_, nonlinearity):
+    """The suite runs on one thread (conftest); the C++ kernel splits the batch into chunks over threads
+    (at::parallel_for) and sums the factor gradients per chunk: on three threads it must give the same values
+    and gradients, bit for bit (B=41: six chunks, the last one partial)."""
+    loaded("cpp")
+    problem = recurrence_problem([4, 2, 2, 2], 41, 6, complex_, nonlinearity, seed=11)
+    dtype = torch.complex64 if complex_ else torch.float32
+    one = recurrence_outputs("cpp", *problem, nonlinearity, dtype)
+    torch.set_num_threads(3)
+    three = recurrence_outputs("cpp", *problem, nonlinearity, dtype)
+    for i, (a, b) in enumerate(zip(one, three)):
+        assert torch.equal(a, b), f"output {i} differs between one and three threads"
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("nonlinearity", ops.NONLINEARITIES)
 @pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])

@@ -223,6 +223,7 @@ def test_every_barrier_of_the_kernels_runs(emu):
     assert set(BARRIER_LINES) <= set(emu.barrier_lines()), "a __syncthreads() of kru_cuda.cu never ran in the emulator"
 
 
+@pytest.mark.slow  # a test of the tests (one emulator run per barrier): the full suite, not the edit-test loop
 @pytest.mark.parametrize("line", BARRIER_LINES)
 def test_removing_any_barrier_fails(emu, line):
     """A planted bug: the __syncthreads() on `line` does nothing. Some thread order must expose it."""

@@ -75,6 +75,19 @@ def test_the_compiled_recurrence_matches_its_definition(backend, device, complex
         assert_as_accurate(g, r32, r64, name)
 
 
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+def test_cpp_results_do_not_depend_on_the_thread_count(complex_):
+    """Chunks of sequences run over threads (at::parallel_for), the factor gradients summed per chunk: three
+    threads give what one gives (conftest runs tests on one), bit for bit (B=41: six chunks, one partial)."""
+    loaded("cpp")
+    p = lstm_problem([(4, 4), (2, 2)], 4, 41, 5, complex_, seed=12)
+    one = outputs("cpp", p, complex_, torch.float32)
+    torch.set_num_threads(3)
+    three = outputs("cpp", p, complex_, torch.float32)
+    for i, (a, b) in enumerate(zip(one, three)):
+        assert torch.equal(a, b), f"output {i} differs between one and three threads"
+
+
 @pytest.mark.parametrize("use", [("H",), ("C",)], ids=["H-only", "C-only"])
 def test_an_unused_output_counts_as_a_zero_gradient(use):
     loaded("cpp")

@@ -25,15 +25,6 @@ VARIANTS = [
 CLASSES = {"urnn": URNN, "fcurnn": FCURNN, "eurnn": EURNN, "exprnn": ExpRNN}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny shapes: a second thread only adds synchronisation (FFT backward 40× slower on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 IDS = [f"{n}-{'-'.join(f'{k}={v}' for k, v in kw.items()) or 'default'}" for n, kw in VARIANTS]
 
 

@@ -89,8 +89,10 @@ def rows(run_dir, drop=("train/steps_per_s",)):
 
 @pytest.mark.parametrize("schedule", [
     ["schedule=cosine", "schedule.warmup_steps=3", "schedule.min_lr_scale=0.1"],
-    ["schedule=reduce_on_plateau", "schedule.patience=1", "schedule.threshold=10"],  # halves at every validation
-    ["schedule=step", "schedule.every=4", "trainer.early_stop_patience=8", "trainer.early_stop_min_delta=10"],  # stops at 9
+    pytest.param(["schedule=reduce_on_plateau", "schedule.patience=1", "schedule.threshold=10"],
+                 marks=pytest.mark.slow),  # halves at every validation
+    pytest.param(["schedule=step", "schedule.every=4", "trainer.early_stop_patience=8",
+                  "trainer.early_stop_min_delta=10"], marks=pytest.mark.slow),  # stops at 9
 ])
 def test_a_crashed_run_resumes_exactly(tmp_path, monkeypatch, schedule):
     overrides = ["trainer.steps=12", "trainer.val_every=1", "trainer.ckpt_every=5", "trainer.csv_log=true",
