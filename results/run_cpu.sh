@@ -40,10 +40,11 @@ commands() {
   run permuted_mnist_kru 0 model.hidden_size=128 trainer.steps=5500 task.eval_limit=1000
   # PTB char, KRU N=512 and LSTM N=512: 1,044 of 5,220 steps (4 epochs); valid/test on their first 100,000 characters
   run ptb_char_kru 0 trainer.steps=1044 task.eval_limit=100000; run ptb_char_lstm 0 trainer.steps=1044 task.eval_limit=100000
-  # the unitary peers (issue 14) at full budget: JSB first (minutes), then adding T=100 and copy T=1000 (hours:
+  # the unitary peers (issue 14) at full budget: JSB first (minutes), then adding T=100 and T=400, copy T=1000 (hours:
   # the peers are pure PyTorch loops over time; the uRNN at N=470 on copy ~30 h here, BENCHMARKS.md)
   for m in urnn fcurnn eurnn exprnn; do run music_jsb_$m 0; done
   for m in exprnn eurnn fcurnn urnn; do run adding_T100_$m 0; done
+  for m in exprnn eurnn fcurnn urnn; do run adding_T400_$m 0; done
   for m in exprnn eurnn fcurnn urnn; do run copy_T1000_$m 0; done
 }
 if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
