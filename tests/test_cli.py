@@ -61,6 +61,7 @@ def test_tensorboard_text_custom_scalars_and_hparams(tmp_path):
     assert list((run / "tb").iterdir()) == [p for p in (run / "tb").iterdir() if p.is_file()]  # hparams in the same run
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_help_lists_the_groups_without_internal_ones(tmp_path):
     out = run_cli(["--help"], cwd=tmp_path).stdout
     presets = next(line for line in out.splitlines() if line.startswith("experiment/paper: "))
@@ -68,6 +69,7 @@ def test_help_lists_the_groups_without_internal_ones(tmp_path):
     assert "experiment/paper/setting" not in out and "== Config ==" in out and "\ntask:\n  name: copy" in out
 
 
+@pytest.mark.slow  # a CLI subprocess
 def test_completion_offers_values_not_enum_reprs(tmp_path):
     env = {**os.environ, "COMP_LINE": "krubench task=music task.dataset="}
     proc = subprocess.run([*krubench_command(), "-sc", "query=bash"], cwd=tmp_path, env=env, capture_output=True,

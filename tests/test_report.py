@@ -212,6 +212,7 @@ def test_curves_are_read_with_tensorboards_reader():
     assert curves["val/loss"][0] == [2, 4, 6]
 
 
+@pytest.mark.slow  # a subprocess: the console script as installed
 def test_installed_command(tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(RUNS, runs)
