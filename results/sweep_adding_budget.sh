@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Does the KRU (N=128, the presets otherwise unchanged) learn adding T=400 and T=750 given 20,000 steps
-# instead of the presets' 10,000? Each run continues its finished 10,000-step run of results/runs/ (last.pt,
+# instead of the presets' 10,000? And do LSTM and RNN, given the same (seed 0, after the KRU's runs)? Each run continues its finished 10,000-step run of results/runs/ (last.pt,
 # kept on the machine that ran it) in a copy of its folder: with the constant schedule and the runner's exact
 # resume (RNG, optimizer, task state) that is the 20,000-step run from scratch, minus its first half's time.
 # Where last.pt is gone (a fresh clone), the run starts from scratch (the same run by that argument; not checked).
@@ -10,10 +10,11 @@ cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # README "Large tensors on the CPU"
 COMMON="trainer.threads=1 trainer.progress=never"
 commands() {  # prints the runs to do, having copied each one's 10,000-step folder (only those PATTERN selects)
-  for run in "T400 0" "T750 0" "T400 1" "T750 1" "T400 2" "T750 2"; do
-    read -r T seed <<< "$run"
-    local src=results/runs/adding_${T}_kru_s$seed dst=results/sweeps/adding_${T}_kru_steps20k_s$seed
-    local cmd="krubench experiment=paper/adding_${T}_kru seed=$seed trainer.steps=20000 $COMMON hydra.run.dir=$dst"
+  for run in "T400 0 kru" "T750 0 kru" "T400 1 kru" "T750 1 kru" "T400 2 kru" "T750 2 kru" \
+             "T400 0 lstm" "T400 0 rnn" "T750 0 lstm" "T750 0 rnn"; do
+    read -r T seed model <<< "$run"
+    local src=results/runs/adding_${T}_${model}_s$seed dst=results/sweeps/adding_${T}_${model}_steps20k_s$seed
+    local cmd="krubench experiment=paper/adding_${T}_${model} seed=$seed trainer.steps=20000 $COMMON hydra.run.dir=$dst"
     echo "$cmd" | grep -q -e "${1:-.}" || continue
     grep -qs '"status": "ok"' "$dst/status.json" && continue
     [ -d "$dst" ] || [ ! -f "$src/last.pt" ] || { mkdir -p "$dst" && cp -r "$src/." "$dst/" && rm -f "$dst/status.json"; }
