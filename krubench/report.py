@@ -174,12 +174,19 @@ def fmt(value: float | None) -> str:
     return "—" if value is None else f"{value:.4g}"
 
 
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def summary(row: Row) -> dict:
     """The numbers of a row, as printed."""
     values = row.values
     mean = statistics.fmean(values)
     std = statistics.stdev(values) if len(values) > 1 else None
     paper_value = row.paper["value"] if row.paper else None
+    walls = [r.results["wall_time_s"] for r in row.runs if "wall_time_s" in r.results]  # over resumes too
     return {
         "setting": row.setting, "model": row.model, "variant": row.variant, "hidden_size": row.hidden_size,
         "recurrent_params": row.recurrent, "total_params": row.total, "steps": row.steps,
@@ -188,13 +195,14 @@ def summary(row: Row) -> dict:
         "paper_source": row.paper["source"] if row.paper else "",
         "verified": ("verified" if row.paper["verified"] else "unverified") if row.paper else "",
         "difference": None if paper_value is None else mean - paper_value,
+        "wall_time_s": statistics.fmean(walls) if walls else None,
     }
 
 
 def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, str]) -> str:
     """The table, notes on repeated seeds, links to the plots ({setting: relative path}) and the skipped runs."""
     head = ["setting", "model", "N", "recurrent params", "total params", "steps", "metric", "ours: mean ± std (n)",
-            "memoryless baseline", "paper", "ours − paper", "paper's source"]
+            "memoryless baseline", "paper", "ours − paper", "paper's source", "wall time a run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         s = summary(row)
@@ -203,7 +211,8 @@ def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, 
         source = f"{s['paper_source']} ({s['verified']})" if row.paper and s["paper"] is None else s["paper_source"] or "—"
         metric = f"{s['metric']} ({s['unit']})" if s["unit"] else s["metric"]
         cells = [s["setting"], row.label, s["hidden_size"], f"{s['recurrent_params']:,}", f"{s['total_params']:,}",
-                 f"{s['steps']:,}", metric, ours, fmt(s["baseline"]), paper, fmt(s["difference"]), source]
+                 f"{s['steps']:,}", metric, ours, fmt(s["baseline"]), paper, fmt(s["difference"]), source,
+                 duration(s["wall_time_s"])]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     notes = [f"- {r.setting} {r.label} N={r.hidden_size}: {len(r.runs)} runs but only {r.seeds} distinct seeds"
              for r in rows if r.seeds < len(r.runs)]

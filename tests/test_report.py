@@ -212,6 +212,23 @@ def test_curves_are_read_with_tensorboards_reader():
     assert curves["val/loss"][0] == [2, 4, 6]
 
 
+def test_a_row_gives_the_mean_wall_time_of_its_runs(tmp_path, capsys):
+    """Over its runs that record one (resumed runs count every session: the trainer carries it in last.pt)."""
+    for seed, wall in ((0, 600.0), (1, 1800.0), (2, None)):
+        dst = copy_run(tmp_path / str(seed), seed=seed)
+        results = json.loads((dst / "results.json").read_text())
+        if wall is None:
+            del results["wall_time_s"]  # a run from before the trainer recorded it
+        else:
+            results["wall_time_s"] = wall
+        (dst / "results.json").write_text(json.dumps(results))
+    [row] = group(find_runs([tmp_path])[0], load_paper_numbers())
+    assert summary(row)["wall_time_s"] == 1200.0
+    assert main([str(tmp_path)]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| copy_T1000 | kru |")]
+    assert line.endswith("| 20 min |")
+
+
 @pytest.mark.slow  # a subprocess: the console script as installed
 def test_installed_command(tmp_path):
     runs = tmp_path / "runs"
