@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from . import rundir
 from .config import INCIDENTAL_KEYS, flatten, setting_key, upgrade_config
 from .models import MODELS
 from .results import RESULTS, STATUS
@@ -58,7 +59,10 @@ def find_runs(roots) -> tuple[list[Run], list[tuple[Path, str]]]:
     runs, skipped = [], []
     for folder in sorted(folders):
         status = json.loads((folder / STATUS).read_text()) if (folder / STATUS).exists() else {"status": "ok"}
-        if status["status"] != "ok":
+        if status["status"] == "running" and (pid := rundir.dead_holder(folder)) is not None:
+            skipped.append((folder, f"died: status.json says running, but its process (pid {pid}) has ended "
+                                    "without a word (killed?); rerun it to resume from its last checkpoint"))
+        elif status["status"] != "ok":
             skipped.append((folder, status["status"] + (f": {status['error']}" if "error" in status else "")))
         elif not (folder / RESULTS).exists():
             skipped.append((folder, "no results.json"))

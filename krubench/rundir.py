@@ -6,6 +6,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import socket
 import time
 from contextlib import contextmanager
@@ -52,6 +53,27 @@ def locked(run_dir: Path):
         f.seek(0)
         f.truncate()
         f.close()  # releases the lock
+
+
+def dead_holder(run_dir: Path) -> int | None:
+    """The pid that run_dir/.lock names if that process, on this host, has ended without releasing the lock
+    (killed by SIGKILL, the out-of-memory killer, a scheduler's hard limit: no status written); else None,
+    also when the holder is on another host, which cannot be checked from here. Reads the file only: taking
+    the lock to test it could make a run starting at that moment fail."""
+    try:
+        text = (Path(run_dir) / LOCK).read_text()
+    except OSError:
+        return None
+    named = re.match(r"pid (\d+) on host (\S+) ", text)
+    if not named or named[2] != socket.gethostname():
+        return None
+    try:
+        os.kill(int(named[1]), 0)
+    except ProcessLookupError:
+        return int(named[1])
+    except PermissionError:  # alive, another user's
+        return None
+    return None
 
 
 def read_status(run_dir: Path) -> dict | None:

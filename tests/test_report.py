@@ -6,7 +6,9 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +44,20 @@ def test_find_runs_skips_and_lists_unfinished_ones():
     assert {folder.name: why for folder, why in skipped} == {
         "3_copy_rnn_seed=0": "failed: NonFiniteLoss: the loss became non-finite at step 3",
         "4_copy_rnn_seed=1": "running"}
+
+
+def test_a_running_run_whose_process_is_gone_is_listed_as_died(tmp_path):
+    """A run killed without a word (SIGKILL, a scheduler's hard limit) leaves status.json at running and its
+    lock file naming its pid; the report tells it from a live run by that pid (this host only)."""
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)  # a pid that has just ended
+    here = socket.gethostname()
+    for name, pid, host in (("dead", dead, here), ("alive", os.getpid(), here), ("elsewhere", dead, "another-host")):
+        shutil.copytree(RUNS / "sweep" / "4_copy_rnn_seed=1", tmp_path / name)
+        (tmp_path / name / ".lock").write_text(f"pid {pid} on host {host} since 2026-11-30T10:00:00+0000\n")
+    why = {folder.name: why for folder, why in find_runs([tmp_path])[1]}
+    assert why["alive"] == why["elsewhere"] == "running"
+    assert why["dead"].startswith(f"died: status.json says running, but its process (pid {dead})")
 
 
 def test_rows_group_seeds_and_carry_the_paper_numbers():
