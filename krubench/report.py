@@ -181,7 +181,9 @@ def fmt(value: float | None) -> str:
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "—"
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 90 * 60 else f"{seconds / 3600:.1f} h"
 
 
 def summary(row: Row) -> dict:

@@ -22,9 +22,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"  # the workspace's real data sets 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
     """Every test starts on one torch CPU thread. The tests' ops are tiny, and a second thread only waits for a
-    core: under `pytest -n 2` on 2 cores it made a 12-step run 2x slower (the uRNN's FFT backward 40x). Reset before each test because a run's
-    `trainer.threads` sets the process-wide count. The kernels' multi-threaded paths have their own tests
-    (`test_*_thread_count*`), which set the count they need."""
+    core: under `pytest -n 2` on 2 cores it made a 12-step run 2x slower (the uRNN's FFT backward 40x). Set
+    before each test because a run's `trainer.threads` sets the process-wide count. The kernels'
+    multi-threaded paths have their own tests (`test_*_thread_count*`), which set the count they need."""
     torch.set_num_threads(1)
 
 
