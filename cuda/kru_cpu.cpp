@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "cpu_layout.h"
@@ -228,37 +229,104 @@ struct Maps {
   long y_offset(long c, long t, long steps) const { return last_only ? c * O * L : (c * steps + t) * O * L; }
 };
 
-// y = W x + b for L lanes: W (rows, cols), b (rows) or null, x (cols, L), y (rows, L).
-template <typename T>
-void lanes_affine(const T* __restrict w, const T* __restrict b, long rows, long cols, const T* __restrict x,
-                  T* __restrict y) {
-  for (long r = 0; r < rows; ++r) {
-    const T* row = w + r * cols;
-    T acc[L];
-#pragma omp simd
-    for (int l = 0; l < L; ++l) acc[l] = b ? b[r] : T(0);
-    for (long c = 0; c < cols; ++c)
-#pragma omp simd
-      for (int l = 0; l < L; ++l) acc[l] += row[c] * x[c * L + l];
-#pragma omp simd
-    for (int l = 0; l < L; ++l) y[r * L + l] = acc[l];
+// R rows of y = W x + b for L lanes, the sums in registers: R·S independent chains of multiply-adds
+// (S column phases per row, summed at the end), each x_c loaded once for the R rows. A sum kept in a
+// T[L] array went through memory at every column: the read-out of a copy T=1000 step was a chain of
+// store-reload-FMA latencies (the lanes maps then took ~60% of the kernel's time; BENCHMARKS.md).
+template <typename T, int R, int S>
+void lanes_affine_rows(const T* __restrict w, const T* __restrict b, long r, long cols, const Lanes<T>* __restrict X,
+                       Lanes<T>* __restrict Y) {
+  using V = Lanes<T>;
+  V acc[R][S];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
+    for (int s = 0; s < S; ++s) acc[i][s] = V{} + (s == 0 && b ? b[r + i] : T(0));
+  long c = 0;
+  for (; c + S <= cols; c += S)
+#pragma GCC unroll 16
+    for (int s = 0; s < S; ++s) {
+      const V xc = X[c + s];
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i) acc[i][s] += w[(r + i) * cols + c + s] * xc;
+    }
+  for (; c < cols; ++c)
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) acc[i][0] += w[(r + i) * cols + c] * X[c];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) {
+    V sum = acc[i][0];
+#pragma GCC unroll 16
+    for (int s = 1; s < S; ++s) sum += acc[i][s];
+    Y[r + i] = sum;
   }
 }
 
-// The gradients of lanes_affine's W and b from ∂L/∂y = d (rows, L), per lane (the partials a chunk sums):
-// gw (rows, cols, L) += d xᵀ, gb (rows, L) += d.
+// y = W x + b for L lanes: W (rows, cols), b (rows) or null, x (cols, L), y (rows, L). Eight chains
+// whatever the shape: 8 rows at a time, the rest 4, 2, 1 rows with 2, 4, 8 column phases.
 template <typename T>
-void lanes_affine_grad(const T* __restrict d, long rows, const T* __restrict x, long cols, T* __restrict gw,
-                       T* __restrict gb) {
-  for (long r = 0; r < rows; ++r) {
-    const T* dr = d + r * L;
-#pragma omp simd
-    for (int l = 0; l < L; ++l) gb[r * L + l] += dr[l];
-    for (long c = 0; c < cols; ++c) {
-      T* g = gw + (r * cols + c) * L;
-#pragma omp simd
-      for (int l = 0; l < L; ++l) g[l] += dr[l] * x[c * L + l];
+void lanes_affine(const T* __restrict w, const T* __restrict b, long rows, long cols, const T* __restrict x,
+                  T* __restrict y) {
+  const Lanes<T>* X = as_lanes(x);
+  Lanes<T>* Y = as_lanes(y);
+  long r = 0;
+  for (; r + 8 <= rows; r += 8) lanes_affine_rows<T, 8, 1>(w, b, r, cols, X, Y);
+  if (r + 4 <= rows) lanes_affine_rows<T, 4, 2>(w, b, r, cols, X, Y), r += 4;
+  if (r + 2 <= rows) lanes_affine_rows<T, 2, 4>(w, b, r, cols, X, Y), r += 2;
+  if (r < rows) lanes_affine_rows<T, 1, 8>(w, b, r, cols, X, Y);
+}
+
+// R rows × Q columns of gw (rows, cols, L) += Σ_s d_s x_sᵀ over `count` steps, summed in registers.
+template <typename T, int R, int Q>
+void affine_grad_tile(const Lanes<T>* __restrict D, long dstep, const Lanes<T>* __restrict X, long xstep, long cols,
+                      long count, long r, long c, Lanes<T>* __restrict G) {
+  using V = Lanes<T>;
+  V acc[R][Q];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < Q; ++j) acc[i][j] = G[(r + i) * cols + c + j];
+  for (long s = 0; s < count; ++s) {
+    V xv[Q];
+#pragma GCC unroll 16
+    for (int j = 0; j < Q; ++j) xv[j] = X[s * xstep + c + j];
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const V dv = D[s * dstep + r + i];
+#pragma GCC unroll 16
+      for (int j = 0; j < Q; ++j) acc[i][j] += dv * xv[j];
     }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 16
+    for (int j = 0; j < Q; ++j) G[(r + i) * cols + c + j] = acc[i][j];
+}
+
+template <typename T, int R>
+void affine_grad_rows(const Lanes<T>* D, long dstep, const Lanes<T>* X, long xstep, long cols, long count, long r,
+                      Lanes<T>* G) {
+  long c = 0;
+  for (; c + 4 <= cols; c += 4) affine_grad_tile<T, R, 4>(D, dstep, X, xstep, cols, count, r, c, G);
+  for (; c < cols; ++c) affine_grad_tile<T, R, 1>(D, dstep, X, xstep, cols, count, r, c, G);
+}
+
+// The gradients of lanes_affine's W and b, per lane (the partials a chunk sums), over `count` steps:
+// gw (rows, cols, L) += Σ_s d_s x_sᵀ, gb (rows, L) += Σ_s d_s, with ∂L/∂y of step s at d + s·dstep (rows, L)
+// and its input at x + s·xstep (cols, L). A block of steps at a time: step by step, every element of gw
+// was a load, one multiply-add and a store (store-bound, ~25% of a copy T=1000 kernel; BENCHMARKS.md).
+template <typename T>
+void lanes_affine_grad(const T* d, long dstep, long rows, const T* x, long xstep, long cols, long count, T* gw, T* gb) {
+  const Lanes<T>*D = as_lanes(d), *X = as_lanes(x);
+  Lanes<T>*G = as_lanes(gw), *GB = as_lanes(gb);
+  const long ds = dstep / L, xs = xstep / L;  // in vectors of lanes
+  long r = 0;
+  for (; r + 2 <= rows; r += 2) affine_grad_rows<T, 2>(D, ds, X, xs, cols, count, r, G);
+  if (r < rows) affine_grad_rows<T, 1>(D, ds, X, xs, cols, count, r, G);
+  for (r = 0; r < rows; ++r) {
+    Lanes<T> sum = GB[r];
+    for (long s = 0; s < count; ++s) sum += D[s * ds + r];
+    GB[r] = sum;
   }
 }
 
@@ -266,23 +334,46 @@ void lanes_affine_grad(const T* __restrict d, long rows, const T* __restrict x, 
 template <typename T>
 void input_map(const Maps<T>& m, const T* xt, T* u) { lanes_affine(m.uw, m.ub, m.K, m.I, xt, u); }
 
-// Partials of U's and b_U's gradients += ∂L/∂u_t x_tᵀ, ∂L/∂u_t (du: K rows).
-template <typename T>
-void input_map_backward(const Maps<T>& m, const T* xt, const T* du, T* guw, T* gub) {
-  lanes_affine_grad(du, m.K, xt, m.I, guw, gub);
-}
-
 // y_t = V h_t + b_V (h: K rows).
 template <typename T>
 void read_out(const Maps<T>& m, const T* h, T* yt) { lanes_affine(m.vw, m.vb, m.O, m.K, h, yt); }
 
-// ∂L/∂h_t from the read-out, gh = Vᵀ ∂L/∂y_t (K rows), and the partials of V's and b_V's gradients
-// += ∂L/∂y_t h_tᵀ, ∂L/∂y_t.
+// ∂L/∂h_t from the read-out: gh = Vᵀ ∂L/∂y_t (K rows). V's gradient is summed by blocks of steps
+// (MapsGrad).
 template <typename T>
-void read_out_backward(const Maps<T>& m, const T* dyt, const T* h, T* gh, T* gvw, T* gvb) {
+void read_out_backward(const Maps<T>& m, const T* dyt, T* gh) {
   lanes_affine(m.vwt, static_cast<const T*>(nullptr), m.K, m.O, dyt, gh);
-  lanes_affine_grad(dyt, m.O, h, m.K, gvw, gvb);
 }
+
+// The maps' weight gradients of one chunk in the backward sweep, summed a block of kBlock steps at a time
+// (lanes_affine_grad): ∂L/∂u_t is kept for the steps of the block (the sweep's scratch is reused by
+// the stages), h_t and ∂L/∂y_t are read where they are (H, the gradient of y).
+template <typename T>
+struct MapsGrad {
+  static constexpr long kBlock = 8;
+  const Maps<T>& m;
+  long steps, stepsize;  // stepsize: elements of one step of H (C·N·L)
+  std::vector<Lanes<T>> du;  // ∂L/∂u of the block's steps, (kBlock, K, L)
+  long end;                  // the block: steps [t, end)
+  MapsGrad(const Maps<T>& m, long steps, long stepsize) : m(m), steps(steps), stepsize(stepsize), du(kBlock * m.K), end(steps) {}
+  // After ∂L/∂u_t (K rows at dut) of step t (the sweep goes down from steps − 1): keeps it and, at the
+  // start of a block, adds the block's gradients to chunk c's partials.
+  void step(long c, long t, const T* dut, const T* H, T* guw, T* gub, T* gvw, T* gvb) {
+    T* slot = reinterpret_cast<T*>(du.data()) + (t % kBlock) * m.K * L;
+    std::copy(dut, dut + m.K * L, slot);
+    if (t % kBlock != 0) return;
+    const long count = end - t;
+    lanes_affine_grad(reinterpret_cast<const T*>(du.data()), m.K * L, m.K, m.x_at(c, t, steps), m.I * L, m.I, count,
+                      guw, gub);
+    const T* h = H + (c * steps + t) * stepsize;
+    if (!m.last_only)
+      lanes_affine_grad(m.gy + m.y_offset(c, t, steps), m.O * L, m.O, h, stepsize, m.K, count, gvw, gvb);
+    else if (end == steps)  // the block of the last step, the one read out
+      lanes_affine_grad(m.gy + m.y_offset(c, t, steps), m.O * L, m.O, h + (count - 1) * stepsize, stepsize, m.K, 1,
+                        gvw, gvb);
+    end = t;
+  }
+};
 
 template <typename T, bool CPLX, int NL, bool LANES>
 void recurrence_forward(const Plan& plan, const T* wr, const T* wi, const T* u, const T* h0, const T* bias, T* H,
@@ -338,6 +429,8 @@ void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T
       const long K = seq.C * N;  // the layer's partials of chunk c (maps)
       T *cuw = maps ? maps->guw + c * K * maps->I * L : nullptr, *cub = maps ? maps->gub + c * K * L : nullptr;
       T *cvw = maps ? maps->gvw + c * maps->O * K * L : nullptr, *cvb = maps ? maps->gvb + c * maps->O * L : nullptr;
+      std::optional<MapsGrad<T>> mg;  // the maps' gradients (lanes layout only)
+      if (maps) mg.emplace(*maps, seq.steps, seq.step_size());
       long g = F + 4, d = F + 1, e = F + 2, cur = 0, other = F;
       st.zero(g);
       T *hr = st.re(other), *hi = st.im(other);  // h_t
@@ -351,7 +444,7 @@ void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T
           seq.load(gH, nullptr, c, t, glr, gli, false);
         } else {  // ∂L/∂h_t from the loss: through the read-out, and at t = T−1 from h_T
           if (maps->reads(t, seq.steps))
-            read_out_backward(*maps, maps->gy + maps->y_offset(c, t, seq.steps), hr, glr, cvw, cvb);
+            read_out_backward(*maps, maps->gy + maps->y_offset(c, t, seq.steps), glr);
           else
             st.zero(gl);
           if (t == seq.steps - 1) {
@@ -376,8 +469,8 @@ void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T
                                      dr[o], di[o], cb[o]);
           }
         }
-        if (maps)
-          input_map_backward(*maps, maps->x_at(c, t, seq.steps), dr, cuw, cub);
+        if (mg)
+          mg->step(c, t, dr, H, cuw, cub, cvw, cvb);
         else
           seq.store(dr, di, gu, c, t);
         const long dh = backprop_stages<T, CPLX>(plan, adj, awr, awi, st, d, e, cwr, cwi, h1r, h1i);
