@@ -308,7 +308,8 @@ void affine_grad_rows(const Lanes<T>* D, long dstep, const Lanes<T>* X, long xst
                       Lanes<T>* G) {
   long c = 0;
   for (; c + 4 <= cols; c += 4) affine_grad_tile<T, R, 4>(D, dstep, X, xstep, cols, count, r, c, G);
-  for (; c < cols; ++c) affine_grad_tile<T, R, 1>(D, dstep, X, xstep, cols, count, r, c, G);
+  if (c + 2 <= cols) affine_grad_tile<T, R, 2>(D, dstep, X, xstep, cols, count, r, c, G), c += 2;
+  if (c < cols) affine_grad_tile<T, R, 1>(D, dstep, X, xstep, cols, count, r, c, G);
 }
 
 // The gradients of lanes_affine's W and b, per lane (the partials a chunk sums), over `count` steps:

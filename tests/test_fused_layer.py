@@ -22,6 +22,7 @@ CASES = [  # (factor sizes, B, T, input features I, outputs O)
     ([4, 4, 8], 17, 9, 10, 10),  # a batch that is not a whole number of chunks
     ([2] * 5, 5, 6, 88, 7),  # a music-sized input
     ([3, 2], 9, 4, 2, 1),  # a size without an unrolled stage
+    ([4, 2], 3, 21, 3, 5),  # the weight gradients' blocks of 8 steps: two whole ones and a partial one
 ]
 
 
