@@ -2,6 +2,7 @@
 results.json when it finishes."""
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import time
@@ -51,5 +52,16 @@ def write_status(run_dir: Path, status: str, step: int | None = None, error: str
     atomic_write_json(Path(run_dir) / STATUS, record)
 
 
-def write_results(run_dir: Path, results: dict) -> None:
-    atomic_write_json(Path(run_dir) / RESULTS, {**results, "versions": versions(), "git": git_revision()})
+def write_results(run_dir: Path, results: dict, rereport: bool = False) -> None:
+    """results.json with the versions and git commit krubench runs from. A re-report (a rerun into a finished
+    run, which trains nothing) keeps the provenance and wall time of the run that trained, and records its
+    own under "reported_by": the numbers are the trained weights', whichever checkout evaluated them."""
+    path = Path(run_dir) / RESULTS
+    here = {"versions": versions(), "git": git_revision()}
+    before = json.loads(path.read_text()) if rereport and path.is_file() else {}
+    if "git" in before:
+        kept = {k: before[k] for k in ("versions", "git", "wall_time_s") if k in before}
+        record = {**results, **kept, "reported_by": {**here, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+    else:
+        record = {**results, **here}
+    atomic_write_json(path, record)

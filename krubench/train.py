@@ -162,7 +162,8 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
     run.open_log()
 
     steps, every = tcfg["steps"], lambda n: run.step % tcfg[n] == 0 or run.step == steps
-    val = run.task.evaluate(run.model, device) if run.finished() else None  # finished: just re-report
+    rereport = run.finished()  # a rerun into a finished run: just re-report
+    val = run.task.evaluate(run.model, device) if rereport else None
     progress = {"auto": None, "always": False, "never": True}[tcfg["progress"]]
     run.model.train()
     with logging_redirect_tqdm(), tqdm(total=steps, initial=run.step, disable=progress, desc="train",
@@ -180,7 +181,7 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
             if stop.requested:
                 run.writer.close()
                 raise Interrupted(stop.requested, run.step)
-    return run.finish(val)
+    return run.finish(val, rereport)
 
 
 class Run:
@@ -309,8 +310,9 @@ class Run:
         self.save(self.run_dir / checkpoint.LAST)
         self.saved_step = self.step
 
-    def finish(self, val: dict) -> dict:
-        """The held-out splits (with the best-on-validation weights), the HParams summary and results.json."""
+    def finish(self, val: dict, rereport: bool = False) -> dict:
+        """The held-out splits (with the best-on-validation weights), the HParams summary and results.json
+        (`rereport`: a run that trained nothing this time keeps the trained run's provenance)."""
         task, config, run_dir, best = self.task, self.config, self.run_dir, self.best
         wall = self.elapsed + time.time() - self.started
         final_metrics = {f"hparam/val_{k}": v for k, v in val.items()} | {f"hparam/best_val_{task.metric}": best}
@@ -333,7 +335,7 @@ class Run:
             "config": config,
             "data_root": str(data_root(config["data_dir"])) if task.needs_data else None,  # where the data was read
         }
-        write_results(run_dir, results)
+        write_results(run_dir, results, rereport)
         log.info(f"done: {self.step} steps in {wall:.0f} s; validation {task.metric} {val[task.metric]:.4f} "
                  f"(best {best:.4f} at step {self.best_step}; memoryless baseline {self.baselines[task.metric]:.4f}); "
                  f"results in {run_dir / 'results.json'}")

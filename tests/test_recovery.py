@@ -19,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import krubench_command, run_cli, small_run_config
 from krubench import checkpoint, rundir
+from krubench import results as results_module
 from krubench.report import find_runs
 from krubench.tasks.copy import CopyTask
 from krubench.train import NonFiniteLoss, train
@@ -133,6 +134,20 @@ def test_a_failed_rerun_leaves_a_finished_run_finished(finished, tmp_path, monke
     assert (finished / "status.json").read_text() == before
     runs, skipped = find_runs([finished.parent])
     assert [r.dir for r in runs] == [finished] and not skipped
+
+
+def test_a_rerun_into_a_finished_run_keeps_the_provenance_of_the_run_that_trained(finished, tmp_path, monkeypatch):
+    trained = json.loads((finished / "results.json").read_text())
+    other = {"commit": "f" * 40, "dirty": True}  # as if a later checkout re-reported it
+    monkeypatch.setattr(results_module, "git_revision", lambda: other)
+    again = train(small_run_config(tmp_path, "trainer.steps=5"), finished)
+    assert again["steps"] == 5
+    reported = json.loads((finished / "results.json").read_text())
+    assert reported["git"] == trained["git"] and reported["wall_time_s"] == trained["wall_time_s"]
+    assert reported["reported_by"]["git"] == other and reported["final_val"] == trained["final_val"]
+    more = train(small_run_config(tmp_path, "trainer.steps=7"), finished)  # trains on: its own provenance
+    assert more["steps"] == 7
+    assert json.loads((finished / "results.json").read_text())["git"] == other
 
 
 # ---- the command line ----
