@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import lanes
@@ -31,13 +32,23 @@ def kru_layer(x: torch.Tensor, h0: torch.Tensor, U: nn.Linear, V: nn.Linear, fac
     ws = stages(factors, backend, merge_upto)
     if backend == "cpp":
         return _on_lanes(x, h0, U, V, ws, nonlinearity, bias, complex_, last_only)
-    u = at_least_fp32(U(x))  # (B, T, N) or (B, T, 2N); fp16/bf16 under autocast, the recurrence fp32
-    if complex_:
-        u = torch.complex(*u.chunk(2, dim=-1))  # (B, T, N) complex
-    H = kru_recurrence(u, h0, ws, nonlinearity, bias, kernel=backend)  # (B, T, N)
+    if not complex_:
+        H = kru_recurrence(at_least_fp32(U(x)), h0, ws, nonlinearity, bias, kernel=backend)  # (B, T, N)
+        return V(H[:, -1:] if last_only else H), H[:, -1]
+    # Complex: U and V with their rows/columns reordered from [Re; Im] to (Re, Im) pairs (a copy of the small
+    # weights), so that u is a complex view of U's output and the read-out reads H as real pairs: no
+    # (B, T, 2N)-sized split, cat or copy of u and H and their gradients.
+    N = h0.shape[-1]
+    u = at_least_fp32(F.linear(x, _pairs(U.weight, N, 0), None if U.bias is None else _pairs(U.bias, N, 0)))
+    H = kru_recurrence(torch.view_as_complex(u.unflatten(-1, (N, 2))), h0, ws, nonlinearity, bias, kernel=backend)
     read = H[:, -1:] if last_only else H
-    features = torch.cat([read.real, read.imag], dim=-1) if complex_ else read  # (B, T, 2N) or (B, T, N)
-    return V(features), H[:, -1]
+    return F.linear(torch.view_as_real(read).flatten(-2), _pairs(V.weight, N, 1), V.bias), H[:, -1]
+
+
+def _pairs(w: torch.Tensor, N: int, dim: int) -> torch.Tensor:
+    """`w`'s 2N entries along `dim`, ordered [Re 0..N-1; Im 0..N-1], reordered as (Re n, Im n) pairs."""
+    w = w.movedim(dim, 0)
+    return w.unflatten(0, (2, N)).transpose(0, 1).flatten(0, 1).movedim(0, dim)
 
 
 def _on_lanes(x, h0, U, V, ws, nonlinearity, bias, complex_, last_only):
