@@ -898,6 +898,17 @@ Products<T> products_of(const Plan& plan, long G, const at::Tensor& wr, const at
   return p;
 }
 
+// kru_layer_input on the CPU: u = x uwᵀ + ub as a tensor, then the recurrence. The CPU's fast layer is
+// kru_layer_lanes; this states the contract the CUDA kernel meets (and lets its autograd be tested here).
+at::Tensor kru_layer_input_cpu(const at::Tensor& x, const at::Tensor& uw, const at::Tensor& ub, const at::Tensor& h0,
+                               const at::Tensor& w, at::IntArrayRef shapes, c10::string_view nonlinearity,
+                               const at::Tensor& bias) {
+  check_layer_input(x, uw, ub, h0, w, shapes, bias);
+  at::Tensor u = at::addmm(ub, x.reshape({-1, x.size(2)}), uw.t()).view({x.size(0), x.size(1), uw.size(0)});
+  if (h0.is_complex()) u = at::view_as_complex(u.view({x.size(0), x.size(1), h0.size(1), 2}));
+  return kru_recurrence_cpu(u, h0, w, shapes, nonlinearity, bias);
+}
+
 std::tuple<at::Tensor, at::Tensor> lstm_kru_recurrence_cpu(const at::Tensor& gx, const at::Tensor& h0,
                                                            const at::Tensor& c0, const at::Tensor& w,
                                                            at::IntArrayRef shapes) {
@@ -951,6 +962,10 @@ TORCH_LIBRARY(krubench, m) {
   m.def("kron_matvec(Tensor x, Tensor w, int[] shapes) -> Tensor");
   m.def("kron_matvec_backward(Tensor grad_y, Tensor x, Tensor w, int[] shapes) -> (Tensor, Tensor)");
   m.def("kru_recurrence(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
+  // The same with the input map inside: u_t = uw x_t + ub from x (B, T, I), uw's rows u's (Re, Im) pairs; no u
+  // tensor on CUDA. Its backward is kru_recurrence_backward's.
+  m.def("kru_layer_input(Tensor x, Tensor uw, Tensor ub, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
+        "Tensor bias) -> Tensor");
   // Writes ∂L/∂u into grad_u, which may be grad_H itself (the caller's choice when it owns grad_H);
   // returns the gradients of h0, w and bias.
   m.def("kru_recurrence_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
@@ -983,6 +998,7 @@ TORCH_LIBRARY_IMPL(krubench, CPU, m) {
   m.impl("kron_matvec", &kru::kron_matvec_cpu);
   m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cpu);
   m.impl("kru_recurrence", &kru::kru_recurrence_cpu);
+  m.impl("kru_layer_input", &kru::kru_layer_input_cpu);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cpu);
   m.impl("lstm_kru_recurrence", &kru::lstm_kru_recurrence_cpu);
   m.impl("lstm_kru_recurrence_backward", &kru::lstm_kru_recurrence_backward_cpu);

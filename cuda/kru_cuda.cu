@@ -132,10 +132,26 @@ struct PingPong {
   }
 };
 
+// The input map computed in the kernel (kru_layer_input): u_t = uw x_t + ub from x (B, T, I), uw (C·N, I) whose
+// rows are u's (Re, Im) pairs, ub (C·N); x null: u is read from the (B, T, N) tensor instead.
+template <typename T>
+struct InputMap {
+  const T *x, *uw, *ub;
+  int I;
+  // u's element e (of C·N) at step t of sequence b
+  __device__ T at(long b, int t, int steps, int e) const {
+    const T* xt = x + (b * steps + t) * I;
+    const T* row = uw + static_cast<long>(e) * I;
+    T acc = ub[e];
+    for (int i = 0; i < I; ++i) acc += row[i] * xt[i];
+    return acc;
+  }
+};
+
 // Shared memory: the factors' planes (2 wsize), a PingPong of N. Block b runs sequence b.
 template <typename T, bool CPLX, int NL>
 __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* u, const T* h0,
-                                          const T* bias, T* H, int steps) {
+                                          const T* bias, T* H, int steps, InputMap<T> in) {
   KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
   const int N = plan.n_in;
@@ -148,11 +164,13 @@ __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* 
   __syncthreads();
   for (int t = 0; t < steps; ++t) {
     for (int f = 0; f < plan.k; ++f, h.swap()) stage<T, CPLX>(plan.s[f], wr, wi, h.xr, h.xi, h.yr, h.yi);
-    const T* ut = u + (b * steps + t) * N * C;
+    const T* ut = in.x ? nullptr : u + (b * steps + t) * N * C;
     T* ht = H + (b * steps + t) * N * C;
     for (int n = threadIdx.x; n < N; n += blockDim.x) {  // h_t = σ(W h_{t-1} + u_t), in place
       T hr, hi;
-      nl_forward<NL, T, CPLX>(h.xr[n] + ut[n * C], CPLX ? h.xi[n] + ut[n * C + 1] : T(0), bias[n], hr, hi);
+      const T ur = in.x ? in.at(b, t, steps, n * C) : ut[n * C];
+      const T ui = !CPLX ? T(0) : in.x ? in.at(b, t, steps, n * C + 1) : ut[n * C + 1];
+      nl_forward<NL, T, CPLX>(h.xr[n] + ur, CPLX ? h.xi[n] + ui : T(0), bias[n], hr, hi);
       h.xr[n] = hr;
       h.xi[n] = hi;
       ht[n * C] = hr;
@@ -565,29 +583,47 @@ at::Tensor scratch(std::initializer_list<int64_t> sizes, const at::Tensor& like)
   return new_output(sizes, real_options(like));
 }
 
-at::Tensor kru_recurrence_cuda(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
-                               c10::string_view nonlinearity, const at::Tensor& bias) {
-  const Plan plan = check_recurrence(u, h0, w, shapes, bias);
-  const gpu::Guard guard(u.device());
+// The forward kernel over h0's batch, reading u (B, T, N), or computing it from `in` (H shaped like `like`).
+at::Tensor launch_recurrence(const Plan& plan, const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
+                             c10::string_view nonlinearity, const at::Tensor& bias, at::IntArrayRef sizes,
+                             const at::Tensor& x, const at::Tensor& uw, const at::Tensor& ub) {
+  const gpu::Guard guard(h0.device());
   const DevPlan dp = device_plan(plan);
   at::Tensor wr, wi;
   std::tie(wr, wi) = factor_planes(w, plan, false);
-  at::Tensor H = new_output(u.sizes(), u.options());
-  const long B = u.size(0);
-  if (B == 0 || u.size(1) == 0) return H;
+  at::Tensor H = new_output(sizes, h0.options());
+  const long B = sizes[0];
+  if (B == 0 || sizes[1] == 0) return H;
   const int threads = block_threads(plan.n_in);
   auto stream = gpu::stream();
-  dispatch_dtype(u.scalar_type(), [&](auto t, auto c) {
+  dispatch_dtype(h0.scalar_type(), [&](auto t, auto c) {
     dispatch_nonlinearity(nonlinearity, [&](auto nl) {
       using T = decltype(t);
       auto kernel = recurrence_forward_kernel<T, decltype(c)::value, decltype(nl)::value>;
       const size_t smem = (2 * plan.wsize + 4 * plan.n_in) * sizeof(T);
-      allow_shared_memory(kernel, smem, u, "the recurrence");
-      KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0), ptr<T>(bias),
-                 ptr<T>(H), static_cast<int>(u.size(1)));
+      allow_shared_memory(kernel, smem, h0, "the recurrence");
+      const InputMap<T> in{x.defined() ? ptr<T>(x) : nullptr, x.defined() ? ptr<T>(uw) : nullptr,
+                           x.defined() ? ptr<T>(ub) : nullptr, x.defined() ? static_cast<int>(x.size(2)) : 0};
+      KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), u.defined() ? ptr<T>(u) : nullptr,
+                 ptr<T>(h0), ptr<T>(bias), ptr<T>(H), static_cast<int>(sizes[1]), in);
     });
   });
   return H;
+}
+
+at::Tensor kru_recurrence_cuda(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
+                               c10::string_view nonlinearity, const at::Tensor& bias) {
+  const Plan plan = check_recurrence(u, h0, w, shapes, bias);
+  return launch_recurrence(plan, u, h0, w, nonlinearity, bias, u.sizes(), at::Tensor(), at::Tensor(), at::Tensor());
+}
+
+// The recurrence with u_t = uw x_t + ub computed in the kernel: no (B, T, N) u exists (kru_layer_input).
+at::Tensor kru_layer_input_cuda(const at::Tensor& x, const at::Tensor& uw, const at::Tensor& ub, const at::Tensor& h0,
+                                const at::Tensor& w, at::IntArrayRef shapes, c10::string_view nonlinearity,
+                                const at::Tensor& bias) {
+  const Plan plan = check_layer_input(x, uw, ub, h0, w, shapes, bias);
+  return launch_recurrence(plan, at::Tensor(), h0, w, nonlinearity, bias, {x.size(0), x.size(1), h0.size(1)}, x, uw,
+                           ub);
 }
 
 // The register-resident forward: 2×2 factors (model.merge_upto=2), N = 8 ... 8192. A first step of the design
@@ -767,6 +803,7 @@ TORCH_LIBRARY_IMPL(krubench, CUDA, m) {
   m.impl("kron_matvec", &kru::kron_matvec_cuda);
   m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cuda);
   m.impl("kru_recurrence", &kru::kru_recurrence_cuda);
+  m.impl("kru_layer_input", &kru::kru_layer_input_cuda);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cuda);
   m.impl("kru_recurrence_regs", &kru::kru_recurrence_regs_cuda);
   m.impl("lstm_kru_recurrence", &kru::lstm_kru_recurrence_cuda);

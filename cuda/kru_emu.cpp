@@ -254,6 +254,8 @@ KRU_EMU_TORCH_LIBRARY(KRU_EMU_LIB, m) {
   m.def("kron_matvec(Tensor x, Tensor w, int[] shapes) -> Tensor");
   m.def("kron_matvec_backward(Tensor grad_y, Tensor x, Tensor w, int[] shapes) -> (Tensor, Tensor)");
   m.def("kru_recurrence(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
+  m.def("kru_layer_input(Tensor x, Tensor uw, Tensor ub, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
+        "Tensor bias) -> Tensor");
   m.def("kru_recurrence_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
         "Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
   m.def("kru_recurrence_regs(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
@@ -270,6 +272,7 @@ KRU_EMU_TORCH_LIBRARY_IMPL(KRU_EMU_LIB, CPU, m) {
   m.impl("kron_matvec", &kru::kron_matvec_cuda);
   m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cuda);
   m.impl("kru_recurrence", &kru::kru_recurrence_cuda);
+  m.impl("kru_layer_input", &kru::kru_layer_input_cuda);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cuda);
   m.impl("kru_recurrence_regs", &kru::kru_recurrence_regs_cuda);
   m.impl("lstm_kru_recurrence", &kru::lstm_kru_recurrence_cuda);

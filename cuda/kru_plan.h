@@ -154,6 +154,29 @@ inline Plan check_recurrence(const at::Tensor& u, const at::Tensor& h0, const at
   return plan;
 }
 
+// The recurrence with its input map (kru_layer_input): x (B, T, I) and uw (C·N, I), ub (C·N,) real, of h0's
+// real dtype, C = 2 for complex h0 (uw's rows give u's (Re, Im) pairs); the rest as check_recurrence.
+inline Plan check_layer_input(const at::Tensor& x, const at::Tensor& uw, const at::Tensor& ub, const at::Tensor& h0,
+                              const at::Tensor& w, at::IntArrayRef shapes, const at::Tensor& bias) {
+  check_dtype(h0);
+  const long C = h0.is_complex() ? 2 : 1;
+  TORCH_CHECK(x.dim() == 3, "krubench: x must be (B, T, I), got ", x.sizes());
+  TORCH_CHECK(h0.dim() == 2 && h0.size(0) == x.size(0), "krubench: h0 must be (B, N) with B = ", x.size(0),
+              ", got ", h0.sizes());
+  const long N = h0.size(1), I = x.size(2);
+  TORCH_CHECK(uw.dim() == 2 && uw.size(0) == C * N && uw.size(1) == I, "krubench: uw must be (C·N, I) = (", C * N,
+              ", ", I, "), got ", uw.sizes());
+  TORCH_CHECK(ub.dim() == 1 && ub.size(0) == C * N, "krubench: ub must be (C·N,) = (", C * N, ",), got ", ub.sizes());
+  const auto real = c10::toRealValueType(h0.scalar_type());
+  for (const auto& [t, name] : {std::pair{&x, "x"}, std::pair{&uw, "uw"}, std::pair{&ub, "ub"}}) {
+    TORCH_CHECK(t->scalar_type() == real, "krubench: ", name, " has dtype ", t->scalar_type(), "; expected ", real,
+                ", the real dtype of h0");
+    TORCH_CHECK(t->device() == h0.device() && t->is_contiguous(), "krubench: ", name, " must be contiguous on ",
+                h0.device());
+  }
+  return check_recurrence(h0.unsqueeze(1), h0, w, shapes, bias);  // u's checks on a (B, 1, N) stand-in
+}
+
 // The backward pass's tensors: grad_H, H, grad_u (B, T, N); the rest as check_recurrence. grad_u may be
 // grad_H itself.
 inline Plan check_recurrence_backward(const at::Tensor& grad_H, const at::Tensor& H, const at::Tensor& h0,

@@ -168,6 +168,80 @@ def test_lanes_layout_gradcheck(nonlinearity, complex_):
     assert torch.autograd.gradcheck(f, (*leaves, *b))
 
 
+def layer_input_problem(sizes, B, T, I, complex_, nonlinearity, seed):
+    """A recurrence problem whose u = x uwᵀ + ub comes from data x (B, T, I): uw (C·N, I) and ub (C·N,) in u's
+    (Re, Im) pair order (C = 2 for complex)."""
+    factors, _, h0, bias, grad = recurrence_problem(sizes, B, T, complex_, nonlinearity, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    rows = math.prod(sizes) * (2 if complex_ else 1)
+    x = torch.randn(B, T, I, dtype=torch.float64, generator=g)
+    uw = torch.randn(rows, I, dtype=torch.float64, generator=g) / math.sqrt(I)
+    ub = 0.1 * torch.randn(rows, dtype=torch.float64, generator=g)
+    return factors, x, uw, ub, h0, bias, grad
+
+
+def layer_input_outputs(kernel, factors, x, uw, ub, h0, bias, grad, nonlinearity, dtype, device="cpu"):
+    """H and the gradients w.r.t. (uw, ub, h0, *factors[, bias]): the reference makes u in torch, the compiled
+    backends compute it inside the recurrence (`kru_layer_input`)."""
+    real = dtype.to_real()
+    leaves = [uw.to(device, real), ub.to(device, real), h0.to(device, dtype), *(f.to(device, dtype) for f in factors)]
+    if bias is not None:
+        leaves.append(bias.to(device, real))
+    leaves = [t.requires_grad_() for t in leaves]
+    uw_, ub_, h0_, *rest = leaves
+    fs, b = (rest[:-1], rest[-1]) if bias is not None else (rest, None)
+    x_ = x.to(device, real)
+    if kernel == "reference":
+        u = x_ @ uw_.t() + ub_
+        u = torch.view_as_complex(u.unflatten(-1, (h0.shape[-1], 2))) if dtype.is_complex else u
+        H = ops.kru_recurrence(u, h0_, fs, nonlinearity, b, kernel="reference")
+    else:
+        H = dispatch.kru_layer_input(x_, uw_, ub_, h0_, fs, nonlinearity, b)
+    grads = torch.autograd.grad((H * grad.to(device, dtype).conj()).real.sum(), leaves)
+    return [H.detach().cpu(), *(gr.cpu() for gr in grads)]
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("nonlinearity", ["modrelu", "tanh"])
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+@pytest.mark.parametrize("sizes,B,T,I", [([2, 2, 2], 3, 4, 3), ([4, 2], 2, 5, 1), ([2] * 4, 17, 3, 10)],
+                         ids=lambda v: str(v).replace(" ", ""))
+def test_recurrence_with_the_input_map_inside_matches_reference(backend, device, nonlinearity, complex_, sizes, B, T,
+                                                                I):
+    """kru_layer_input (what the KRU layer runs on CUDA: u_t computed in the kernel from x, no u tensor):
+    H and the gradients of U, b_U, h0, the factors and the bias against the reference on u = x Uᵀ + b_U."""
+    loaded(backend)
+    problem = layer_input_problem(sizes, B, T, I, complex_, nonlinearity, seed=len(sizes) + B)
+    f32, f64 = (torch.complex64, torch.complex128) if complex_ else (torch.float32, torch.float64)
+    ref64 = layer_input_outputs("reference", *problem, nonlinearity, f64)
+    ref32 = layer_input_outputs("reference", *problem, nonlinearity, f32)
+    got = layer_input_outputs(backend, *problem, nonlinearity, f32, device)
+    names = ["H", "grad U", "grad b_U", "grad h0"] + [f"grad factor {i}" for i in range(len(sizes))] + ["grad bias"]
+    for name, g, r32, r64 in zip(names, got, ref32, ref64):
+        assert torch.isfinite(g).all(), f"{name}: some elements were not written (NaN poison left)"
+        assert_as_accurate(g, r32, r64, name)
+
+
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+def test_recurrence_with_the_input_map_inside_gradcheck(complex_):
+    loaded("cpp")
+    factors, x, uw, ub, h0, bias, _ = layer_input_problem([2, 2], 2, 3, 2, complex_, "modrelu", seed=5)
+    leaves = [t.requires_grad_() for t in (uw, ub, h0, *factors, bias)]
+
+    def f(uw, ub, h0, a, c, b):
+        return dispatch.kru_layer_input(x, uw, ub, h0, [a, c], "modrelu", b)
+    assert torch.autograd.gradcheck(f, leaves)
+
+
+def test_the_input_map_refuses_mismatched_shapes_naming_them():
+    loaded("cpp")
+    factors, x, uw, ub, h0, bias, _ = layer_input_problem([2, 2], 2, 3, 2, True, "modrelu", seed=5)
+    with pytest.raises(RuntimeError, match=r"uw must be \(C·N, I\) = \(8, 2\)"):
+        dispatch.kru_layer_input(x, uw[:, :1], ub, h0, factors, "modrelu", bias)
+    with pytest.raises(RuntimeError, match=r"ub must be \(C·N,\) = \(8,\)"):
+        dispatch.kru_layer_input(x, uw, ub[:4], h0, factors, "modrelu", bias)
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_tanh_is_float_accurate_and_keeps_nan(backend, device):
     """The kernels' own float tanh (kron_math.h: the CPU's is not libm's, so that it vectorises), seen
@@ -331,6 +405,11 @@ def test_operators_pass_opcheck(backend, device):
     args = (rand(3, 4, 8), rand(3, 8), w, shapes, "modrelu", -rand(8, dtype=torch.float32).abs())
     torch.library.opcheck(torch.ops.krubench.kru_recurrence.default, [a.requires_grad_() if isinstance(a, torch.Tensor)
                                                                        else a for a in args])
+    u, h0, *rest = args
+    x, uw, ub = rand(3, 4, 5, dtype=torch.float32), rand(16, 5, dtype=torch.float32), rand(16, dtype=torch.float32)
+    torch.library.opcheck(torch.ops.krubench.kru_layer_input.default,
+                          [x, *(a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a
+                                for a in (uw, ub, h0, *rest))])
     if backend == "cpp":
         lanes = ops.lanes
         u, h0, *rest = args
@@ -431,6 +510,33 @@ def test_under_autocast_the_recurrence_runs_in_fp32(kernel, device, amp, complex
     assert h.dtype == f32
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), f"grad of {name} under autocast"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("extra", [{}, {"complex": False, "nonlinearity": "tanh"}], ids=["complex", "real-tanh"])
+def test_the_kru_model_on_cuda_computes_its_input_map_in_the_kernel(extra, monkeypatch):
+    """On CUDA the KRU layer hands x to kru_layer_input (u_t made in the kernel, no u tensor); outputs, state
+    and gradients equal the reference model's on the CPU."""
+    from krubench.models import build_model
+    from krubench.ops import layer
+    loaded("cuda")
+    calls = []
+    inside = layer.kru_layer_input
+    monkeypatch.setattr(layer, "kru_layer_input", lambda *a, **k: calls.append(1) or inside(*a, **k))
+    cfg = {"name": "kru", "hidden_size": 16, "complex": True, "merge_upto": 4, **extra}
+    torch.manual_seed(0)
+    fast = build_model({**cfg, "kernel": "cuda"}, 3, 5).cuda()
+    slow = build_model({**cfg, "kernel": "reference"}, 3, 5)
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(17, 6, 3)
+    (yf, hf), (ys, hs) = fast(x.cuda()), slow(x)
+    assert calls, "the CUDA layer did not take the fused input map"
+    torch.testing.assert_close(yf.cpu(), ys, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(hf.cpu(), hs, rtol=1e-4, atol=1e-5)
+    yf.square().sum().backward()
+    ys.square().sum().backward()
+    for (name, pf), ps in zip(fast.named_parameters(), slow.parameters()):
+        torch.testing.assert_close(pf.grad.cpu(), ps.grad, rtol=1e-3, atol=1e-5, msg=f"grad of {name}")
 
 
 @pytest.mark.parametrize("model,extra", [

@@ -18,7 +18,8 @@ import torch
 
 from krubench.ops import build, compiled
 from krubench.ops.kron import kron_matvec_ref
-from test_kernels import assert_as_accurate, recurrence_outputs, recurrence_problem
+from test_kernels import (assert_as_accurate, layer_input_outputs, layer_input_problem, recurrence_outputs,
+                          recurrence_problem)
 
 SOURCE = build.source_dir() / "kru_cuda.cu"
 BARRIER_LINES = [i for i, line in enumerate(SOURCE.read_text().splitlines(), 1) if "__syncthreads()" in line]
@@ -134,6 +135,26 @@ RECURRENCE_CASES = [  # (factor sizes, B, T): the stage shapes of the model's me
 def test_emulated_recurrence_matches_reference(emu, order, nonlinearity, complex_, sizes, B, T):
     configure(emu, order, seed=B * 1000 + T)
     assert recurrence_errors(emu, sizes, B, T, complex_, nonlinearity, seed=len(sizes) + B) == []
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
+@pytest.mark.parametrize("nonlinearity", ["modrelu", "relu"])
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+@pytest.mark.parametrize("sizes,B,T,I", [([2, 2, 2], 3, 3, 3), ([4, 2], 2, 2, 1)], ids=lambda v: str(v).replace(" ", ""))
+def test_emulated_recurrence_with_the_input_map_inside_matches_reference(emu, order, nonlinearity, complex_, sizes, B,
+                                                                         T, I):
+    """kru_layer_input's forward kernel (u_t = U x_t + b_U computed per step, no u tensor) against the reference's
+    H on u made in torch; its backward is kru_recurrence_backward's, tested above."""
+    configure(emu, order, seed=B * 1000 + T)
+    problem = layer_input_problem(sizes, B, T, I, complex_, nonlinearity, seed=len(sizes) + I)
+    factors, x, uw, ub, h0, bias, _ = problem
+    f32, f64 = (torch.complex64, torch.complex128) if complex_ else (torch.float32, torch.float64)
+    ref64 = layer_input_outputs("reference", *problem, nonlinearity, f64)[0]
+    ref32 = layer_input_outputs("reference", *problem, nonlinearity, f32)[0]
+    w, shapes = compiled._pack(factors, f32)
+    b = torch.zeros(h0.shape[-1]) if bias is None else bias.float()
+    H = emu.kru_layer_input(x.float(), uw.float(), ub.float(), h0.to(f32).contiguous(), w, shapes, nonlinearity, b)
+    assert errors([H], [ref32], [ref64], ["H (input map inside)"]) == []
 
 
 REGS_CASES = [  # (log2 N, B, T, thread order): 1, 2, 3 and 3 register layouts a step, so 0 to 2 transposes

@@ -68,6 +68,38 @@ def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.
     return torch.ops.krubench.kru_recurrence_lanes(_ready(u, real), _ready(h0, real), w, shapes, nonlinearity, b)
 
 
+def kru_layer_input(x, uw, ub, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:
+    """The compiled recurrence with its input map inside: u_t = uw x_t + ub is computed per step from x (B, T, I)
+    (real), uw (C·N, I) and ub (C·N,) giving u's (Re, Im) pairs (C = 2 for complex h0); returns H (B, T, N). On
+    CUDA no u tensor exists (the C++ backend's fast layer is `kru_layer_lanes`). No gradient flows to x."""
+    dtype = _common_dtype(h0, *factors)
+    w, shapes, b = _recurrence_args(factors, dtype, nonlinearity, bias, h0.shape[-1], h0)
+    real = dtype.to_real()
+    ub = uw.new_zeros(uw.shape[0]) if ub is None else ub
+    return torch.ops.krubench.kru_layer_input(_ready(x, real), _ready(uw, real), _ready(ub, real), _ready(h0, dtype),
+                                             w, shapes, nonlinearity, b)
+
+
+def _layer_input_setup(ctx, inputs, output):
+    x, uw, ub, h0, w, shapes, nonlinearity, bias = inputs
+    ctx.save_for_backward(x, h0, w, bias, output)  # x, not u: U's gradient is ∂L/∂u summed against x
+    ctx.shapes, ctx.nonlinearity = shapes, nonlinearity
+
+
+def _layer_input_backward(ctx, grad):
+    """∂L/∂u from kru_recurrence_backward (in place of ∂L/∂H where nothing else holds it), then U's and b_U's
+    gradients as one matrix product over all steps: Σ_t ∂L/∂u_t x_tᵀ."""
+    x, h0, w, bias, H = ctx.saved_tensors
+    grad = _ready(grad, H.dtype)
+    grad_u = grad if sole_owner(grad) else torch.empty_like(grad)
+    gh0, gw, gb = torch.ops.krubench.kru_recurrence_backward(grad, H, h0, w, ctx.shapes, ctx.nonlinearity, bias,
+                                                             grad_u)
+    pairs = torch.view_as_real(grad_u).flatten(-2) if grad_u.is_complex() else grad_u  # (B, T, C·N), as uw's rows
+    pairs = pairs.reshape(-1, pairs.shape[-1])
+    guw = pairs.t() @ x.reshape(-1, x.shape[-1])
+    return None, guw, pairs.sum(0), gh0, gw, None, None, gb
+
+
 class _LayerLanes(torch.autograd.Function):
     """Autograd of `kru_layer_lanes`. Its outputs are y and the last state h_T; the states H it returns are
     kept for the backward pass only, so no gradient the size of H is ever made (unused outputs' gradients
@@ -196,6 +228,7 @@ def register() -> None:
     if _registered:
         return
     torch.library.register_autograd("krubench::kron_matvec", _matvec_backward, setup_context=_matvec_setup)
+    torch.library.register_autograd("krubench::kru_layer_input", _layer_input_backward, setup_context=_layer_input_setup)
     for name in ("kru_recurrence", "kru_recurrence_lanes"):
         backward = _recurrence_backward_by(getattr(torch.ops.krubench, f"{name}_backward"))
         torch.library.register_autograd(f"krubench::{name}", backward, setup_context=_recurrence_setup)
@@ -211,6 +244,10 @@ def register() -> None:
     @torch.library.register_fake("krubench::kru_recurrence")
     def _(u, h0, w, shapes, nonlinearity, bias):
         return torch.empty_like(u)
+
+    @torch.library.register_fake("krubench::kru_layer_input")
+    def _(x, uw, ub, h0, w, shapes, nonlinearity, bias):
+        return h0.new_empty(x.shape[0], x.shape[1], h0.shape[1])
 
     @torch.library.register_fake("krubench::kru_recurrence_lanes")
     def _(u, h0, w, shapes, nonlinearity, bias):

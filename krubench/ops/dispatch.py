@@ -106,6 +106,16 @@ def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None, kernel: str = "
         return compiled.kru_recurrence(u, h0, factors, nonlinearity, bias)
 
 
+def kru_layer_input(x, uw, ub, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:
+    """`kru_recurrence` of u = x uwᵀ + ub with the input map inside the compiled kernel (on CUDA no u tensor
+    exists): x (B, T, I), uw (C·N, I) and ub (C·N,) or None with rows giving u's (Re, Im) pairs (C = 2 for
+    complex h0). No gradient flows to x (data)."""
+    x, uw, ub = at_least_fp32(x), at_least_fp32(uw), at_least_fp32(ub)
+    h0, bias, factors = at_least_fp32(h0), at_least_fp32(bias), [at_least_fp32(f) for f in factors]
+    with without_autocast(x.device):
+        return compiled.kru_layer_input(x, uw, ub, h0, factors, nonlinearity, bias)
+
+
 def lstm_kru_recurrence(gx, h0, c0, products: Sequence[Sequence[torch.Tensor]], kernel: str = "auto"):
     """(H, C) of the LSTM whose W_hh is the Kronecker products `products` (G factor lists) on the backend
     `kernel` selects: the whole recurrence in one compiled call (C++ or CUDA); the reference is a loop over time

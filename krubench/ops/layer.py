@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lanes
-from .dispatch import at_least_fp32, backend_for, kru_layer_lanes, kru_recurrence, kru_recurrence_lanes, merge_limit
+from .dispatch import (at_least_fp32, backend_for, kru_layer_input, kru_layer_lanes, kru_recurrence,
+                       kru_recurrence_lanes, merge_limit)
 from .kron import merge_factors
 
 
@@ -32,17 +33,21 @@ def kru_layer(x: torch.Tensor, h0: torch.Tensor, U: nn.Linear, V: nn.Linear, fac
     ws = stages(factors, backend, merge_upto)
     if backend == "cpp":
         return _on_lanes(x, h0, U, V, ws, nonlinearity, bias, complex_, last_only)
-    if not complex_:
-        H = kru_recurrence(at_least_fp32(U(x)), h0, ws, nonlinearity, bias, kernel=backend)  # (B, T, N)
-        return V(H[:, -1:] if last_only else H), H[:, -1]
-    # Complex: U and V with their rows/columns reordered from [Re; Im] to (Re, Im) pairs (a copy of the small
-    # weights), so that u is a complex view of U's output and the read-out reads H as real pairs: no
-    # (B, T, 2N)-sized split, cat or copy of u and H and their gradients.
+    # Complex: U's rows and V's columns reordered from [Re; Im] to (Re, Im) pairs (a copy of the small weights),
+    # so that u is a complex view of U's output and the read-out reads H as real pairs: no (B, T, 2N)-sized
+    # split, cat or copy of u and H and their gradients.
     N = h0.shape[-1]
-    u = at_least_fp32(F.linear(x, _pairs(U.weight, N, 0), None if U.bias is None else _pairs(U.bias, N, 0)))
-    H = kru_recurrence(torch.view_as_complex(u.unflatten(-1, (N, 2))), h0, ws, nonlinearity, bias, kernel=backend)
+    uw, ub, vw = U.weight, U.bias, V.weight
+    if complex_:
+        uw, ub, vw = _pairs(uw, N, 0), None if ub is None else _pairs(ub, N, 0), _pairs(vw, N, 1)
+    if backend == "cuda" and not x.requires_grad:  # u_t computed inside the kernel: no (B, T, C·N) u at all
+        H = kru_layer_input(x, uw, ub, h0, ws, nonlinearity, bias)
+    else:
+        u = at_least_fp32(F.linear(x, uw, ub))  # fp16/bf16 under autocast, the recurrence fp32
+        u = torch.view_as_complex(u.unflatten(-1, (N, 2))) if complex_ else u
+        H = kru_recurrence(u, h0, ws, nonlinearity, bias, kernel=backend)  # (B, T, N)
     read = H[:, -1:] if last_only else H
-    return F.linear(torch.view_as_real(read).flatten(-2), _pairs(V.weight, N, 1), V.bias), H[:, -1]
+    return F.linear(torch.view_as_real(read).flatten(-2) if complex_ else read, vw, V.bias), H[:, -1]
 
 
 def _pairs(w: torch.Tensor, N: int, dim: int) -> torch.Tensor:
