@@ -137,7 +137,7 @@ def test_emulated_recurrence_matches_reference(emu, order, nonlinearity, complex
     assert recurrence_errors(emu, sizes, B, T, complex_, nonlinearity, seed=len(sizes) + B) == []
 
 
-@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
+@pytest.mark.parametrize("order", ["ascending", *(pytest.param(o, marks=pytest.mark.slow) for o in ("descending", "shuffled"))])
 @pytest.mark.parametrize("nonlinearity", ["modrelu", "relu"])
 @pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
 @pytest.mark.parametrize("sizes,B,T,I", [([2, 2, 2], 3, 3, 3), ([4, 2], 2, 2, 1)], ids=lambda v: str(v).replace(" ", ""))
