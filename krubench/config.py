@@ -308,6 +308,16 @@ def task_direction(task: str) -> str:
     return "maximize" if TASKS[getattr(task, "value", task)].higher_is_better else "minimize"
 
 
+def share_the_config_store() -> None:
+    """Make a deep copy of Hydra's ConfigStore singleton the singleton itself. Hydra 1.3 deep-copies its config
+    repository, and with it the store and every schema in it, each time it composes a config or lists a config
+    group: `krubench --help` did so ~110 times, ~10 s of its time. Hydra's own later fix refetches the singleton
+    instead of copying it (facebookresearch/hydra#2928; hydra-zen#769 patches the same copy). Safe: the store is
+    read, never changed, while composing (ConfigStore.load returns a copy of the node it holds)."""
+    if "__deepcopy__" not in vars(ConfigStore):
+        ConfigStore.__deepcopy__ = lambda self, memo: self
+
+
 def register_configs() -> None:
     """Store each schema as the root config `schema_<group>_<option>`; the YAML of that option lists it
     first in its defaults (`/schema_<group>_<option>@_here_`), so the YAML's values are validated against
@@ -316,6 +326,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("run_label", run_label, replace=True)
     OmegaConf.register_new_resolver("config_groups", config_groups, replace=True)
     OmegaConf.register_new_resolver("task_direction", task_direction, replace=True)
+    share_the_config_store()
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
     for group, options in SCHEMAS.items():

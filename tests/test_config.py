@@ -159,3 +159,23 @@ def test_python_defaults_are_the_yaml_defaults(group, option):
     for key in compared:
         assert params[key].default == cfg[key], (f"{cls.__name__}({key}={params[key].default!r}) but "
                                                  f"conf/{group}/{option}.yaml has {key}: {cfg[key]!r}")
+
+
+def test_the_config_store_is_shared_by_hydras_copies_and_never_changed_by_composing():
+    """Hydra deep-copies its config repository (and so the ConfigStore) for every compose and every group --help
+    lists; krubench makes that copy the store itself (config.share_the_config_store). Composing must then leave the
+    stored schemas as they were."""
+    import copy
+
+    from hydra.core.config_store import ConfigStore
+
+    from krubench.config import register_configs
+
+    register_configs()
+    store = ConfigStore.instance()
+    before = OmegaConf.to_yaml(store.load("schema.yaml").node)
+    a = compose_config(["model=kru", "model.hidden_size=64", "trainer.steps=3"])
+    assert copy.deepcopy(store) is store
+    b = compose_config(["model=rnn"])
+    assert OmegaConf.to_yaml(store.load("schema.yaml").node) == before
+    assert a.model.hidden_size == 64 and b.model.name == "rnn" and b.trainer.steps != 3
