@@ -2,7 +2,7 @@
 // imaginary), moved from and to the row-major (rows, n) tensors by 16×16 register transposes.
 #pragma once
 
-#if defined(__AVX512F__)
+#if defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -139,12 +139,20 @@ void stream_copy(const T* src, T* dst, long n) {
       else _mm512_stream_pd(dst + i, _mm512_loadu_pd(src + i));
     }
   }
+#elif defined(__AVX__)
+  if (reinterpret_cast<uintptr_t>(dst) % 32 == 0) {
+    constexpr long V = 32 / sizeof(T);
+    for (; i + V <= n; i += V) {
+      if constexpr (std::is_same_v<T, float>) _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+      else _mm256_stream_pd(dst + i, _mm256_loadu_pd(src + i));
+    }
+  }
 #endif
   std::copy(src + i, src + n, dst + i);
 }
 
 inline void stream_fence() {
-#if defined(__AVX512F__)
+#if defined(__AVX__)
   _mm_sfence();
 #endif
 }
