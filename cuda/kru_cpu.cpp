@@ -540,6 +540,19 @@ struct Products {
   std::vector<const T*> wr, wi, awr, awi;
 };
 
+// The input map inside the kernel (lstm_kru_layer): the gates' input part gx_t = W_ih x_t + b is computed per
+// step from x_t (I values a row) instead of read from a (B, T, 4N) tensor, and W_ih's and b's gradients are
+// summed per chunk in the backward pass, a block of kBlock steps at a time (as the KRU layer's MapsGrad).
+// At PTB's shape the (B, T, 4N) gx, its gradient and the GEMMs around them were a third of the step
+// (BENCHMARKS.md).
+template <typename T>
+struct LstmInput {
+  static constexpr long kBlock = 8;
+  const T *x, *w, *b;  // x (B, T, I) rows; W_ih (4N, I); b (4N)
+  long I;
+  T *gw = nullptr, *gb = nullptr;  // the backward pass's partials: (chunks, 4N · I, L), (chunks, 4N, L)
+};
+
 // a (4N × L) += Re(W h) for every product, h: planes (hr, zero imaginary); keep: each product's scratch
 // keeps its stage inputs (slots 1..F) for backprop_stages.
 template <typename T, bool CPLX>
@@ -554,19 +567,31 @@ void add_recurrent(const Plan& plan, const Products<T>& w, std::vector<Scratch<T
   }
 }
 
+// The gates' input part of step t of the chunk whose first row is m0 into a (4N × L): gathered from gx, or
+// W_ih x_t + b with x_t gathered into the planes xt (I × L; xjunk: as many, for the gather's imaginary plane).
+template <typename T>
+void lstm_input(const T* gx, const LstmInput<T>* in, long m0, long lanes, long t, long steps, long N, T* a, T* junk,
+                T* xt, T* xjunk) {
+  if (!in) return gather<T, false>(gx + (m0 * steps + t) * 4 * N, steps * 4 * N, lanes, 4 * N, a, junk);
+  gather<T, false>(in->x + (m0 * steps + t) * in->I, steps * in->I, lanes, in->I, xt, xjunk);
+  lanes_affine(in->w, in->b, 4 * N, in->I, xt, a);
+}
+
+// gx (B, T, 4N), or x and the input map when `in` is given.
 template <typename T, bool CPLX>
 void lstm_forward(const Plan& plan, const Products<T>& w, const T* gx, const T* h0, const T* c0, T* H, T* C, long B,
-                  long steps, long N) {
+                  long steps, long N, const LstmInput<T>* in = nullptr) {
   at::parallel_for(0, (B + L - 1) / L, 1, [&](long c0_, long c1_) {
     std::vector<Scratch<T>> sts(w.G, Scratch<T>(2, plan.max_size));
     Scratch<T> io(3, 4 * N);  // 0: the gates a (re), junk (im); 1: h (re), zeros (im, never written); 2: c, junk
+    Scratch<T> xio(1, in ? in->I : 0);  // x_t (re), junk (im)
     T *a = io.re(0), *junk = io.im(0), *h = io.re(1), *zero = io.im(1), *c = io.re(2);
     for (long ch = c0_; ch < c1_; ++ch) {
       const long m0 = ch * L, lanes = std::min<long>(L, B - m0);
       gather<T, false>(h0 + m0 * N, N, lanes, N, h, junk);
       gather<T, false>(c0 + m0 * N, N, lanes, N, c, junk);
       for (long t = 0; t < steps; ++t) {
-        gather<T, false>(gx + (m0 * steps + t) * 4 * N, steps * 4 * N, lanes, 4 * N, a, junk);
+        lstm_input(gx, in, m0, lanes, t, steps, N, a, junk, xio.re(0), xio.im(0));
         add_recurrent<T, CPLX>(plan, w, sts, false, h, zero, a);
         for (long n = 0; n < N; ++n) {
 #pragma omp simd
@@ -585,12 +610,13 @@ void lstm_forward(const Plan& plan, const Products<T>& w, const T* gx, const T* 
   });
 }
 
-// ∂L/∂gx into ggx (B, T, 4N), ∂L/∂h0, ∂L/∂c0, and per chunk the partial factor gradients of the G products
-// (gwr, gwi: (chunks, G·wsize, L)), from ∂L/∂H and ∂L/∂C (B, T, N).
+// ∂L/∂gx into ggx (B, T, 4N) (with `in`: the input map's partial gradients into in->gw, in->gb instead),
+// ∂L/∂h0, ∂L/∂c0, and per chunk the partial factor gradients of the G products (gwr, gwi: (chunks, G·wsize,
+// L)), from ∂L/∂H and ∂L/∂C (B, T, N).
 template <typename T, bool CPLX>
 void lstm_backward(const Plan& plan, const Plan& adj, const Products<T>& w, const T* gx, const T* h0, const T* c0,
                    const T* H, const T* C, const T* gH, const T* gC, long B, long steps, long N, T* ggx, T* gh0, T* gc0,
-                   T* gwr, T* gwi) {
+                   T* gwr, T* gwi, const LstmInput<T>* in = nullptr) {
   const long F = plan.stages.size(), G = w.G;
   at::parallel_for(0, (B + L - 1) / L, 1, [&](long c0_, long c1_) {
     // each product's scratch: slots 1..F its stage inputs, F+1 and F+2 its backpropagation's
@@ -600,11 +626,17 @@ void lstm_backward(const Plan& plan, const Plan& adj, const Products<T>& w, cons
     Scratch<T> io(8, 4 * N);
     T *a = io.re(0), *h1 = io.re(1), *zero = io.im(1), *cp = io.re(2), *ct = io.re(3), *dh = io.re(4), *dc = io.re(5);
     T *lh = io.re(6), *lc = io.im(6), *junk = io.re(7);
+    // the input map's block of steps: x_t and ∂L/∂a_t of each (slot t mod kBlock), junk for the x gathers
+    constexpr long kBlock = LstmInput<T>::kBlock;
+    const long I = in ? in->I : 0;
+    std::vector<Lanes<T>> xs(in ? kBlock * I + I : 0), das(in ? kBlock * 4 * N : 0);
+    T *xb = reinterpret_cast<T*>(xs.data()), *xjunk = xb + kBlock * I * L, *dab = reinterpret_cast<T*>(das.data());
     for (long ch = c0_; ch < c1_; ++ch) {
       const long m0 = ch * L, lanes = std::min<long>(L, B - m0);
       T *cwr = gwr + ch * G * plan.wsize * L, *cwi = gwi + ch * G * plan.wsize * L;
       std::fill(dh, dh + N * L, T(0));
       std::fill(dc, dc + N * L, T(0));
+      long end = steps;  // the input map's block: steps [t, end)
       for (long t = steps - 1; t >= 0; --t) {
         const long row = (m0 * steps + t) * N;  // step t of the chunk's first row, in (B, T, N)
         if (t > 0) {
@@ -617,7 +649,7 @@ void lstm_backward(const Plan& plan, const Plan& adj, const Products<T>& w, cons
         gather<T, false>(C + row, steps * N, lanes, N, ct, junk);
         gather<T, false>(gH + row, steps * N, lanes, N, lh, junk);
         gather<T, false>(gC + row, steps * N, lanes, N, lc, junk);
-        gather<T, false>(gx + row * 4, steps * 4 * N, lanes, 4 * N, a, junk);
+        lstm_input(gx, in, m0, lanes, t, steps, N, a, junk, xb + (t % kBlock) * I * L, xjunk);
         add_recurrent<T, CPLX>(plan, w, sts, true, h1, zero, a);
         for (long n = 0; n < N; ++n) {
 #pragma omp simd
@@ -635,7 +667,16 @@ void lstm_backward(const Plan& plan, const Plan& adj, const Products<T>& w, cons
             dh[o] = T(0);
           }
         }
-        scatter<T, false>(a, junk, lanes, 4 * N, ggx + row * 4, steps * 4 * N);
+        if (!in) {
+          scatter<T, false>(a, junk, lanes, 4 * N, ggx + row * 4, steps * 4 * N);
+        } else {
+          std::copy(a, a + 4 * N * L, dab + (t % kBlock) * 4 * N * L);
+          if (t % kBlock == 0) {  // the block's W_ih and b gradients, summed over its steps
+            lanes_affine_grad(dab, 4 * N * L, 4 * N, xb, I * L, I, end - t, in->gw + ch * 4 * N * I * L,
+                              in->gb + ch * 4 * N * L);
+            end = t;
+          }
+        }
         for (long g = 0; g < G; ++g) {  // ∂L/∂h_{t-1} = Σ_g Re(W_gᴴ ∂L/∂a_g); the factors' gradients
           Scratch<T>& st = sts[g];
           const long d = F + 1;
@@ -954,6 +995,72 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_kru_recurrence_b
   return {ggx, gh0, gc0, combine_planes(gwr.sum(at::IntArrayRef{0, 2}), gwi.sum(at::IntArrayRef{0, 2}), w.is_complex())};
 }
 
+// lstm_kru_layer: LSTM+KRU with its input map W_ih x + b inside the kernel (LstmInput): x (B, T, I) real,
+// wih (4N, I), bih (4N,); the state and products as lstm_kru_recurrence's.
+Plan check_lstm_layer(const at::Tensor& x, const at::Tensor& wih, const at::Tensor& bih, const at::Tensor& h0,
+                      const at::Tensor& c0, const at::Tensor& w, at::IntArrayRef shapes) {
+  const Plan plan = check_lstm_state(x, "x", h0, c0, w, shapes);
+  const long N = plan.n_in;
+  TORCH_CHECK(wih.dim() == 2 && wih.size(0) == 4 * N && wih.size(1) == x.size(2), "krubench: W_ih must be (4N, I) = (",
+              4 * N, ", ", x.size(2), "), got ", wih.sizes());
+  TORCH_CHECK(bih.dim() == 1 && bih.size(0) == 4 * N, "krubench: b_ih must be (4N,) = (", 4 * N, ",), got ",
+              bih.sizes());
+  check_same(x, wih, "W_ih");
+  check_same(x, bih, "b_ih");
+  return plan;
+}
+
+std::tuple<at::Tensor, at::Tensor> lstm_kru_layer_cpu(const at::Tensor& x, const at::Tensor& wih, const at::Tensor& bih,
+                                                      const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w,
+                                                      at::IntArrayRef shapes) {
+  const Plan plan = check_lstm_layer(x, wih, bih, h0, c0, w, shapes);
+  const long B = x.size(0), T_ = x.size(1), N = plan.n_in;
+  at::Tensor H = new_output({B, T_, N}, x.options()), C = new_output({B, T_, N}, x.options());
+  const long G = w.numel() / plan.wsize;
+  const auto [wr, wi] = products_planes(w, plan, false);
+  dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
+    using T = decltype(t);
+    const Products<T> p = products_of<T>(plan, G, wr, wi, nullptr, nullptr);
+    const LstmInput<T> in{ptr<T>(x), ptr<T>(wih), ptr<T>(bih), x.size(2)};
+    lstm_forward<T, decltype(c)::value>(plan, p, nullptr, ptr<T>(h0), ptr<T>(c0), ptr<T>(H), ptr<T>(C), B, T_, N, &in);
+  });
+  return {H, C};
+}
+
+// Returns the gradients of W_ih, b_ih, h0, c0 and w (none for x).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_kru_layer_backward_cpu(
+    const at::Tensor& grad_H, const at::Tensor& grad_C, const at::Tensor& x, const at::Tensor& wih,
+    const at::Tensor& bih, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w, at::IntArrayRef shapes,
+    const at::Tensor& H, const at::Tensor& C) {
+  const Plan plan = check_lstm_layer(x, wih, bih, h0, c0, w, shapes);
+  const Plan adj = adjoint_plan(plan);
+  const long B = x.size(0), T_ = x.size(1), N = plan.n_in, I = x.size(2);
+  for (const auto& [t, name] : {std::pair{&grad_H, "grad_H"}, std::pair{&grad_C, "grad_C"}, std::pair{&H, "H"},
+                                std::pair{&C, "C"}}) {
+    TORCH_CHECK(t->sizes() == at::IntArrayRef({B, T_, N}), "krubench: ", name, " must be (", B, ", ", T_, ", ", N,
+                "), got ", t->sizes());
+    check_same(x, *t, name);
+  }
+  at::Tensor gh0 = new_output(h0.sizes(), h0.options()), gc0 = new_output(c0.sizes(), c0.options());
+  const long G = w.numel() / plan.wsize;
+  at::Tensor gwr = partials(B, G * plan.wsize, x), gwi = partials(B, G * plan.wsize, x);
+  at::Tensor gih = partials(B, 4 * N * I, x), gbh = partials(B, 4 * N, x);
+  const auto [wr, wi] = products_planes(w, plan, false);
+  const auto [awr, awi] = products_planes(w, plan, true);
+  dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
+    using T = decltype(t);
+    const Products<T> p = products_of<T>(plan, G, wr, wi, &awr, &awi);
+    LstmInput<T> in{ptr<T>(x), ptr<T>(wih), ptr<T>(bih), I};
+    in.gw = ptr<T>(gih);
+    in.gb = ptr<T>(gbh);
+    lstm_backward<T, decltype(c)::value>(plan, adj, p, nullptr, ptr<T>(h0), ptr<T>(c0), ptr<T>(H), ptr<T>(C),
+                                         ptr<T>(grad_H), ptr<T>(grad_C), B, T_, N, nullptr, ptr<T>(gh0), ptr<T>(gc0),
+                                         ptr<T>(gwr), ptr<T>(gwi), &in);
+  });
+  return {gih.sum(at::IntArrayRef{0, 2}).view({4 * N, I}), gbh.sum(at::IntArrayRef{0, 2}), gh0, gc0,
+          combine_planes(gwr.sum(at::IntArrayRef{0, 2}), gwi.sum(at::IntArrayRef{0, 2}), w.is_complex())};
+}
+
 }  // namespace
 }  // namespace kru
 
@@ -988,6 +1095,12 @@ TORCH_LIBRARY(krubench, m) {
   m.def("lstm_kru_recurrence(Tensor gx, Tensor h0, Tensor c0, Tensor w, int[] shapes) -> (Tensor, Tensor)");
   m.def("lstm_kru_recurrence_backward(Tensor grad_H, Tensor grad_C, Tensor gx, Tensor h0, Tensor c0, Tensor w, "
         "int[] shapes, Tensor H, Tensor C) -> (Tensor, Tensor, Tensor, Tensor)");
+  // The same with the input map inside, x (B, T, I) instead of gx (CPU only); the backward returns the
+  // gradients of wih, bih, h0, c0 and w
+  m.def("lstm_kru_layer(Tensor x, Tensor wih, Tensor bih, Tensor h0, Tensor c0, Tensor w, int[] shapes) "
+        "-> (Tensor, Tensor)");
+  m.def("lstm_kru_layer_backward(Tensor grad_H, Tensor grad_C, Tensor x, Tensor wih, Tensor bih, Tensor h0, "
+        "Tensor c0, Tensor w, int[] shapes, Tensor H, Tensor C) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(krubench, CPU, m) {
@@ -1002,4 +1115,6 @@ TORCH_LIBRARY_IMPL(krubench, CPU, m) {
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cpu);
   m.impl("lstm_kru_recurrence", &kru::lstm_kru_recurrence_cpu);
   m.impl("lstm_kru_recurrence_backward", &kru::lstm_kru_recurrence_backward_cpu);
+  m.impl("lstm_kru_layer", &kru::lstm_kru_layer_cpu);
+  m.impl("lstm_kru_layer_backward", &kru::lstm_kru_layer_backward_cpu);
 }

@@ -227,27 +227,36 @@ void dispatch_dtype(at::ScalarType st, F&& f) {
   }
 }
 
-// LSTM+KRU (lstm_kru_recurrence): gx (B, T, 4N) real; h0, c0 (B, N); w: G products' flat factors back to
-// back (G · Σ p q,), each with the factor shapes `shapes`; G · n_out = 4N and n_in = N.
-inline Plan check_lstm(const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w,
-                at::IntArrayRef shapes) {
+// LSTM+KRU's state and products, with `in` (B, T, ·) its input (gx, or x for lstm_kru_layer): h0, c0 (B, N);
+// w: G products' flat factors back to back (G · Σ p q,), each with the factor shapes `shapes`; G · n_out = 4N
+// and n_in = N.
+inline Plan check_lstm_state(const at::Tensor& in, const char* in_name, const at::Tensor& h0, const at::Tensor& c0,
+                             const at::Tensor& w, at::IntArrayRef shapes) {
   check_dtype(w);
   const Plan plan = make_plan(shapes);
   const long N = plan.n_in;
   TORCH_CHECK(w.dim() == 1 && w.is_contiguous() && w.numel() % plan.wsize == 0 && w.numel() / plan.wsize * plan.n_out == 4 * N,
               "krubench: w must hold G products of ", plan.wsize, " entries each with G · ", plan.n_out, " = 4 · ", N,
               " output rows (shapes ", shapes, "), got ", w.sizes());
-  TORCH_CHECK(gx.dim() == 3 && gx.size(2) == 4 * N, "krubench: gx must be (B, T, 4N) = (B, T, ", 4 * N, "), got ",
-              gx.sizes());
+  TORCH_CHECK(in.dim() == 3, "krubench: ", in_name, " must be (B, T, ·), got ", in.sizes());
   const auto real = c10::toRealValueType(w.scalar_type());
-  TORCH_CHECK(gx.scalar_type() == real, "krubench: gx has dtype ", gx.scalar_type(), "; the factors' real dtype is ",
-              real);
+  TORCH_CHECK(in.scalar_type() == real, "krubench: ", in_name, " has dtype ", in.scalar_type(),
+              "; the factors' real dtype is ", real);
   for (const auto& [t, name] : {std::pair{&h0, "h0"}, std::pair{&c0, "c0"}})
-    TORCH_CHECK(t->dim() == 2 && t->size(0) == gx.size(0) && t->size(1) == N, "krubench: ", name, " must be (",
-                gx.size(0), ", ", N, "), got ", t->sizes());
-  for (const auto& [t, name] : {std::pair{&gx, "gx"}, std::pair{&h0, "h0"}, std::pair{&c0, "c0"}})
-    check_same(gx, *t, name);
-  TORCH_CHECK(w.device() == gx.device(), "krubench: w is on ", w.device(), " but gx is on ", gx.device());
+    TORCH_CHECK(t->dim() == 2 && t->size(0) == in.size(0) && t->size(1) == N, "krubench: ", name, " must be (",
+                in.size(0), ", ", N, "), got ", t->sizes());
+  for (const auto& [t, name] : {std::pair{&in, in_name}, std::pair{&h0, "h0"}, std::pair{&c0, "c0"}})
+    check_same(in, *t, name);
+  TORCH_CHECK(w.device() == in.device(), "krubench: w is on ", w.device(), " but ", in_name, " is on ", in.device());
+  return plan;
+}
+
+// LSTM+KRU (lstm_kru_recurrence): gx (B, T, 4N) real, and the state and products as check_lstm_state.
+inline Plan check_lstm(const at::Tensor& gx, const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w,
+                       at::IntArrayRef shapes) {
+  const Plan plan = check_lstm_state(gx, "gx", h0, c0, w, shapes);
+  TORCH_CHECK(gx.size(2) == 4 * plan.n_in, "krubench: gx must be (B, T, 4N) = (B, T, ", 4 * plan.n_in, "), got ",
+              gx.sizes());
   return plan;
 }
 

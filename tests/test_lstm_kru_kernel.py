@@ -145,3 +145,111 @@ def test_the_model_is_an_lstm_with_the_dense_kronecker_product_as_w_hh(kernel, f
     torch.testing.assert_close(y, model.V(torch.stack(hs, 1)))
     torch.testing.assert_close(hT, h)
     torch.testing.assert_close(cT, c)
+
+
+def layer_outputs(p, complex_, dtype, fused: bool):
+    """H, C and the gradients w.r.t. (W_ih, b_ih, h0, c0, *factors) of the layer with its input map: the C++
+    kernel's `lstm_kru_layer` (fused) or a GEMM and the reference recurrence."""
+    from krubench.ops import compiled
+    fdtype = dtype.to_complex() if complex_ else dtype
+    x = p["x"].to(dtype)
+    W, b, h0, c0 = (p[k].to(dtype).requires_grad_() for k in ("W_ih", "b_ih", "h0", "c0"))
+    products = [[f.to(fdtype).requires_grad_() for f in fs] for fs in p["products"]]
+    if fused:
+        H, C = compiled.lstm_kru_layer(x, W, b, h0, c0, products)
+    else:
+        H, C = ops.lstm_kru_recurrence(torch.nn.functional.linear(x, W, b), h0, c0, products, "reference")
+    loss = (H * p["grad_H"].to(dtype)).sum() + (C * p["grad_C"].to(dtype)).sum()
+    leaves = [W, b, h0, c0, *(f for fs in products for f in fs)]
+    return [H.detach(), C.detach(), *torch.autograd.grad(loss, leaves)]
+
+
+def layer_problem(shapes, G, B, T, I, complex_, seed) -> dict:
+    p = lstm_problem(shapes, G, B, T, complex_, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    N = p["h0"].shape[1]
+    p.update(x=torch.randn(B, T, I, dtype=torch.float64, generator=g),
+             W_ih=torch.randn(4 * N, I, dtype=torch.float64, generator=g) / I ** 0.5,
+             b_ih=torch.randn(4 * N, dtype=torch.float64, generator=g))
+    return p
+
+
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+@pytest.mark.parametrize("shapes,G,B,T,I", [
+    ([(4, 4), (2, 2)], 4, 17, 21, 3),   # a partial chunk; two whole blocks of 8 steps and a partial one
+    ([(8, 2), (2, 2), (2, 2)], 1, 9, 8, 1),  # joint product; one whole block; a scalar input (pixel MNIST's)
+    ([(2, 2), (2, 2)], 4, 8, 5, 7),     # one partial block
+], ids=lambda v: str(v).replace(" ", ""))
+def test_the_layer_with_its_input_map_in_the_kernel_matches_its_definition(complex_, shapes, G, B, T, I):
+    """`lstm_kru_layer`: W_ih x_t + b computed per step inside the C++ kernel and their gradients summed by
+    blocks of steps, against a GEMM and the reference recurrence: H, C and the gradients of W_ih, b_ih, h0,
+    c0 and every factor (a planted off-by-one in the blocks' steps fails it)."""
+    loaded("cpp")
+    p = layer_problem(shapes, G, B, T, I, complex_, seed=B + T + I)
+    ref64, ref32 = layer_outputs(p, complex_, torch.float64, False), layer_outputs(p, complex_, torch.float32, False)
+    got = layer_outputs(p, complex_, torch.float32, True)
+    names = ["H", "C", "grad W_ih", "grad b_ih", "grad h0", "grad c0"] + [
+        f"grad product {g} factor {i}" for g in range(G) for i in range(len(shapes))]
+    assert len(names) == len(got)
+    for name, g, r32, r64 in zip(names, got, ref32, ref64):
+        assert g.shape == r64.shape, name
+        assert torch.isfinite(g).all(), f"{name}: some elements were not written (NaN poison left)"
+        assert_as_accurate(g, r32, r64, name)
+
+
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+def test_the_layer_gradcheck(complex_):
+    from krubench.ops import compiled
+    loaded("cpp")
+    p = layer_problem([(2, 2), (2, 2)], 4, 3, 10, 2, complex_, seed=5)  # 10 steps: a whole block and a partial one
+    factors = [f.requires_grad_() for fs in p["products"] for f in fs]
+    leaves = [p[k].requires_grad_() for k in ("W_ih", "b_ih", "h0", "c0")] + factors
+
+    def f(W, b, h0, c0, *flat):
+        return compiled.lstm_kru_layer(p["x"], W, b, h0, c0, [list(flat[i:i + 2]) for i in range(0, len(flat), 2)])
+    assert torch.autograd.gradcheck(f, leaves)
+
+
+def test_the_layer_refuses_a_bad_input_map_with_its_shape():
+    from krubench.ops import compiled
+    loaded("cpp")
+    p = layer_problem([(2, 2), (2, 2)], 4, 3, 3, 2, False, seed=1)
+    with pytest.raises(RuntimeError, match=r"W_ih must be \(4N, I\) = \(16, 2\), got \[16, 3\]"):
+        compiled.lstm_kru_layer(p["x"], torch.zeros(16, 3, dtype=torch.float64), p["b_ih"], p["h0"], p["c0"],
+                                p["products"])
+    with pytest.raises(RuntimeError, match=r"b_ih must be \(4N,\) = \(16,\), got \[15\]"):
+        compiled.lstm_kru_layer(p["x"], p["W_ih"], p["b_ih"][:15], p["h0"], p["c0"], p["products"])
+
+
+def test_the_layer_operator_passes_opcheck():
+    """Its schema and fake (meta) registration (its autograd is an autograd.Function, tested above)."""
+    from krubench.ops import compiled
+    loaded("cpp")
+    p = layer_problem([(2, 2), (2, 2)], 4, 3, 4, 2, True, seed=2)
+    w, shapes, _ = compiled._packed_products([[f.to(torch.complex64) for f in fs] for fs in p["products"]], "test")
+    args = [p[k].float() for k in ("x", "W_ih", "b_ih", "h0", "c0")]
+    torch.library.opcheck(torch.ops.krubench.lstm_kru_layer.default, (*args, w, shapes))
+
+
+@pytest.mark.parametrize("I", [1, 40], ids=["in-kernel", "gemm"])
+def test_the_layer_dispatch_gives_the_same_results_and_a_gradient_to_x_when_asked(I, monkeypatch):
+    """`ops.lstm_kru_layer` on the C++ backend: the input map inside the kernel for narrow inputs, a GEMM
+    before it for wide ones or when x needs a gradient; the same values either way."""
+    from krubench.ops import compiled, dispatch
+    loaded("cpp")
+    assert (I <= dispatch.LSTM_INPUT_IN_KERNEL_UPTO) == (I == 1)
+    calls = []
+    monkeypatch.setattr(compiled, "lstm_kru_layer", lambda *a: calls.append(1) or compiled._LSTMKRULayer.apply(
+        *a[:5], *compiled._packed_products(a[5], "test")[:2]))
+    p = layer_problem([(4, 4), (2, 2)], 4, 5, 6, I, True, seed=3)
+    args = [p[k] for k in ("W_ih", "b_ih", "h0", "c0")]
+    H, C = ops.lstm_kru_layer(p["x"], *args, p["products"], "cpp")
+    assert len(calls) == (1 if I == 1 else 0)
+    x = p["x"].clone().requires_grad_()
+    H2, C2 = ops.lstm_kru_layer(x, *args, p["products"], "cpp")
+    assert len(calls) == (1 if I == 1 else 0)  # x needs a gradient: the GEMM path
+    torch.testing.assert_close((H, C), (H2.detach(), C2.detach()))
+    gx, = torch.autograd.grad(H2.sum(), x)
+    Hr, _ = ops.lstm_kru_layer(x, *args, p["products"], "reference")
+    gr, = torch.autograd.grad(Hr.sum(), x)
+    torch.testing.assert_close(gx, gr)

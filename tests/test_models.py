@@ -136,8 +136,8 @@ def test_bad_model_options_raise():
     ("kru", {"complex": True}), ("kru", {"complex": False, "nonlinearity": "tanh"}),
     ("lstm_kru", {"factorisation": "per_gate"}), ("lstm_kru", {"factorisation": "joint"})])
 def test_the_cpp_kernel_trains_the_model_the_reference_defines(name, options):
-    """The whole model (KRU: ops.kru_layer on the C++ kernel's lanes layout; LSTM+KRU: ops.lstm_kru_recurrence)
-    against the same model on the pure-PyTorch reference: outputs, last state and every parameter's gradient."""
+    """The whole model (KRU: ops.kru_layer on the C++ kernel's lanes layout; LSTM+KRU: ops.lstm_kru_layer, its
+    input map inside the kernel) against the same model on the pure-PyTorch reference: outputs, last state and every parameter's gradient."""
     torch.manual_seed(3)
     models = {k: MODELS[name](3, 4, hidden_size=16, kernel=k, **options) for k in ("cpp", "reference")}
     models["reference"].load_state_dict(models["cpp"].state_dict())

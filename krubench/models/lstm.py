@@ -77,5 +77,6 @@ class LSTMKRU(SequenceModel):
         h, c = (x.new_zeros(B, N), x.new_zeros(B, N)) if state is None else state
         backend = ops.backend_for(self.kernel, x.device)
         # the whole recurrence in one compiled call (C++ or CUDA); the reference loops over time
-        H, C = ops.lstm_kru_recurrence(self.W_ih(x), h, c, [kf.stages(backend) for kf in self.W_hh], backend)
+        H, C = ops.lstm_kru_layer(x, self.W_ih.weight, self.W_ih.bias, h, c, [kf.stages(backend) for kf in self.W_hh],
+                                  backend)
         return self.V(H[:, -1:] if last_only else H), (H[:, -1], C[:, -1])

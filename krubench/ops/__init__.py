@@ -5,7 +5,7 @@ kernel on its own data layout (lanes.py); `kru_layer` (layer.py) is the whole KR
 recurrence, read-out) on the layout its backend wants: what the KRU model calls."""
 from . import lanes
 from .dispatch import (BACKENDS, KERNELS, at_least_fp32, backend_for, kron_matvec, kru_recurrence,
-                       kru_recurrence_lanes, lstm_kru_recurrence, merge_limit)
+                       kru_recurrence_lanes, lstm_kru_layer, lstm_kru_recurrence, merge_limit)
 from .kron import factor_sizes, kron_dense, kron_matvec_ref, merge_factors
 from .layer import kru_layer, stages
 from .recurrence import NONLINEARITIES, apply_nonlinearity, kru_recurrence_ref, lstm_kru_recurrence_ref
@@ -13,6 +13,6 @@ from .recurrence import NONLINEARITIES, apply_nonlinearity, kru_recurrence_ref, 
 __all__ = [
     "BACKENDS", "KERNELS", "NONLINEARITIES", "apply_nonlinearity", "at_least_fp32", "backend_for", "factor_sizes", "kron_dense",
     "kron_matvec", "kron_matvec_ref", "kru_recurrence", "kru_recurrence_lanes", "kru_recurrence_ref", "lanes",
-    "lstm_kru_recurrence", "lstm_kru_recurrence_ref",
+    "lstm_kru_layer", "lstm_kru_recurrence", "lstm_kru_recurrence_ref",
     "merge_factors", "merge_limit", "kru_layer", "stages",
 ]

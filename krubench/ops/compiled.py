@@ -161,14 +161,50 @@ class _LSTMKRU(torch.autograd.Function):
 def lstm_kru_recurrence(gx, h0, c0, products: Sequence[Sequence[torch.Tensor]]):
     """The compiled LSTM+KRU recurrence (C++ or CUDA, by the tensors' device): gx (B, T, 4N), h0 and c0 (B, N) -> H, C (B, T, N), where
     `products` are the G factor lists of W_hh (all of one shape list), their outputs stacked gate-major."""
+    w, shapes, dtype = _packed_products(products, "lstm_kru_recurrence")
+    real = dtype.to_real()
+    return _LSTMKRU.apply(_ready(gx, real), _ready(h0, real), _ready(c0, real), w, shapes)
+
+
+class _LSTMKRULayer(torch.autograd.Function):
+    """Autograd of `lstm_kru_layer`: as _LSTMKRU, with x, W_ih and b in place of gx (no gradient to x)."""
+
+    @staticmethod
+    def forward(ctx, x, wih, bih, h0, c0, w, shapes):
+        H, C = torch.ops.krubench.lstm_kru_layer(x, wih, bih, h0, c0, w, shapes)
+        ctx.save_for_backward(x, wih, bih, h0, c0, w, H, C)
+        ctx.shapes = shapes
+        ctx.set_materialize_grads(False)
+        return H, C
+
+    @staticmethod
+    def backward(ctx, grad_H, grad_C):
+        x, wih, bih, h0, c0, w, H, C = ctx.saved_tensors
+        grad_H = torch.zeros_like(H) if grad_H is None else _ready(grad_H, H.dtype)
+        grad_C = torch.zeros_like(C) if grad_C is None else _ready(grad_C, C.dtype)
+        gwih, gbih, gh0, gc0, gw = torch.ops.krubench.lstm_kru_layer_backward(grad_H, grad_C, x, wih, bih, h0, c0, w,
+                                                                              ctx.shapes, H, C)
+        return None, gwih, gbih, gh0, gc0, gw, None
+
+
+def _packed_products(products: Sequence[Sequence[torch.Tensor]], caller: str):
+    """The G products' factors packed back to back, their (common) shape list, and their dtype."""
     dtype = _common_dtype(*(f for fs in products for f in fs))
     packed = [_pack(fs, dtype) for fs in products]
     shapes = packed[0][1]
     if any(s != shapes for _, s in packed):
-        raise ValueError(f"lstm_kru_recurrence: the products' factor shapes differ: {[s for _, s in packed]}")
+        raise ValueError(f"{caller}: the products' factor shapes differ: {[s for _, s in packed]}")
+    return torch.cat([w for w, _ in packed]), shapes, dtype
+
+
+def lstm_kru_layer(x, W_ih, b_ih, h0, c0, products: Sequence[Sequence[torch.Tensor]]):
+    """`lstm_kru_recurrence` with the input map inside the C++ kernel (CPU only): x (B, T, I) and W_ih (4N, I),
+    b_ih (4N,) or None instead of gx = x W_ihᵀ + b_ih, so that no (B, T, 4N) tensor is made. No gradient
+    flows to x."""
+    w, shapes, dtype = _packed_products(products, "lstm_kru_layer")
     real = dtype.to_real()
-    return _LSTMKRU.apply(_ready(gx, real), _ready(h0, real), _ready(c0, real), torch.cat([w for w, _ in packed]),
-                          shapes)
+    b = W_ih.new_zeros(W_ih.shape[0]) if b_ih is None else b_ih
+    return _LSTMKRULayer.apply(*(_ready(t, real) for t in (x, W_ih, b, h0, c0)), w, shapes)
 
 
 def _matvec_setup(ctx, inputs, output):
@@ -276,6 +312,16 @@ def register() -> None:
     @torch.library.register_fake("krubench::lstm_kru_recurrence_backward")
     def _(grad_H, grad_C, gx, h0, c0, w, shapes, H, C):
         return torch.empty_like(gx), torch.empty_like(h0), torch.empty_like(c0), torch.empty_like(w)
+
+    @torch.library.register_fake("krubench::lstm_kru_layer")
+    def _(x, wih, bih, h0, c0, w, shapes):
+        B, T, _ = x.shape
+        return x.new_empty(B, T, h0.shape[1]), x.new_empty(B, T, h0.shape[1])
+
+    @torch.library.register_fake("krubench::lstm_kru_layer_backward")
+    def _(grad_H, grad_C, x, wih, bih, h0, c0, w, shapes, H, C):
+        return (torch.empty_like(wih), torch.empty_like(bih), torch.empty_like(h0), torch.empty_like(c0),
+                torch.empty_like(w))
 
     @torch.library.register_fake("krubench::kru_recurrence_backward")
     def _(grad_H, H, h0, w, shapes, nonlinearity, bias, grad_u):
