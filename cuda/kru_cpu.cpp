@@ -950,20 +950,29 @@ at::Tensor kru_layer_input_cpu(const at::Tensor& x, const at::Tensor& uw, const 
   return kru_recurrence_cpu(u, h0, w, shapes, nonlinearity, bias);
 }
 
-std::tuple<at::Tensor, at::Tensor> lstm_kru_recurrence_cpu(const at::Tensor& gx, const at::Tensor& h0,
-                                                           const at::Tensor& c0, const at::Tensor& w,
-                                                           at::IntArrayRef shapes) {
-  const Plan plan = check_lstm(gx, h0, c0, w, shapes);
-  const long B = gx.size(0), T_ = gx.size(1), N = plan.n_in;
-  at::Tensor H = new_output({B, T_, N}, gx.options()), C = new_output({B, T_, N}, gx.options());
+// H and C of LSTM+KRU from `in`: gx (B, T, 4N), or x (B, T, I) when its input map (wih, bih) is given.
+std::tuple<at::Tensor, at::Tensor> lstm_forward_cpu(const Plan& plan, const at::Tensor& in, const at::Tensor& h0,
+                                                    const at::Tensor& c0, const at::Tensor& w,
+                                                    const at::Tensor* wih = nullptr, const at::Tensor* bih = nullptr) {
+  const long B = in.size(0), T_ = in.size(1), N = plan.n_in;
+  at::Tensor H = new_output({B, T_, N}, in.options()), C = new_output({B, T_, N}, in.options());
   const long G = w.numel() / plan.wsize;
   const auto [wr, wi] = products_planes(w, plan, false);
   dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
     using T = decltype(t);
     const Products<T> p = products_of<T>(plan, G, wr, wi, nullptr, nullptr);
-    lstm_forward<T, decltype(c)::value>(plan, p, ptr<T>(gx), ptr<T>(h0), ptr<T>(c0), ptr<T>(H), ptr<T>(C), B, T_, N);
+    std::optional<LstmInput<T>> map;
+    if (wih) map = LstmInput<T>{ptr<T>(in), ptr<T>(*wih), ptr<T>(*bih), in.size(2)};
+    lstm_forward<T, decltype(c)::value>(plan, p, map ? nullptr : ptr<T>(in), ptr<T>(h0), ptr<T>(c0), ptr<T>(H),
+                                        ptr<T>(C), B, T_, N, map ? &*map : nullptr);
   });
   return {H, C};
+}
+
+std::tuple<at::Tensor, at::Tensor> lstm_kru_recurrence_cpu(const at::Tensor& gx, const at::Tensor& h0,
+                                                           const at::Tensor& c0, const at::Tensor& w,
+                                                           at::IntArrayRef shapes) {
+  return lstm_forward_cpu(check_lstm(gx, h0, c0, w, shapes), gx, h0, c0, w);
 }
 
 // Returns the gradients of gx, h0, c0 and w.
@@ -1013,18 +1022,7 @@ Plan check_lstm_layer(const at::Tensor& x, const at::Tensor& wih, const at::Tens
 std::tuple<at::Tensor, at::Tensor> lstm_kru_layer_cpu(const at::Tensor& x, const at::Tensor& wih, const at::Tensor& bih,
                                                       const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w,
                                                       at::IntArrayRef shapes) {
-  const Plan plan = check_lstm_layer(x, wih, bih, h0, c0, w, shapes);
-  const long B = x.size(0), T_ = x.size(1), N = plan.n_in;
-  at::Tensor H = new_output({B, T_, N}, x.options()), C = new_output({B, T_, N}, x.options());
-  const long G = w.numel() / plan.wsize;
-  const auto [wr, wi] = products_planes(w, plan, false);
-  dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
-    using T = decltype(t);
-    const Products<T> p = products_of<T>(plan, G, wr, wi, nullptr, nullptr);
-    const LstmInput<T> in{ptr<T>(x), ptr<T>(wih), ptr<T>(bih), x.size(2)};
-    lstm_forward<T, decltype(c)::value>(plan, p, nullptr, ptr<T>(h0), ptr<T>(c0), ptr<T>(H), ptr<T>(C), B, T_, N, &in);
-  });
-  return {H, C};
+  return lstm_forward_cpu(check_lstm_layer(x, wih, bih, h0, c0, w, shapes), x, h0, c0, w, &wih, &bih);
 }
 
 // Returns the gradients of W_ih, b_ih, h0, c0 and w (none for x).

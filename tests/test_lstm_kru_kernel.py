@@ -68,6 +68,11 @@ def test_the_compiled_recurrence_matches_its_definition(backend, device, complex
     got = outputs(backend, p, complex_, torch.float32, device=device)
     names = ["H", "C", "grad gx", "grad h0", "grad c0"] + [f"grad product {g} factor {i}" for g in range(G)
                                                            for i in range(len(shapes))]
+    assert_all_as_accurate(names, got, ref32, ref64)
+
+
+def assert_all_as_accurate(names, got, ref32, ref64) -> None:
+    """Each output written (no NaN poison left) and as accurate as the float32 reference (STYLE.md's rule)."""
     assert len(names) == len(got)
     for name, g, r32, r64 in zip(names, got, ref32, ref64):
         assert g.shape == r64.shape, name
@@ -190,11 +195,7 @@ def test_the_layer_with_its_input_map_in_the_kernel_matches_its_definition(compl
     got = layer_outputs(p, complex_, torch.float32, True)
     names = ["H", "C", "grad W_ih", "grad b_ih", "grad h0", "grad c0"] + [
         f"grad product {g} factor {i}" for g in range(G) for i in range(len(shapes))]
-    assert len(names) == len(got)
-    for name, g, r32, r64 in zip(names, got, ref32, ref64):
-        assert g.shape == r64.shape, name
-        assert torch.isfinite(g).all(), f"{name}: some elements were not written (NaN poison left)"
-        assert_as_accurate(g, r32, r64, name)
+    assert_all_as_accurate(names, got, ref32, ref64)
 
 
 @pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
