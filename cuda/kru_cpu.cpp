@@ -624,7 +624,7 @@ void lstm_backward(const Plan& plan, const Plan& adj, const Products<T>& w, cons
     // 0: the gates a, then ∂L/∂a; 1: h_{t-1} (im: zeros, never written); 2: c_{t-1}; 3: c_t; 4: ∂L/∂h_t;
     // 5: ∂L/∂c_t; 6: what the loss adds to them (re: ∂L/∂H_t, im: ∂L/∂C_t); 7: junk (gathers' imaginary planes)
     Scratch<T> io(8, 4 * N);
-    T *a = io.re(0), *h1 = io.re(1), *zero = io.im(1), *cp = io.re(2), *ct = io.re(3), *dh = io.re(4), *dc = io.re(5);
+    T *gates = io.re(0), *h1 = io.re(1), *zero = io.im(1), *cp = io.re(2), *ct = io.re(3), *dh = io.re(4), *dc = io.re(5);
     T *lh = io.re(6), *lc = io.im(6), *junk = io.re(7);
     // the input map's block of steps: x_t and ∂L/∂a_t of each (slot t mod kBlock), junk for the x gathers
     constexpr long kBlock = LstmInput<T>::kBlock;
@@ -638,6 +638,8 @@ void lstm_backward(const Plan& plan, const Plan& adj, const Products<T>& w, cons
       std::fill(dc, dc + N * L, T(0));
       long end = steps;  // the input map's block: steps [t, end)
       for (long t = steps - 1; t >= 0; --t) {
+        // the gates, then ∂L/∂a: with the input map, in the block's slot of step t (kept for W_ih's gradient)
+        T* a = in ? dab + (t % kBlock) * 4 * N * L : gates;
         const long row = (m0 * steps + t) * N;  // step t of the chunk's first row, in (B, T, N)
         if (t > 0) {
           gather<T, false>(H + row - N, steps * N, lanes, N, h1, junk);
@@ -669,13 +671,10 @@ void lstm_backward(const Plan& plan, const Plan& adj, const Products<T>& w, cons
         }
         if (!in) {
           scatter<T, false>(a, junk, lanes, 4 * N, ggx + row * 4, steps * 4 * N);
-        } else {
-          std::copy(a, a + 4 * N * L, dab + (t % kBlock) * 4 * N * L);
-          if (t % kBlock == 0) {  // the block's W_ih and b gradients, summed over its steps
-            lanes_affine_grad(dab, 4 * N * L, 4 * N, xb, I * L, I, end - t, in->gw + ch * 4 * N * I * L,
-                              in->gb + ch * 4 * N * L);
-            end = t;
-          }
+        } else if (t % kBlock == 0) {  // the block's W_ih and b gradients, summed over its steps
+          lanes_affine_grad(dab, 4 * N * L, 4 * N, xb, I * L, I, end - t, in->gw + ch * 4 * N * I * L,
+                            in->gb + ch * 4 * N * L);
+          end = t;
         }
         for (long g = 0; g < G; ++g) {  // ∂L/∂h_{t-1} = Σ_g Re(W_gᴴ ∂L/∂a_g); the factors' gradients
           Scratch<T>& st = sts[g];
