@@ -10,8 +10,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..ops import apply_nonlinearity
 from .base import SequenceModel
+from .unitary_recurrence import recurrence, recurrence_ref
 
 Transition = Callable[[torch.Tensor], torch.Tensor]  # h (B, N) -> W h (B, N), built once per sequence
 READOUTS = ("re_im", "real")  # V reads [Re h; Im h] (uRNN) or Re h only (EURNN); a real state is read as is
@@ -72,7 +72,18 @@ class UnitaryRNN(SequenceModel):
         shape = (self.hidden_size, 2) if self.complex else (self.hidden_size,)
         self.h0 = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
 
+    # Which recurrence runs (BENCHMARKS.md, "The unitary peers' recurrence", measured): the hand-written backward
+    # (`recurrence`) when W is a dense matrix, or when N ≤ dense_upto for a factored W (its loops then step with W
+    # built densely); autograd through the loop (`recurrence_ref`) otherwise, and always when `reference` is set.
+    reference = False
+    dense = False
+    dense_upto = 0
+
     def transition(self) -> Transition:
+        raise NotImplementedError
+
+    def adjoint_transition(self) -> Transition:
+        """g (B, N) -> W^H g (W^T g if real), built once per sequence: the backward pass's step."""
         raise NotImplementedError
 
     def factor_parameters(self):
@@ -103,12 +114,11 @@ class UnitaryRNN(SequenceModel):
         u = self.U(x)  # (B, T, N) or (B, T, 2N)
         if self.complex:
             u = torch.complex(*u.chunk(2, dim=-1))  # (B, T, N) complex
-        step = self.transition()
-        states = []
-        for u_t in u.unbind(1):  # not u[:, t]: each such slice's backward fills a zero tensor of u's size
-            h = apply_nonlinearity(step(h) + u_t, "modrelu", self.modrelu_bias)  # (B, N)
-            states.append(h)
-        H = torch.stack(states, dim=1) if states else u  # (B, T, N)
+        if self.reference or not (self.dense or self.hidden_size <= self.dense_upto):
+            H = recurrence_ref(self.transition(), u, h, self.modrelu_bias)  # (B, T, N)
+        else:
+            H = recurrence(self, u, h)
+        h = H[:, -1] if H.shape[1] else h
         if last_only:
             H = H[:, -1:]
         if not self.complex:

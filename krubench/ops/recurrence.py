@@ -9,9 +9,10 @@ import torch
 from .kron import kron_matvec_ref
 
 NONLINEARITIES = ("modrelu", "relu", "tanh")
+MODRELU_EPS = 1e-6  # in |z| + eps
 
 
-def modrelu(z: torch.Tensor, bias: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def modrelu(z: torch.Tensor, bias: torch.Tensor, eps: float = MODRELU_EPS) -> torch.Tensor:
     """modReLU (Arjovsky et al.): keep the phase, shift the modulus: `z · relu(|z| + b) / |z|`. At z = 0
     exactly its gradient is 0, as in the compiled kernels and expRNN's `sign(z)·relu(|z| + b)`: the formula's
     own, relu(b)/eps, multiplies back through every all-zero input step (MNIST's leading black pixels from
