@@ -12,9 +12,17 @@ import torch
 from test_lstm_kru_kernel import assert_all_as_accurate
 from test_peer_models import IDS, VARIANTS, make
 from krubench.models import unitary
-from krubench.models.unitary_recurrence import recurrence, recurrence_ref
+from krubench.models.unitary_recurrence import dense_steps, recurrence, recurrence_ref
 
-STEPS = {"own": 0, "dense": 10**9}  # model.dense_upto: the loops step with the model's factors / the dense W
+STEPS = ("own", "dense")  # the loops step with the model's own factors (`own_steps`) / with W built densely
+
+
+def fast(model, u, h0, steps="own"):
+    """The hand-written backward's recurrence with the given steps."""
+    step = model.transition()
+    with torch.no_grad():
+        steps = model.own_steps(step) if steps == "own" else dense_steps(step, model.hidden_size, u.dtype, u.device)
+    return recurrence(step, steps, u, h0, model.modrelu_bias, model.recurrent_parameters())
 
 
 def inputs(model, B=3, T=6, seed=1):
@@ -50,13 +58,12 @@ def narrowed(model, *tensors):
 def test_hand_written_backward_matches_autograd_through_the_loop(name, kw, steps):
     """float64: equal to rounding; float32: as accurate as the float32 reference, both against float64."""
     model = make(name, kw, N=16)
-    model.dense_upto = STEPS[steps]
     u, h0 = inputs(model, T=40)
     ref64 = values_and_grads(model, recurrence_ref(model.transition(), u, h0, model.modrelu_bias), u, h0)
-    out64 = values_and_grads(model, recurrence(model, u, h0), u, h0)
+    out64 = values_and_grads(model, fast(model, u, h0, steps), u, h0)
     model32, (u32, h32) = narrowed(model, u, h0)
     ref32 = values_and_grads(model32, recurrence_ref(model32.transition(), u32, h32, model32.modrelu_bias), u32, h32)
-    out32 = values_and_grads(model32, recurrence(model32, u32, h32), u32, h32)
+    out32 = values_and_grads(model32, fast(model32, u32, h32, steps), u32, h32)
     labels = ["H", "u", "h0", "bias"] + [f"W's parameter {i}" for i in range(len(ref64) - 4)]
     for label, a, b in zip(labels, out64, ref64):
         torch.testing.assert_close(a, b, msg=lambda m, label=label: f"float64 {label}: {m}")
@@ -79,12 +86,11 @@ def test_adjoint_transition_is_the_adjoint(name, kw):
 @pytest.mark.parametrize("name,kw", VARIANTS, ids=IDS)
 def test_gradcheck(name, kw, steps):
     model = make(name, kw, N=4)
-    model.dense_upto = STEPS[steps]
     u, h0 = inputs(model, B=2, T=3)
     params = model.recurrent_parameters()
 
     def f(u, h0, bias, *_):
-        return recurrence(model, u, h0)
+        return fast(model, u, h0, steps)
 
     wrt = (u, h0, model.modrelu_bias, *params)
     assert torch.autograd.gradcheck(f, wrt, eps=1e-6, atol=1e-6)
@@ -93,7 +99,7 @@ def test_gradcheck(name, kw, steps):
 def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients():
     model = make("exprnn", {}, N=6)
     u, h0 = inputs(model)
-    loss = recurrence(model, u, h0).pow(2).sum()
+    loss = fast(model, u, h0).pow(2).sum()
     first = torch.autograd.grad(loss, [model.theta, u], retain_graph=True)
     second = torch.autograd.grad(loss, [model.theta, u])
     for a, b in zip(first, second):
@@ -101,9 +107,9 @@ def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients():
 
 
 @pytest.mark.parametrize("name,N,kw,runs", [
-    ("exprnn", 190, {}, "recurrence"), ("fcurnn", 128, {}, "recurrence"),  # dense W: always
-    ("eurnn", 128, {}, "recurrence"), ("eurnn", 256, {}, "recurrence_ref"),  # factored: N ≤ dense_upto
-    ("urnn", 64, {}, "recurrence"), ("urnn", 470, {}, "recurrence_ref"),
+    ("exprnn", 190, {}, "recurrence"), ("fcurnn", 128, {}, "recurrence"),  # dense W: its own product
+    ("eurnn", 128, {}, "recurrence"), ("eurnn", 256, {}, "recurrence_ref"),  # dense W up to N = 128, else autograd
+    ("urnn", 64, {}, "recurrence"), ("urnn", 470, {}, "recurrence_ref"),  # dense W up to N = 64, else autograd
     ("exprnn", 8, {"reference": True}, "recurrence_ref"),  # the specification on request
 ])
 def test_each_model_runs_the_recurrence_its_measured_rule_names(monkeypatch, name, N, kw, runs):
@@ -111,9 +117,9 @@ def test_each_model_runs_the_recurrence_its_measured_rule_names(monkeypatch, nam
     for k, v in kw.items():
         setattr(model, k, v)
     called = []
-    for fn in ("recurrence", "recurrence_ref"):
-        original = getattr(unitary, fn)
-        monkeypatch.setattr(unitary, fn, lambda *a, fn=fn, original=original: called.append(fn) or original(*a))
+    original = {fn: getattr(unitary, fn) for fn in ("recurrence", "recurrence_ref")}
+    monkeypatch.setattr(unitary, "recurrence", lambda *a: called.append("recurrence") or original["recurrence"](*a))
+    monkeypatch.setattr(unitary, "recurrence_ref", lambda *a: called.append("recurrence_ref") or original["recurrence_ref"](*a))
     y, h = model(torch.randn(2, 3, 3))
     assert called == [runs] and y.shape == (2, 3, 2)
 

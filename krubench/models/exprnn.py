@@ -33,7 +33,9 @@ def block_diagonal_skew(n: int, init: str) -> torch.Tensor:
 
 
 class ExpRNN(UnitaryRNN):
-    dense = True  # W is a dense matrix: the hand-written backward is 1.1–1.4× faster (measured)
+    def loop_steps(self, step):  # W is a dense matrix: its own product, 1.25–1.45× faster than autograd's loop
+        return self.own_steps(step)
+
     default_factor_lr_scale = 0.1  # expRNN's paper: the orthogonal part at lr/10
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, init: str = "henaff"):

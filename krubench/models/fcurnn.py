@@ -21,7 +21,9 @@ from .urnn import init_urnn_maps
 
 
 class FCURNN(UnitaryRNN):
-    dense = True  # W is a dense matrix: the hand-written backward is 1.1–1.4× faster (measured)
+    def loop_steps(self, step):  # W is a dense matrix: its own product, 1.25–1.45× faster than autograd's loop
+        return self.own_steps(step)
+
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128):
         super().__init__(input_size, output_size, hidden_size, complex_=True)
         N = hidden_size

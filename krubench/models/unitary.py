@@ -5,15 +5,13 @@ how it applies W and how its reference code initialises U, V and h_0."""
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 from torch import nn
 
 from .base import SequenceModel
-from .unitary_recurrence import recurrence, recurrence_ref
+from .unitary_recurrence import Transition, dense_steps, recurrence, recurrence_ref
 
-Transition = Callable[[torch.Tensor], torch.Tensor]  # h (B, N) -> W h (B, N), built once per sequence
 READOUTS = ("re_im", "real")  # V reads [Re h; Im h] (uRNN) or Re h only (EURNN); a real state is read as is
 
 
@@ -72,12 +70,8 @@ class UnitaryRNN(SequenceModel):
         shape = (self.hidden_size, 2) if self.complex else (self.hidden_size,)
         self.h0 = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
 
-    # Which recurrence runs (BENCHMARKS.md, "The unitary peers' recurrence", measured): the hand-written backward
-    # (`recurrence`) when W is a dense matrix, or when N ≤ dense_upto for a factored W (its loops then step with W
-    # built densely); autograd through the loop (`recurrence_ref`) otherwise, and always when `reference` is set.
-    reference = False
-    dense = False
-    dense_upto = 0
+    reference = False  # True: autograd through the per-step loop (`recurrence_ref`, the specification) always
+    dense_upto = 0  # a factored W: the hand-written backward with W built densely up to this N (measured per model)
 
     def transition(self) -> Transition:
         raise NotImplementedError
@@ -85,6 +79,18 @@ class UnitaryRNN(SequenceModel):
     def adjoint_transition(self) -> Transition:
         """g (B, N) -> W^H g (W^T g if real), built once per sequence: the backward pass's step."""
         raise NotImplementedError
+
+    def own_steps(self, step: Transition) -> tuple[Transition, Transition]:
+        """(W·, W^H·) for the hand-written backward's loops, with W's own factors."""
+        return step, self.adjoint_transition()
+
+    def loop_steps(self, step: Transition) -> tuple[Transition, Transition] | None:
+        """How the hand-written backward steps, or None where autograd through the loop is faster (measured,
+        BENCHMARKS.md "The unitary peers' recurrence"): a dense W (expRNN, FC-uRNN) its own product; a factored
+        one (uRNN, EURNN) built densely up to N = dense_upto, autograd's loop above."""
+        if self.hidden_size <= self.dense_upto:
+            return dense_steps(step, self.hidden_size, self.state_dtype(), self.modrelu_bias.device)
+        return None
 
     def factor_parameters(self):
         return self.recurrent_parameters()
@@ -114,10 +120,13 @@ class UnitaryRNN(SequenceModel):
         u = self.U(x)  # (B, T, N) or (B, T, 2N)
         if self.complex:
             u = torch.complex(*u.chunk(2, dim=-1))  # (B, T, N) complex
-        if self.reference or not (self.dense or self.hidden_size <= self.dense_upto):
-            H = recurrence_ref(self.transition(), u, h, self.modrelu_bias)  # (B, T, N)
+        step = self.transition()
+        with torch.no_grad():
+            steps = None if self.reference else self.loop_steps(step)
+        if steps is None:
+            H = recurrence_ref(step, u, h, self.modrelu_bias)  # (B, T, N)
         else:
-            H = recurrence(self, u, h)
+            H = recurrence(step, steps, u, h, self.modrelu_bias, self.recurrent_parameters())
         h = H[:, -1] if H.shape[1] else h
         if last_only:
             H = H[:, -1:]

@@ -8,10 +8,14 @@ their gradient from one autograd pass through W applied to all B·T previous sta
 so Σ_t ⟨∂L/∂z_t, ∂(W h_{t-1})/∂θ⟩ is the vector-Jacobian product of `W(θ) H_prev` with ∂L/∂Z."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ..ops import apply_nonlinearity
 from ..ops.recurrence import MODRELU_EPS
+
+Transition = Callable[[torch.Tensor], torch.Tensor]  # h (B, N) -> W h (B, N), built once per sequence
 
 
 def recurrence_ref(step, u: torch.Tensor, h0: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -23,25 +27,18 @@ def recurrence_ref(step, u: torch.Tensor, h0: torch.Tensor, bias: torch.Tensor) 
     return torch.stack(states, dim=1) if states else u
 
 
-def recurrence(model, u: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
-    """`recurrence_ref(model.transition(), u, h0, model.modrelu_bias)` with the hand-written backward.
-    model: a UnitaryRNN (its `transition`, `adjoint_transition`, `recurrent_parameters`, `dense`, `dense_upto`)."""
+def recurrence(step, steps: tuple[Transition, Transition], u: torch.Tensor, h0: torch.Tensor, bias: torch.Tensor, params) -> torch.Tensor:
+    """`recurrence_ref(step, u, h0, bias)` with the hand-written backward. step: W·, built with its graph to W's
+    `params`; steps: (W·, W^H·) for the per-step loops (the model's `loop_steps`, built without a graph)."""
     if u.shape[1] == 0:
         return u
-    step = model.transition()  # with its graph to W's parameters, for the backward's parameter pass
-    with torch.no_grad():
-        loops = loop_steps(model, step)
-    params = model.recurrent_parameters()
-    return _Recurrence.apply(step, loops, u, h0.expand(u.shape[0], -1), model.modrelu_bias, *params)
+    return _Recurrence.apply(step, steps, u, h0.expand(u.shape[0], -1), bias, *params)
 
 
-def loop_steps(model, step):
-    """(W·, W^H·) for the per-step loops: the model's own, or the dense W built from `step` once per sequence
-    when W is factored and N ≤ model.dense_upto (one small matrix product a step beats a chain of small ones)."""
-    if model.dense or model.hidden_size > model.dense_upto:
-        return step, model.adjoint_transition()
-    eye = torch.eye(model.hidden_size, dtype=model.state_dtype(), device=model.modrelu_bias.device)
-    M = step(eye)  # row i: (W e_i)^T, so h @ M = (W h)^T for rows h
+def dense_steps(step, n: int, dtype, device) -> tuple[Transition, Transition]:
+    """The loops step with W built densely from `step` once per sequence: one small matrix product a step,
+    which beats a factored W's chain of small operations at small N (each model's measured rule)."""
+    M = step(torch.eye(n, dtype=dtype, device=device))  # row i: (W e_i)^T, so h @ M = (W h)^T for rows h
     M_adjoint = M.conj().T
     return (lambda h: h @ M), (lambda g: g @ M_adjoint)
 
@@ -53,18 +50,17 @@ def _real(z: torch.Tensor) -> torch.Tensor:
 
 class _Recurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, step, loops, u, h0, bias, *params):
-        forward_step, _ = loops  # grad mode is off here: no graph
+    def forward(ctx, step, steps, u, h0, bias, *params):
         T = u.shape[1]
         U = u.transpose(0, 1).contiguous()  # (T, B, N): each step's slices contiguous
         Z, H = torch.empty_like(U), torch.empty_like(U)
         h = h0
         for t in range(T):
-            z = torch.add(forward_step(h), U[t], out=Z[t])
+            z = torch.add(steps[0](h), U[t], out=Z[t])
             r = z.abs()
             scale = (r + bias).clamp_min_(0).div_(r.add_(MODRELU_EPS))  # z = 0 gives 0 · finite: no mask needed
             h = torch.mul(z, scale, out=H[t])
-        ctx.step, ctx.adjoint, ctx.Z, ctx.H = step, loops[1], Z, H  # not save_for_backward: Z is no input or output
+        ctx.step, ctx.steps, ctx.Z, ctx.H = step, steps, Z, H  # not save_for_backward: Z is no input or output
         ctx.save_for_backward(h0, bias, *params)
         return H.transpose(0, 1)
 
@@ -72,7 +68,7 @@ class _Recurrence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gH):
         h0, bias, *params = ctx.saved_tensors
-        Z, H, adjoint = ctx.Z, ctx.H, ctx.adjoint
+        Z, H, steps = ctx.Z, ctx.H, ctx.steps
         T, B, N = Z.shape
         with torch.no_grad():
             # modReLU z ↦ z·s(|z|), s(r) = relu(r + b)/(r + ε); its derivative applied to g is
@@ -94,7 +90,7 @@ class _Recurrence(torch.autograd.Function):
                 gr = Gr[t]
                 proj = (Zr[t] * gr).sum(-1, keepdim=True) if Z.is_complex() else Zr[t] * gr
                 torch.addcmul(s[t] * gr, proj.mul_(k[t]), Zr[t], out=Gzr[t])
-                carry = adjoint(Gz[t])
+                carry = steps[1](Gz[t])
             grads = [None, None, Gz.transpose(0, 1) if ctx.needs_input_grad[2] else None,
                      carry if ctx.needs_input_grad[3] else None]
             if ctx.needs_input_grad[4]:  # ∂L/∂b = Re(conj(z)·g)/(r + ε) where live
@@ -103,14 +99,14 @@ class _Recurrence(torch.autograd.Function):
             else:
                 grads.append(None)
         wanted = ctx.needs_input_grad[5:]
-        params = [p for p, needed in zip(params, wanted) if needed]
-        if params:  # W is linear: Σ_t ⟨∂L/∂z_t, ∂(W h_{t-1})/∂θ⟩ is one vector-Jacobian product over all rows
+        if any(wanted):  # W is linear: Σ_t ⟨∂L/∂z_t, ∂(W h_{t-1})/∂θ⟩ is one vector-Jacobian product over all rows
             h_prev = torch.cat([h0.unsqueeze(0), H[:-1]]).reshape(T * B, N)
             with torch.enable_grad():
                 Wh = ctx.step(h_prev)
-            param_grads = iter(torch.autograd.grad(Wh, params, Gz.reshape(T * B, N), allow_unused=True,
-                                                   retain_graph=True))  # step's graph: a second backward works
-            grads += [next(param_grads) if needed else None for needed in wanted]
+            needed = [p for p, w in zip(params, wanted) if w]
+            found = iter(torch.autograd.grad(Wh, needed, Gz.reshape(T * B, N), allow_unused=True,
+                                             retain_graph=True))  # step's graph: a second backward works
+            grads += [next(found) if w else None for w in wanted]
         else:
             grads += [None] * len(wanted)
         return tuple(grads)

@@ -32,7 +32,7 @@ def init_urnn_maps(model: UnitaryRNN, input_size: int, output_size: int) -> None
 
 
 class URNN(UnitaryRNN):
-    dense_upto = 64  # measured: 2.2× faster at N=64, even at 128; its presets' N=470/512 run autograd's loop
+    dense_upto = 64  # measured: 2.2× faster at N = 64, even at 128; its presets' N = 470, 512 run autograd's loop
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128):
         super().__init__(input_size, output_size, hidden_size, complex_=True)
         N = hidden_size
