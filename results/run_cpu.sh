@@ -50,5 +50,7 @@ commands() {
 }
 if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
 snapshot=$ROOT/.runtree/$(git rev-parse --short HEAD)
-[ -d "$snapshot" ] || git worktree add --quiet --detach -f "$snapshot" HEAD
+# one chain at a time creates it (two chains started together raced on git's worktree lock)
+mkdir -p "$ROOT/.runtree"
+(flock 9; [ -d "$snapshot" ] || git worktree add --quiet --detach -f "$snapshot" HEAD) 9>"$ROOT/.runtree/.lock"
 commands | grep -e "${1:-.}" | (cd "$snapshot" && PYTHONPATH="$snapshot" xargs -P "${2:-2}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'")
