@@ -117,9 +117,9 @@ def test_each_model_runs_the_recurrence_its_measured_rule_names(monkeypatch, nam
     for k, v in kw.items():
         setattr(model, k, v)
     called = []
-    original = {fn: getattr(unitary, fn) for fn in ("recurrence", "recurrence_ref")}
-    monkeypatch.setattr(unitary, "recurrence", lambda *a: called.append("recurrence") or original["recurrence"](*a))
-    monkeypatch.setattr(unitary, "recurrence_ref", lambda *a: called.append("recurrence_ref") or original["recurrence_ref"](*a))
+    for fn in ("recurrence", "recurrence_ref"):
+        original = getattr(unitary, fn)
+        monkeypatch.setattr(unitary, fn, lambda *a, fn=fn, original=original: called.append(fn) or original(*a))
     y, h = model(torch.randn(2, 3, 3))
     assert called == [runs] and y.shape == (2, 3, 2)
 

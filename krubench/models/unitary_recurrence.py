@@ -1,9 +1,9 @@
 """The unitary peers' recurrence `h_t = modReLU(W h_{t-1} + u_t; b)` over a whole sequence, with a
 hand-written backward: the speed of the peers on the CPU (BENCHMARKS.md, "The unitary peers' recurrence").
 
-Autograd through the per-step loop (`recurrence_ref`, the specification) records ~20 small operations a step
-for the uRNN and runs each one's backward node. Here the backward pass is a loop of W's adjoint and modReLU's
-derivative only, with what modReLU's derivative needs computed for all steps at once; W's parameters get
+Autograd through the per-step loop (`recurrence_ref`, the specification) records modReLU's half-dozen small
+operations a step and runs each one's backward node. Here the backward pass is a loop of W's adjoint and
+modReLU's derivative only, with what modReLU's derivative needs computed for all steps at once; W's parameters get
 their gradient from one autograd pass through W applied to all B·T previous states at once: W is linear,
 so Σ_t ⟨∂L/∂z_t, ∂(W h_{t-1})/∂θ⟩ is the vector-Jacobian product of `W(θ) H_prev` with ∂L/∂Z."""
 from __future__ import annotations
@@ -27,7 +27,8 @@ def recurrence_ref(step, u: torch.Tensor, h0: torch.Tensor, bias: torch.Tensor) 
     return torch.stack(states, dim=1) if states else u
 
 
-def recurrence(step, steps: tuple[Transition, Transition], u: torch.Tensor, h0: torch.Tensor, bias: torch.Tensor, params) -> torch.Tensor:
+def recurrence(step: Transition, steps: tuple[Transition, Transition], u: torch.Tensor, h0: torch.Tensor,
+               bias: torch.Tensor, params) -> torch.Tensor:
     """`recurrence_ref(step, u, h0, bias)` with the hand-written backward. step: W·, built with its graph to W's
     `params`; steps: (W·, W^H·) for the per-step loops (the model's `loop_steps`, built without a graph)."""
     if u.shape[1] == 0:
@@ -99,7 +100,7 @@ class _Recurrence(torch.autograd.Function):
             else:
                 grads.append(None)
         wanted = ctx.needs_input_grad[5:]
-        if any(wanted):  # W is linear: Σ_t ⟨∂L/∂z_t, ∂(W h_{t-1})/∂θ⟩ is one vector-Jacobian product over all rows
+        if any(wanted):  # W is linear: Σ_t ⟨∂L/∂z_t, ∂(W h_{t-1})/∂θ⟩, one vector-Jacobian product over all rows
             h_prev = torch.cat([h0.unsqueeze(0), H[:-1]]).reshape(T * B, N)
             with torch.enable_grad():
                 Wh = ctx.step(h_prev)
