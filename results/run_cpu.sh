@@ -42,7 +42,7 @@ commands() {
   # 1,044 until the faster kernel of 30 Nov); valid/test on their first 100,000 characters
   run ptb_char_kru 0 task.eval_limit=100000; run ptb_char_lstm 0 task.eval_limit=100000
   # the unitary peers (issue 14) at full budget: JSB first (minutes), then adding T=100 and T=400, copy T=1000 (hours:
-  # the peers are pure PyTorch loops over time; the uRNN at N=470 on copy ~30 h here, BENCHMARKS.md)
+  # the peers are pure PyTorch loops over time; the uRNN at N=470 on copy ≈ 10 h on a quiet core, the others 1–3.4 h; README)
   for m in urnn fcurnn eurnn exprnn; do run music_jsb_$m 0; done
   for m in exprnn eurnn fcurnn urnn; do run adding_T100_$m 0; done
   for m in exprnn eurnn fcurnn urnn; do run adding_T400_$m 0; done
