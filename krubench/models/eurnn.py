@@ -55,7 +55,8 @@ def check_options(hidden_size: int, capacity: int | None, fft: bool) -> int:
 
 
 class EURNN(UnitaryRNN):
-    dense_upto = 128  # measured: 1.5–2.6× faster at N ≤ 128; slower from 256 (complex) or 512 (real)
+    dense_upto = 128  # measured: 1.7–2.6× faster at N ≤ 128; slower from 256 (complex) or 512 (real)
+
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, capacity: int | None = None,
                  fft: bool = False, complex: bool = True):
         L = check_options(hidden_size, capacity, fft)
@@ -90,9 +91,7 @@ class EURNN(UnitaryRNN):
             phi = self.phi[group][row] if self.phi is not None else None
             yield getattr(self, f"pairs{kind}"), self.theta[group][row], phi
 
-    def stages(self):
-        """W's layers as (diag, off, partner), right to left, then the phases (None if real):
-        layer k maps h to diag · h + off · h[:, partner]."""
+    def transition(self):
         N = self.hidden_size
         stages = []  # y = diag · h + off · h[:, partner], one (diag, off, partner) per layer
         for pairs, theta, phi in self.layers():
@@ -108,10 +107,6 @@ class EURNN(UnitaryRNN):
             partner = torch.arange(N, device=c.device).index_put((a,), b).index_put((b,), a)
             stages.append((diag, off, partner))
         phases = torch.polar(torch.ones_like(self.omega), self.omega) if self.omega is not None else None
-        return stages, phases
-
-    def transition(self):
-        stages, phases = self.stages()
 
         def step(h):  # (B, N) -> (B, N)
             for diag, off, partner in stages:
@@ -119,17 +114,3 @@ class EURNN(UnitaryRNN):
             return h * phases if phases is not None else h
 
         return step
-
-    def adjoint_transition(self):
-        stages, phases = self.stages()
-        # (diag · h + off · h[p])^H g = conj(diag) · g + (conj(off) · g)[p] (the partner map p is its own inverse)
-        stages = [(diag.conj(), off.conj()[partner], partner) for diag, off, partner in reversed(stages)]
-        phases = phases.conj() if phases is not None else None
-
-        def adjoint(g):
-            g = g * phases if phases is not None else g
-            for diag, off, partner in stages:
-                g = diag * g + off * g[:, partner]
-            return g
-
-        return adjoint

@@ -33,9 +33,7 @@ def block_diagonal_skew(n: int, init: str) -> torch.Tensor:
 
 
 class ExpRNN(UnitaryRNN):
-    def loop_steps(self, step):  # W is a dense matrix: its own product, 1.25–1.45× faster than autograd's loop
-        return self.own_steps(step)
-
+    dense_upto = math.inf  # W is a dense matrix: the hand-written backward, 1.25–1.45× faster (measured)
     default_factor_lr_scale = 0.1  # expRNN's paper: the orthogonal part at lr/10
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, init: str = "henaff"):
@@ -56,7 +54,3 @@ class ExpRNN(UnitaryRNN):
     def transition(self):
         B = torch.linalg.matrix_exp(skew(self.theta, self.hidden_size, complex_=False))  # (N, N)
         return lambda h: h @ B  # the repository's `input.matmul(B)`: W = B^T = exp(−A)
-
-    def adjoint_transition(self):
-        Bt = torch.linalg.matrix_exp(skew(self.theta, self.hidden_size, complex_=False)).T
-        return lambda g: g @ Bt

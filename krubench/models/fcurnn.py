@@ -12,6 +12,8 @@ matrix is unitary; exp maps onto all of U(N)), at one O(N³) matrix exponential 
 It is expRNN's method (Lezcano-Casado & Martínez-Rubio 2019) on the complex manifold."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -21,8 +23,7 @@ from .urnn import init_urnn_maps
 
 
 class FCURNN(UnitaryRNN):
-    def loop_steps(self, step):  # W is a dense matrix: its own product, 1.25–1.45× faster than autograd's loop
-        return self.own_steps(step)
+    dense_upto = math.inf  # W is a dense matrix: the hand-written backward (measured about as fast)
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128):
         super().__init__(input_size, output_size, hidden_size, complex_=True)
@@ -34,13 +35,7 @@ class FCURNN(UnitaryRNN):
     def recurrent_parameters(self):
         return [self.theta]
 
-    def unitary(self) -> torch.Tensor:
-        return torch.linalg.matrix_exp(skew(self.theta, self.hidden_size, complex_=True)) @ self.base  # (N, N)
-
     def transition(self):
-        Wt = self.unitary().T
+        W = torch.linalg.matrix_exp(skew(self.theta, self.hidden_size, complex_=True)) @ self.base  # (N, N)
+        Wt = W.T
         return lambda h: h @ Wt  # rows: (W h)^T = h^T W^T
-
-    def adjoint_transition(self):
-        W_conj = self.unitary().conj()
-        return lambda g: g @ W_conj  # rows: (W^H g)^T = g^T conj(W)

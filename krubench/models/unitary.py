@@ -71,26 +71,13 @@ class UnitaryRNN(SequenceModel):
         self.h0 = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
 
     reference = False  # True: autograd through the per-step loop (`recurrence_ref`, the specification) always
-    dense_upto = 0  # a factored W: the hand-written backward with W built densely up to this N (measured per model)
+    # The hand-written backward (`recurrence`, its loops stepping with W built densely once per sequence) runs
+    # up to N = dense_upto, autograd's loop above: measured per model (BENCHMARKS.md "The unitary peers'
+    # recurrence"); a model whose W is a dense matrix anyway (expRNN, FC-uRNN) sets it to infinity.
+    dense_upto = 0
 
     def transition(self) -> Transition:
         raise NotImplementedError
-
-    def adjoint_transition(self) -> Transition:
-        """g (B, N) -> W^H g (W^T g if real), built once per sequence: the backward pass's step."""
-        raise NotImplementedError
-
-    def own_steps(self, step: Transition) -> tuple[Transition, Transition]:
-        """(W·, W^H·) for the hand-written backward's loops, with W's own factors."""
-        return step, self.adjoint_transition()
-
-    def loop_steps(self, step: Transition) -> tuple[Transition, Transition] | None:
-        """How the hand-written backward steps, or None where autograd through the loop is faster (measured,
-        BENCHMARKS.md "The unitary peers' recurrence"): a dense W (expRNN, FC-uRNN) its own product; a factored
-        one (uRNN, EURNN) built densely up to N = dense_upto, autograd's loop above."""
-        if self.hidden_size <= self.dense_upto:
-            return dense_steps(step, self.hidden_size, self.state_dtype(), self.modrelu_bias.device)
-        return None
 
     def factor_parameters(self):
         return self.recurrent_parameters()
@@ -121,11 +108,11 @@ class UnitaryRNN(SequenceModel):
         if self.complex:
             u = torch.complex(*u.chunk(2, dim=-1))  # (B, T, N) complex
         step = self.transition()
-        with torch.no_grad():
-            steps = None if self.reference else self.loop_steps(step)
-        if steps is None:
+        if self.reference or self.hidden_size > self.dense_upto:
             H = recurrence_ref(step, u, h, self.modrelu_bias)  # (B, T, N)
         else:
+            with torch.no_grad():
+                steps = dense_steps(step, self.hidden_size, self.state_dtype(), self.modrelu_bias.device)
             H = recurrence(step, steps, u, h, self.modrelu_bias, self.recurrent_parameters())
         h = H[:, -1] if H.shape[1] else h
         if last_only:

@@ -30,15 +30,16 @@ def recurrence_ref(step, u: torch.Tensor, h0: torch.Tensor, bias: torch.Tensor) 
 def recurrence(step: Transition, steps: tuple[Transition, Transition], u: torch.Tensor, h0: torch.Tensor,
                bias: torch.Tensor, params) -> torch.Tensor:
     """`recurrence_ref(step, u, h0, bias)` with the hand-written backward. step: W·, built with its graph to W's
-    `params`; steps: (W·, W^H·) for the per-step loops (the model's `loop_steps`, built without a graph)."""
+    `params`; steps: (W·, W^H·) for the per-step loops, built without a graph (`dense_steps`)."""
     if u.shape[1] == 0:
         return u
     return _Recurrence.apply(step, steps, u, h0.expand(u.shape[0], -1), bias, *params)
 
 
 def dense_steps(step, n: int, dtype, device) -> tuple[Transition, Transition]:
-    """The loops step with W built densely from `step` once per sequence: one small matrix product a step,
-    which beats a factored W's chain of small operations at small N (each model's measured rule)."""
+    """(W·, W^H·) with W built densely from `step` once per sequence: one small matrix product a step, which
+    beats a factored W's chain of small operations at small N (each model's measured rule), and for a dense
+    W (expRNN, FC-uRNN) reuses its matrix rather than computing the matrix exponential again for W^H."""
     M = step(torch.eye(n, dtype=dtype, device=device))  # row i: (W e_i)^T, so h @ M = (W h)^T for rows h
     M_adjoint = M.conj().T
     return (lambda h: h @ M), (lambda g: g @ M_adjoint)

@@ -33,6 +33,7 @@ def init_urnn_maps(model: UnitaryRNN, input_size: int, output_size: int) -> None
 
 class URNN(UnitaryRNN):
     dense_upto = 64  # measured: 2.2× faster at N = 64, even at 128; its presets' N = 470, 512 run autograd's loop
+
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128):
         super().__init__(input_size, output_size, hidden_size, complex_=True)
         N = hidden_size
@@ -58,15 +59,3 @@ class URNN(UnitaryRNN):
             return d3 * r2(h)
 
         return step
-
-    def adjoint_transition(self):
-        d1, d2, d3 = torch.polar(torch.ones_like(self.theta), -self.theta)  # conj(e^{iθ_k})
-        r1, r2 = (reflection(v) for v in self.reflections)  # Householder reflections are Hermitian
-        inverse = torch.argsort(self.permutation)
-
-        def adjoint(g):  # W^H = D1^H F^H R1 Π^T D2^H F R2 D3^H, right to left
-            g = torch.fft.fft(r2(d3 * g), norm="ortho")  # (F^{-1})^H = F
-            g = r1((d2 * g)[:, inverse])
-            return d1 * torch.fft.ifft(g, norm="ortho")
-
-        return adjoint
