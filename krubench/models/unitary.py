@@ -52,6 +52,12 @@ class UnitaryRNN(SequenceModel):
     define `transition()` (W's action, precomputed once per sequence) and `recurrent_parameters()` (W's
     parameters: they train at lr × optim.factor_lr_scale, the peers' own split where their papers use one)."""
 
+    reference = False  # True: autograd through the per-step loop (`recurrence_ref`, the specification) always
+    # The hand-written backward (`recurrence`, its loops stepping with W built densely once per sequence) runs
+    # up to N = dense_upto, autograd's loop above: measured per model (BENCHMARKS.md "The unitary peers'
+    # recurrence"); a model whose W is a dense matrix anyway (expRNN, FC-uRNN) sets it to infinity.
+    dense_upto = 0
+
     def __init__(self, input_size: int, output_size: int, hidden_size: int, complex_: bool, readout: str = "re_im"):
         super().__init__()
         if readout not in READOUTS:
@@ -69,12 +75,6 @@ class UnitaryRNN(SequenceModel):
         """A trained h_0, U(±bound) per real coordinate (uRNN's `h_0`)."""
         shape = (self.hidden_size, 2) if self.complex else (self.hidden_size,)
         self.h0 = nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
-
-    reference = False  # True: autograd through the per-step loop (`recurrence_ref`, the specification) always
-    # The hand-written backward (`recurrence`, its loops stepping with W built densely once per sequence) runs
-    # up to N = dense_upto, autograd's loop above: measured per model (BENCHMARKS.md "The unitary peers'
-    # recurrence"); a model whose W is a dense matrix anyway (expRNN, FC-uRNN) sets it to infinity.
-    dense_upto = 0
 
     def transition(self) -> Transition:
         raise NotImplementedError
