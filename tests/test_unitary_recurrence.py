@@ -12,14 +12,11 @@ import torch
 from test_lstm_kru_kernel import assert_all_as_accurate
 from test_peer_models import IDS, VARIANTS, make
 from krubench.models import unitary
-from krubench.models.unitary_recurrence import dense_steps, recurrence, recurrence_ref
+from krubench.models.unitary_recurrence import recurrence, recurrence_ref
 
 def fast(model, u, h0):
     """The hand-written backward's recurrence, whatever the model's N."""
-    step = model.transition()
-    with torch.no_grad():
-        steps = dense_steps(step, model.hidden_size, u.dtype, u.device)
-    return recurrence(step, steps, u, h0, model.modrelu_bias, model.recurrent_parameters())
+    return recurrence(model.transition(), u, h0, model.modrelu_bias, model.recurrent_parameters())
 
 
 def inputs(model, B=3, T=6, seed=1):

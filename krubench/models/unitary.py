@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .base import SequenceModel
-from .unitary_recurrence import Transition, dense_steps, recurrence, recurrence_ref
+from .unitary_recurrence import Transition, recurrence, recurrence_ref
 
 READOUTS = ("re_im", "real")  # V reads [Re h; Im h] (uRNN) or Re h only (EURNN); a real state is read as is
 
@@ -111,9 +111,7 @@ class UnitaryRNN(SequenceModel):
         if self.reference or self.hidden_size > self.dense_upto:
             H = recurrence_ref(step, u, h, self.modrelu_bias)  # (B, T, N)
         else:
-            with torch.no_grad():
-                steps = dense_steps(step, self.hidden_size, self.state_dtype(), self.modrelu_bias.device)
-            H = recurrence(step, steps, u, h, self.modrelu_bias, self.recurrent_parameters())
+            H = recurrence(step, u, h, self.modrelu_bias, self.recurrent_parameters())
         h = H[:, -1] if H.shape[1] else h
         if last_only:
             H = H[:, -1:]

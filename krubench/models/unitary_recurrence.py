@@ -27,12 +27,13 @@ def recurrence_ref(step, u: torch.Tensor, h0: torch.Tensor, bias: torch.Tensor) 
     return torch.stack(states, dim=1) if states else u
 
 
-def recurrence(step: Transition, steps: tuple[Transition, Transition], u: torch.Tensor, h0: torch.Tensor,
-               bias: torch.Tensor, params) -> torch.Tensor:
+def recurrence(step: Transition, u: torch.Tensor, h0: torch.Tensor, bias: torch.Tensor, params) -> torch.Tensor:
     """`recurrence_ref(step, u, h0, bias)` with the hand-written backward. step: W·, built with its graph to W's
-    `params`; steps: (W·, W^H·) for the per-step loops, built without a graph (`dense_steps`)."""
+    `params`; the loops step with W built densely from it (`dense_steps`)."""
     if u.shape[1] == 0:
         return u
+    with torch.no_grad():
+        steps = dense_steps(step, u.shape[-1], u.dtype, u.device)
     return _Recurrence.apply(step, steps, u, h0.expand(u.shape[0], -1), bias, *params)
 
 
@@ -86,17 +87,18 @@ class _Recurrence(torch.autograd.Function):
             G = torch.empty_like(Z)  # ∂L/∂h_t, the total
             Gz = torch.empty_like(Z)  # ∂L/∂z_t
             Zr, Gr, Gzr = _real(Z), _real(G), _real(Gz)
+            complex_ = Z.is_complex()
             carry = torch.zeros_like(Z[0])
             for t in range(T - 1, -1, -1):
                 torch.add(gH[t], carry, out=G[t])
                 gr = Gr[t]
-                proj = (Zr[t] * gr).sum(-1, keepdim=True) if Z.is_complex() else Zr[t] * gr
+                proj = (Zr[t] * gr).sum(-1, keepdim=True) if complex_ else Zr[t] * gr
                 torch.addcmul(s[t] * gr, proj.mul_(k[t]), Zr[t], out=Gzr[t])
                 carry = steps[1](Gz[t])
             grads = [None, None, Gz.transpose(0, 1) if ctx.needs_input_grad[2] else None,
                      carry if ctx.needs_input_grad[3] else None]
             if ctx.needs_input_grad[4]:  # ∂L/∂b = Re(conj(z)·g)/(r + ε) where live
-                proj = (Zr * Gr).sum(-1) if Z.is_complex() else Zr * Gr
+                proj = (Zr * Gr).sum(-1) if complex_ else Zr * Gr
                 grads.append(torch.where(live, proj / d, 0.0).sum((0, 1)))
             else:
                 grads.append(None)
