@@ -7,7 +7,7 @@ import torch
 
 from krubench.tasks import AddingTask, CopyTask
 from krubench.tasks.adding import make_adding_batch
-from krubench.tasks.base import seeded_generator
+from krubench.tasks.base import evaluate_batches, seeded_generator
 from krubench.tasks.copy import BLANK, DELIMITER, copy_baseline_nats, make_copy_batch
 
 
@@ -71,3 +71,18 @@ def test_task_errors():
         AddingTask(placement="middle")
     with pytest.raises(ValueError, match="task.T=0"):
         CopyTask(T=0)
+
+
+def test_evaluation_records_no_graph():
+    """Evaluation runs without autograd: a model's graph over T=1000 steps of a validation batch (the uRNN's
+    loop at N=470, 256 sequences) took 23 GB and was killed for memory."""
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x, last_only=False):
+            seen.append(torch.is_grad_enabled())
+            return x, None
+
+    x = torch.randn(4, 3, 2)
+    out = evaluate_batches(Probe(), [(x, x)], lambda y, t: (y - t).square().mean(), "cpu")
+    assert seen == [False] and out["loss"] == 0.0

@@ -86,13 +86,13 @@ class Task:
         return f"{self.name}: memoryless baseline " + ", ".join(f"{k}={v:.4g}" for k, v in self.baselines().items())
 
 
-@torch.no_grad()
 def config_value(cfg, key: str, default=None):
     """A task config's value, an Enum choice (the composed config's) by its value."""
     v = cfg.get(key, default)
     return getattr(v, "value", v)
 
 
+@torch.no_grad()  # no graph: evaluation at T=1000 with autograd's loop would hold every step's tensors
 def evaluate_batches(model, batches, loss_fn, device, extra=None, last_only=False) -> dict[str, float]:
     """Average `loss_fn` (and the per-batch `extra` metrics) over (x, target) batches, weighted by batch size;
     `last_only`: the model's outputs at the last step only (tasks scored there)."""
