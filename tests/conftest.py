@@ -60,6 +60,30 @@ def run_cli(args, cwd: Path, timeout: float = 300, check: bool = True) -> subpro
     return proc
 
 
+# The command line that SIGKILLs itself right after it logs a line matching argv[1] (as when a node dies there).
+# A test that waits for the line and then kills races the run: a tiny run's last 16 steps take 40 ms.
+_KILLED_AT = """
+import logging, os, re, signal, sys
+pattern = re.compile(sys.argv.pop(1))
+handle = logging.Logger.handle
+def handle_then_die(self, record):
+    handle(self, record)
+    if pattern.search(record.getMessage()):
+        os.kill(os.getpid(), signal.SIGKILL)
+logging.Logger.handle = handle_then_die
+from krubench.cli import main
+main()
+"""
+
+
+def run_cli_killed_at(pattern: str, args, cwd: Path, timeout: float = 300) -> None:
+    """Run the CLI (as `krubench`, in `cwd`) until it logs a message matching `pattern`, and SIGKILL it there."""
+    proc = subprocess.run([sys.executable, "-c", _KILLED_AT, pattern, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == -9, f"{args} was to be killed at {pattern!r} but exited {proc.returncode}:\n" \
+                                  f"{proc.stdout}\n{proc.stderr}"
+
+
 @pytest.fixture
 def compose_cfg():
     return compose_config

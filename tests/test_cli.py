@@ -3,17 +3,15 @@ multirun sweep, a killed run resumed, and a wheel that carries its configs."""
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, krubench_command, run_cli
+from conftest import REPO, krubench_command, run_cli, run_cli_killed_at
 
 TINY = ["trainer=debug", "task.T=10", "task.val_size=40", "model.hidden_size=16"]
 
@@ -116,13 +114,7 @@ def test_killed_run_resumes_from_its_checkpoint(tmp_path):
     run = tmp_path / "run"
     args = [*TINY, "trainer.steps=400", "trainer.ckpt_every=20", "trainer.val_every=1000",
             f"hydra.run.dir={run}"]
-    proc = subprocess.Popen([*krubench_command(), *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    run_cli_killed_at(r"^step 25/", args, cwd=tmp_path)  # after its first checkpoint (step 20)
     assert (run / "last.pt").exists(), "the run never wrote a checkpoint"
     assert json.loads((run / "status.json").read_text())["status"] == "running"
     assert not (run / "results.json").exists()

@@ -17,7 +17,7 @@ import torch
 from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import krubench_command, run_cli, small_run_config
+from conftest import krubench_command, run_cli, run_cli_killed_at, small_run_config
 from krubench import checkpoint, rundir
 from krubench import results as results_module
 from krubench.report import find_runs
@@ -180,10 +180,6 @@ def wait_for_log(run: Path, pattern: str, proc, after: int = 0, timeout: float =
     raise AssertionError(f"{pattern!r} never appeared in {log}")
 
 
-def log_size(run: Path) -> int:
-    return len((run / "krubench.log").read_text()) if (run / "krubench.log").exists() else 0
-
-
 @pytest.mark.slow
 def test_sigterm_saves_and_exits_143_and_a_second_run_is_locked_out(tmp_path):
     run = tmp_path / "run"
@@ -245,12 +241,8 @@ def test_tensorboard_after_kills_and_resumes_equals_an_uninterrupted_run(tmp_pat
     args = [*TINY, "trainer.steps=30", "trainer.ckpt_every=7"]
     run_cli([*args, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path)
     run = tmp_path / "killed"
-    for kill_after in (r"step 3/", r"step 9/", r"step 9/", r"step 23/"):  # before a checkpoint, after, again
-        offset = log_size(run)
-        proc = start([*args, f"hydra.run.dir={run}"], tmp_path)
-        wait_for_log(run, kill_after, proc, after=offset)
-        proc.kill()
-        proc.wait()
+    for kill_at in (r"^step 3/", r"^step 9/", r"^step 9/", r"^step 23/"):  # before a checkpoint, after, again
+        run_cli_killed_at(kill_at, [*args, f"hydra.run.dir={run}"], cwd=tmp_path)
     run_cli([*args, f"hydra.run.dir={run}"], cwd=tmp_path)
     assert tensorboard_view(run) == tensorboard_view(tmp_path / "straight")
 
