@@ -1,7 +1,9 @@
 """Failure modes of a run and what happens (the table in the README, "When things go wrong"): damaged,
 tampered or crafted checkpoints, old-format checkpoints, the run-directory lock, status.json of a finished run,
 signals, TensorBoard after kills, config errors and the NaN stop's recovery, run as a user would."""
+import io
 import json
+import logging
 import os
 import pickle
 import re
@@ -20,6 +22,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import krubench_command, run_cli, run_cli_killed_at, small_run_config
 from krubench import checkpoint, rundir
 from krubench import results as results_module
+from krubench.interrupt import StopOnSignal
 from krubench.report import find_runs
 from krubench.tasks.copy import CopyTask
 from krubench.train import NonFiniteLoss, train
@@ -148,6 +151,48 @@ def test_a_rerun_into_a_finished_run_keeps_the_provenance_of_the_run_that_traine
     more = train(small_run_config(tmp_path, "trainer.steps=7"), finished)  # trains on: its own provenance
     assert more["steps"] == 7
     assert json.loads((finished / "results.json").read_text())["git"] == other
+
+
+# ---- signals ----
+
+class SignalsWhileWritten(io.RawIOBase):
+    """A file that sends this process `signum` while its first bytes are being written: the signal handler runs
+    inside the BufferedWriter above it, as when a signal arrives during a log line's write."""
+
+    def __init__(self, signum):
+        self.signum, self.data = signum, bytearray()
+
+    def writable(self):
+        return True
+
+    def write(self, b):
+        if self.signum is not None:
+            signum, self.signum = self.signum, None
+            os.kill(os.getpid(), signum)  # the handler runs before this call returns
+        self.data += b
+        return len(b)
+
+
+def test_a_stop_signal_during_a_log_write_is_logged(capsys):
+    """Logged from the handler itself, the message was lost ("reentrant call inside <_io.BufferedWriter>")."""
+    raw = SignalsWhileWritten(signal.SIGTERM)
+    handler = logging.StreamHandler(io.TextIOWrapper(io.BufferedWriter(raw), write_through=True))
+    logger = logging.getLogger("krubench")
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a run: StopOnSignal takes only a default
+    logger.addHandler(handler)
+    try:
+        with StopOnSignal(on_second=None) as stop:
+            assert signal.getsignal(signal.SIGTERM) == stop.handle  # else the signal would end pytest
+            logger.warning("step 3/10 loss 0.5")
+            deadline = time.time() + 10
+            while b"SIGTERM received" not in raw.data and time.time() < deadline:
+                time.sleep(0.01)
+        assert stop.requested == signal.SIGTERM
+    finally:
+        logger.removeHandler(handler)
+        signal.signal(signal.SIGTERM, previous)
+    assert b"step 3/10 loss 0.5" in raw.data and b"SIGTERM received: finishing this step" in raw.data
+    assert "Logging error" not in capsys.readouterr().err
 
 
 # ---- the command line ----
