@@ -45,6 +45,7 @@ commands() {
   # the peers are pure PyTorch loops over time; the uRNN at N=470 on copy ≈ 10 h on a quiet core, the others 1–3.4 h; README)
   for m in urnn fcurnn eurnn exprnn; do run music_jsb_$m 0; done
   for m in exprnn eurnn fcurnn urnn; do run adding_T100_$m 0; done
+  run adding_T100_exprnn 1; run adding_T400_exprnn 1  # a second seed for the lr its presets changed to (1 Dec)
   for m in exprnn eurnn fcurnn urnn; do run adding_T400_$m 0; done
   for m in exprnn eurnn fcurnn urnn; do run copy_T1000_$m 0; done
 }
