@@ -44,7 +44,7 @@ TRAIN_LOSS_AS = {"loss": 1.0, "loss_bits": 1 / math.log(2), "bpc": 1 / math.log(
 
 def plot_setting(setting: str, rows, path: Path) -> Path:
     """draw_setting's figure as a PNG at `path`."""
-    draw_setting(setting, rows).savefig(path, dpi=110)
+    draw_setting(setting, rows).savefig(path, dpi=110, bbox_inches="tight")  # long legends stay whole
     return path
 
 
