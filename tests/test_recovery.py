@@ -213,12 +213,12 @@ def start(args, cwd):
     return proc
 
 
-def wait_for_log(run: Path, pattern: str, proc, after: int = 0, timeout: float = 180) -> None:
-    """Until the run's krubench.log, past byte `after`, matches `pattern`."""
+def wait_for_log(run: Path, pattern: str, proc, timeout: float = 180) -> None:
+    """Until the run's krubench.log matches `pattern`."""
     deadline = time.time() + timeout
     log = run / "krubench.log"
     while time.time() < deadline:
-        if log.exists() and re.search(pattern, log.read_text()[after:]):
+        if log.exists() and re.search(pattern, log.read_text()):
             return
         assert proc.poll() is None, proc.output.read_text()
         time.sleep(0.05)
