@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .config import flatten, upgrade_config
+from .config import INCIDENTAL_KEYS, flatten, upgrade_config
 from .files import atomic_write
 
 log = logging.getLogger("krubench")
@@ -94,11 +94,13 @@ def load(path: Path, map_location="cpu") -> dict:
 
 
 def config_diff(saved: dict, current: dict, keys=IDENTITY_KEYS) -> list[str]:
-    """Lines 'key: saved -> current' for every identity value that differs."""
+    """Lines 'key: saved -> current' for every identity value that differs; the backend keys among them
+    (INCIDENTAL_KEYS: the same math) may differ, and be absent from a checkpoint written before they existed."""
     a = flatten({k: saved.get(k) for k in keys})
     b = flatten({k: current.get(k) for k in keys})
     return [f"  {k}: {a.get(k, '<absent>')!r} (checkpoint) -> {b.get(k, '<absent>')!r} (now)"
-            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+            for k in sorted(set(a) | set(b))
+            if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(INCIDENTAL_KEYS)]
 
 
 def load_for_resume(run_dir: Path, config: dict, resume: str) -> dict | None:

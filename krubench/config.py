@@ -18,6 +18,7 @@ from .data.sources import MUSIC
 from .models import MODELS
 from .models.exprnn import SKEW_INITS
 from .models.kru import FACTOR_INITS, MAP_INITS
+from .models.unitary import RECURRENCES
 from .models.lstm import FACTORISATIONS
 from .models.rnn import RNN_INITS, RNN_NONLINEARITIES
 from .ops import KERNELS, NONLINEARITIES
@@ -48,6 +49,7 @@ RNNInit = choices("RNNInit", *RNN_INITS)
 Factorisation = choices("Factorisation", *FACTORISATIONS)
 SkewInit = choices("SkewInit", *SKEW_INITS)
 Kernel = choices("Kernel", *KERNELS)
+Recurrence = choices("Recurrence", *RECURRENCES)
 OptimName = choices("OptimName", "rmsprop", "adam", "sgd")
 Resume = choices("Resume", "auto", "never")
 Progress = choices("Progress", "auto", "always", "never")
@@ -152,6 +154,7 @@ class LSTMKRUConfig:
 class URNNConfig:
     name: str = "urnn"
     hidden_size: int = MISSING
+    recurrence: Recurrence = MISSING  # auto | dense | reference (autograd through the loop): the same math
 
 
 @dataclass
@@ -166,6 +169,7 @@ class EURNNConfig:
     capacity: Optional[int] = MISSING  # tunable style: layers of rotations; null: 2 (tunable), log2 N (fft)
     fft: bool = MISSING  # FFT style: log2 N layers (hidden_size a power of 2)
     complex: bool = MISSING
+    recurrence: Recurrence = MISSING  # as for urnn
 
 
 @dataclass
@@ -173,6 +177,7 @@ class ExpRNNConfig:
     name: str = "exprnn"
     hidden_size: int = MISSING
     init: SkewInit = MISSING  # henaff (copy) | cayley (MNIST): the repository's skew initialisations
+    recurrence: Recurrence = MISSING  # as for urnn
 
 
 # ---- optim ----
@@ -236,10 +241,12 @@ class Config:
 
 
 #: flattened config keys (prefixes) that do not change what a run computes: where data is read from, the device
-#: and threads, logging, resume and progress bar, the Kronecker backend (the same math). The HParams view leaves
-#: them out; krubench-report groups runs differing only in these (and the seed) into one row.
+#: and threads, logging, resume and progress bar, the Kronecker backend and the peers' recurrence (the same math).
+#: The HParams view leaves them out; krubench-report groups runs differing only in these (and the seed) into one
+#: row; a run resumes when only these differ from its checkpoint.
 INCIDENTAL_KEYS = ("data_dir", "trainer.device", "trainer.threads", "trainer.progress", "trainer.resume",
-                   "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "trainer.csv_log", "model.kernel")
+                   "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "trainer.csv_log", "model.kernel",
+                   "model.recurrence")
 
 SCHEMAS = {
     "task": {"copy": CopyConfig, "adding": AddingConfig, "pixel_mnist": PixelMNISTConfig, "ptb_char": PTBCharConfig,

@@ -9,6 +9,7 @@ hits them alike; the table gives the best round (and the median) in ms per step.
     python scripts/bench_models.py                           # CPU, N=128, B=20, T=1020 (copy T=1000)
     python scripts/bench_models.py --sizes 64 128 --length 200 --models kru urnn exprnn
     python scripts/bench_models.py --preset copy_T1000 --threads 1  # each model at its copy preset's N
+    python scripts/bench_models.py --models urnn eurnn --sizes 256 512 --recurrence dense reference  # the peers' rule
     python scripts/bench_models.py --device cuda --batch 128
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ from omegaconf import OmegaConf
 
 from krubench.config import register_configs
 from krubench.models import MODELS, build_model
+from krubench.models.unitary import RECURRENCES
 from krubench.train import build_optimizer
 
 CLASSES = 10  # copy task: 8 symbols, blank, delimiter
@@ -79,6 +81,8 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up step each")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0: torch's default")
+    p.add_argument("--recurrence", nargs="+", choices=RECURRENCES,
+                   help="the unitary peers: a row for each model.recurrence given (default: their config's, auto)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if args.threads > 0:
@@ -95,10 +99,13 @@ def main(argv=None) -> None:
             if config is None:
                 print(f"(no preset paper/{args.preset}_{name}: {name} left out)")
                 continue
-            sizes[name] = config["hidden_size"]
-            steps[name], counts[name] = training_step(config, args.batch, args.length, device)
-            steps[name]()  # warm-up: first-call allocations, kernel builds
-            times[name] = []
+            for recurrence in args.recurrence if args.recurrence and "recurrence" in config else [None]:
+                key = name if recurrence is None else f"{name} ({recurrence})"
+                sizes[key] = config["hidden_size"]
+                variant = config if recurrence is None else {**config, "recurrence": recurrence}
+                steps[key], counts[key] = training_step(variant, args.batch, args.length, device)
+                steps[key]()  # warm-up: first-call allocations, kernel builds
+                times[key] = []
         for _ in range(args.repeats):
             for name, step in steps.items():
                 start = time.perf_counter()

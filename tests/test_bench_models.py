@@ -30,3 +30,10 @@ def test_models_as_their_presets_have_them():
     out = run("--preset", "copy_T1000", "--models", "exprnn", "lstm", "lstm_kru")
     assert "| exprnn | 190 | 17,955 |" in out and "| lstm | 68 |" in out, out
     assert "no preset paper/copy_T1000_lstm_kru: lstm_kru left out" in out
+
+
+@pytest.mark.slow
+def test_the_peers_recurrence_choices_get_a_row_each():
+    out = run("--sizes", "8", "--models", "urnn", "kru", "--recurrence", "dense", "reference")
+    assert "| urnn (dense) | 8 | 56 |" in out and "| urnn (reference) | 8 | 56 |" in out, out
+    assert "| kru | 8 |" in out  # a model without the choice: one row, as without --recurrence

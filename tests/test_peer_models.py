@@ -255,6 +255,17 @@ def test_composes_and_builds_each_model():
         assert isinstance(model, CLASSES[name]) and model.hidden_size == 8
 
 
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_the_recurrence_switch_reaches_the_model_and_refuses_unknown_values(name):
+    cfg = compose_config([f"model={name}", "model.hidden_size=8", "model.recurrence=reference"])
+    assert build_model(OmegaConf.to_container(cfg.model, enum_to_str=True), 10, 10).recurrence == "reference"
+    with pytest.raises(Exception) as e:  # at composition, naming the accepted values
+        compose_config([f"model={name}", "model.recurrence=fast"])
+    assert "auto, dense, reference" in str(e.value.__cause__)
+    with pytest.raises(ValueError, match=r"model.recurrence='fast' is not supported: use one of \('auto', 'dense'"):
+        CLASSES[name](2, 2, hidden_size=8, recurrence="fast")
+
+
 @pytest.mark.parametrize("kw,message", [
     ({"capacity": 0}, "model.capacity=0 must be at least 1"),
     ({"fft": True, "hidden_size": 100}, "model.hidden_size=100 is not a power of 2, which model.fft=true needs: use 64 or 128"),

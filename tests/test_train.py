@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import small_run_config
+from krubench import checkpoint
 from krubench.models.kru import unitary_penalty
 from krubench.tasks.copy import CopyTask
 from krubench.models import build_model
@@ -101,6 +102,24 @@ def test_other_task_in_same_dir_is_refused_with_a_diff(tmp_path):
     cfg = small_run_config(tmp_path, "task=adding", "task.val_size=8")
     with pytest.raises(ValueError, match=r"task.name: 'copy' \(checkpoint\) -> 'adding' \(now\)"):
         train(cfg, tmp_path / "run")
+
+
+def test_a_run_resumes_on_another_backend_and_from_a_checkpoint_older_than_the_key(tmp_path):
+    """model.recurrence (and model.kernel) choose how the same math runs: a run resumes when only they differ,
+    also from a checkpoint written before model.recurrence existed; another model size is still refused."""
+    peer = ["model=urnn", "trainer.steps=12"]
+    train(small_run_config(tmp_path, *peer), tmp_path / "straight")
+    train(small_run_config(tmp_path, *peer, "trainer.steps=6", "model.recurrence=dense"), tmp_path / "resumed")
+    ckpt = checkpoint.load(tmp_path / "resumed" / "last.pt")
+    del ckpt["config"]["model"]["recurrence"]  # as written before the key existed
+    checkpoint.save(tmp_path / "resumed" / "last.pt", **ckpt)
+    train(small_run_config(tmp_path, *peer, "model.recurrence=reference"), tmp_path / "resumed")
+    a, b = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)  # the same math, not the same rounding
+    assert json.loads((tmp_path / "resumed" / "results.json").read_text())["steps"] == 12
+    with pytest.raises(ValueError, match=r"model.hidden_size: 16 \(checkpoint\) -> 8 \(now\)"):
+        train(small_run_config(tmp_path, *peer, "trainer.steps=13", "model.hidden_size=8"), tmp_path / "resumed")
 
 
 def test_unitary_penalty_keeps_factors_unitary(tmp_path):

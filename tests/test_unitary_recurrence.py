@@ -90,12 +90,12 @@ def test_a_second_backward_through_a_retained_graph_gives_the_same_gradients():
     ("exprnn", 190, {}, "recurrence"), ("fcurnn", 128, {}, "recurrence"),  # a dense W: always
     ("eurnn", 128, {}, "recurrence"), ("eurnn", 256, {}, "recurrence_ref"),  # dense W up to N = 128, else autograd
     ("urnn", 64, {}, "recurrence"), ("urnn", 470, {}, "recurrence_ref"),  # dense W up to N = 64, else autograd
-    ("exprnn", 8, {"reference": True}, "recurrence_ref"),  # the specification on request
+    # model.recurrence chooses against the rule: the specification, or the hand-written backward at any N
+    ("exprnn", 8, {"recurrence": "reference"}, "recurrence_ref"), ("urnn", 64, {"recurrence": "reference"}, "recurrence_ref"),
+    ("urnn", 470, {"recurrence": "dense"}, "recurrence"), ("eurnn", 256, {"recurrence": "dense"}, "recurrence"),
 ])
 def test_each_model_runs_the_recurrence_its_measured_rule_names(monkeypatch, name, N, kw, runs):
-    model = make(name, {}, N=N, double=False)
-    for k, v in kw.items():
-        setattr(model, k, v)
+    model = make(name, kw, N=N, double=False)
     called = []
     for fn in ("recurrence", "recurrence_ref"):
         original = getattr(unitary, fn)
@@ -111,7 +111,7 @@ def test_model_outputs_match_the_reference_with_a_given_state_and_last_only(name
     state = torch.randn(2, 8, dtype=model.state_dtype())
     outs = {}
     for reference in (True, False):
-        model.reference = reference
+        model.recurrence = "reference" if reference else "dense"
         outs[reference] = model(x, state, last_only=True)
     for a, b in zip(outs[True], outs[False]):
         torch.testing.assert_close(a, b)

@@ -58,9 +58,9 @@ class EURNN(UnitaryRNN):
     dense_upto = 128  # measured: 1.7–2.6× faster at N ≤ 128; slower from 256 (complex) or 512 (real)
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, capacity: int | None = None,
-                 fft: bool = False, complex: bool = True):
+                 fft: bool = False, complex: bool = True, recurrence: str = "auto"):
         L = check_options(hidden_size, capacity, fft)
-        super().__init__(input_size, output_size, hidden_size, complex_=complex, readout="real")
+        super().__init__(input_size, output_size, hidden_size, complex_=complex, readout="real", recurrence=recurrence)
         N, self.depth = hidden_size, L
         self.fft = fft
         if fft:

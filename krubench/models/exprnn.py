@@ -36,10 +36,11 @@ class ExpRNN(UnitaryRNN):
     dense_upto = math.inf  # W is a dense matrix: the hand-written backward, 1.25–1.45× faster (measured)
     default_factor_lr_scale = 0.1  # expRNN's paper: the orthogonal part at lr/10
 
-    def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, init: str = "henaff"):
+    def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, init: str = "henaff",
+                 recurrence: str = "auto"):
         if hidden_size < 2:
             raise ValueError(f"model.hidden_size={hidden_size} must be at least 2 for model=exprnn (SO(1) is a point)")
-        super().__init__(input_size, output_size, hidden_size, complex_=False)
+        super().__init__(input_size, output_size, hidden_size, complex_=False, recurrence=recurrence)
         N = hidden_size
         rows, cols = torch.triu_indices(N, N, 1)
         self.theta = nn.Parameter(block_diagonal_skew(N, init)[rows, cols])  # (N(N−1)/2,)

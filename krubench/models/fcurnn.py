@@ -25,8 +25,8 @@ from .urnn import init_urnn_maps
 class FCURNN(UnitaryRNN):
     dense_upto = math.inf  # W is a dense matrix: the hand-written backward (measured about as fast)
 
-    def __init__(self, input_size: int, output_size: int, hidden_size: int = 128):
-        super().__init__(input_size, output_size, hidden_size, complex_=True)
+    def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, recurrence: str = "auto"):
+        super().__init__(input_size, output_size, hidden_size, complex_=True, recurrence=recurrence)
         N = hidden_size
         self.theta = nn.Parameter(torch.zeros(skew_size(N, complex_=True)))  # exp(0) = I: W starts at W_0
         self.register_buffer("base", random_unitary(N, complex_=True))  # W_0, saved with the model

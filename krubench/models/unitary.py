@@ -13,6 +13,10 @@ from .base import SequenceModel
 from .unitary_recurrence import Transition, recurrence, recurrence_ref
 
 READOUTS = ("re_im", "real")  # V reads [Re h; Im h] (uRNN) or Re h only (EURNN); a real state is read as is
+# `model.recurrence`: how the loop over time runs (the same math). auto: each model's measured rule (`dense_upto`);
+# dense: the hand-written backward, W built densely once per sequence, at any N; reference: autograd through the
+# per-step loop (`recurrence_ref`, the specification)
+RECURRENCES = ("auto", "dense", "reference")
 
 
 def skew(theta: torch.Tensor, n: int, complex_: bool) -> torch.Tensor:
@@ -52,16 +56,19 @@ class UnitaryRNN(SequenceModel):
     define `transition()` (W's action, precomputed once per sequence) and `recurrent_parameters()` (W's
     parameters: they train at lr × optim.factor_lr_scale, the peers' own split where their papers use one)."""
 
-    reference = False  # True: autograd through the per-step loop (`recurrence_ref`, the specification) always
-    # The hand-written backward (`recurrence`, its loops stepping with W built densely once per sequence) runs
-    # up to N = dense_upto, autograd's loop above: measured per model (BENCHMARKS.md "The unitary peers'
-    # recurrence"); a model whose W is a dense matrix anyway (expRNN, FC-uRNN) sets it to infinity.
+    # `recurrence="auto"` runs the hand-written backward (`recurrence`, its loops stepping with W built densely once
+    # per sequence) up to N = dense_upto, autograd's loop above: measured per model (BENCHMARKS.md "The unitary
+    # peers' recurrence"); a model whose W is a dense matrix anyway (expRNN, FC-uRNN) sets it to infinity.
     dense_upto = 0
 
-    def __init__(self, input_size: int, output_size: int, hidden_size: int, complex_: bool, readout: str = "re_im"):
+    def __init__(self, input_size: int, output_size: int, hidden_size: int, complex_: bool, readout: str = "re_im",
+                 recurrence: str = "auto"):
         super().__init__()
         if readout not in READOUTS:
             raise ValueError(f"readout={readout!r} is not supported: use one of {READOUTS}")
+        if recurrence not in RECURRENCES:
+            raise ValueError(f"model.recurrence={recurrence!r} is not supported: use one of {RECURRENCES}")
+        self.recurrence = recurrence
         self.hidden_size = hidden_size
         self.complex = complex_
         self.readout = readout
@@ -108,10 +115,10 @@ class UnitaryRNN(SequenceModel):
         if self.complex:
             u = torch.complex(*u.chunk(2, dim=-1))  # (B, T, N) complex
         step = self.transition()
-        if self.reference or self.hidden_size > self.dense_upto:
-            H = recurrence_ref(step, u, h, self.modrelu_bias)  # (B, T, N)
-        else:
+        if self.recurrence == "dense" or (self.recurrence == "auto" and self.hidden_size <= self.dense_upto):
             H = recurrence(step, u, h, self.modrelu_bias, self.recurrent_parameters())
+        else:
+            H = recurrence_ref(step, u, h, self.modrelu_bias)  # (B, T, N)
         h = H[:, -1] if H.shape[1] else h
         if last_only:
             H = H[:, -1:]

@@ -34,8 +34,8 @@ def init_urnn_maps(model: UnitaryRNN, input_size: int, output_size: int) -> None
 class URNN(UnitaryRNN):
     dense_upto = 64  # measured: 2.2× faster at N = 64, even at 128; its presets' N = 470, 512 run autograd's loop
 
-    def __init__(self, input_size: int, output_size: int, hidden_size: int = 128):
-        super().__init__(input_size, output_size, hidden_size, complex_=True)
+    def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, recurrence: str = "auto"):
+        super().__init__(input_size, output_size, hidden_size, complex_=True, recurrence=recurrence)
         N = hidden_size
         # The reference draws every matrix Glorot-uniform with its own shape: θ as 3 × N, the reflections 2 × 2N.
         self.theta = nn.Parameter(torch.empty(3, N).uniform_(-glorot_bound(3, N), glorot_bound(3, N)))
