@@ -226,14 +226,14 @@ class Run:
         config, counts = self.config, self.counts
         log.info(self.task.describe())
         log.info(f"model {config['model']['name']}: {counts['total']:,} parameters, {counts['recurrent']:,} "
-                 f"recurrent; Kronecker backend: {self.backend}; device: {self.device}")
+                 f"recurrent; {self.model.describe_compute(self.device)}; device: {self.device}")
         log.info(f"run directory: {self.run_dir}")
         self.writer = tb.open_writer(self.run_dir, self.step, self.task)
         if config["trainer"]["csv_log"]:
             self.writer = CSVMirror(self.writer, self.run_dir, self.step)
         if self.step == 0:
             self.writer.add_text("config", "    " + OmegaConf.to_yaml(config).replace("\n", "\n    "))
-            self.writer.add_text("backend", f"Kronecker backend: {self.backend}, device: {self.device}")
+            self.writer.add_text("backend", f"{self.model.describe_compute(self.device)}, device: {self.device}")
         self.started = self.window_start = time.time()
 
     def finished(self) -> bool:

@@ -104,9 +104,11 @@ def test_other_task_in_same_dir_is_refused_with_a_diff(tmp_path):
         train(cfg, tmp_path / "run")
 
 
-def test_a_run_resumes_on_another_backend_and_from_a_checkpoint_older_than_the_key(tmp_path):
+def test_a_run_resumes_on_another_backend_and_from_a_checkpoint_older_than_the_key(tmp_path, caplog):
     """model.recurrence (and model.kernel) choose how the same math runs: a run resumes when only they differ,
-    also from a checkpoint written before model.recurrence existed; another model size is still refused."""
+    also from a checkpoint written before model.recurrence existed, and its log says which runs; another model
+    size is still refused."""
+    caplog.set_level("INFO", logger="krubench")
     peer = ["model=urnn", "trainer.steps=12"]
     train(small_run_config(tmp_path, *peer), tmp_path / "straight")
     train(small_run_config(tmp_path, *peer, "trainer.steps=6", "model.recurrence=dense"), tmp_path / "resumed")
@@ -118,6 +120,9 @@ def test_a_run_resumes_on_another_backend_and_from_a_checkpoint_older_than_the_k
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)  # the same math, not the same rounding
     assert json.loads((tmp_path / "resumed" / "results.json").read_text())["steps"] == 12
+    for how in ("the hand-written backward (model.recurrence=auto)",  # the uRNN's rule at N=16 ≤ 64
+                "the hand-written backward (model.recurrence=dense)", "autograd through the loop (model.recurrence=reference)"):
+        assert f"recurrent; recurrence: {how}; device: cpu" in caplog.text, how
     with pytest.raises(ValueError, match=r"model.hidden_size: 16 \(checkpoint\) -> 8 \(now\)"):
         train(small_run_config(tmp_path, *peer, "trainer.steps=13", "model.hidden_size=8"), tmp_path / "resumed")
 

@@ -35,6 +35,10 @@ class SequenceModel(nn.Module):
         """The Kronecker backend (ops.BACKENDS) this model's forward runs on `device`; 'none' without factors."""
         return "none"
 
+    def describe_compute(self, device) -> str:
+        """How this model's recurrence runs on `device`, for the run's log."""
+        return f"Kronecker backend: {self.kron_backend(device)}"
+
     def unitary_penalty(self) -> torch.Tensor:
         """Σ_f ‖W_f^H W_f − I‖²; zero for models without Kronecker factors."""
         return torch.zeros((), device=next(self.parameters()).device)

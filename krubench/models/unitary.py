@@ -86,6 +86,14 @@ class UnitaryRNN(SequenceModel):
     def transition(self) -> Transition:
         raise NotImplementedError
 
+    def runs_dense(self) -> bool:
+        """Whether the hand-written backward runs (else autograd through the loop): `recurrence`, resolved."""
+        return self.recurrence == "dense" or (self.recurrence == "auto" and self.hidden_size <= self.dense_upto)
+
+    def describe_compute(self, device) -> str:
+        how = "the hand-written backward" if self.runs_dense() else "autograd through the loop"
+        return f"recurrence: {how} (model.recurrence={self.recurrence})"
+
     def factor_parameters(self):
         return self.recurrent_parameters()
 
@@ -115,7 +123,7 @@ class UnitaryRNN(SequenceModel):
         if self.complex:
             u = torch.complex(*u.chunk(2, dim=-1))  # (B, T, N) complex
         step = self.transition()
-        if self.recurrence == "dense" or (self.recurrence == "auto" and self.hidden_size <= self.dense_upto):
+        if self.runs_dense():
             H = recurrence(step, u, h, self.modrelu_bias, self.recurrent_parameters())
         else:
             H = recurrence_ref(step, u, h, self.modrelu_bias)  # (B, T, N)
