@@ -48,7 +48,7 @@ commands() {
   run adding_T100_exprnn 1; run adding_T400_exprnn 1  # a second seed for the lr its presets changed to (1 Dec)
   for m in exprnn eurnn fcurnn urnn; do run adding_T400_$m 0; done
   for m in exprnn eurnn fcurnn urnn; do run copy_T1000_$m 0; done
-  for m in eurnn exprnn fcurnn; do run copy_T1000_$m 1; done  # a second seed on the headline task (1 Dec)
+  for m in eurnn fcurnn exprnn; do run copy_T1000_$m 1; done  # a second seed on the headline task (1 Dec)
 }
 if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
 snapshot=$ROOT/.runtree/$(git rev-parse --short HEAD)
