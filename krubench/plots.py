@@ -5,6 +5,7 @@ TensorBoard event files with TensorBoard's own reader, drawn with matplotlib's A
 into PNG files."""
 from __future__ import annotations
 
+import logging
 import math
 from itertools import cycle
 from pathlib import Path
@@ -19,6 +20,17 @@ from .models import MODELS
 PALETTE = ("tab:blue", "tab:purple", "tab:green", "tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:olive",
            "tab:cyan", "tab:gray")
 COLORS = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(MODELS)}
+
+
+class _ResumePurge(logging.Filter):
+    """A resumed run's event file starts with a purge step on purpose (tb.py): TensorBoard's reader drops what the
+    interrupted process logged after its checkpoint, and warns of a "TensorFlow restart" each time it does."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Detected out of order event.step")
+
+
+logging.getLogger("tensorboard").addFilter(_ResumePurge())
 
 
 def read_scalars(run_dir: Path, tags=("train/loss", "val/loss")) -> dict[str, tuple[list[int], list[float]]]:

@@ -138,6 +138,19 @@ def test_a_repeated_seed_is_noted(tmp_path, capsys):
     assert "(2) |" in text and "- copy_T1000 kru N=16: 2 runs but only 1 distinct seeds" in text
 
 
+def test_a_resumed_runs_scalars_are_its_last_process_and_read_without_a_warning(tmp_path, caplog):
+    """What tb.open_writer does on resume: a second event file purging the steps after the checkpoint (step 5)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    for purge_step, values in ((None, {s: 1.0 for s in range(1, 9)}), (6, {s: 2.0 for s in range(6, 11)})):
+        with SummaryWriter(str(tmp_path / "tb"), purge_step=purge_step) as w:
+            for step, v in values.items():
+                w.add_scalar("val/loss", v, step)
+    steps, values = read_scalars(tmp_path)["val/loss"]
+    assert steps == list(range(1, 11)) and values == [1.0] * 5 + [2.0] * 5
+    assert "out of order" not in caplog.text
+
+
 def test_plot_of_a_row_of_seeds_draws_a_band(tmp_path):
     copy_run(tmp_path / "runs" / "a", seed=0)
     copy_run(tmp_path / "runs" / "b", RUNS / "sweep" / "1_copy_kru_seed=1")
