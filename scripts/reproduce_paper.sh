@@ -34,8 +34,9 @@ case "$what" in
     sweep table3 paper/ptb_char_kru,paper/ptb_char_lstm_kru,paper/ptb_char_lstm,paper/ptb_char_rnn "$@" ;;
   table4)  # Table 4: polyphonic music (test NLL per time step)
     sweep table4 paper/music_jsb_kru,paper/music_jsb_lstm_kru,paper/music_jsb_lstm,paper/music_jsb_rnn,paper/music_piano_kru,paper/music_piano_lstm_kru,paper/music_piano_lstm,paper/music_piano_rnn,paper/music_nottingham_kru,paper/music_nottingham_lstm_kru,paper/music_nottingham_lstm,paper/music_nottingham_rnn,paper/music_musedata_kru,paper/music_musedata_lstm_kru,paper/music_musedata_lstm,paper/music_musedata_rnn "$@" ;;
-  peers)  # the unitary RNNs KRU grew out of (uRNN, FC-uRNN, EURNN, expRNN): copy T=1000, adding T=100/400, JSB, MNIST
-    sweep peers paper/copy_T1000_urnn,paper/copy_T1000_fcurnn,paper/copy_T1000_eurnn,paper/copy_T1000_exprnn,paper/adding_T100_urnn,paper/adding_T100_fcurnn,paper/adding_T100_eurnn,paper/adding_T100_exprnn,paper/adding_T400_urnn,paper/adding_T400_fcurnn,paper/adding_T400_eurnn,paper/adding_T400_exprnn,paper/music_jsb_urnn,paper/music_jsb_fcurnn,paper/music_jsb_eurnn,paper/music_jsb_exprnn,paper/pixel_mnist_urnn,paper/pixel_mnist_fcurnn,paper/pixel_mnist_eurnn,paper/pixel_mnist_exprnn,paper/permuted_mnist_urnn,paper/permuted_mnist_fcurnn,paper/permuted_mnist_eurnn,paper/permuted_mnist_exprnn "$@" ;;
+  peers)  # the unitary RNNs KRU grew out of (uRNN, FC-uRNN, EURNN, expRNN): copy T=1000, adding T=100/400, JSB, MNIST;
+           # PTB char for EURNN and expRNN (the peers with published PTB numbers)
+    sweep peers paper/copy_T1000_urnn,paper/copy_T1000_fcurnn,paper/copy_T1000_eurnn,paper/copy_T1000_exprnn,paper/adding_T100_urnn,paper/adding_T100_fcurnn,paper/adding_T100_eurnn,paper/adding_T100_exprnn,paper/adding_T400_urnn,paper/adding_T400_fcurnn,paper/adding_T400_eurnn,paper/adding_T400_exprnn,paper/music_jsb_urnn,paper/music_jsb_fcurnn,paper/music_jsb_eurnn,paper/music_jsb_exprnn,paper/pixel_mnist_urnn,paper/pixel_mnist_fcurnn,paper/pixel_mnist_eurnn,paper/pixel_mnist_exprnn,paper/permuted_mnist_urnn,paper/permuted_mnist_fcurnn,paper/permuted_mnist_eurnn,paper/permuted_mnist_exprnn,paper/ptb_char_eurnn,paper/ptb_char_exprnn "$@" ;;
   all)
     for t in fig1 fig2 mnist table3 table4 peers; do "$0" "$t" "$@"; done ;;
   *)

@@ -43,7 +43,9 @@ def test_there_is_a_preset_per_benchmark_setting_and_model():
     for setting in peer_settings:  # the unitary RNNs KRU is compared with (issue 14)
         for model in ("urnn", "fcurnn", "eurnn", "exprnn"):
             assert f"{setting}_{model}" in PRESETS
-    assert len(PRESETS) == 46 + 4 * len(peer_settings)
+    for model in ("eurnn", "exprnn"):  # the peers with published PTB numbers (nnRNN README)
+        assert f"ptb_char_{model}" in PRESETS
+    assert len(PRESETS) == 46 + 4 * len(peer_settings) + 2
 
 
 #: the edit-test loop composes each setting's KRU preset and each model's copy T=1000 one; the full suite all
