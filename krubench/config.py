@@ -18,9 +18,9 @@ from .data.sources import MUSIC
 from .models import MODELS
 from .models.exprnn import SKEW_INITS
 from .models.kru import FACTOR_INITS, MAP_INITS
-from .models.unitary import RECURRENCES
 from .models.lstm import FACTORISATIONS
 from .models.rnn import RNN_INITS, RNN_NONLINEARITIES
+from .models.unitary import RECURRENCES
 from .ops import KERNELS, NONLINEARITIES
 from .schedule import USES as SCHEDULE_USES
 from .tasks.adding import PLACEMENTS
