@@ -139,11 +139,13 @@ def test_a_repeated_seed_is_noted(tmp_path, capsys):
 
 
 def test_a_resumed_runs_scalars_are_its_last_process_and_read_without_a_warning(tmp_path, caplog):
-    """What tb.open_writer does on resume: a second event file purging the steps after the checkpoint (step 5)."""
-    from torch.utils.tensorboard import SummaryWriter
+    """A run logs steps 1–8, is resumed from its step-5 checkpoint (tb.open_writer's purge) and logs 6–10 again."""
+    from krubench import tb
+    from krubench.tasks.copy import CopyTask
 
-    for purge_step, values in ((None, {s: 1.0 for s in range(1, 9)}), (6, {s: 2.0 for s in range(6, 11)})):
-        with SummaryWriter(str(tmp_path / "tb"), purge_step=purge_step) as w:
+    task = CopyTask(T=5, val_size=4)
+    for start_step, values in ((0, {s: 1.0 for s in range(1, 9)}), (5, {s: 2.0 for s in range(6, 11)})):
+        with tb.open_writer(tmp_path, start_step, task) as w:
             for step, v in values.items():
                 w.add_scalar("val/loss", v, step)
     steps, values = read_scalars(tmp_path)["val/loss"]
