@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The runs behind RESULTS.md: the paper presets (conf/experiment/paper/) at their full budgets on a 2-core CPU,
-# one thread each, two at a time; MNIST and PTB at the share of their budget written on their line.
+# one thread each, two at a time.
 # Usage (from the repository root): bash results/run_cpu.sh [PATTERN] [JOBS]   (JOBS: runs at a time, default 2)
 #   Only the runs whose command matches PATTERN; in the order below (most telling first). Finished runs
 #   (status.json "ok") are skipped; unfinished ones resume from their last.pt.
@@ -25,30 +25,29 @@ run() {  # run PRESET SEEDS [OVERRIDES...]
   done
 }
 commands() {
+  # The paper's set-ups (issue 26), in the order the issue gives. Table 4: JSB and Piano-midi, every row, 3 seeds
+  # (each run 1-10 min)
+  for d in jsb piano; do for m in kru lstm_kru rnn lstm; do run music_${d}_$m "0 1 2"; done; done
+  # Fig. 2 at the paper's 1,000K samples (50,000 steps): the KRU's seed 0 at every T first, then seeds 1 and 2,
+  # then LSTM and RNN (1 seed). The 10,000-step runs (results/runs/adding_*_steps10k_*) kept no last.pt to continue
+  for T in 100 200 400 750; do run adding_T${T}_kru 0; done
+  for T in 100 200 400 750; do run adding_T${T}_kru "1 2"; done
+  for T in 100 200 400 750; do run adding_T${T}_lstm 0; run adding_T${T}_rnn 0; done
+  # Table 2: the KRU n=512 at full budget (≈ 6 h a run on one thread), tested on all 10,000 test images
+  run pixel_mnist_kru 0; run permuted_mnist_kru 0
+  # Table 3, the ≈120K block: KRU n=411, LSTM n=150, RNN n=300; then the ≈420K block
+  run ptb_char_kru 0; run ptb_char_lstm 0; run ptb_char_rnn 0
+  run ptb_char_kru_n993 0; run ptb_char_lstm_n300 0; run ptb_char_rnn_n600 0; run ptb_char_lstm_kru 0
+  # Fig. 1 (finished: 10,000 steps, read at 5,000) and the extension beyond the paper: Nottingham and MuseData
   run copy_T1000_kru "0 1 2"; run copy_T1000_lstm 0; run copy_T1000_rnn 0
-  # adding T=100's KRU seeds are the stability sweep's factor_lr_scale=0.1 arm (results/sweeps/): the preset's
-  # exact configuration, so they are not run twice
-  run adding_T100_lstm 0; run adding_T100_rnn 0
-  for T in 200 400 750; do run adding_T${T}_kru "0 1 2"; run adding_T${T}_lstm 0; run adding_T${T}_rnn 0; done
   run copy_T2000_kru "0 1 2"; run copy_T2000_lstm 0; run copy_T2000_rnn 0
-  for d in jsb nottingham piano musedata; do
+  for d in nottingham musedata; do
     run music_${d}_kru "0 1 2"; run music_${d}_lstm_kru 0; run music_${d}_lstm 0; run music_${d}_rnn 0
   done
-  # Not full budgets (RESULTS.md gives the full budgets' wall time from the measured steps/s):
-  # pixel and permuted MNIST, KRU N=128: 5,500 of 38,500 steps (10 epochs); validation on the first 1,000 images
-  run pixel_mnist_kru 0 model.hidden_size=128 trainer.steps=5500 task.eval_limit=1000
-  run permuted_mnist_kru 0 model.hidden_size=128 trainer.steps=5500 task.eval_limit=1000
-  # PTB char, KRU N=1024 and LSTM N=512: the full 5,220 steps (20 epochs; 1.9 and 3.5 h on a quiet core, BENCHMARKS.md;
-  # 1,044 until the faster kernel of 30 Nov); valid/test on their first 100,000 characters
-  run ptb_char_kru 0 task.eval_limit=100000; run ptb_char_lstm 0 task.eval_limit=100000
-  # the unitary peers (issue 14) at full budget: JSB first (minutes), then adding T=100 and T=400, copy T=1000 (hours:
-  # the peers are pure PyTorch loops over time; the uRNN at N=470 on copy ≈ 10 h on a quiet core, the others 1–3.4 h; README)
+  # the unitary peers (issue 14): JSB (N=128, the extension), copy T=1000 (finished)
   for m in urnn fcurnn eurnn exprnn; do run music_jsb_$m 0; done
-  for m in exprnn eurnn fcurnn urnn; do run adding_T100_$m 0; done
-  run adding_T100_exprnn 1; run adding_T400_exprnn 1  # a second seed for the lr its presets changed to (1 Dec)
-  for m in exprnn eurnn fcurnn urnn; do run adding_T400_$m 0; done
   for m in exprnn eurnn fcurnn urnn; do run copy_T1000_$m 0; done
-  for m in eurnn fcurnn exprnn; do run copy_T1000_$m 1; done  # a second seed on the headline task (1 Dec)
+  for m in eurnn fcurnn exprnn; do run copy_T1000_$m 1; done
 }
 if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
 snapshot=$ROOT/.runtree/$(git rev-parse --short HEAD)
