@@ -84,7 +84,8 @@ class PixelMNISTConfig:
     val_size: int = MISSING  # the last val_size training images are the validation split
     batch_size: int = MISSING
     eval_batch_size: int = MISSING
-    eval_limit: Optional[int] = MISSING  # evaluate on the first eval_limit images of a split only (smoke runs)
+    eval_limit: Optional[int] = MISSING  # evaluate on the first eval_limit images of a split only (smoke runs: the final ones too)
+    val_limit: Optional[int] = MISSING  # validate during training on the first val_limit images; the final evaluations read all
 
 
 @dataclass
@@ -93,7 +94,8 @@ class PTBCharConfig:
     bptt: int = MISSING  # truncated-BPTT segment length (steps); the state is carried across segments
     batch_size: int = MISSING  # parallel columns of the training stream
     eval_batch_size: int = MISSING  # parallel columns of the valid/test stream
-    eval_limit: Optional[int] = MISSING  # evaluate on the first eval_limit tokens of a split only (smoke runs)
+    eval_limit: Optional[int] = MISSING  # evaluate on the first eval_limit tokens of a split only (smoke runs: the final ones too)
+    val_limit: Optional[int] = MISSING  # validate during training on the first val_limit tokens; the final evaluations read all
 
 
 @dataclass
@@ -102,7 +104,8 @@ class MusicConfig:
     dataset: MusicDataset = MISSING  # jsb | piano | nottingham | musedata
     batch_size: int = MISSING  # whole sequences per step, padded and masked
     eval_batch_size: int = MISSING
-    eval_limit: Optional[int] = MISSING  # evaluate on the first eval_limit sequences of a split only (smoke runs)
+    eval_limit: Optional[int] = MISSING  # evaluate on the first eval_limit sequences of a split only (smoke runs: the final ones too)
+    val_limit: Optional[int] = MISSING  # validate during training on the first val_limit sequences; the final evaluations read all
 
 
 # ---- model ----

@@ -1,5 +1,5 @@
-"""`krubench-eval RUN_DIR [--split test] [--checkpoint best|last]`: evaluate a run's checkpoint on a split of its
-task, with the config stored in the checkpoint, and print each metric beside the memoryless baseline and its
+"""`krubench-eval RUN_DIR [--split test] [--checkpoint best|last]`: evaluate a run's checkpoint on a whole split of
+its task (task.eval_limit does not apply), with the config stored in the checkpoint, and print each metric beside the memoryless baseline and its
 unit (or JSON). Nothing in the run directory is written, so it can run beside a training run."""
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def evaluate(run_dir: Path, split: str = "val", which: str = "best", device: str
     model = build_model(config["model"], task.input_size, task.output_size).to(dev)
     model.load_state_dict(ckpt["model"])
     model.eval()
-    metrics = task.evaluate(model, dev, split)
+    metrics = task.evaluate(model, dev, split, whole=True)
     return {"run_dir": str(run_dir), "checkpoint": which, "step": ckpt["step"], "split": split,
             "task": config["task"]["name"], "model": config["model"]["name"], "seed": config["seed"],
             "metric": task.metric, "metrics": metrics, "baseline": task.baselines(), "units": task.units}

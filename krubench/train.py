@@ -311,19 +311,25 @@ class Run:
         self.saved_step = self.step
 
     def finish(self, val: dict, rereport: bool = False) -> dict:
-        """The held-out splits (with the best-on-validation weights), the HParams summary and results.json
+        """Every split whole with the best-on-validation weights (results.json's "val" and "test"), the final
+        validation whole, the HParams summary and results.json
         (`rereport`: a run that trained nothing this time keeps the trained run's provenance)."""
         task, config, run_dir, best = self.task, self.config, self.run_dir, self.best
         wall = self.elapsed + time.time() - self.started
         final_metrics = {f"hparam/val_{k}": v for k, v in val.items()} | {f"hparam/best_val_{task.metric}": best}
         held_out = {}
-        if len(task.splits) > 1:
+        if task.val_limit is not None:  # validation ran on a subsample: the final one reads the whole split
+            val = task.evaluate(self.model, self.device, "val", whole=True)
+            log.info("final validation on the whole split: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
+            final_metrics |= {f"hparam/val_{k}": v for k, v in val.items()}
+        if len(task.splits) > 1:  # the best-on-validation weights on every split, whole (val: its own, unsubsampled)
             self.model.load_state_dict(checkpoint.load(run_dir / checkpoint.BEST, map_location=self.device)["model"])
-            held_out = {split: task.evaluate(self.model, self.device, split) for split in task.splits if split != "val"}
+            held_out = {split: task.evaluate(self.model, self.device, split, whole=True) for split in task.splits}
             for split, metrics in held_out.items():
                 log.info(f"{split} (best checkpoint, step {self.best_step}): "
                          + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
+                if split != "val":  # hparam/val_* are the final weights'
+                    final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
         tb.log_hparams(self.writer, config, final_metrics, self.step)
         self.writer.close()
         results = {

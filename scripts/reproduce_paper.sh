@@ -28,11 +28,11 @@ case "$what" in
     sweep fig1 paper/copy_T1000_kru,paper/copy_T1000_lstm,paper/copy_T1000_rnn,paper/copy_T2000_kru,paper/copy_T2000_lstm,paper/copy_T2000_rnn "$@" ;;
   fig2)  # Fig. 2: adding problem
     sweep fig2 paper/adding_T100_kru,paper/adding_T100_lstm,paper/adding_T100_rnn,paper/adding_T200_kru,paper/adding_T200_lstm,paper/adding_T200_rnn,paper/adding_T400_kru,paper/adding_T400_lstm,paper/adding_T400_rnn,paper/adding_T750_kru,paper/adding_T750_lstm,paper/adding_T750_rnn "$@" ;;
-  mnist)  # pixel and permuted MNIST (test accuracy)
-    sweep mnist paper/pixel_mnist_kru,paper/pixel_mnist_lstm_kru,paper/pixel_mnist_lstm,paper/pixel_mnist_rnn,paper/permuted_mnist_kru,paper/permuted_mnist_lstm_kru,paper/permuted_mnist_lstm,paper/permuted_mnist_rnn "$@" ;;
-  table3)  # Table 3: PTB char (test BPC)
-    sweep table3 paper/ptb_char_kru,paper/ptb_char_lstm_kru,paper/ptb_char_lstm,paper/ptb_char_rnn "$@" ;;
-  table4)  # Table 4: polyphonic music (test NLL per time step)
+  mnist)  # Table 2: pixel and permuted MNIST (test accuracy); its RC and FC uRNN n=512 and EURNN rows are in peers
+    sweep mnist paper/pixel_mnist_kru,paper/pixel_mnist_lstm_kru,paper/pixel_mnist_lstm,paper/pixel_mnist_rnn,paper/pixel_mnist_fcurnn_n116,paper/permuted_mnist_kru,paper/permuted_mnist_lstm_kru,paper/permuted_mnist_lstm,paper/permuted_mnist_rnn,paper/permuted_mnist_fcurnn_n116 "$@" ;;
+  table3)  # Table 3: PTB char (test BPC), the ≈120K block then the ≈420K block
+    sweep table3 paper/ptb_char_kru,paper/ptb_char_lstm,paper/ptb_char_rnn,paper/ptb_char_kru_n993,paper/ptb_char_lstm_kru,paper/ptb_char_lstm_n300,paper/ptb_char_rnn_n600 "$@" ;;
+  table4)  # Table 4: JSB and Piano-midi (test NLL per time step); Nottingham and MuseData: our extension
     sweep table4 paper/music_jsb_kru,paper/music_jsb_lstm_kru,paper/music_jsb_lstm,paper/music_jsb_rnn,paper/music_piano_kru,paper/music_piano_lstm_kru,paper/music_piano_lstm,paper/music_piano_rnn,paper/music_nottingham_kru,paper/music_nottingham_lstm_kru,paper/music_nottingham_lstm,paper/music_nottingham_rnn,paper/music_musedata_kru,paper/music_musedata_lstm_kru,paper/music_musedata_lstm,paper/music_musedata_rnn "$@" ;;
   peers)  # the unitary RNNs KRU grew out of (uRNN, FC-uRNN, EURNN, expRNN): copy T=1000, adding T=100/400, JSB, MNIST;
            # PTB char for EURNN and expRNN (the peers with published PTB numbers)

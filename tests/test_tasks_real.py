@@ -247,3 +247,25 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, task):
         assert torch.equal(a["model"][k], b["model"][k]), k
     if task == "ptb_char":
         assert a["task"]["next_step"] == 6 and all(torch.equal(x, y) for x, y in zip(a["task"]["state"], b["task"]["state"]))
+
+
+def test_val_limit_subsamples_validation_only_and_the_final_evaluations_read_every_item(tmp_path):
+    from krubench.evaluate import evaluate
+
+    run = tmp_path / "run"
+    results = train(compose_config(["task=music", "task.dataset=jsb", "task.batch_size=2", "task.val_limit=3",
+                                    "model=rnn", "model.hidden_size=8", "trainer=debug", "trainer.steps=4",
+                                    "trainer.val_every=2", "trainer.progress=never", f"data_dir={SHARED_DATA}"]), run)
+    task = MusicTask(dataset="jsb", val_limit=3, data_dir=str(SHARED_DATA))
+    for split in ("val", "test", "train"):  # the best checkpoint on each split, whole (Table 4 has train and test)
+        assert results[split]["loss"] == pytest.approx(evaluate(run, split)["metrics"]["loss"], rel=1e-6)
+    model = build_model(results["config"]["model"], 88, 88)
+    model.load_state_dict(torch.load(run / "best.pt", weights_only=False)["model"])
+    assert results["val"]["loss"] != pytest.approx(task.evaluate(model, "cpu", "val")["loss"], rel=1e-6)  # 3 of 76
+    assert results["val"]["loss"] == pytest.approx(task.evaluate(model, "cpu", "val", whole=True)["loss"], rel=1e-6)
+
+
+def test_eval_limit_limits_the_final_evaluations_too(tmp_path):
+    task = MusicTask(dataset="jsb", eval_limit=3, val_limit=50, data_dir=str(SHARED_DATA))
+    assert task.limit(whole=False) == task.limit(whole=True) == 3
+    assert MusicTask(dataset="jsb", val_limit=5, data_dir=str(SHARED_DATA)).limit(whole=True) is None

@@ -63,7 +63,7 @@ class AddingTask(Task):
     def loss(self, y, target):
         return F.mse_loss(y[:, -1, 0], target)  # read the answer at the last step
 
-    def evaluate(self, model, device, split="val"):
+    def evaluate(self, model, device, split="val", whole=False):  # one fixed validation set: always whole
         x, t = self.val
         return evaluate_batches(model, [(x[i:i + 256], t[i:i + 256]) for i in range(0, len(x), 256)], self.loss, device,
                                 last_only=self.scores_last_step_only)

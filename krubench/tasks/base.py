@@ -35,8 +35,12 @@ class Task:
     units: dict[str, str] = {"loss": "nats"}
 
     #: splits `evaluate` accepts; the trainer validates on "val" and, at the end, evaluates the best
-    #: checkpoint on every other split (e.g. "test")
+    #: checkpoint on every split (e.g. "val" and "test"), whole
     splits: tuple[str, ...] = ("val",)
+    #: evaluate on the first eval_limit items of a split only, the final evaluations too (smoke runs; None: all)
+    eval_limit: int | None = None
+    #: validate during training on the first val_limit items only; the final validation and test read all
+    val_limit: int | None = None
 
     #: real-data tasks take the data root as the constructor keyword `data_dir` (None: the default root)
     needs_data: bool = False
@@ -66,9 +70,14 @@ class Task:
         y, _ = model(x, last_only=self.scores_last_step_only)
         return self.loss(y, target)
 
-    def evaluate(self, model, device, split: str = "val") -> dict[str, float]:
-        """Metrics on a fixed split; always contains "loss"."""
+    def evaluate(self, model, device, split: str = "val", whole: bool = False) -> dict[str, float]:
+        """Metrics on a fixed split (`whole`: the final evaluations, without val_limit); always contains "loss"."""
         raise NotImplementedError
+
+    def limit(self, whole: bool) -> int | None:
+        """How many items of a split `evaluate` reads (None: all): eval_limit, and val_limit unless `whole`."""
+        limits = [n for n in (self.eval_limit, None if whole else self.val_limit) if n is not None]
+        return min(limits, default=None)
 
     def state_dict(self) -> dict:
         """Task state a resumed run needs (e.g. a carried hidden state); saved in checkpoints."""

@@ -63,7 +63,7 @@ class CopyTask(Task):
         correct = (y[:, -N_COPY:].argmax(-1) == target[:, -N_COPY:]).float().mean().item()
         return {"recall_accuracy": correct}
 
-    def evaluate(self, model, device, split="val"):
+    def evaluate(self, model, device, split="val", whole=False):  # one fixed validation set: always whole
         x, t = self.val
         batches = [(x[i:i + 256], t[i:i + 256]) for i in range(0, len(x), 256)]
         out = evaluate_batches(model, batches, self.loss, device, self._recall)

@@ -43,7 +43,7 @@ class PixelMNISTTask(Task):
 
     def __init__(self, permute: bool = False, permutation_seed: int = 92916, val_size: int = 5000,
                  batch_size: int = 100, eval_batch_size: int = 100, eval_limit: int | None = None,
-                 seed: int = 0, data_dir: str | None = None):
+                 val_limit: int | None = None, seed: int = 0, data_dir: str | None = None):
         if not 0 < val_size < MNIST_TRAIN:
             raise ValueError(f"task.val_size={val_size} must be between 1 and {MNIST_TRAIN - 1} "
                              "(the last val_size training images form the validation split)")
@@ -57,6 +57,7 @@ class PixelMNISTTask(Task):
         self.permutation = mnist_permutation(permutation_seed) if permute else None
         self.permute, self.permutation_seed = permute, permutation_seed
         self.batch_size, self.eval_batch_size, self.eval_limit, self.seed = batch_size, eval_batch_size, eval_limit, seed
+        self.val_limit = val_limit
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         x = images.reshape(len(images), PIXELS).float() / 255  # (B, 784) in [0, 1]
@@ -76,10 +77,10 @@ class PixelMNISTTask(Task):
     def _accuracy(y, target):
         return {"accuracy": (y[:, -1].argmax(-1) == target).float().mean().item()}
 
-    def evaluate(self, model, device, split="val"):
+    def evaluate(self, model, device, split="val", whole=False):
         if split not in self.splits:
             raise ValueError(f"split={split!r} is not one of {self.splits}")
-        images, labels = (t[:self.eval_limit] for t in self.data[split])
+        images, labels = (t[:self.limit(whole)] for t in self.data[split])
         size = self.eval_batch_size
         batches = ((self.inputs(images[i:i + size]), labels[i:i + size]) for i in range(0, len(labels), size))
         return evaluate_batches(model, batches, self.loss, device, self._accuracy,

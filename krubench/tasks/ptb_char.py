@@ -41,7 +41,8 @@ class PTBCharTask(Task):
     units = {"loss": "nats per character", "bpc": "bits per character"}
 
     def __init__(self, bptt: int = 150, batch_size: int = 128, eval_batch_size: int = 64,
-                 eval_limit: int | None = None, seed: int = 0, data_dir: str | None = None):
+                 eval_limit: int | None = None, val_limit: int | None = None, seed: int = 0,
+                 data_dir: str | None = None):
         if bptt < 1:
             raise ValueError(f"task.bptt={bptt} must be at least 1")
         self.root = resolve_data_dir(data_dir)
@@ -52,12 +53,14 @@ class PTBCharTask(Task):
         if self.segments < 1:
             raise ValueError(f"task.batch_size={batch_size} with task.bptt={bptt} leaves no full segment "
                              f"in {len(ids['train'])} training tokens: lower them")
-        if eval_limit is not None and eval_limit < 2 * eval_batch_size:
-            raise ValueError(f"task.eval_limit={eval_limit} must be at least 2 × task.eval_batch_size="
-                             f"{eval_batch_size} (each evaluation column needs two tokens), or null for all")
+        for key, limit in (("eval_limit", eval_limit), ("val_limit", val_limit)):
+            if limit is not None and limit < 2 * eval_batch_size:
+                raise ValueError(f"task.{key}={limit} must be at least 2 × task.eval_batch_size="
+                                 f"{eval_batch_size} (each evaluation column needs two tokens), or null for all")
         self.eval_ids = {"val": ids["valid"], "test": ids["test"]}
         self.unigram = torch.bincount(ids["train"], minlength=len(self.vocab)).double() / len(ids["train"])
         self.bptt, self.eval_batch_size, self.eval_limit, self.seed = bptt, eval_batch_size, eval_limit, seed
+        self.val_limit = val_limit
         self.state, self.next_step = None, None  # the carried state and the step it is meant for
 
     def segment(self, data: torch.Tensor, start: int, length: int):
@@ -87,10 +90,10 @@ class PTBCharTask(Task):
         self.state, self.next_step = state["state"], state["next_step"]
 
     @torch.no_grad()
-    def evaluate(self, model, device, split="val"):
+    def evaluate(self, model, device, split="val", whole=False):
         if split not in self.eval_ids:
             raise ValueError(f"split={split!r} is not one of {self.splits}")
-        data = batchify(self.eval_ids[split][:self.eval_limit], self.eval_batch_size)  # (B, L)
+        data = batchify(self.eval_ids[split][:self.limit(whole)], self.eval_batch_size)  # (B, L)
         was_training = model.training
         model.eval()
         total, count, state = 0.0, 0, None
