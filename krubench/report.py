@@ -30,6 +30,8 @@ MODEL_ORDER = tuple(MODELS)  # a model added to MODELS is listed without touchin
 #: config keys that do not change what a run measures: runs differing only in these are seeds of one row
 INCIDENTAL = ("seed", *INCIDENTAL_KEYS)
 FORMATS = ("md", "csv")
+#: --out FILE with these lines: only what stands between them is rewritten (a hand-written RESULTS.md around it)
+BEGIN, END = "<!-- krubench-report: begin -->", "<!-- krubench-report: end -->"
 
 
 def load_paper_numbers(path: Path = PAPER_NUMBERS) -> dict:
@@ -159,12 +161,12 @@ def group(runs: list[Run], paper: dict) -> list[Row]:
         setting = r.get("setting") or setting_key(run.config["task"])  # runs older than "setting" in results.json
         metric = paper.get(setting, {}).get("metric", r["metric"])
         split = "test" if "test" in r else "final_val"
-        config = identity(run.config)
+        config = {k: v for k, v in identity(run.config).items() if v is not None}  # None: as a key it predates
         key = (setting, r["model"], r["config"]["model"]["hidden_size"], r["params"]["recurrent"],
                r["params"]["total"], r["config"]["trainer"]["steps"], metric, split)
         full = (*key, repr(sorted(config.items())))  # repr: config values may be lists (unhashable)
         if full not in rows:
-            rows[full] = Row(*key, config, paper=paper.get(setting, {}).get("models", {}).get(r["model"]))
+            rows[full] = Row(*key, config, paper=paper_number(paper.get(setting, {}), r["model"], key[2], split))
         rows[full].runs.append(run)
     set_variants(list(rows.values()))
     order = list(paper)
@@ -172,6 +174,51 @@ def group(runs: list[Run], paper: dict) -> list[Row]:
         order.index(row.setting) if row.setting in order else len(order), row.setting,
         MODEL_ORDER.index(row.model) if row.model in MODEL_ORDER else len(MODEL_ORDER), row.hidden_size, row.steps,
         row.variant))
+
+
+def paper_number(entry: dict, model: str, hidden_size: int, split: str) -> dict | None:
+    """The number the all-runs table sets beside a row: the paper's own row of this model and N (its test cell),
+    else another paper's number for the model (`peers`)."""
+    paper = entry.get("paper", {})
+    for spec in paper.get("rows", []):
+        if spec["model"] == model and spec.get("n", hidden_size) == hidden_size:
+            value = spec.get("test") if split == "test" else None
+            return {"value": value, "verified": paper["verified"],
+                    "source": f"{paper['source']}, {spec.get('label', model)}" + (f" n={spec['n']}" if "n" in spec else "")
+                    + ("" if value is not None else " (see its table above)")}
+    return entry.get("peers", {}).get(model)
+
+
+def paper_sections(paper: dict, runs: list[Run]) -> list[str]:
+    """The KRU paper's tables and figures, row by row beside our runs of each row's preset (paper_tables)."""
+    from . import paper_tables
+    from .plots import read_scalars
+    from .tasks import TASKS
+
+    lines = []
+    for setting, entry in paper.items():
+        if "paper" not in entry:
+            continue
+        spec = {**entry["paper"], "metric": entry["metric"]}
+        title = f"{setting}: {spec['source']}"
+        if "figure" in spec:
+            rows = paper_tables.figure_rows(setting, spec, runs, identity, read_scalars)
+            lines += ["", *paper_tables.figure_markdown(title, spec, rows)]
+        else:
+            task = next((r.results["task"] for r in runs if (r.results.get("setting") or setting_key(r.config["task"]))
+                         == setting), None)
+            higher = TASKS[task].higher_is_better if task in TASKS else spec["metric"] == "accuracy"
+            rows = paper_tables.table_rows(setting, spec, runs, identity, higher)
+            lines += ["", *paper_tables.table_markdown(title, spec, rows, unit(task, spec["metric"]) if task else "")]
+    return lines
+
+
+def splice(old: str, text: str) -> str:
+    """`old` with what stands between its report markers replaced by `text` (all of it if it has no markers)."""
+    if BEGIN in old and END in old:
+        head, rest = old.split(BEGIN, 1)
+        return f"{head}{BEGIN}\n{text}{END}{rest.split(END, 1)[1]}"
+    return text
 
 
 def fmt(value: float | None) -> str:
@@ -205,11 +252,13 @@ def summary(row: Row) -> dict:
     }
 
 
-def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, str]) -> str:
-    """The table, notes on repeated seeds, links to the plots ({setting: relative path}) and the skipped runs."""
+def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, str], paper: list[str] = ()) -> str:
+    """The paper's tables and figures beside ours (`paper`, paper_sections' lines), the table of every run, notes on
+    repeated seeds, links to the plots ({setting: relative path}) and the skipped runs."""
+    lines = ["## The paper's tables and figures, row by row", *paper, "", "## Every configuration run", ""] if paper else []
     head = ["setting", "model", "N", "recurrent params", "total params", "steps", "metric", "ours: mean ± std (n)",
             "memoryless baseline", "paper", "ours − paper", "paper's source", "wall time a run"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         s = summary(row)
         ours = f"{fmt(s['mean'])} ± {fmt(s['std'])} ({s['n']})" if s["n"] > 1 else f"{fmt(s['mean'])} (1)"
@@ -266,7 +315,8 @@ def main(argv=None) -> int:
         for folder, why in skipped:
             print(f"  skipped {folder}: {why}", file=sys.stderr)
         return 1
-    rows = group(runs, load_paper_numbers(args.paper_numbers))
+    paper = load_paper_numbers(args.paper_numbers)
+    rows = group(runs, paper)
     plot_dir = args.plots or (args.out.parent if args.out else None)
     plots = {}
     if plot_dir is not None:
@@ -276,14 +326,15 @@ def main(argv=None) -> int:
         plots = plot_settings(rows, Path(plot_dir), stem)
     if args.format == "md":
         base = args.out.parent if args.out else Path.cwd()  # plot links relative to the table's folder
-        text = markdown(rows, skipped, {k: os.path.relpath(v, base) for k, v in plots.items()})
+        text = markdown(rows, skipped, {k: os.path.relpath(v, base) for k, v in plots.items()},
+                        paper_sections(paper, runs))
     else:
         text = csv_table(rows)
         for folder, why in skipped:
             print(f"skipped {folder}: {why}", file=sys.stderr)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        args.out.write_text(splice(args.out.read_text(), text) if args.out.exists() else text)
         print(f"wrote {args.out}" + (f" and {len(plots)} plot(s) in {plot_dir}" if plots else ""), file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -69,7 +69,7 @@ def test_rows_group_seeds_and_carry_the_paper_numbers():
               for i in (0, 1)]
     assert copy["n"] == 2 and copy["mean"] == pytest.approx(sum(values) / 2)
     assert copy["metric"] == "val loss_bits" and copy["baseline"] == pytest.approx(10 * 3 / 1020)  # log2(8) = 3 bits
-    assert copy["paper"] is None and copy["verified"] == "unverified"
+    assert copy["paper"] is None and copy["verified"] == "verified"  # Fig. 1: a curve, in its own table above
     mnist = summary(rows["pixel_mnist", "kru"])
     test = json.loads((RUNS / "pixel_mnist_kru" / "results.json").read_text())["test"]["accuracy"]
     assert mnist["metric"] == "test accuracy" and mnist["mean"] == pytest.approx(test) and mnist["std"] is None
@@ -197,19 +197,32 @@ def test_setting_key_names_the_presets():
     assert setting_key({"name": "music", "dataset": "jsb"}) == "music_jsb"
 
 
-def test_every_paper_number_has_a_source_and_a_verified_flag():
+def test_every_paper_number_has_a_source_and_a_verified_flag_and_every_paper_row_a_preset_or_a_reason():
+    presets = {p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "experiment" / "paper").glob("*.yaml")}
     for setting, entry in load_paper_numbers().items():
         assert entry["metric"], setting
-        for model, number in entry["models"].items():
+        for model, number in entry.get("peers", {}).items():
             assert set(number) == {"value", "source", "verified"}, (setting, model)
             assert number["source"] and isinstance(number["verified"], bool), (setting, model)
+        if "paper" not in entry:
+            continue
+        paper = entry["paper"]
+        assert paper["source"] and paper["verified"] is True, setting
+        for row in paper["rows"]:
+            assert row.get("preset") in presets or row.get("why"), (setting, row)  # runnable, or says why not
+            if "figure" in paper:
+                assert row["level"] in ("zero", "plateau", None), (setting, row)
+            else:
+                assert all(isinstance(row[c], float) for c in paper["cells"]), (setting, row)
+                assert paper["verdict_on"] in paper["cells"]
 
 
 def test_markdown_table_plots_and_skipped_runs(tmp_path, capsys):
     out = tmp_path / "RESULTS.md"
     assert main([str(RUNS), "--out", str(out)]) == 0
     text = out.read_text()
-    assert text.startswith("| setting | model | N | recurrent params | total params | steps | metric |")
+    assert text.startswith("## The paper's tables and figures, row by row")
+    assert "\n| setting | model | N | recurrent params | total params | steps | metric |" in text
     assert "| pixel_mnist | kru | 512 | 72 | 12,882 |" in text and "0.964 (verified)" in text
     assert "Skipped 2 run(s)" in text and "3_copy_rnn_seed=0`: failed: NonFiniteLoss" in text
     for setting in ("copy_T1000", "adding_T100", "pixel_mnist"):
@@ -279,7 +292,7 @@ def test_peer_rows_stand_beside_their_published_numbers(tmp_path, capsys):
         (dst / "results.json").write_text(json.dumps({**results, "model": model}))
     rows = [summary(r) for r in group(find_runs([tmp_path])[0], load_paper_numbers())]
     assert [(r["model"], r["paper"], r["verified"]) for r in rows] == [
-        ("kru", 0.964, "verified"), ("urnn", 0.951, "unverified"), ("fcurnn", 0.969, "verified")]
+        ("kru", 0.964, "verified"), ("urnn", 0.975, "verified"), ("fcurnn", 0.969, "verified")]  # Table 2
     assert main([str(tmp_path)]) == 0
     text = capsys.readouterr().out
-    assert "| pixel_mnist | fcurnn | 512 |" in text and "0.969 (verified)" in text and "0.951 (unverified)" in text
+    assert "| pixel_mnist | fcurnn | 512 |" in text and "0.969 (verified)" in text and "0.975 (verified)" in text
