@@ -13,7 +13,7 @@ commands() {  # prints the runs to do, having copied each one's 10,000-step fold
   for run in "T400 0 kru" "T750 0 kru" "T400 1 kru" "T750 1 kru" "T400 2 kru" "T750 2 kru" \
              "T400 0 lstm" "T400 0 rnn" "T750 0 lstm" "T750 0 rnn"; do
     read -r T seed model <<< "$run"
-    local src=results/runs/adding_${T}_${model}_s$seed dst=results/sweeps/adding_${T}_${model}_steps20k_s$seed
+    local src=results/runs/adding_${T}_${model}_steps10k_s$seed dst=results/sweeps/adding_${T}_${model}_steps20k_s$seed
     local cmd="krubench experiment=paper/adding_${T}_${model} seed=$seed trainer.steps=20000 $COMMON hydra.run.dir=$dst"
     echo "$cmd" | grep -q -e "${1:-.}" || continue
     grep -qs '"status": "ok"' "$dst/status.json" && continue

@@ -10,7 +10,7 @@ export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # RE
 COMMON="trainer.threads=1 trainer.progress=never"
 commands() {
   for T in 100 400; do
-    echo "krubench experiment=paper/adding_T${T}_exprnn optim.lr=2e-4 seed=0 $COMMON hydra.run.dir=results/sweeps/adding_T${T}_exprnn_lr2e-4_s0"
+    echo "krubench experiment=paper/adding_T${T}_exprnn optim.lr=2e-4 trainer.steps=10000 seed=0 $COMMON hydra.run.dir=results/sweeps/adding_T${T}_exprnn_lr2e-4_s0"
   done
 }
 commands | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
