@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import config_dir, register_configs
 
@@ -45,6 +45,14 @@ def missing_plugin(overrides) -> str | None:
     return None
 
 
+def hydra_files(cfg: DictConfig) -> dict[str, str]:
+    """The files Hydra writes to <run dir>/.hydra/ (its output_subdir, null in conf/config.yaml), as name -> text:
+    krubench writes them itself once the run is accepted."""
+    hydra_cfg = HydraConfig.instance().cfg
+    return {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task)}
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def run(cfg: DictConfig) -> float:
     """Train one run; returns the final validation metric (for Hydra sweepers)."""
@@ -53,9 +61,10 @@ def run(cfg: DictConfig) -> float:
     from .sweep import job_device
     from .train import train  # imported here so `krubench --help` stays quick
 
+    composed = hydra_files(cfg)
     cfg.trainer.device = job_device(cfg.trainer.device)  # parallel sweep jobs: one GPU each
     try:
-        results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        results = train(cfg, Path(HydraConfig.get().runtime.output_dir), composed)
     except Interrupted as e:
         sys.exit(e.exit_code)  # 128 + the signal's number, as a shell reports a process the signal ended
     except (*USER_ERRORS, RunDirBusy) as e:

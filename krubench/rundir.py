@@ -12,12 +12,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .files import atomic_write_json
+from .files import atomic_write, atomic_write_json
 from .results import STATUS
 
 log = logging.getLogger("krubench")
 
 LOCK = ".lock"
+HYDRA = ".hydra"  # the composed config and the overrides of the run's last accepted command
 
 
 class RunDirBusy(RuntimeError):
@@ -91,3 +92,11 @@ def restore_status(run_dir: Path, status: dict) -> None:
     """Put back a finished run's status.json after a rerun that did not finish."""
     atomic_write_json(Path(run_dir) / STATUS, status)
     log.warning(f"{Path(run_dir) / STATUS} left as it was: the rerun did not finish, the earlier run did")
+
+
+def write_hydra_files(run_dir: Path, texts: dict[str, str]) -> None:
+    """<run dir>/.hydra/<name> for each name -> text, written atomically."""
+    if texts:
+        (Path(run_dir) / HYDRA).mkdir(exist_ok=True)
+    for name, text in texts.items():
+        atomic_write(Path(run_dir) / HYDRA / name, lambda f: f.write(text.encode()))

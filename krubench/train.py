@@ -95,10 +95,11 @@ def non_finite_message(what: str, step: int, saved_step: int | None, lr: float, 
             f"trainer.grad_clip or trainer.unitary_penalty may help too.")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+def train(cfg: DictConfig, run_dir: Path, hydra_files: dict[str, str] | None = None) -> dict:
     """Train as `cfg` says, writing everything under `run_dir`, which it locks. Returns the results dict.
-    status.json says running once the checks passed, then ok, failed or interrupted; a rerun into a finished
-    run's directory that does not finish leaves its status.json as it was."""
+    status.json says running once the checks passed (and `hydra_files` are written to .hydra/ then), then ok,
+    failed or interrupted; a rerun into a finished run's directory that does not finish leaves its status.json
+    as it was, and one that is refused leaves every file as it was."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with rundir.locked(run_dir):
@@ -109,6 +110,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             nonlocal started
             started = True
             write_status(run_dir, "running")
+            rundir.write_hydra_files(run_dir, hydra_files or {})
 
         def on_second_signal(signum):
             if started and not rundir.is_finished(before):
