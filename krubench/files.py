@@ -31,6 +31,21 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
 
 
+def read_json_object(path: Path) -> dict:
+    """The JSON object (dict) in `path`. Raises ValueError saying why it cannot be read (missing, not a file,
+    empty, not JSON, not an object), naming the file."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except OSError as e:
+        raise ValueError(f"{path} cannot be read ({e.strerror or type(e).__name__})") from e
+    except ValueError as e:  # also UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
 def remove_temp_files(run_dir: Path) -> list[Path]:
     """Delete the temporary files of writes a killed process never finished (.last.pt.*.tmp, ...).
     Only call it while holding the run directory's lock: otherwise they may be another run's writes."""

@@ -3,7 +3,6 @@ run kept as it was when a rerun into its directory is refused, fails or is inter
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import re
@@ -12,7 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .files import atomic_write, atomic_write_json
+from .files import atomic_write, atomic_write_json, read_json_object
 from .results import STATUS
 
 log = logging.getLogger("krubench")
@@ -79,8 +78,8 @@ def dead_holder(run_dir: Path) -> int | None:
 
 def read_status(run_dir: Path) -> dict | None:
     try:
-        return json.loads((Path(run_dir) / STATUS).read_text())
-    except (OSError, ValueError):
+        return read_json_object(Path(run_dir) / STATUS)
+    except ValueError:
         return None
 
 
