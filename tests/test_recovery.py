@@ -247,6 +247,22 @@ def test_sigterm_saves_and_exits_143_and_a_second_run_is_locked_out(tmp_path):
 
 
 @pytest.mark.slow
+def test_sighup_as_when_the_terminal_closes_saves_and_marks_the_run_interrupted(tmp_path):
+    run = tmp_path / "run"
+    proc = start([*TINY, "trainer.steps=100000", "trainer.ckpt_every=1000", "trainer.val_every=100000",
+                  f"hydra.run.dir={run}"], tmp_path)
+    try:
+        wait_for_log(run, r"step 3/", proc)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=120) == 128 + signal.SIGHUP
+    finally:
+        proc.kill()
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["step"] >= 3
+    assert checkpoint.load(run / "last.pt")["step"] == status["step"]
+
+
+@pytest.mark.slow
 def test_a_second_sigint_exits_at_once(tmp_path):
     run = tmp_path / "run"
     # the signals come during the first validation, a long one (10,000 sequences on the reference kernel, one
