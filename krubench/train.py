@@ -25,7 +25,7 @@ from .interrupt import Interrupted, StopOnSignal
 from .memory import check_memory
 from .models import build_model, default_factor_lr_scale
 from .page_faults import PageFaultWatch
-from .results import write_results, write_status
+from .results import read_results, write_results, write_status
 from .schedule import EarlyStopping, Schedule
 from .tasks import build_task
 
@@ -312,20 +312,38 @@ class Run:
         self.save(self.run_dir / checkpoint.LAST)
         self.saved_step = self.step
 
+    def held_out(self, rereport: bool) -> dict:
+        """The held-out splits' metrics with best.pt's weights. Without a usable best.pt (moved aside, damaged), a
+        re-report keeps the held-out numbers results.json holds, and a run that trained uses its final weights."""
+        splits = [split for split in self.task.splits if split != "val"]
+        if not splits:
+            return {}
+        path = self.run_dir / checkpoint.BEST
+        try:
+            self.model.load_state_dict(checkpoint.load(path, map_location=self.device)["model"])
+            weights = f"best checkpoint, step {self.best_step}"
+        except checkpoint.CheckpointError:
+            problem = f"{path} is missing" if not path.is_file() else f"{path} is damaged"
+            earlier = read_results(self.run_dir) if rereport else {}
+            if all(isinstance(earlier.get(split), dict) for split in splits):
+                log.warning(f"{problem}: the held-out numbers in results.json are kept")
+                return {split: earlier[split] for split in splits}
+            weights = f"final weights, step {self.step}: {problem}"
+            log.warning(f"{problem}: the held-out splits are evaluated with the final weights (step {self.step})")
+        held_out = {split: self.task.evaluate(self.model, self.device, split) for split in splits}
+        for split, metrics in held_out.items():
+            log.info(f"{split} ({weights}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return held_out
+
     def finish(self, val: dict, rereport: bool = False) -> dict:
         """The held-out splits (with the best-on-validation weights), the HParams summary and results.json
         (`rereport`: a run that trained nothing this time keeps the trained run's provenance)."""
         task, config, run_dir, best = self.task, self.config, self.run_dir, self.best
         wall = self.elapsed + time.time() - self.started
         final_metrics = {f"hparam/val_{k}": v for k, v in val.items()} | {f"hparam/best_val_{task.metric}": best}
-        held_out = {}
-        if len(task.splits) > 1:
-            self.model.load_state_dict(checkpoint.load(run_dir / checkpoint.BEST, map_location=self.device)["model"])
-            held_out = {split: task.evaluate(self.model, self.device, split) for split in task.splits if split != "val"}
-            for split, metrics in held_out.items():
-                log.info(f"{split} (best checkpoint, step {self.best_step}): "
-                         + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
+        held_out = self.held_out(rereport)
+        for split, metrics in held_out.items():
+            final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
         tb.log_hparams(self.writer, config, final_metrics, self.step)
         self.writer.close()
         results = {

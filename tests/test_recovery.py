@@ -153,6 +153,22 @@ def test_a_rerun_into_a_finished_run_keeps_the_provenance_of_the_run_that_traine
     assert json.loads((finished / "results.json").read_text())["git"] == other
 
 
+@pytest.mark.parametrize("damage", ["best.pt moved aside", "results.json corrupt"])
+def test_a_finished_run_re_reports_after_best_pt_moved_aside_or_results_json_damaged(tmp_path, monkeypatch,
+                                                                                     caplog, damage):
+    monkeypatch.setattr(CopyTask, "splits", ("val", "test"))  # a task with a held-out split, as pixel MNIST
+    run = tmp_path / "run"
+    trained = train(small_run_config(tmp_path, "trainer.steps=5"), run)
+    if damage == "best.pt moved aside":
+        (run / "best.pt").rename(run / "best.pt.bad")  # as the checkpoint error advises
+    else:
+        (run / "results.json").write_text('{"task": "copy", ')
+    again = train(small_run_config(tmp_path, "trainer.steps=5"), run)
+    assert again["test"] == trained["test"] and again["final_val"] == trained["final_val"]
+    assert json.loads((run / "results.json").read_text())["test"] == trained["test"]
+    assert str(run / ("best.pt" if damage == "best.pt moved aside" else "results.json")) in caplog.text
+
+
 # ---- signals ----
 
 class SignalsWhileWritten(io.RawIOBase):
