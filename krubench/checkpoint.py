@@ -5,6 +5,7 @@ under a different task, model, seed or optimizer."""
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import random
 from pathlib import Path
@@ -67,7 +68,9 @@ def content_digest(obj: Any) -> str:
 
 
 def save(path: Path, **content) -> None:
-    atomic_write(path, lambda f: torch.save({**content, DIGEST: content_digest(content)}, f))
+    buffer = io.BytesIO()  # serialised first: torch.save to a full disk fails with "unexpected pos", not ENOSPC
+    torch.save({**content, DIGEST: content_digest(content)}, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load(path: Path, map_location="cpu") -> dict:

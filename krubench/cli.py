@@ -12,12 +12,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .config import config_dir, register_configs
+from .files import StorageError
 
 register_configs()
 
 #: errors that say what the user should change (config values, run directories, checkpoints, data): printed
 #: as one message without a traceback, unless HYDRA_FULL_ERROR=1
-USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError)
+USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, StorageError)
 
 #: launcher / hydra/launcher / hydra/sweeper options that need a Hydra plugin: (its module, the krubench extra)
 PLUGINS = {

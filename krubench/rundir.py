@@ -11,7 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .files import atomic_write, atomic_write_json, read_json_object
+from .files import atomic_write, atomic_write_json, read_json_object, storage_error
 from .results import STATUS
 
 log = logging.getLogger("krubench")
@@ -30,7 +30,10 @@ def locked(run_dir: Path):
     release; the kernel drops the lock when its process dies, so a lock left by a killed run is never in
     the way (it is only reported)."""
     path = Path(run_dir) / LOCK
-    f = open(path, "a+")
+    try:
+        f = open(path, "a+")
+    except OSError as e:  # a read-only file system, a full disk
+        raise storage_error(e, path) from e
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -122,15 +122,26 @@ def train(cfg: DictConfig, run_dir: Path, hydra_files: dict[str, str] | None = N
             write_status(run_dir, "ok", results["steps"])
             return results
         except BaseException as e:
-            if started and rundir.is_finished(before):
-                rundir.restore_status(run_dir, before)
-            elif started and isinstance(e, Interrupted):
-                write_status(run_dir, "interrupted", e.step)
-            elif started:
-                write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
-                # in krubench.log too: a sweep's or a batch job's console output is often gone
-                log.error(f"run failed: {type(e).__name__}: {e}")
+            if started:
+                settle_status(run_dir, before, e)
             raise
+
+
+def settle_status(run_dir: Path, before: dict | None, e: BaseException) -> None:
+    """status.json after a run that started ended with `e`: a finished run's as it was, else interrupted or
+    failed. On a full disk this write may fail too: then only the log says so."""
+    if not rundir.is_finished(before) and not isinstance(e, Interrupted):
+        # in krubench.log too: a sweep's or a batch job's console output is often gone
+        log.error(f"run failed: {type(e).__name__}: {e}")
+    try:
+        if rundir.is_finished(before):
+            rundir.restore_status(run_dir, before)
+        elif isinstance(e, Interrupted):
+            write_status(run_dir, "interrupted", e.step)
+        else:
+            write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+    except OSError as why:
+        log.error(f"{run_dir / 'status.json'} could not be updated: {why}")
 
 
 def resolve_config(cfg: DictConfig) -> dict:

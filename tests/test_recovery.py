@@ -1,12 +1,14 @@
 """Failure modes of a run and what happens (the table in the README, "When things go wrong"): damaged,
 tampered or crafted checkpoints, old-format checkpoints, the run-directory lock, status.json of a finished run,
 signals, TensorBoard after kills, config errors and the NaN stop's recovery, run as a user would."""
+import errno
 import io
 import json
 import logging
 import os
 import pickle
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -20,7 +22,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import krubench_command, run_cli, run_cli_killed_at, small_run_config
-from krubench import checkpoint, rundir
+from krubench import checkpoint, files, rundir
 from krubench import results as results_module
 from krubench.interrupt import StopOnSignal
 from krubench.report import find_runs
@@ -167,6 +169,38 @@ def test_a_finished_run_re_reports_after_best_pt_moved_aside_or_results_json_dam
     assert again["test"] == trained["test"] and again["final_val"] == trained["final_val"]
     assert json.loads((run / "results.json").read_text())["test"] == trained["test"]
     assert str(run / ("best.pt" if damage == "best.pt moved aside" else "results.json")) in caplog.text
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_marks_the_run(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    fsync, checkpoints = os.fsync, []
+
+    def room_for_one_checkpoint(fd):  # small files (status.json) still fit
+        if os.fstat(fd).st_size > 10_000:
+            checkpoints.append(fd)
+            if len(checkpoints) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", room_for_one_checkpoint)
+    with pytest.raises(files.StorageError, match=f"^no space left on {re.escape(str(run))}: writing best.pt failed"):
+        train(small_run_config(tmp_path, "trainer.steps=4", "trainer.ckpt_every=2", "trainer.val_every=100"), run)
+    assert checkpoint.load(run / "last.pt")["step"] == 2
+    assert not list(run.glob(".*.tmp"))
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and "no space left on" in status["error"]
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_is_one_line_naming_the_file_and_marks_the_run(tmp_path):
+    run = tmp_path / "run"
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # a checkpoint is ~23 kB
+    proc = subprocess.run([*krubench_command(), *TINY, "trainer.steps=3", f"hydra.run.dir={run}"], cwd=tmp_path,
+                          capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{run / 'best.pt'} would exceed the file size limit (ulimit -f)" in proc.stderr  # the first checkpoint
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and "file size limit" in status["error"]
 
 
 # ---- signals ----
