@@ -19,8 +19,9 @@ from .files import atomic_write
 log = logging.getLogger("krubench")
 
 LAST, BEST = "last.pt", "best.pt"
-#: config sections that define a run; resuming with any of them changed is refused
-IDENTITY_KEYS = ("task", "model", "seed")
+#: config sections that define a run; resuming with any of them changed is refused (the schedule too: the lr of
+#: the steps already taken was the old schedule's, and the report would credit the run to the new one)
+IDENTITY_KEYS = ("task", "model", "seed", "schedule")
 DIGEST = "sha256"  # the key of the content digest inside a checkpoint
 
 

@@ -241,12 +241,13 @@ class Config:
 
 
 #: flattened config keys (prefixes) that do not change what a run computes: where data is read from, the device
-#: and threads, logging, resume and progress bar, the Kronecker backend and the peers' recurrence (the same math).
+#: and threads, logging, resume and progress bar, the Kronecker backend, the merging of small factors and the peers'
+#: recurrence (the same math).
 #: The HParams view leaves them out; krubench-report groups runs differing only in these (and the seed) into one
 #: row; a run resumes when only these differ from its checkpoint.
 INCIDENTAL_KEYS = ("data_dir", "trainer.device", "trainer.threads", "trainer.progress", "trainer.resume",
                    "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "trainer.csv_log", "model.kernel",
-                   "model.recurrence")
+                   "model.recurrence", "model.merge_upto")
 
 SCHEMAS = {
     "task": {"copy": CopyConfig, "adding": AddingConfig, "pixel_mnist": PixelMNISTConfig, "ptb_char": PTBCharConfig,
@@ -408,8 +409,11 @@ MOVED_KEYS = {"model.penalty": "trainer.unitary_penalty"}
 
 
 def upgrade_config(config: dict) -> dict:
-    """A run's saved config with MOVED_KEYS renamed (a new dict; the argument is left as it is)."""
+    """A run's saved config with MOVED_KEYS renamed, and the default schedule (constant) where it was written
+    before schedules existed (a new dict; the argument is left as it is)."""
     config = copy.deepcopy(config)
+    if "schedule" not in config:
+        config["schedule"] = OmegaConf.to_container(OmegaConf.structured(ScheduleConfig), enum_to_str=True)
     for old, new in MOVED_KEYS.items():
         (old_group, old_key), (new_group, new_key) = old.split("."), new.split(".")
         if old_key in config.get(old_group, {}):

@@ -99,6 +99,19 @@ def test_a_checkpoint_written_before_a_key_moved_resumes(finished, tmp_path):
     assert train(small_run_config(tmp_path), finished)["steps"] == 10
 
 
+def test_resume_refuses_another_schedule_and_accepts_another_merge_upto(finished, tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="schedule.name: 'constant' \\(checkpoint\\) -> 'cosine'"):
+        train(small_run_config(tmp_path, "trainer.steps=7", "schedule=cosine"), finished)
+    assert train(small_run_config(tmp_path, "trainer.steps=7", "model.merge_upto=2"), finished)["steps"] == 7
+
+
+def test_a_checkpoint_written_before_schedules_resumes_as_constant(finished, tmp_path):
+    ckpt = torch.load(finished / "last.pt", weights_only=True)
+    del ckpt["config"]["schedule"], ckpt[checkpoint.DIGEST]
+    checkpoint.save(finished / "last.pt", **ckpt)
+    assert train(small_run_config(tmp_path, "trainer.steps=7"), finished)["steps"] == 7
+
+
 def test_checkpoints_hold_only_tensors_and_plain_data(finished):
     for name in ("last.pt", "best.pt"):
         ckpt = checkpoint.load(finished / name)
