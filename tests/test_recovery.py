@@ -77,6 +77,18 @@ def test_a_damaged_or_crafted_checkpoint_is_refused_naming_the_file(finished, tm
     assert json.loads((finished / "status.json").read_text())["status"] == "ok"
 
 
+@pytest.mark.parametrize("field, value", [("step", "abc"), ("step", -1.5), ("best", "x"), ("model", None),
+                                          ("elapsed", [1])])
+def test_a_checkpoint_with_a_valid_digest_but_wrong_types_is_refused_naming_the_field(finished, tmp_path, field,
+                                                                                       value):
+    ckpt = torch.load(finished / "last.pt", weights_only=True)
+    del ckpt[checkpoint.DIGEST]
+    checkpoint.save(finished / "last.pt", **{**ckpt, field: value})  # a digest of the wrong content
+    with pytest.raises(checkpoint.CheckpointError, match=f"{re.escape(str(finished / 'last.pt'))} is not a usable "
+                                                         f"krubench checkpoint: its {field} is"):
+        train(small_run_config(tmp_path, "trainer.steps=7"), finished)
+
+
 def test_an_old_format_checkpoint_resumes_with_a_warning(finished, tmp_path, caplog):
     """What the code before digests wrote: torch.save of the same dict, without the digest."""
     old = torch.load(finished / "last.pt", weights_only=True)
