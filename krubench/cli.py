@@ -60,7 +60,7 @@ def run(cfg: DictConfig) -> float:
     from .interrupt import Interrupted
     from .rundir import RunDirBusy
     from .sweep import job_device
-    from .train import train  # imported here so `krubench --help` stays quick
+    from .train import NonFiniteLoss, train  # imported here so `krubench --help` stays quick
 
     composed = hydra_files(cfg)
     cfg.trainer.device = job_device(cfg.trainer.device)  # parallel sweep jobs: one GPU each
@@ -68,7 +68,7 @@ def run(cfg: DictConfig) -> float:
         results = train(cfg, Path(HydraConfig.get().runtime.output_dir), composed)
     except Interrupted as e:
         sys.exit(e.exit_code)  # 128 + the signal's number, as a shell reports a process the signal ended
-    except (*USER_ERRORS, RunDirBusy) as e:
+    except (*USER_ERRORS, RunDirBusy, NonFiniteLoss) as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode != RunMode.RUN:
             raise  # a sweep reports a failed job itself and goes on with the others
         print(f"krubench: error: {e}", file=sys.stderr)

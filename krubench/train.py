@@ -85,14 +85,19 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
-def non_finite_message(what: str, step: int, saved_step: int | None, lr: float, run_dir: Path) -> str:
-    rerun = f"add optim.lr=<lower, e.g. {lr / 10:g}> hydra.run.dir={run_dir} to your command"
+def non_finite_message(what: str, step: int, saved_step: int | None, fix: str, run_dir: Path) -> str:
+    """The NaN stop's message: what became non-finite, what was kept, and the rerun with `fix` (key=value)."""
+    rerun = f"add {fix} hydra.run.dir={run_dir} to your command"
     if saved_step is None:
         return (f"the {what} became non-finite at step {step}, before any checkpoint: nothing was saved. "
-                f"To start over in this directory, {rerun}; trainer.grad_clip or trainer.unitary_penalty may help too.")
+                f"To start over in this directory, {rerun}; trainer.grad_clip may help too.")
     return (f"the {what} became non-finite at step {step}. {run_dir / checkpoint.LAST} is kept as it was: "
             f"the last checkpoint, from step {saved_step}. To continue from it, {rerun}; "
-            f"trainer.grad_clip or trainer.unitary_penalty may help too.")
+            f"trainer.grad_clip may help too.")
+
+
+#: the largest lr the NaN stop suggests: lr/10 of a wildly high lr (1e3) would diverge again
+SAFE_LR = 1e-3
 
 
 def train(cfg: DictConfig, run_dir: Path, hydra_files: dict[str, str] | None = None) -> dict:
@@ -262,7 +267,8 @@ class Run:
             total.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         if not torch.isfinite(total) or not torch.isfinite(grad_norm):
-            what = "loss" if not torch.isfinite(total) else "gradient norm"
+            what = ("loss" if not torch.isfinite(loss) else "unitary penalty term" if not torch.isfinite(total)
+                    else "gradient norm")
             raise NonFiniteLoss(self.non_finite(what))
         self.schedule.apply(self.step + 1)  # the lrs of this update
         self.optimizer.step()
@@ -273,7 +279,11 @@ class Run:
         return loss, penalty, grad_norm
 
     def non_finite(self, what: str) -> str:
-        return non_finite_message(what, self.step, self.saved_step, self.config["optim"]["lr"], self.run_dir)
+        if what == "unitary penalty term":
+            fix = f"trainer.unitary_penalty=<lower, e.g. {self.penalty_weight / 10:g}>"
+        else:
+            fix = f"optim.lr=<lower, e.g. {min(self.config['optim']['lr'] / 10, SAFE_LR):g}>"
+        return non_finite_message(what, self.step, self.saved_step, fix, self.run_dir)
 
     def log_train(self, loss, penalty, grad_norm) -> None:
         step, writer = self.step, self.writer
