@@ -272,8 +272,9 @@ def setting_key(task) -> str:
 
 def run_label(task, model: str, overrides: str = "") -> str:
     """A run folder's name after its time stamp or job number: setting, model, then the overrides that are not
-    in the setting (copy_T2000_kru, 3_copy_T1000_rnn_seed=1). The `run_label` resolver of conf/config.yaml."""
-    return f"{setting_key(task)}_{model}" + (f"_{overrides}" if overrides else "")
+    in the setting (copy_T2000_kru, 3_copy_T1000_rnn_seed=1). The `run_label` resolver of conf/config.yaml.
+    A "/" in a value is written %2F: a value is never a path (trainer.device=../../x stays inside the sweep)."""
+    return (f"{setting_key(task)}_{model}" + (f"_{overrides}" if overrides else "")).replace("/", "%2F")
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
