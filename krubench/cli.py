@@ -57,6 +57,7 @@ def hydra_files(cfg: DictConfig) -> dict[str, str]:
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def run(cfg: DictConfig) -> float:
     """Train one run; returns the final validation metric (for Hydra sweepers)."""
+    from .data.fetch import DataError
     from .interrupt import Interrupted
     from .rundir import RunDirBusy
     from .sweep import job_device
@@ -68,7 +69,7 @@ def run(cfg: DictConfig) -> float:
         results = train(cfg, Path(HydraConfig.get().runtime.output_dir), composed)
     except Interrupted as e:
         sys.exit(e.exit_code)  # 128 + the signal's number, as a shell reports a process the signal ended
-    except (*USER_ERRORS, RunDirBusy, NonFiniteLoss) as e:
+    except (*USER_ERRORS, RunDirBusy, NonFiniteLoss, DataError) as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode != RunMode.RUN:
             raise  # a sweep reports a failed job itself and goes on with the others
         print(f"krubench: error: {e}", file=sys.stderr)

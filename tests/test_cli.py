@@ -152,6 +152,19 @@ def test_a_refused_rerun_leaves_the_runs_hydra_files_as_they_were(tmp_path, stat
 
 
 @pytest.mark.slow
+def test_a_corrupt_data_file_is_one_line_naming_it(tmp_path):
+    data = tmp_path / "data" / "ptb_char"
+    data.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (data / f"ptb.char.{split}.txt").write_text("a b c\n")
+    proc = subprocess.run([*krubench_command(), "task=ptb_char", "trainer=debug", f"data_dir={tmp_path / 'data'}",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "KRUBENCH_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"krubench: error: {data / 'ptb.char.train.txt'} fails its checksum" in proc.stderr
+
+
+@pytest.mark.slow
 def test_bad_value_fails_before_running(tmp_path):
     proc = run_cli(["model.hidden_size=100"], cwd=tmp_path, check=False)
     assert proc.returncode != 0
