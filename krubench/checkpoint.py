@@ -5,6 +5,7 @@ under a different task, model, seed or optimizer."""
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import random
 from pathlib import Path
@@ -18,9 +19,19 @@ from .files import atomic_write
 log = logging.getLogger("krubench")
 
 LAST, BEST = "last.pt", "best.pt"
-#: config sections that define a run; resuming with any of them changed is refused
-IDENTITY_KEYS = ("task", "model", "seed")
+#: config sections that define a run; resuming with any of them changed is refused (the schedule too: the lr of
+#: the steps already taken was the old schedule's, and the report would credit the run to the new one)
+IDENTITY_KEYS = ("task", "model", "seed", "schedule")
 DIGEST = "sha256"  # the key of the content digest inside a checkpoint
+
+
+#: what a resume reads from a checkpoint, and the types it must have (a key absent from an older checkpoint is
+#: not checked, except step and model)
+NUMBER = (int, float)
+FIELDS = {"step": (int,), "model": (dict,), "optimizer": (dict,), "rng": (dict,), "task": (dict,), "config": (dict,),
+          "schedule": (dict,), "early_stopping": (dict,), "best": (*NUMBER, type(None)),
+          "best_step": (int, type(None)), "elapsed": NUMBER}
+REQUIRED = ("step", "model")
 
 
 class CheckpointError(ValueError):
@@ -67,7 +78,9 @@ def content_digest(obj: Any) -> str:
 
 
 def save(path: Path, **content) -> None:
-    atomic_write(path, lambda f: torch.save({**content, DIGEST: content_digest(content)}, f))
+    buffer = io.BytesIO()  # serialised first: torch.save to a full disk fails with "unexpected pos", not ENOSPC
+    torch.save({**content, DIGEST: content_digest(content)}, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def load(path: Path, map_location="cpu") -> dict:
@@ -83,6 +96,11 @@ def load(path: Path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is damaged or not a krubench checkpoint ({why}). {what_to_do}") from e
     if not isinstance(ckpt, dict) or "step" not in ckpt:
         raise CheckpointError(f"{path} is not a krubench checkpoint (no step in it). {what_to_do}")
+    for key, kinds in FIELDS.items():
+        value = ckpt.get(key)
+        if (key in ckpt or key in REQUIRED) and (not isinstance(value, kinds) or isinstance(value, bool)):
+            raise CheckpointError(f"{path} is not a usable krubench checkpoint: its {key} is {value!r:.40}, not "
+                                  f"{' or '.join(k.__name__ for k in kinds)}. {what_to_do}")
     stored = ckpt.pop(DIGEST, None)
     if stored is None:
         log.warning(f"{path} is an old-format checkpoint without a digest: loaded without an integrity check")

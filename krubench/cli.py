@@ -9,15 +9,16 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import config_dir, register_configs
+from .files import StorageError
 
 register_configs()
 
 #: errors that say what the user should change (config values, run directories, checkpoints, data): printed
 #: as one message without a traceback, unless HYDRA_FULL_ERROR=1
-USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError)
+USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, StorageError)
 
 #: launcher / hydra/launcher / hydra/sweeper options that need a Hydra plugin: (its module, the krubench extra)
 PLUGINS = {
@@ -45,20 +46,30 @@ def missing_plugin(overrides) -> str | None:
     return None
 
 
+def hydra_files(cfg: DictConfig) -> dict[str, str]:
+    """The files Hydra writes to <run dir>/.hydra/ (its output_subdir, null in conf/config.yaml), as name -> text:
+    krubench writes them itself once the run is accepted."""
+    hydra_cfg = HydraConfig.instance().cfg
+    return {"config.yaml": OmegaConf.to_yaml(cfg), "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+            "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task)}
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def run(cfg: DictConfig) -> float:
     """Train one run; returns the final validation metric (for Hydra sweepers)."""
+    from .data.fetch import DataError
     from .interrupt import Interrupted
     from .rundir import RunDirBusy
     from .sweep import job_device
-    from .train import train  # imported here so `krubench --help` stays quick
+    from .train import NonFiniteLoss, train  # imported here so `krubench --help` stays quick
 
+    composed = hydra_files(cfg)
     cfg.trainer.device = job_device(cfg.trainer.device)  # parallel sweep jobs: one GPU each
     try:
-        results = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+        results = train(cfg, Path(HydraConfig.get().runtime.output_dir), composed)
     except Interrupted as e:
         sys.exit(e.exit_code)  # 128 + the signal's number, as a shell reports a process the signal ended
-    except (*USER_ERRORS, RunDirBusy) as e:
+    except (*USER_ERRORS, RunDirBusy, NonFiniteLoss, DataError) as e:
         if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode != RunMode.RUN:
             raise  # a sweep reports a failed job itself and goes on with the others
         print(f"krubench: error: {e}", file=sys.stderr)

@@ -244,12 +244,13 @@ class Config:
 
 
 #: flattened config keys (prefixes) that do not change what a run computes: where data is read from, the device
-#: and threads, logging, resume and progress bar, the Kronecker backend and the peers' recurrence (the same math).
+#: and threads, logging, resume and progress bar, the Kronecker backend, the merging of small factors and the peers'
+#: recurrence (the same math).
 #: The HParams view leaves them out; krubench-report groups runs differing only in these (and the seed) into one
 #: row; a run resumes when only these differ from its checkpoint.
 INCIDENTAL_KEYS = ("data_dir", "trainer.device", "trainer.threads", "trainer.progress", "trainer.resume",
                    "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "trainer.csv_log", "model.kernel",
-                   "model.recurrence")
+                   "model.recurrence", "model.merge_upto")
 
 SCHEMAS = {
     "task": {"copy": CopyConfig, "adding": AddingConfig, "pixel_mnist": PixelMNISTConfig, "ptb_char": PTBCharConfig,
@@ -274,8 +275,9 @@ def setting_key(task) -> str:
 
 def run_label(task, model: str, overrides: str = "") -> str:
     """A run folder's name after its time stamp or job number: setting, model, then the overrides that are not
-    in the setting (copy_T2000_kru, 3_copy_T1000_rnn_seed=1). The `run_label` resolver of conf/config.yaml."""
-    return f"{setting_key(task)}_{model}" + (f"_{overrides}" if overrides else "")
+    in the setting (copy_T2000_kru, 3_copy_T1000_rnn_seed=1). The `run_label` resolver of conf/config.yaml.
+    A "/" in a value is written %2F: a value is never a path (trainer.device=../../x stays inside the sweep)."""
+    return (f"{setting_key(task)}_{model}" + (f"_{overrides}" if overrides else "")).replace("/", "%2F")
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -411,8 +413,11 @@ MOVED_KEYS = {"model.penalty": "trainer.unitary_penalty"}
 
 
 def upgrade_config(config: dict) -> dict:
-    """A run's saved config with MOVED_KEYS renamed (a new dict; the argument is left as it is)."""
+    """A run's saved config with MOVED_KEYS renamed, and the default schedule (constant) where it was written
+    before schedules existed (a new dict; the argument is left as it is)."""
     config = copy.deepcopy(config)
+    if "schedule" not in config:
+        config["schedule"] = OmegaConf.to_container(OmegaConf.structured(ScheduleConfig), enum_to_str=True)
     for old, new in MOVED_KEYS.items():
         (old_group, old_key), (new_group, new_key) = old.split("."), new.split(".")
         if old_key in config.get(old_group, {}):

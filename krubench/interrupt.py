@@ -1,4 +1,4 @@
-"""SIGTERM (kill, SLURM) and SIGINT (Ctrl-C) end a run cleanly: the first finishes the current step, writes
+"""SIGTERM (kill, SLURM), SIGINT (Ctrl-C) and SIGHUP (the terminal closed, an ssh session dropped) end a run cleanly: the first finishes the current step, writes
 last.pt and exits with 128 + the signal's number; a second exits at once. A signal that a launcher already
 handles (submitit's SIGTERM) is left to it."""
 from __future__ import annotations
@@ -10,7 +10,7 @@ import threading
 
 log = logging.getLogger("krubench")
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Interrupted(Exception):
@@ -26,7 +26,7 @@ class Interrupted(Exception):
 
 
 class StopOnSignal:
-    """While active, `requested` holds the number of the first SIGTERM/SIGINT received (None before).
+    """While active, `requested` holds the number of the first of SIGNALS received (None before).
     `on_second(signum)` runs before a second signal ends the process at once."""
 
     def __init__(self, on_second):

@@ -25,8 +25,15 @@ def sequence_length(task: dict) -> tuple[int, str] | None:
     return None
 
 
+#: bytes per time step of one validation sequence of the synthetic tasks while they build their validation set
+#: (held for the whole run): copy's int64 ids, targets and one-hot (10 classes), then the float32 one-hot;
+#: adding's float32 values, markers and their stacked copy, and uniform placement's random keys and order
+VALIDATION_BYTES_PER_STEP = {"copy": 8 + 8 + 10 * 8 + 10 * 4, "adding": 4 + 4 + 8 + 4 + 8}
+
+
 def training_bytes(config: dict) -> tuple[int, str] | None:
-    """Bytes of the states one training step keeps, and the keys it depends on (None where unknown)."""
+    """Bytes of the states one training step keeps, plus the validation set a synthetic task draws up front, and
+    the keys it depends on (None where unknown)."""
     length = sequence_length(config["task"])
     if length is None:
         return None
@@ -38,6 +45,9 @@ def training_bytes(config: dict) -> tuple[int, str] | None:
     batch = config["task"]["batch_size"]
     need = batch * steps * width * element * COPIES_PER_STEP
     keys = f"model.hidden_size={model['hidden_size']}, {length_key} ({steps} steps), task.batch_size={batch}"
+    if per_step := VALIDATION_BYTES_PER_STEP.get(config["task"]["name"]):
+        need += config["task"]["val_size"] * steps * per_step
+        keys += f", task.val_size={config['task']['val_size']}"
     return need, keys
 
 
@@ -59,6 +69,6 @@ def check_memory(config: dict, device: torch.device) -> None:
     if estimate is None or available is None or estimate[0] <= available:
         return
     need, keys = estimate
-    raise ValueError(f"{keys} need about {need / 2**30:.1f} GiB for the states training keeps, more than the "
-                     f"{available / 2**30:.1f} GiB available on {device}: lower model.hidden_size, the sequence "
-                     "length or task.batch_size")
+    raise ValueError(f"{keys} need about {need / 2**30:.1f} GiB for the states training keeps (and the validation "
+                     f"set), more than the {available / 2**30:.1f} GiB available on {device}: lower "
+                     "model.hidden_size, the sequence length, task.batch_size or task.val_size")

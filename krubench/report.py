@@ -11,7 +11,6 @@ import argparse
 import csv
 import functools
 import io
-import json
 import os
 import statistics
 import sys
@@ -22,6 +21,7 @@ import yaml
 
 from . import rundir
 from .config import INCIDENTAL_KEYS, flatten, setting_key, upgrade_config
+from .files import read_json_object
 from .models import MODELS
 from .results import RESULTS, STATUS
 
@@ -50,7 +50,8 @@ class Run:
 
 
 def find_runs(roots) -> tuple[list[Run], list[tuple[Path, str]]]:
-    """The finished runs under `roots` (folders searched recursively), and (folder, why) for the others."""
+    """The finished runs under `roots` (folders searched recursively), and (folder, why) for the others,
+    damaged ones included: one unreadable file never stops the report."""
     folders = set()
     for root in map(Path, roots):
         if not root.is_dir():
@@ -60,17 +61,46 @@ def find_runs(roots) -> tuple[list[Run], list[tuple[Path, str]]]:
             folders |= {p.parent for p in root.rglob(name)}
     runs, skipped = [], []
     for folder in sorted(folders):
-        status = json.loads((folder / STATUS).read_text()) if (folder / STATUS).exists() else {"status": "ok"}
-        if status["status"] == "running" and (pid := rundir.dead_holder(folder)) is not None:
-            skipped.append((folder, f"died: status.json says running, but its process (pid {pid}) has ended "
-                                    "without a word (killed?); rerun it to resume from its last checkpoint"))
-        elif status["status"] != "ok":
-            skipped.append((folder, status["status"] + (f": {status['error']}" if "error" in status else "")))
-        elif not (folder / RESULTS).exists():
-            skipped.append((folder, "no results.json"))
+        try:
+            results = finished_results(folder)
+        except ValueError as e:
+            skipped.append((folder, str(e)))
         else:
-            runs.append(Run(folder, json.loads((folder / RESULTS).read_text())))
+            runs.append(Run(folder, results))
     return runs, skipped
+
+
+#: what the table reads from a results.json, as key paths and their types ("{metric}": the run's own metric)
+STRING, INTEGER, NUMBER = (str,), (int,), (int, float)
+KIND_NAMES = {STRING: "a string", INTEGER: "an integer", NUMBER: "a number"}
+RESULTS_FIELDS = ((("task",), STRING), (("model",), STRING), (("metric",), STRING), (("config", "task", "name"), STRING),
+                  (("config", "model", "hidden_size"), INTEGER), (("config", "trainer", "steps"), INTEGER),
+                  (("params", "recurrent"), INTEGER), (("params", "total"), INTEGER),
+                  (("final_val", "{metric}"), NUMBER), (("baseline", "{metric}"), NUMBER))
+
+
+def finished_results(folder: Path) -> dict:
+    """The results.json of a finished run in `folder`. Raises ValueError saying why the folder is no such run:
+    not finished (its status, or died), or a status.json or results.json that is damaged."""
+    status = read_json_object(folder / STATUS) if (folder / STATUS).exists() else {"status": "ok"}
+    if not isinstance(status.get("status"), str):
+        raise ValueError(f"{folder / STATUS} has no status string (damaged?)")
+    if status["status"] == "running" and (pid := rundir.dead_holder(folder)) is not None:
+        raise ValueError(f"died: status.json says running, but its process (pid {pid}) has ended "
+                         "without a word (killed?); rerun it to resume from its last checkpoint")
+    if status["status"] != "ok":
+        raise ValueError(status["status"] + (f": {status['error']}" if "error" in status else ""))
+    if not (folder / RESULTS).exists():
+        raise ValueError("no results.json")
+    results = read_json_object(folder / RESULTS)
+    for keys, kind in RESULTS_FIELDS:
+        node = results
+        for key in keys:
+            node = node.get(key.format(metric=results.get("metric"))) if isinstance(node, dict) else None
+        if not isinstance(node, kind) or isinstance(node, bool):
+            raise ValueError(f"{folder / RESULTS} is damaged: {'.'.join(keys).format(metric=results.get('metric'))} "
+                             f"is {node!r}, not {KIND_NAMES[kind]}")
+    return results
 
 
 @functools.cache

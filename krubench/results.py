@@ -2,7 +2,7 @@
 results.json when it finishes."""
 from __future__ import annotations
 
-import json
+import logging
 import platform
 import subprocess
 import time
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write_json
+from .files import atomic_write_json, read_json_object
+
+log = logging.getLogger("krubench")
 
 STATUS, RESULTS = "status.json", "results.json"
 
@@ -56,12 +58,24 @@ def write_results(run_dir: Path, results: dict, rereport: bool = False) -> None:
     """results.json with the versions and git commit krubench runs from. A re-report (a rerun into a finished
     run, which trains nothing) keeps the provenance and wall time of the run that trained, and records its
     own under "reported_by": the numbers are the trained weights', whichever checkout evaluated them."""
-    path = Path(run_dir) / RESULTS
     here = {"versions": versions(), "git": git_revision()}
-    before = json.loads(path.read_text()) if rereport and path.is_file() else {}
+    before = read_results(run_dir) if rereport else {}
     if "git" in before:
         kept = {k: before[k] for k in ("versions", "git", "wall_time_s") if k in before}
         record = {**results, **kept, "reported_by": {**here, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
     else:
         record = {**results, **here}
-    atomic_write_json(path, record)
+    atomic_write_json(Path(run_dir) / RESULTS, record)
+
+
+def read_results(run_dir: Path) -> dict:
+    """The run's results.json; {} when there is none, or when it is damaged (with a warning naming it: the
+    re-report writes it anew)."""
+    path = Path(run_dir) / RESULTS
+    if not path.exists():
+        return {}
+    try:
+        return read_json_object(path)
+    except ValueError as e:
+        log.warning(f"{e}: written anew from the checkpoints")
+        return {}

@@ -3,7 +3,6 @@ run kept as it was when a rerun into its directory is refused, fails or is inter
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import re
@@ -12,12 +11,13 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .files import atomic_write_json
+from .files import atomic_write, atomic_write_json, read_json_object, storage_error
 from .results import STATUS
 
 log = logging.getLogger("krubench")
 
 LOCK = ".lock"
+HYDRA = ".hydra"  # the composed config and the overrides of the run's last accepted command
 
 
 class RunDirBusy(RuntimeError):
@@ -30,7 +30,10 @@ def locked(run_dir: Path):
     release; the kernel drops the lock when its process dies, so a lock left by a killed run is never in
     the way (it is only reported)."""
     path = Path(run_dir) / LOCK
-    f = open(path, "a+")
+    try:
+        f = open(path, "a+")
+    except OSError as e:  # a read-only file system, a full disk
+        raise storage_error(e, path) from e
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -78,8 +81,8 @@ def dead_holder(run_dir: Path) -> int | None:
 
 def read_status(run_dir: Path) -> dict | None:
     try:
-        return json.loads((Path(run_dir) / STATUS).read_text())
-    except (OSError, ValueError):
+        return read_json_object(Path(run_dir) / STATUS)
+    except ValueError:
         return None
 
 
@@ -91,3 +94,11 @@ def restore_status(run_dir: Path, status: dict) -> None:
     """Put back a finished run's status.json after a rerun that did not finish."""
     atomic_write_json(Path(run_dir) / STATUS, status)
     log.warning(f"{Path(run_dir) / STATUS} left as it was: the rerun did not finish, the earlier run did")
+
+
+def write_hydra_files(run_dir: Path, texts: dict[str, str]) -> None:
+    """<run dir>/.hydra/<name> for each name -> text, written atomically."""
+    if texts:
+        (Path(run_dir) / HYDRA).mkdir(exist_ok=True)
+    for name, text in texts.items():
+        atomic_write(Path(run_dir) / HYDRA / name, lambda f: f.write(text.encode()))

@@ -25,7 +25,7 @@ from .interrupt import Interrupted, StopOnSignal
 from .memory import check_memory
 from .models import build_model, default_factor_lr_scale
 from .page_faults import PageFaultWatch
-from .results import write_results, write_status
+from .results import read_results, write_results, write_status
 from .schedule import EarlyStopping, Schedule
 from .tasks import build_task
 
@@ -85,20 +85,26 @@ class NonFiniteLoss(FloatingPointError):
     pass
 
 
-def non_finite_message(what: str, step: int, saved_step: int | None, lr: float, run_dir: Path) -> str:
-    rerun = f"add optim.lr=<lower, e.g. {lr / 10:g}> hydra.run.dir={run_dir} to your command"
+def non_finite_message(what: str, step: int, saved_step: int | None, fix: str, run_dir: Path) -> str:
+    """The NaN stop's message: what became non-finite, what was kept, and the rerun with `fix` (key=value)."""
+    rerun = f"add {fix} hydra.run.dir={run_dir} to your command"
     if saved_step is None:
         return (f"the {what} became non-finite at step {step}, before any checkpoint: nothing was saved. "
-                f"To start over in this directory, {rerun}; trainer.grad_clip or trainer.unitary_penalty may help too.")
+                f"To start over in this directory, {rerun}; trainer.grad_clip may help too.")
     return (f"the {what} became non-finite at step {step}. {run_dir / checkpoint.LAST} is kept as it was: "
             f"the last checkpoint, from step {saved_step}. To continue from it, {rerun}; "
-            f"trainer.grad_clip or trainer.unitary_penalty may help too.")
+            f"trainer.grad_clip may help too.")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict:
+#: the largest lr the NaN stop suggests: lr/10 of a wildly high lr (1e3) would diverge again
+SAFE_LR = 1e-3
+
+
+def train(cfg: DictConfig, run_dir: Path, hydra_files: dict[str, str] | None = None) -> dict:
     """Train as `cfg` says, writing everything under `run_dir`, which it locks. Returns the results dict.
-    status.json says running once the checks passed, then ok, failed or interrupted; a rerun into a finished
-    run's directory that does not finish leaves its status.json as it was."""
+    status.json says running once the checks passed (and `hydra_files` are written to .hydra/ then), then ok,
+    failed or interrupted; a rerun into a finished run's directory that does not finish leaves its status.json
+    as it was, and one that is refused leaves every file as it was."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with rundir.locked(run_dir):
@@ -109,6 +115,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             nonlocal started
             started = True
             write_status(run_dir, "running")
+            rundir.write_hydra_files(run_dir, hydra_files or {})
 
         def on_second_signal(signum):
             if started and not rundir.is_finished(before):
@@ -120,15 +127,26 @@ def train(cfg: DictConfig, run_dir: Path) -> dict:
             write_status(run_dir, "ok", results["steps"])
             return results
         except BaseException as e:
-            if started and rundir.is_finished(before):
-                rundir.restore_status(run_dir, before)
-            elif started and isinstance(e, Interrupted):
-                write_status(run_dir, "interrupted", e.step)
-            elif started:
-                write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
-                # in krubench.log too: a sweep's or a batch job's console output is often gone
-                log.error(f"run failed: {type(e).__name__}: {e}")
+            if started:
+                settle_status(run_dir, before, e)
             raise
+
+
+def settle_status(run_dir: Path, before: dict | None, e: BaseException) -> None:
+    """status.json after a run that started ended with `e`: a finished run's as it was, else interrupted or
+    failed. On a full disk this write may fail too: then only the log says so."""
+    if not rundir.is_finished(before) and not isinstance(e, Interrupted):
+        # in krubench.log too: a sweep's or a batch job's console output is often gone
+        log.error(f"run failed: {type(e).__name__}: {e}")
+    try:
+        if rundir.is_finished(before):
+            rundir.restore_status(run_dir, before)
+        elif isinstance(e, Interrupted):
+            write_status(run_dir, "interrupted", e.step)
+        else:
+            write_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+    except OSError as why:
+        log.error(f"{run_dir / 'status.json'} could not be updated: {why}")
 
 
 def resolve_config(cfg: DictConfig) -> dict:
@@ -249,7 +267,8 @@ class Run:
             total.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         if not torch.isfinite(total) or not torch.isfinite(grad_norm):
-            what = "loss" if not torch.isfinite(total) else "gradient norm"
+            what = ("loss" if not torch.isfinite(loss) else "unitary penalty term" if not torch.isfinite(total)
+                    else "gradient norm")
             raise NonFiniteLoss(self.non_finite(what))
         self.schedule.apply(self.step + 1)  # the lrs of this update
         self.optimizer.step()
@@ -260,7 +279,11 @@ class Run:
         return loss, penalty, grad_norm
 
     def non_finite(self, what: str) -> str:
-        return non_finite_message(what, self.step, self.saved_step, self.config["optim"]["lr"], self.run_dir)
+        if what == "unitary penalty term":
+            fix = f"trainer.unitary_penalty=<lower, e.g. {self.penalty_weight / 10:g}>"
+        else:
+            fix = f"optim.lr=<lower, e.g. {min(self.config['optim']['lr'] / 10, SAFE_LR):g}>"
+        return non_finite_message(what, self.step, self.saved_step, fix, self.run_dir)
 
     def log_train(self, loss, penalty, grad_norm) -> None:
         step, writer = self.step, self.writer
@@ -310,6 +333,30 @@ class Run:
         self.save(self.run_dir / checkpoint.LAST)
         self.saved_step = self.step
 
+    def held_out(self, rereport: bool) -> dict:
+        """Every split's metrics with best.pt's weights, whole (val too: its own, unsubsampled), for tasks with held-out
+        splits. Without a usable best.pt (moved aside, damaged), a re-report keeps the numbers results.json holds,
+        and a run that trained uses its final weights."""
+        splits = list(self.task.splits)
+        if len(splits) < 2:
+            return {}
+        path = self.run_dir / checkpoint.BEST
+        try:
+            self.model.load_state_dict(checkpoint.load(path, map_location=self.device)["model"])
+            weights = f"best checkpoint, step {self.best_step}"
+        except checkpoint.CheckpointError:
+            problem = f"{path} is missing" if not path.is_file() else f"{path} is damaged"
+            earlier = read_results(self.run_dir) if rereport else {}
+            if kept := {split: earlier[split] for split in splits if isinstance(earlier.get(split), dict)}:
+                log.warning(f"{problem}: the held-out numbers in results.json are kept")
+                return kept
+            weights = f"final weights, step {self.step}: {problem}"
+            log.warning(f"{problem}: the held-out splits are evaluated with the final weights (step {self.step})")
+        held_out = {split: self.task.evaluate(self.model, self.device, split, whole=True) for split in splits}
+        for split, metrics in held_out.items():
+            log.info(f"{split} ({weights}): " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return held_out
+
     def finish(self, val: dict, rereport: bool = False) -> dict:
         """Every split whole with the best-on-validation weights (results.json's "val" and "test"), the final
         validation whole, the HParams summary and results.json
@@ -317,19 +364,14 @@ class Run:
         task, config, run_dir, best = self.task, self.config, self.run_dir, self.best
         wall = self.elapsed + time.time() - self.started
         final_metrics = {f"hparam/val_{k}": v for k, v in val.items()} | {f"hparam/best_val_{task.metric}": best}
-        held_out = {}
         if task.val_limit is not None:  # validation ran on a subsample: the final one reads the whole split
             val = task.evaluate(self.model, self.device, "val", whole=True)
             log.info("final validation on the whole split: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
             final_metrics |= {f"hparam/val_{k}": v for k, v in val.items()}
-        if len(task.splits) > 1:  # the best-on-validation weights on every split, whole (val: its own, unsubsampled)
-            self.model.load_state_dict(checkpoint.load(run_dir / checkpoint.BEST, map_location=self.device)["model"])
-            held_out = {split: task.evaluate(self.model, self.device, split, whole=True) for split in task.splits}
-            for split, metrics in held_out.items():
-                log.info(f"{split} (best checkpoint, step {self.best_step}): "
-                         + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if split != "val":  # hparam/val_* are the final weights'
-                    final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
+        held_out = self.held_out(rereport)
+        for split, metrics in held_out.items():
+            if split != "val":  # hparam/val_* are the final weights'
+                final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
         tb.log_hparams(self.writer, config, final_metrics, self.step)
         self.writer.close()
         results = {

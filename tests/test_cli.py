@@ -1,5 +1,6 @@
 """The installed `krubench` command, run as a user would: from a temporary directory, one run, a
 multirun sweep, a killed run resumed, and a wheel that carries its configs."""
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, krubench_command, run_cli, run_cli_killed_at
+from krubench import rundir
 
 TINY = ["trainer=debug", "task.T=10", "task.val_size=40", "model.hidden_size=16"]
 
@@ -134,6 +136,32 @@ def test_resume_with_another_model_is_refused(tmp_path):
     assert proc.returncode != 0
     assert "model.hidden_size: 16 (checkpoint) -> 32 (now)" in proc.stderr and "Traceback" not in proc.stderr
     assert json.loads((run / "status.json").read_text())["status"] == "ok"  # the finished run stays finished
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("state", ["finished", "running"])
+def test_a_refused_rerun_leaves_the_runs_hydra_files_as_they_were(tmp_path, state):
+    run = tmp_path / "run"
+    run_cli([*TINY, "trainer.steps=1", f"hydra.run.dir={run}"], cwd=tmp_path)
+    before = {p.name: p.read_text() for p in (run / ".hydra").iterdir()}
+    assert set(before) == {"config.yaml", "hydra.yaml", "overrides.yaml"} and "trainer.steps=1" in before["overrides.yaml"]
+    with rundir.locked(run) if state == "running" else contextlib.nullcontext():
+        proc = run_cli([*TINY, "task=adding", "model=lstm", f"hydra.run.dir={run}"], cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert {p.name: p.read_text() for p in (run / ".hydra").iterdir()} == before
+
+
+@pytest.mark.slow
+def test_a_corrupt_data_file_is_one_line_naming_it(tmp_path):
+    data = tmp_path / "data" / "ptb_char"
+    data.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        (data / f"ptb.char.{split}.txt").write_text("a b c\n")
+    proc = subprocess.run([*krubench_command(), "task=ptb_char", "trainer=debug", f"data_dir={tmp_path / 'data'}",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "KRUBENCH_OFFLINE": "1"}, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"krubench: error: {data / 'ptb.char.train.txt'} fails its checksum" in proc.stderr
 
 
 @pytest.mark.slow

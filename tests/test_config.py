@@ -121,13 +121,16 @@ def test_bad_numbers_are_refused_naming_the_key(override, message):
 
 
 @pytest.mark.parametrize("override,key", [("model.hidden_size=1048576", "model.hidden_size=1048576"),
-                                          ("task.T=1000000", "task.T (1000020 steps)")])
-def test_sizes_that_cannot_fit_are_refused_before_allocating(override, key):
-    """The estimate (states kept for backpropagation) against the memory available, before any allocation."""
+                                          ("task.T=1000000", "task.T (1000020 steps)"),
+                                          ("task.T=1000000 model.hidden_size=2", "task.val_size=500")])
+def test_sizes_that_cannot_fit_are_refused_before_allocating(override, key, monkeypatch):
+    """The estimate (states kept for backpropagation, and a synthetic task's validation set: 68 GB for copy
+    T=10^6 with any model) against the memory available (here 32 GiB), before any allocation."""
     import torch
-    from krubench.memory import check_memory
+    from krubench import memory
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 32 * 2**30)
     with pytest.raises(ValueError, match="GiB") as e:
-        check_memory(plain(compose_config([override])), torch.device("cpu"))
+        memory.check_memory(plain(compose_config(override.split())), torch.device("cpu"))
     assert key in str(e.value)
 
 

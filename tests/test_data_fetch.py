@@ -162,6 +162,15 @@ def test_cli_verify_real_data(capsys):
     assert manage.main(["download", "jsb", "--data-dir", str(SHARED_DATA)]) == 0  # present: nothing to fetch
 
 
+def test_cli_verify_all_names_a_corrupt_file_beside_the_missing_ones(tmp_path, capsys):
+    for f in sources.files_for("ptb_char"):
+        (tmp_path / f.path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / f.path).write_text("a b c\n")
+    assert manage.main(["verify", "all", "--data-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "all: missing from" in err and f"{tmp_path / 'ptb_char/ptb.char.train.txt'} fails its checksum" in err
+
+
 def test_cli_errors_are_one_clear_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(roots.OFFLINE_ENV, "1")
     assert manage.main(["download", "jsb", "--data-dir", str(tmp_path)]) == 1

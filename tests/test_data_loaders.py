@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import os
 import pickle
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -163,6 +164,14 @@ def test_pickle_reader_on_tiny_file(tmp_path):
 def test_pickle_reader_refuses_notes_off_the_piano(tmp_path):
     (tmp_path / "x.pickle").write_bytes(pickle.dumps({"train": [[[20]]], "valid": [], "test": []}))
     with pytest.raises(DataError, match="outside the piano range 21..108"):
+        music.read_pickle(tmp_path / "x.pickle")
+
+
+@pytest.mark.parametrize("note", [float("nan"), "C4", 60.5, None])
+def test_pickle_reader_refuses_a_note_that_is_not_a_number_naming_the_file(tmp_path, note):
+    (tmp_path / "x.pickle").write_bytes(pickle.dumps({"train": [[[60, note]]], "valid": [], "test": []}))
+    with pytest.raises(DataError, match=f"{re.escape(str(tmp_path / 'x.pickle'))} train\\[0\\], step 0: notes .* "
+                                        "are not all MIDI note numbers"):
         music.read_pickle(tmp_path / "x.pickle")
 
 

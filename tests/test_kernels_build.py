@@ -66,6 +66,22 @@ def test_build_dir_is_keyed_by_the_sources_and_the_flags(monkeypatch, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a visible GPU gives the arch")
+@pytest.mark.parametrize("broken", ["a compiler that fails (CXX=/bin/false)", "TORCH_EXTENSIONS_DIR is a file"])
+def test_model_kernel_auto_falls_back_to_the_reference_when_the_build_cannot_run(monkeypatch, tmp_path, caplog,
+                                                                                 broken):
+    from krubench.ops import dispatch
+
+    if broken.startswith("a compiler"):
+        monkeypatch.setenv("CXX", "/bin/false")
+        monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    else:
+        (tmp_path / "file").write_text("")
+        monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "file"))
+    monkeypatch.setattr(dispatch, "_unavailable", {})
+    assert dispatch.backend_for("auto", "cpu") == "reference"
+    assert "the cpp Kronecker backend is unavailable, using the reference instead" in caplog.text
+
+
 def test_the_cuda_arch_must_be_named_without_a_gpu(monkeypatch):
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
     with pytest.raises(build.BuildError, match="set TORCH_CUDA_ARCH_LIST"):

@@ -1,12 +1,14 @@
 """Failure modes of a run and what happens (the table in the README, "When things go wrong"): damaged,
 tampered or crafted checkpoints, old-format checkpoints, the run-directory lock, status.json of a finished run,
 signals, TensorBoard after kills, config errors and the NaN stop's recovery, run as a user would."""
+import errno
 import io
 import json
 import logging
 import os
 import pickle
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -20,7 +22,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import krubench_command, run_cli, run_cli_killed_at, small_run_config
-from krubench import checkpoint, rundir
+from krubench import checkpoint, files, rundir
 from krubench import results as results_module
 from krubench.interrupt import StopOnSignal
 from krubench.report import find_runs
@@ -75,6 +77,18 @@ def test_a_damaged_or_crafted_checkpoint_is_refused_naming_the_file(finished, tm
     assert json.loads((finished / "status.json").read_text())["status"] == "ok"
 
 
+@pytest.mark.parametrize("field, value", [("step", "abc"), ("step", -1.5), ("best", "x"), ("model", None),
+                                          ("elapsed", [1])])
+def test_a_checkpoint_with_a_valid_digest_but_wrong_types_is_refused_naming_the_field(finished, tmp_path, field,
+                                                                                       value):
+    ckpt = torch.load(finished / "last.pt", weights_only=True)
+    del ckpt[checkpoint.DIGEST]
+    checkpoint.save(finished / "last.pt", **{**ckpt, field: value})  # a digest of the wrong content
+    with pytest.raises(checkpoint.CheckpointError, match=f"{re.escape(str(finished / 'last.pt'))} is not a usable "
+                                                         f"krubench checkpoint: its {field} is"):
+        train(small_run_config(tmp_path, "trainer.steps=7"), finished)
+
+
 def test_an_old_format_checkpoint_resumes_with_a_warning(finished, tmp_path, caplog):
     """What the code before digests wrote: torch.save of the same dict, without the digest."""
     old = torch.load(finished / "last.pt", weights_only=True)
@@ -95,6 +109,19 @@ def test_a_checkpoint_written_before_a_key_moved_resumes(finished, tmp_path):
     checkpoint.save(finished / "last.pt", **old)
     assert "penalty" in torch.load(finished / "last.pt", weights_only=True)["config"]["model"]
     assert train(small_run_config(tmp_path), finished)["steps"] == 10
+
+
+def test_resume_refuses_another_schedule_and_accepts_another_merge_upto(finished, tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="schedule.name: 'constant' \\(checkpoint\\) -> 'cosine'"):
+        train(small_run_config(tmp_path, "trainer.steps=7", "schedule=cosine"), finished)
+    assert train(small_run_config(tmp_path, "trainer.steps=7", "model.merge_upto=2"), finished)["steps"] == 7
+
+
+def test_a_checkpoint_written_before_schedules_resumes_as_constant(finished, tmp_path):
+    ckpt = torch.load(finished / "last.pt", weights_only=True)
+    del ckpt["config"]["schedule"], ckpt[checkpoint.DIGEST]
+    checkpoint.save(finished / "last.pt", **ckpt)
+    assert train(small_run_config(tmp_path, "trainer.steps=7"), finished)["steps"] == 7
 
 
 def test_checkpoints_hold_only_tensors_and_plain_data(finished):
@@ -151,6 +178,60 @@ def test_a_rerun_into_a_finished_run_keeps_the_provenance_of_the_run_that_traine
     more = train(small_run_config(tmp_path, "trainer.steps=7"), finished)  # trains on: its own provenance
     assert more["steps"] == 7
     assert json.loads((finished / "results.json").read_text())["git"] == other
+
+
+@pytest.mark.parametrize("damage", ["best.pt moved aside", "results.json corrupt"])
+def test_a_finished_run_re_reports_after_best_pt_moved_aside_or_results_json_damaged(tmp_path, monkeypatch,
+                                                                                     caplog, damage):
+    monkeypatch.setattr(CopyTask, "splits", ("val", "test"))  # a task with a held-out split, as pixel MNIST
+    run = tmp_path / "run"
+    trained = train(small_run_config(tmp_path, "trainer.steps=5"), run)
+    if damage == "best.pt moved aside":
+        (run / "best.pt").rename(run / "best.pt.bad")  # as the checkpoint error advises
+    else:
+        (run / "results.json").write_text('{"task": "copy", ')
+    again = train(small_run_config(tmp_path, "trainer.steps=5"), run)
+    assert again["test"] == trained["test"] and again["final_val"] == trained["final_val"]
+    assert json.loads((run / "results.json").read_text())["test"] == trained["test"]
+    assert str(run / ("best.pt" if damage == "best.pt moved aside" else "results.json")) in caplog.text
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_marks_the_run(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    fsync, checkpoints = os.fsync, []
+
+    def room_for_one_checkpoint(fd):  # small files (status.json) still fit
+        if os.fstat(fd).st_size > 10_000:
+            checkpoints.append(fd)
+            if len(checkpoints) > 1:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        fsync(fd)
+
+    monkeypatch.setattr(files.os, "fsync", room_for_one_checkpoint)
+    with pytest.raises(files.StorageError, match=f"^no space left on {re.escape(str(run))}: writing best.pt failed"):
+        train(small_run_config(tmp_path, "trainer.steps=4", "trainer.ckpt_every=2", "trainer.val_every=100"), run)
+    assert checkpoint.load(run / "last.pt")["step"] == 2
+    assert not list(run.glob(".*.tmp"))
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and "no space left on" in status["error"]
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_is_one_line_naming_the_file_and_marks_the_run(tmp_path):
+    run = tmp_path / "run"
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # a checkpoint is ~23 kB
+    proc = subprocess.run([*krubench_command(), *TINY, "trainer.steps=3", f"hydra.run.dir={run}"], cwd=tmp_path,
+                          capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"{run / 'best.pt'} would exceed the file size limit (ulimit -f)" in proc.stderr  # the first checkpoint
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "failed" and "file size limit" in status["error"]
+
+
+def test_a_nan_stop_caused_by_the_unitary_penalty_suggests_a_lower_penalty(tmp_path):
+    with pytest.raises(NonFiniteLoss, match=r"unitary penalty term became non-finite .* add "
+                                            r"trainer.unitary_penalty=<lower, e.g. 1e\+299>"):
+        train(small_run_config(tmp_path, "trainer.unitary_penalty=1e300"), tmp_path / "run")
 
 
 # ---- signals ----
@@ -247,6 +328,22 @@ def test_sigterm_saves_and_exits_143_and_a_second_run_is_locked_out(tmp_path):
 
 
 @pytest.mark.slow
+def test_sighup_as_when_the_terminal_closes_saves_and_marks_the_run_interrupted(tmp_path):
+    run = tmp_path / "run"
+    proc = start([*TINY, "trainer.steps=100000", "trainer.ckpt_every=1000", "trainer.val_every=100000",
+                  f"hydra.run.dir={run}"], tmp_path)
+    try:
+        wait_for_log(run, r"step 3/", proc)
+        proc.send_signal(signal.SIGHUP)
+        assert proc.wait(timeout=120) == 128 + signal.SIGHUP
+    finally:
+        proc.kill()
+    status = json.loads((run / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["step"] >= 3
+    assert checkpoint.load(run / "last.pt")["step"] == status["step"]
+
+
+@pytest.mark.slow
 def test_a_second_sigint_exits_at_once(tmp_path):
     run = tmp_path / "run"
     # the signals come during the first validation, a long one (10,000 sequences on the reference kernel, one
@@ -304,14 +401,14 @@ def test_a_config_error_is_one_line_unless_hydra_full_error(tmp_path):
 
 @pytest.mark.slow
 def test_the_nan_stop_recovery_works_as_printed(tmp_path):
-    """The issue's case: optim.lr=1e3 blows up at step 1. The rerun the message suggests, with a lower
-    optim.lr, runs to the end."""
+    """The issue's case: optim.lr=1e3 blows up at step 1, with one line and no traceback. The rerun the message
+    suggests, with the lower optim.lr it names, runs to the end."""
     run = tmp_path / "run"
     args = [*TINY, "trainer.ckpt_every=10", f"hydra.run.dir={run}"]
     failed = run_cli([*args, "optim.lr=1e3"], cwd=tmp_path, check=False)
-    assert failed.returncode != 0
-    suggested = re.search(r"add (optim.lr=<lower, e.g. \S+>) (hydra.run.dir=\S+) to your command", failed.stderr)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    suggested = re.search(r"add optim.lr=<lower, e.g. (\S+)> (hydra.run.dir=\S+) to your command", failed.stderr)
     assert suggested and suggested.group(2) == f"hydra.run.dir={run}", failed.stderr
-    done = run_cli([*args[:-1], "optim.lr=1e-3", suggested.group(2)], cwd=tmp_path)
+    done = run_cli([*args[:-1], f"optim.lr={suggested.group(1)}", suggested.group(2)], cwd=tmp_path)
     assert json.loads((run / "results.json").read_text())["steps"] == 10, done.stderr
     assert all(torch.isfinite(v).all() for v in checkpoint.load(run / "last.pt")["model"].values())

@@ -46,6 +46,34 @@ def test_find_runs_skips_and_lists_unfinished_ones():
         "4_copy_rnn_seed=1": "running"}
 
 
+DAMAGES = {
+    "results_not_json": ("results.json", "{"), "results_empty": ("results.json", ""),
+    "results_a_list": ("results.json", "[]"), "no_final_val": ("results.json", {"final_val": None}),
+    "params_null": ("results.json", {"params": None}), "metric_missing": ("results.json", {"final_val": {}}),
+    "status_garbage": ("status.json", "\x00garbage"), "status_a_string": ("status.json", '"ok"'),
+    "results_a_folder": ("results.json", None),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_run_folder_is_skipped_with_one_line_naming_it(tmp_path, capsys, damage):
+    shutil.copytree(RUNS, tmp_path / "runs")
+    bad = copy_run(tmp_path / "runs" / "bad")
+    name, change = DAMAGES[damage]
+    if change is None:
+        (bad / name).unlink()
+        (bad / name / "x").mkdir(parents=True)
+    elif isinstance(change, dict):
+        (bad / name).write_text(json.dumps({**json.loads((bad / name).read_text()), **change}))
+    else:
+        (bad / name).write_text(change)
+    assert main([str(tmp_path / "runs"), "--format", "csv"]) == 0
+    out, err = capsys.readouterr()
+    assert len(list(csv.DictReader(io.StringIO(out)))) == 4  # the table of the other runs
+    lines = [line for line in err.splitlines() if str(bad) in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+
+
 def test_a_running_run_whose_process_is_gone_is_listed_as_died(tmp_path):
     """A run killed without a word (SIGKILL, a scheduler's hard limit) leaves status.json at running and its
     lock file naming its pid; the report tells it from a live run by that pid (this host only)."""

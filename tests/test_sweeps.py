@@ -15,6 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_config, krubench_command, run_cli
+from krubench.config import run_label
 
 TINY = ["trainer=debug", "task.T=10", "task.val_size=40", "model.hidden_size=16", "trainer.threads=1"]
 LONG = [*TINY, "trainer.steps=3000", "trainer.ckpt_every=50", "trainer.val_every=1000"]
@@ -159,3 +160,10 @@ def test_parallel_jobs_get_one_gpu_each(monkeypatch):
     job(RunMode.RUN, 0)
     monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
     assert job_device("auto") == "auto"  # a single run keeps torch's choice
+
+
+def test_an_override_value_never_makes_a_job_folder_a_path(tmp_path):
+    hydra = compose_config(["trainer.device=../../x"], return_hydra_config=True)
+    label = run_label(hydra.task, "kru", "trainer.device=../../x")
+    assert "/" not in label and label.endswith("trainer.device=..%2F..%2Fx")
+    assert (tmp_path / label).resolve().parent == tmp_path.resolve()

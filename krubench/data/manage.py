@@ -39,18 +39,33 @@ def main(argv: list[str] | None = None) -> int:
             files = files_for(name)
             if args.command == "download":
                 ensure(name, files, root)
-            else:
-                missing = [f.path for f in files if not (root / f.path).is_file()]
-                if missing:
-                    raise DataError(f"{name}: missing from {root}: {missing}; run `krubench-data download {name}`")
                 for f in files:
-                    verify(root, f)
-            for f in files:
-                print(f"ok  {root / f.path}")
+                    print(f"ok  {root / f.path}")
+            elif problems := verify_each(name, files, root):
+                for problem in problems:
+                    print(f"krubench-data: {problem}", file=sys.stderr)
+                return 1
     except (DataError, ValueError) as e:
         print(f"krubench-data: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def verify_each(name: str, files, root) -> list[str]:
+    """Check every file of `name` (printing "ok" for the good ones); a line per missing or corrupt file."""
+    missing, problems = [], []
+    for f in files:
+        if not (root / f.path).is_file():
+            missing.append(f.path)
+            continue
+        try:
+            verify(root, f)
+            print(f"ok  {root / f.path}")
+        except DataError as e:
+            problems.append(str(e))
+    if missing:
+        problems.insert(0, f"{name}: missing from {root}: {missing}; run `krubench-data download {name}`")
+    return problems
 
 
 if __name__ == "__main__":

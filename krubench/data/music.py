@@ -46,6 +46,9 @@ def roll_from_notes(steps, where: str) -> torch.Tensor:
     """A list of time steps, each an iterable of MIDI notes, -> binary piano roll uint8 (T, 88)."""
     roll = torch.zeros(len(steps), KEYS, dtype=torch.uint8)
     for t, notes in enumerate(steps):
+        if not all(isinstance(n, (int, float)) and float(n).is_integer() for n in notes):
+            raise DataError(f"{where}, step {t}: notes {list(notes)!r:.80} are not all MIDI note numbers (whole "
+                            "numbers): the file is damaged; fetch it again (krubench-data download music)")
         keys = [int(n) - LOWEST_NOTE for n in notes]
         if any(k < 0 or k >= KEYS for k in keys):
             raise DataError(f"{where}, step {t}: notes {sorted(notes)} outside the piano range "

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -142,11 +143,10 @@ def build(backend: str) -> Path:
             raise BuildError("nvcc was not found: install the CUDA toolkit matching torch "
                              f"(CUDA {torch.version.cuda}) and set CUDA_HOME")
     folder = build_dir(backend)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder) + ".lock", timeout=LOCK_TIMEOUT_S)
     started = time.time()
     try:
-        with lock:
+        folder.mkdir(parents=True, exist_ok=True)  # fails where TORCH_EXTENSIONS_DIR is a file or read-only
+        with FileLock(str(folder) + ".lock", timeout=LOCK_TIMEOUT_S):
             stale = folder / "lock"  # older torch's FileBaton marker: left behind only by a killed build
             if _torch_uses_baton(cpp_extension) and stale.exists():
                 log.warning(f"removing the stale build lock {stale} left by an interrupted build")
@@ -156,7 +156,7 @@ def build(backend: str) -> Path:
         raise BuildError(f"another process has been building in {folder} for over {LOCK_TIMEOUT_S:.0f} s: let it "
                          f"finish and retry, run `krubench-build` once before a sweep, or raise "
                          f"KRUBENCH_BUILD_TIMEOUT") from e
-    except (RuntimeError, OSError, ImportError) as e:
+    except (RuntimeError, OSError, ImportError, subprocess.SubprocessError) as e:  # SubprocessError: a broken $CXX
         lines = str(e).strip().splitlines() or [type(e).__name__]
         cause = next((ln.strip() for ln in lines[1:] if "error" in ln.lower()), "")
         raise BuildError(f"building {EXTENSIONS[backend][0]} in {folder} failed ({lines[0]}{'; ' + cause if cause else ''}): run "
