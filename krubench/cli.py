@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import config_dir, register_configs
 from .files import StorageError
+from .sweep import name_only_swept_keys
 
 register_configs()
 
@@ -82,6 +83,7 @@ def main() -> None:
     if message := missing_plugin(sys.argv[1:]):
         print(f"krubench: error: {message}", file=sys.stderr)
         sys.exit(1)
+    sys.argv[1:] = name_only_swept_keys(sys.argv[1:], Path(config_dir()) / "config.yaml")
     run()
 
 

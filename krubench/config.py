@@ -4,6 +4,7 @@ The YAML files in conf/ hold the defaults users see; the schemas hold names and 
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import re
 from pathlib import Path
@@ -273,11 +274,21 @@ def setting_key(task) -> str:
     return TASKS[config_value(task, "name")].setting(task)
 
 
+#: the longest run label: a sweep job's folder is its number, "_" and the label, well below the file systems'
+#: 255 bytes per name, and its TensorBoard run name (the folder) stays readable
+MAX_LABEL = 90
+
+
 def run_label(task, model: str, overrides: str = "") -> str:
-    """A run folder's name after its time stamp or job number: setting, model, then the overrides that are not
-    in the setting (copy_T2000_kru, 3_copy_T1000_rnn_seed=1). The `run_label` resolver of conf/config.yaml.
-    A "/" in a value is written %2F: a value is never a path (trainer.device=../../x stays inside the sweep)."""
-    return (f"{setting_key(task)}_{model}" + (f"_{overrides}" if overrides else "")).replace("/", "%2F")
+    """A run folder's name after its time stamp or job number: setting, model, then a sweep job's swept overrides
+    (copy_T2000_kru, 3_copy_T1000_rnn_seed=1). The `run_label` resolver of conf/config.yaml.
+    A "/" in a value is written %2F: a value is never a path (trainer.device=../../x stays inside the sweep).
+    A label longer than MAX_LABEL is cut and ends in "~" and a hash of the whole label, so cut labels stay distinct."""
+    label = (f"{setting_key(task)}_{model}" + (f"_{overrides}" if overrides else "")).replace("/", "%2F")
+    if len(label) <= MAX_LABEL:
+        return label
+    digest = hashlib.sha1(label.encode()).hexdigest()[:8]
+    return f"{label[:MAX_LABEL - len(digest) - 1]}~{digest}"
 
 
 PACKAGE_DIR = Path(__file__).resolve().parent

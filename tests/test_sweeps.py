@@ -15,7 +15,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_config, krubench_command, run_cli
-from krubench.config import run_label
+from krubench.config import MAX_LABEL, config_dir, run_label
+from krubench.sweep import NAME_EXCLUDES, name_only_swept_keys
 
 TINY = ["trainer=debug", "task.T=10", "task.val_size=40", "model.hidden_size=16", "trainer.threads=1"]
 LONG = [*TINY, "trainer.steps=3000", "trainer.ckpt_every=50", "trainer.val_every=1000"]
@@ -167,3 +168,35 @@ def test_an_override_value_never_makes_a_job_folder_a_path(tmp_path):
     label = run_label(hydra.task, "kru", "trainer.device=../../x")
     assert "/" not in label and label.endswith("trainer.device=..%2F..%2Fx")
     assert (tmp_path / label).resolve().parent == tmp_path.resolve()
+
+
+def job_label(argv: list[str], job: list[str]) -> str:
+    """The folder label of the sweep job that runs `job` (one value per key) of the sweep command `argv`."""
+    argv = name_only_swept_keys(argv, Path(config_dir()) / "config.yaml")
+    hydra = [a for a in argv if a.startswith("hydra.")]
+    cfg = compose_config([*job, *hydra], return_hydra_config=True)
+    return run_label(cfg.task, cfg.model.name, cfg.hydra.job.override_dirname)
+
+
+def test_a_job_is_named_by_its_swept_keys_only():
+    shared = ["trainer=debug", "task.T=10", "optim.lr=0.002", "trainer.threads=1"]
+    argv = ["-m", *shared, "model=kru,lstm", "seed=range(0,3)", "trainer.log_every=1,2"]
+    assert job_label(argv, [*shared, "model=lstm", "seed=2", "trainer.log_every=2"]) == "copy_T10_lstm_model=lstm,seed=2"
+    # a search's trials: the sampled keys are not on the command line, so they stay in the name
+    argv = ["hparams_search=optuna", "trainer=debug"]
+    assert job_label(argv, ["trainer=debug", "optim.lr=0.003"]) == "copy_T100_kru_optim.lr=0.003"
+
+
+def test_a_single_run_or_an_explicit_exclusion_keeps_the_command_line():
+    config = Path(config_dir()) / "config.yaml"
+    assert name_only_swept_keys(["seed=1", "model=lstm"], config) == ["seed=1", "model=lstm"]
+    mine = ["-m", "seed=1,2", f"{NAME_EXCLUDES}=[data_dir]"]
+    assert name_only_swept_keys(mine, config) == mine
+
+
+def test_long_labels_are_cut_and_stay_distinct():
+    task = compose_config([]).task
+    swept = ",".join(f"model.key{i}=value{i}" for i in range(20))
+    labels = {run_label(task, "kru", f"{swept},seed={seed}") for seed in range(3)}
+    assert len(labels) == 3 and all(len(label) == MAX_LABEL and "~" in label for label in labels)
+    assert run_label(task, "kru", "seed=1") == "copy_T100_kru_seed=1"  # short labels are left whole
