@@ -233,6 +233,32 @@ class TrainerConfig:
     csv_log: bool = MISSING  # also write every scalar to metrics.csv in the run directory
 
 
+# ---- logger ----
+WandbMode = choices("WandbMode", "offline", "online")
+
+
+@dataclass
+class WandbConfig:
+    project: str = "krubench"
+    entity: Optional[str] = None  # your W&B user or team; None: the account's default
+    mode: WandbMode = WandbMode.offline  # offline: files under <run dir>/wandb (upload later with wandb sync) | online
+    group: Optional[str] = None  # W&B's run grouping, e.g. a sweep's name
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class MLflowConfig:
+    tracking_uri: Optional[str] = None  # None: sqlite:///<run dir>/mlflow.db; or http://host:5000, sqlite:///shared.db
+    experiment: str = "krubench"
+
+
+@dataclass
+class LoggerConfig:
+    """The trackers beside TensorBoard (always on): None leaves one off (conf/logger/ turns them on)."""
+    wandb: Optional[WandbConfig] = None
+    mlflow: Optional[MLflowConfig] = None
+
+
 @dataclass
 class Config:
     task: Any = MISSING
@@ -240,18 +266,19 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0
     data_dir: Optional[str] = None  # root of the real data sets; None: $KRUBENCH_DATA, else ~/.cache/krubench/data
 
 
 #: flattened config keys (prefixes) that do not change what a run computes: where data is read from, the device
 #: and threads, logging, resume and progress bar, the Kronecker backend, the merging of small factors and the peers'
-#: recurrence (the same math).
+#: recurrence (the same math), and the trackers beside TensorBoard.
 #: The HParams view leaves them out; krubench-report groups runs differing only in these (and the seed) into one
 #: row; a run resumes when only these differ from its checkpoint.
 INCIDENTAL_KEYS = ("data_dir", "trainer.device", "trainer.threads", "trainer.progress", "trainer.resume",
                    "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "trainer.csv_log", "model.kernel",
-                   "model.recurrence", "model.merge_upto")
+                   "model.recurrence", "model.merge_upto", "logger.")
 
 SCHEMAS = {
     "task": {"copy": CopyConfig, "adding": AddingConfig, "pixel_mnist": PixelMNISTConfig, "ptb_char": PTBCharConfig,

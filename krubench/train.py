@@ -1,7 +1,8 @@
 """The training loop: one task, one model, one optimizer, checkpoints and resume, TensorBoard.
 
 Everything a run writes goes to `run_dir`: tb/ (TensorBoard events), last.pt and best.pt
-(checkpoints), status.json, results.json, .lock (held while it runs), and Hydra's krubench.log and .hydra/.
+(checkpoints), status.json, results.json, .lock (held while it runs), and Hydra's krubench.log and .hydra/
+(and, when chosen, metrics.csv, wandb/, mlflow.db and loggers.json).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import checkpoint, files, rundir, tb
+from . import checkpoint, files, loggers, rundir, tb
 from .csvlog import CSVMirror
 from .config import setting_key, validate
 from .data.roots import data_dir as data_root
@@ -163,6 +164,7 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
     """The loop, top to bottom: check and resume, then step, log, validate and checkpoint until the budget
     (or early stopping, or a signal) ends it, then the held-out splits and results.json."""
     config = resolve_config(cfg)
+    loggers.check(config)
     tcfg = config["trainer"]
     device = pick_device(tcfg["device"])
     check_memory(config, device)  # before the task and model allocate anything
@@ -240,7 +242,8 @@ class Run:
             log.info(f"{change} on resume")
 
     def open_log(self) -> None:
-        """The run's description in krubench.log; TensorBoard's writer (and the CSV mirror), from this step on."""
+        """The run's description in krubench.log; TensorBoard's writer (and the CSV, W&B and MLflow mirrors), from
+        this step on."""
         config, counts = self.config, self.counts
         log.info(self.task.describe())
         log.info(f"model {config['model']['name']}: {counts['total']:,} parameters, {counts['recurrent']:,} "
@@ -249,6 +252,7 @@ class Run:
         self.writer = tb.open_writer(self.run_dir, self.step, self.task)
         if config["trainer"]["csv_log"]:
             self.writer = CSVMirror(self.writer, self.run_dir, self.step)
+        self.writer = loggers.wrap(self.writer, config, self.run_dir)
         if self.step == 0:
             self.writer.add_text("config", "    " + OmegaConf.to_yaml(config).replace("\n", "\n    "))
             self.writer.add_text("backend", f"{self.model.describe_compute(self.device)}, device: {self.device}")
