@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from .files import StorageError
 from .sweep import name_only_swept_keys
 
 register_configs()
+log = logging.getLogger("krubench")
 
 #: errors that say what the user should change (config values, run directories, checkpoints, data): printed
 #: as one message without a traceback, unless HYDRA_FULL_ERROR=1
@@ -59,20 +61,29 @@ def hydra_files(cfg: DictConfig) -> dict[str, str]:
 def run(cfg: DictConfig) -> float:
     """Train one run; returns the final validation metric (for Hydra sweepers)."""
     from .data.fetch import DataError
-    from .interrupt import Interrupted
-    from .rundir import RunDirBusy
+    from .interrupt import Interrupted, resume_command
+    from .rundir import RunDirBusy, remove_if_unused
     from .sweep import job_device
     from .train import NonFiniteLoss, train  # imported here so `krubench --help` stays quick
 
     composed = hydra_files(cfg)
     cfg.trainer.device = job_device(cfg.trainer.device)  # parallel sweep jobs: one GPU each
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        results = train(cfg, Path(HydraConfig.get().runtime.output_dir), composed)
+        results = train(cfg, run_dir, composed)
     except Interrupted as e:
+        if hydra_cfg.mode == RunMode.RUN:
+            log.warning(f"{e}. To resume: {resume_command([*hydra_cfg.overrides.hydra, *hydra_cfg.overrides.task], run_dir)}")
+        else:
+            log.warning(f"{e}. To resume, rerun the sweep's command with hydra.sweep.dir="
+                        f"{Path(hydra_cfg.sweep.dir).resolve()}: finished jobs re-report, the others resume")
         sys.exit(e.exit_code)  # 128 + the signal's number, as a shell reports a process the signal ended
     except (*USER_ERRORS, RunDirBusy, NonFiniteLoss, DataError) as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or HydraConfig.get().mode != RunMode.RUN:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or hydra_cfg.mode != RunMode.RUN:
             raise  # a sweep reports a failed job itself and goes on with the others
+        if not any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra):
+            remove_if_unused(run_dir)  # the fresh time-stamped folder of a refused run: nothing to keep
         print(f"krubench: error: {e}", file=sys.stderr)
         sys.exit(1)
     return results["final_val"][results["metric"]]

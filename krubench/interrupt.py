@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import threading
+from pathlib import Path
 
 log = logging.getLogger("krubench")
 
@@ -17,7 +19,7 @@ class Interrupted(Exception):
     """Raised by the training loop after it saved last.pt on a stop request."""
 
     def __init__(self, signum: int, step: int):
-        super().__init__(f"{signal.Signals(signum).name} at step {step}: last.pt saved; rerun to continue")
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: last.pt saved")
         self.signum, self.step = signum, step
 
     @property
@@ -67,3 +69,10 @@ def log_aside(message: str) -> threading.Thread:
     thread = threading.Thread(target=log.warning, args=(message,), daemon=True)
     thread.start()
     return thread
+
+
+def resume_command(overrides: list[str], run_dir: Path) -> str:
+    """The command that continues the run in `run_dir`: the same overrides (any hydra.run.dir replaced) and
+    hydra.run.dir=<its folder>. Without it, the same command would start anew in a new time-stamped folder."""
+    kept = [o for o in overrides if not o.startswith("hydra.run.dir=")]
+    return shlex.join(["krubench", *kept, f"hydra.run.dir={Path(run_dir).resolve()}"])

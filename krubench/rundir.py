@@ -102,3 +102,25 @@ def write_hydra_files(run_dir: Path, texts: dict[str, str]) -> None:
         (Path(run_dir) / HYDRA).mkdir(exist_ok=True)
     for name, text in texts.items():
         atomic_write(Path(run_dir) / HYDRA / name, lambda f: f.write(text.encode()))
+
+
+#: what a run directory holds before krubench accepts the run: Hydra's log file and the lock
+BEFORE_START = {"krubench.log", LOCK}
+
+
+def remove_if_unused(run_dir: Path) -> bool:
+    """Remove `run_dir` if it holds nothing but BEFORE_START (a run refused before it started: a config error), and
+    its parents up to two levels up (outputs/<date>/) that this leaves empty. True if it was removed."""
+    run_dir = Path(run_dir)
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+        if not names <= BEFORE_START:
+            return False
+        for name in names:
+            (run_dir / name).unlink()
+        run_dir.rmdir()
+        for parent in run_dir.parents[:2]:
+            parent.rmdir()  # fails if anything else is there: then it stays
+    except OSError:
+        pass
+    return not run_dir.exists()

@@ -97,6 +97,12 @@ def non_finite_message(what: str, step: int, saved_step: int | None, fix: str, r
             f"trainer.grad_clip may help too.")
 
 
+def clock(seconds: float) -> str:
+    """H:MM:SS, as SLURM prints times."""
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 #: the largest lr the NaN stop suggests: lr/10 of a wildly high lr (1e3) would diverge again
 SAFE_LR = 1e-3
 
@@ -257,6 +263,7 @@ class Run:
             self.writer.add_text("config", "    " + OmegaConf.to_yaml(config).replace("\n", "\n    "))
             self.writer.add_text("backend", f"{self.model.describe_compute(self.device)}, device: {self.device}")
         self.started = self.window_start = time.time()
+        self.first_step = self.step  # this session's first: its pace, validations included, gives the ETA
 
     def finished(self) -> bool:
         return self.step >= self.steps or self.early.stopped
@@ -301,7 +308,9 @@ class Run:
         if penalty is not None:
             writer.add_scalar("kru/unitary_penalty", penalty.item(), step)
             line += f" unitary penalty {penalty.item():.3g}"
-        log.info(f"{line} {rate:.1f} steps/s")
+        now = time.time()
+        eta = (self.steps - step) * (now - self.started) / max(step - self.first_step, 1)  # this session's pace
+        log.info(f"{line} {rate:.1f} steps/s, elapsed {clock(self.elapsed + now - self.started)}, ETA {clock(eta)}")
 
     def validate(self) -> dict:
         """The validation metrics, logged; best.pt when they improved; the schedule and early stopping told."""

@@ -181,6 +181,22 @@ def test_bad_value_fails_before_running(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("override, error", [("optim.lr=-1", "optim.lr=-1.0 must be positive"),  # krubench's check
+                                             ("model.hiden_size=3", "Key 'hiden_size' not in")])  # Hydra's
+def test_a_config_error_leaves_no_run_folder(tmp_path, override, error):
+    proc = run_cli([*TINY, override], cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and error in proc.stderr, proc.stderr
+    assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").rglob("*"))
+
+
+@pytest.mark.slow
+def test_a_refused_run_in_a_chosen_folder_leaves_it(tmp_path):
+    run = tmp_path / "mine"
+    proc = run_cli([*TINY, "optim.lr=-1", f"hydra.run.dir={run}"], cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and run.is_dir()  # the user named it: not ours to remove
+
+
+@pytest.mark.slow
 def test_wheel_ships_the_configs(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path),
                     str(REPO)], check=True, capture_output=True)

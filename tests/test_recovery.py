@@ -9,6 +9,7 @@ import os
 import pickle
 import re
 import resource
+import shlex
 import signal
 import socket
 import subprocess
@@ -412,3 +413,35 @@ def test_the_nan_stop_recovery_works_as_printed(tmp_path):
     done = run_cli([*args[:-1], f"optim.lr={suggested.group(1)}", suggested.group(2)], cwd=tmp_path)
     assert json.loads((run / "results.json").read_text())["steps"] == 10, done.stderr
     assert all(torch.isfinite(v).all() for v in checkpoint.load(run / "last.pt")["model"].values())
+
+
+def test_the_resume_command_quotes_what_a_shell_would_split():
+    from krubench.interrupt import resume_command
+
+    command = resume_command(["hydra.run.dir=old", "model.factors=[4,4,8]", "trainer.steps=9"], Path("/runs/a b"))
+    assert command == "krubench 'model.factors=[4,4,8]' trainer.steps=9 'hydra.run.dir=/runs/a b'"
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_with_the_command_that_resumes_the_time_stamped_run(tmp_path):
+    """The default folder is time-stamped: rerunning the same command would start anew. The last line says how
+    to continue, and that command does."""
+    proc = start([*TINY, "trainer.steps=2000", "trainer.ckpt_every=1000", "trainer.val_every=1000",
+                  "trainer.log_every=1"], tmp_path)
+    try:
+        deadline = time.time() + 180
+        while not (runs := list(tmp_path.glob("outputs/*/*_copy_T10_kru"))) and time.time() < deadline:
+            time.sleep(0.05)
+        wait_for_log(runs[0], r"step 3/", proc)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 128 + signal.SIGINT
+    finally:
+        proc.kill()
+    last = proc.output.read_text().strip().splitlines()[-1]
+    assert re.search(r"SIGINT at step \d+: last.pt saved. To resume: krubench ", last), last
+    command = last.split("To resume: ")[1]
+    assert command.endswith(f"hydra.run.dir={runs[0].resolve()}")
+    done = run_cli(shlex.split(command)[1:], cwd=tmp_path)
+    assert "resumed from" in done.stdout + done.stderr
+    assert json.loads((runs[0] / "results.json").read_text())["steps"] == 2000
+    assert len(list(tmp_path.glob("outputs/*/*"))) == 1  # no new folder

@@ -1,5 +1,6 @@
 """The training loop in-process: exact resume, non-finite losses, refusing to reuse a run directory."""
 import json
+import re
 
 import pytest
 import torch
@@ -207,3 +208,22 @@ def test_results_name_the_setting_the_task_says_it_is(tmp_path):
                            "trainer.steps=2")
     train(cfg, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "results.json").read_text())["setting"] == "adding_T30_uniform"
+
+
+def test_step_lines_show_the_elapsed_time_and_an_eta(tmp_path, caplog, monkeypatch):
+    """What a SLURM log shows of a run: how long it has run and how long it has to go, at every log line."""
+    clock = iter(range(0, 10_000, 3))  # each time.time() call: 3 s later
+    monkeypatch.setattr("krubench.train.time.time", lambda: float(next(clock)))
+    with caplog.at_level("INFO", logger="krubench"):
+        train(small_run_config(tmp_path, "trainer.steps=4", "trainer.log_every=2", "trainer.val_every=4"),
+              tmp_path / "run")
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step 2/4 loss")]
+    assert len(lines) == 1
+    elapsed, eta = re.search(r"steps/s, elapsed (\d+:\d\d:\d\d), ETA (\d+:\d\d:\d\d)$", lines[0]).groups()
+    assert elapsed != "0:00:00" and eta == elapsed  # half the steps done at this pace: as long again to go
+
+
+def test_clock_reads_as_hours_minutes_seconds():
+    from krubench.train import clock
+
+    assert clock(0) == "0:00:00" and clock(59.9) == "0:00:59" and clock(3 * 3600 + 61) == "3:01:01"
