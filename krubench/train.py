@@ -345,7 +345,8 @@ class Run:
             self.model.load_state_dict(checkpoint.load(path, map_location=self.device)["model"])
             weights = f"best checkpoint, step {self.best_step}"
         except checkpoint.CheckpointError:
-            problem = f"{path} is missing" if not path.is_file() else f"{path} is damaged"
+            problem = (f"{path} is missing" if not path.exists() else f"{path} is damaged" if path.is_file()
+                       else f"{path} is not a regular file")
             earlier = read_results(self.run_dir) if rereport else {}
             if kept := {split: earlier[split] for split in splits if isinstance(earlier.get(split), dict)}:
                 log.warning(f"{problem}: the held-out numbers in results.json are kept")
