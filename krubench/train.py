@@ -109,6 +109,7 @@ def train(cfg: DictConfig, run_dir: Path, hydra_files: dict[str, str] | None = N
     run_dir.mkdir(parents=True, exist_ok=True)
     with rundir.locked(run_dir):
         before = rundir.read_status(run_dir)
+        rundir.refuse_if_checkpoints_gone(run_dir, before)
         started = False
 
         def mark_running():

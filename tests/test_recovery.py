@@ -179,6 +179,19 @@ def test_a_failed_rerun_leaves_a_finished_run_finished(finished, tmp_path, monke
     assert [r.dir for r in runs] == [finished] and not skipped
 
 
+@pytest.mark.parametrize("rerun", [["trainer.steps=5"], ["trainer.steps=7", "seed=1"]], ids=["same config", "another"])
+def test_a_finished_run_whose_checkpoints_are_gone_is_refused_before_anything_is_written(finished, tmp_path, rerun):
+    """As a committed run folder (checkpoints not committed): training there would overwrite its results."""
+    for name in ("last.pt", "best.pt"):
+        (finished / name).unlink()
+    contents = lambda: {p: p.read_bytes() for p in finished.rglob("*") if p.is_file() and p.name != rundir.LOCK}
+    before = contents()
+    with pytest.raises(FileExistsError, match=f"^{re.escape(str(finished))} holds a finished run whose checkpoints "
+                                              f"are gone .*\\(hydra.run.dir="):
+        train(small_run_config(tmp_path, *rerun), finished)
+    assert contents() == before
+
+
 def test_a_rerun_into_a_finished_run_keeps_the_provenance_of_the_run_that_trained(finished, tmp_path, monkeypatch):
     trained = json.loads((finished / "results.json").read_text())
     other = {"commit": "f" * 40, "dirty": True}  # as if a later checkout re-reported it
