@@ -334,10 +334,10 @@ class Run:
         self.save(self.run_dir / checkpoint.LAST)
         self.saved_step = self.step
 
-    def held_out(self, rereport: bool) -> dict:
+    def held_out(self, earlier: dict) -> dict:
         """Every split's metrics with best.pt's weights, whole (val too: its own, unsubsampled), for tasks with held-out
-        splits. Without a usable best.pt (moved aside, damaged), a re-report keeps the numbers results.json holds,
-        and a run that trained uses its final weights."""
+        splits. Without a usable best.pt (moved aside, damaged), a re-report keeps the numbers results.json held
+        (`earlier`, {} for a run that trained), and a run that trained uses its final weights."""
         splits = list(self.task.splits)
         if len(splits) < 2:
             return {}
@@ -348,7 +348,6 @@ class Run:
         except checkpoint.CheckpointError:
             problem = (f"{path} is missing" if not path.exists() else f"{path} is damaged" if path.is_file()
                        else f"{path} is not a regular file")
-            earlier = read_results(self.run_dir) if rereport else {}
             if kept := {split: earlier[split] for split in splits if isinstance(earlier.get(split), dict)}:
                 log.warning(f"{problem}: the held-out numbers in results.json are kept")
                 return kept
@@ -370,7 +369,8 @@ class Run:
             val = task.evaluate(self.model, self.device, "val", whole=True)
             log.info("final validation on the whole split: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
             final_metrics |= {f"hparam/val_{k}": v for k, v in val.items()}
-        held_out = self.held_out(rereport)
+        earlier = read_results(run_dir) if rereport else {}  # read once: a damaged one is warned of once
+        held_out = self.held_out(earlier)
         for split, metrics in held_out.items():
             if split != "val":  # hparam/val_* are the final weights'
                 final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
@@ -385,7 +385,7 @@ class Run:
             "config": config,
             "data_root": str(data_root(config["data_dir"])) if task.needs_data else None,  # where the data was read
         }
-        write_results(run_dir, results, rereport)
+        write_results(run_dir, results, earlier)
         log.info(f"done: {self.step} steps in {wall:.0f} s; validation {task.metric} {val[task.metric]:.4f} "
                  f"(best {best:.4f} at step {self.best_step}; memoryless baseline {self.baselines[task.metric]:.4f}); "
                  f"results in {run_dir / 'results.json'}")

@@ -222,6 +222,22 @@ def test_a_finished_run_re_reports_after_best_pt_moved_aside_or_results_json_dam
     assert str(run / ("best.pt" if damage == "best.pt moved aside" else "results.json")) in caplog.text
 
 
+def test_a_re_report_warns_once_of_each_problem(tmp_path, monkeypatch, caplog):
+    """A damaged results.json was read, and warned of, by the held-out evaluation and again by its writer."""
+    monkeypatch.setattr(CopyTask, "splits", ("val", "test"))
+    run = tmp_path / "run"
+    train(small_run_config(tmp_path, "trainer.steps=5"), run)
+    old = torch.load(run / "last.pt", weights_only=True)
+    del old[checkpoint.DIGEST]
+    torch.save(old, run / "last.pt")  # an old-format checkpoint: a warning of its own
+    (run / "best.pt").rename(run / "best.pt.bad")
+    (run / "results.json").write_text('{"task": "copy", ')
+    with caplog.at_level("WARNING", logger="krubench"):
+        train(small_run_config(tmp_path, "trainer.steps=5"), run)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == len(set(warnings)) == 3, warnings
+
+
 def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_marks_the_run(tmp_path, monkeypatch):
     run = tmp_path / "run"
     fsync, checkpoints = os.fsync, []
