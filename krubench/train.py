@@ -101,7 +101,8 @@ SAFE_LR = 1e-3
 
 
 def train(cfg: DictConfig, run_dir: Path, hydra_files: dict[str, str] | None = None) -> dict:
-    """Train as `cfg` says, writing everything under `run_dir`, which it locks. Returns the results dict.
+    """Train as `cfg` says, writing everything under `run_dir`, which it locks. Returns the results dict (raises
+    Interrupted after writing them when a stop signal came during the final evaluation).
     status.json says running once the checks passed (and `hydra_files` are written to .hydra/ then), then ok,
     failed or interrupted; a rerun into a finished run's directory that does not finish leaves its status.json
     as it was, and one that is refused leaves every file as it was."""
@@ -126,11 +127,15 @@ def train(cfg: DictConfig, run_dir: Path, hydra_files: dict[str, str] | None = N
             with StopOnSignal(on_second_signal) as stop:
                 results = _train(cfg, run_dir, mark_running, stop)
             write_status(run_dir, "ok", results["steps"])
-            return results
         except BaseException as e:
             if started:
                 settle_status(run_dir, before, e)
             raise
+    if stop.requested:  # it came during the final evaluation, which finished: the exit status still says the signal
+        signalled = Interrupted(stop.requested, results["steps"], finished=True)
+        log.warning(str(signalled))
+        raise signalled
+    return results
 
 
 def settle_status(run_dir: Path, before: dict | None, e: BaseException) -> None:
@@ -182,6 +187,7 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
 
     steps, every = tcfg["steps"], lambda n: run.step % tcfg[n] == 0 or run.step == steps
     rereport = run.finished()  # a rerun into a finished run: just re-report
+    stop.finishing = rereport  # nothing to train: a signal lets the evaluation finish
     val = run.task.evaluate(run.model, device) if rereport else None
     progress = {"auto": None, "always": False, "never": True}[tcfg["progress"]]
     run.model.train()
@@ -200,6 +206,7 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
             if stop.requested:
                 run.writer.close()
                 raise Interrupted(stop.requested, run.step)
+    stop.finishing = True
     return run.finish(val, rereport)
 
 

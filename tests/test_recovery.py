@@ -22,9 +22,9 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import krubench_command, run_cli, run_cli_killed_at, small_run_config
-from krubench import checkpoint, files, rundir
+from krubench import checkpoint, files, rundir, tb
 from krubench import results as results_module
-from krubench.interrupt import StopOnSignal
+from krubench.interrupt import Interrupted, StopOnSignal
 from krubench.report import find_runs
 from krubench.tasks.copy import CopyTask
 from krubench.train import NonFiniteLoss, train
@@ -316,6 +316,29 @@ def test_a_stop_signal_during_a_log_write_is_logged(capsys):
         signal.signal(signal.SIGTERM, previous)
     assert b"step 3/10 loss 0.5" in raw.data and b"SIGTERM received: finishing this step" in raw.data
     assert "Logging error" not in capsys.readouterr().err
+
+
+def test_a_stop_signal_during_the_final_evaluation_finishes_it_and_exits_with_the_signal(tmp_path, monkeypatch,
+                                                                                         caplog):
+    """It logged "saving last.pt, then exiting" and exited 0; results.json and status ok are written either way."""
+    run, log_hparams = tmp_path / "run", tb.log_hparams
+
+    def signalled(*args):  # the signal comes during the final evaluation
+        os.kill(os.getpid(), signal.SIGTERM)
+        return log_hparams(*args)
+
+    monkeypatch.setattr(tb, "log_hparams", signalled)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a run: StopOnSignal takes only a default
+    try:
+        with caplog.at_level("INFO", logger="krubench"), pytest.raises(Interrupted) as e:
+            train(small_run_config(tmp_path), run)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert e.value.exit_code == 128 + signal.SIGTERM
+    assert json.loads((run / "results.json").read_text())["steps"] == 10
+    assert json.loads((run / "status.json").read_text())["status"] == "ok"
+    assert "saving last.pt, then exiting" not in caplog.text
+    assert "SIGTERM during the final evaluation: the run finished" in caplog.text
 
 
 # ---- the command line ----
