@@ -89,11 +89,13 @@ def load(path: Path, map_location="cpu") -> dict:
     path = Path(path)
     what_to_do = (f"Move it aside (mv {path} {path}.bad) and rerun: the run continues from scratch, "
                   "or choose a new run directory (hydra.run.dir=...).")
+    if path.exists() and not path.is_file():  # a named pipe would block the load forever, waiting for a writer
+        raise CheckpointError(f"{path} is not a regular file: a checkpoint is a file krubench wrote. {what_to_do}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, empty, random bytes, or a pickle of something other than tensors
-        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is damaged or not a krubench checkpoint ({why}). {what_to_do}") from e
+        raise CheckpointError(f"{path} is damaged or not a krubench checkpoint ({load_failure(e)}). "
+                              f"{what_to_do}") from e
     if not isinstance(ckpt, dict) or "step" not in ckpt:
         raise CheckpointError(f"{path} is not a krubench checkpoint (no step in it). {what_to_do}")
     for key, kinds in FIELDS.items():
@@ -111,14 +113,23 @@ def load(path: Path, map_location="cpu") -> dict:
     return ckpt
 
 
+def load_failure(e: Exception) -> str:
+    """Why torch.load failed, in its own words, without its advice to retry with weights_only=False: that load
+    runs any code the file holds."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and "weights_only" not in ln]
+    return lines[0] if lines else type(e).__name__
+
+
 def config_diff(saved: dict, current: dict, keys=IDENTITY_KEYS) -> list[str]:
     """Lines 'key: saved -> current' for every identity value that differs; the backend keys among them
-    (INCIDENTAL_KEYS: the same math) may differ, and be absent from a checkpoint written before they existed."""
+    (INCIDENTAL_KEYS: the same math) may differ, and be absent from a checkpoint written before they existed.
+    A key the checkpoint predates that is null now (off, as a new key's default is) is no difference."""
     a = flatten({k: saved.get(k) for k in keys})
     b = flatten({k: current.get(k) for k in keys})
     return [f"  {k}: {a.get(k, '<absent>')!r} (checkpoint) -> {b.get(k, '<absent>')!r} (now)"
             for k in sorted(set(a) | set(b))
-            if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(INCIDENTAL_KEYS)]
+            if a.get(k, "<absent>") != b.get(k, "<absent>") and not k.startswith(INCIDENTAL_KEYS)
+            and not (k not in a and b[k] is None)]
 
 
 def load_for_resume(run_dir: Path, config: dict, resume: str) -> dict | None:

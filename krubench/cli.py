@@ -73,7 +73,9 @@ def run(cfg: DictConfig) -> float:
     try:
         results = train(cfg, run_dir, composed)
     except Interrupted as e:
-        if hydra_cfg.mode == RunMode.RUN:
+        if e.finished:  # nothing left to resume
+            log.warning(str(e))
+        elif hydra_cfg.mode == RunMode.RUN:
             log.warning(f"{e}. To resume: {resume_command([*hydra_cfg.overrides.hydra, *hydra_cfg.overrides.task], run_dir)}")
         else:
             log.warning(f"{e}. To resume, rerun the sweep's command with hydra.sweep.dir="

@@ -1,5 +1,6 @@
 """SIGTERM (kill, SLURM), SIGINT (Ctrl-C) and SIGHUP (the terminal closed, an ssh session dropped) end a run cleanly: the first finishes the current step, writes
-last.pt and exits with 128 + the signal's number; a second exits at once. A signal that a launcher already
+last.pt and exits with 128 + the signal's number; one that comes once training is over lets the final evaluation
+and results.json finish, then exits the same way; a second exits at once. A signal that a launcher already
 handles (submitit's SIGTERM) is left to it."""
 from __future__ import annotations
 
@@ -16,11 +17,15 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Interrupted(Exception):
-    """Raised by the training loop after it saved last.pt on a stop request."""
+    """Raised by the training loop after it saved last.pt on a stop request, or (`finished`) after the final
+    evaluation that a stop request came during."""
 
-    def __init__(self, signum: int, step: int):
-        super().__init__(f"{signal.Signals(signum).name} at step {step}: last.pt saved")
-        self.signum, self.step = signum, step
+    def __init__(self, signum: int, step: int, finished: bool = False):
+        name = signal.Signals(signum).name
+        super().__init__(f"{name} during the final evaluation: the run finished at step {step} (results.json written), "
+                         f"exiting with {128 + signum}" if finished else
+                         f"{name} at step {step}: last.pt saved")
+        self.signum, self.step, self.finished = signum, step, finished
 
     @property
     def exit_code(self) -> int:
@@ -33,6 +38,7 @@ class StopOnSignal:
 
     def __init__(self, on_second):
         self.requested: int | None = None
+        self.finishing = False  # set once training is over: a signal then lets the final evaluation finish
         self.on_second = on_second
         self.previous = {}
 
@@ -53,8 +59,12 @@ class StopOnSignal:
         name = signal.Signals(signum).name
         if self.requested is None:
             self.requested = signum
-            log_aside(f"{name} received: finishing this step, saving last.pt, then exiting "
-                      f"(send it again to exit at once, without saving)")
+            if self.finishing:
+                log_aside(f"{name} received during the final evaluation: finishing it and results.json, then "
+                          f"exiting (send it again to exit at once, without results.json)")
+            else:
+                log_aside(f"{name} received: finishing this step, saving last.pt, then exiting "
+                          f"(send it again to exit at once, without saving)")
             return
         log_aside(f"second {name} received: exiting at once, without saving").join(timeout=1.0)
         self.on_second(signum)

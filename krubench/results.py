@@ -54,12 +54,13 @@ def write_status(run_dir: Path, status: str, step: int | None = None, error: str
     atomic_write_json(Path(run_dir) / STATUS, record)
 
 
-def write_results(run_dir: Path, results: dict, rereport: bool = False) -> None:
+def write_results(run_dir: Path, results: dict, before: dict | None = None) -> None:
     """results.json with the versions and git commit krubench runs from. A re-report (a rerun into a finished
-    run, which trains nothing) keeps the provenance and wall time of the run that trained, and records its
-    own under "reported_by": the numbers are the trained weights', whichever checkout evaluated them."""
+    run, which trains nothing; `before`: the results.json it replaces, as read_results gave it) keeps the
+    provenance and wall time of the run that trained, and records its own under "reported_by": the numbers are
+    the trained weights', whichever checkout evaluated them."""
     here = {"versions": versions(), "git": git_revision()}
-    before = read_results(run_dir) if rereport else {}
+    before = before or {}
     if "git" in before:
         kept = {k: before[k] for k in ("versions", "git", "wall_time_s") if k in before}
         record = {**results, **kept, "reported_by": {**here, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}

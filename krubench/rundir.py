@@ -11,8 +11,9 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from .checkpoint import LAST
 from .files import atomic_write, atomic_write_json, read_json_object, storage_error
-from .results import STATUS
+from .results import RESULTS, STATUS
 
 log = logging.getLogger("krubench")
 
@@ -88,6 +89,17 @@ def read_status(run_dir: Path) -> dict | None:
 
 def is_finished(status: dict | None) -> bool:
     return status is not None and status.get("status") == "ok"
+
+
+def refuse_if_checkpoints_gone(run_dir: Path, status: dict | None) -> None:
+    """Refuse a run directory holding a finished run without its last.pt (a committed run folder, its checkpoints
+    not committed): a run there would train from scratch over the run's results.json, tb/ and krubench.log, and a
+    re-report needs the checkpoints."""
+    run_dir = Path(run_dir)
+    if (is_finished(status) or (run_dir / RESULTS).exists()) and not (run_dir / LAST).exists():
+        raise FileExistsError(f"{run_dir} holds a finished run whose checkpoints are gone (no {LAST}): "
+                              "a run there would train from scratch over its results.json, tb/ and krubench.log. "
+                              f"Choose a new run directory (hydra.run.dir=...), or put its {LAST} back to re-report.")
 
 
 def restore_status(run_dir: Path, status: dict) -> None:

@@ -108,7 +108,8 @@ SAFE_LR = 1e-3
 
 
 def train(cfg: DictConfig, run_dir: Path, hydra_files: dict[str, str] | None = None) -> dict:
-    """Train as `cfg` says, writing everything under `run_dir`, which it locks. Returns the results dict.
+    """Train as `cfg` says, writing everything under `run_dir`, which it locks. Returns the results dict (raises
+    Interrupted after writing them when a stop signal came during the final evaluation).
     status.json says running once the checks passed (and `hydra_files` are written to .hydra/ then), then ok,
     failed or interrupted; a rerun into a finished run's directory that does not finish leaves its status.json
     as it was, and one that is refused leaves every file as it was."""
@@ -116,6 +117,7 @@ def train(cfg: DictConfig, run_dir: Path, hydra_files: dict[str, str] | None = N
     run_dir.mkdir(parents=True, exist_ok=True)
     with rundir.locked(run_dir):
         before = rundir.read_status(run_dir)
+        rundir.refuse_if_checkpoints_gone(run_dir, before)
         started = False
 
         def mark_running():
@@ -132,11 +134,15 @@ def train(cfg: DictConfig, run_dir: Path, hydra_files: dict[str, str] | None = N
             with StopOnSignal(on_second_signal) as stop:
                 results = _train(cfg, run_dir, mark_running, stop)
             write_status(run_dir, "ok", results["steps"])
-            return results
         except BaseException as e:
             if started:
                 settle_status(run_dir, before, e)
             raise
+    if stop.requested:  # it came during the final evaluation, which finished: the exit status still says the signal
+        signalled = Interrupted(stop.requested, results["steps"], finished=True)
+        log.warning(str(signalled))
+        raise signalled
+    return results
 
 
 def settle_status(run_dir: Path, before: dict | None, e: BaseException) -> None:
@@ -189,6 +195,7 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
 
     steps, every = tcfg["steps"], lambda n: run.step % tcfg[n] == 0 or run.step == steps
     rereport = run.finished()  # a rerun into a finished run: just re-report
+    stop.finishing = rereport  # nothing to train: a signal lets the evaluation finish
     val = run.task.evaluate(run.model, device) if rereport else None
     progress = {"auto": None, "always": False, "never": True}[tcfg["progress"]]
     run.model.train()
@@ -207,6 +214,7 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
             if stop.requested:
                 run.writer.close()
                 raise Interrupted(stop.requested, run.step)
+    stop.finishing = True
     return run.finish(val, rereport)
 
 
@@ -346,10 +354,10 @@ class Run:
         self.save(self.run_dir / checkpoint.LAST)
         self.saved_step = self.step
 
-    def held_out(self, rereport: bool) -> dict:
+    def held_out(self, earlier: dict) -> dict:
         """Every split's metrics with best.pt's weights, whole (val too: its own, unsubsampled), for tasks with held-out
-        splits. Without a usable best.pt (moved aside, damaged), a re-report keeps the numbers results.json holds,
-        and a run that trained uses its final weights."""
+        splits. Without a usable best.pt (moved aside, damaged), a re-report keeps the numbers results.json held
+        (`earlier`, {} for a run that trained), and a run that trained uses its final weights."""
         splits = list(self.task.splits)
         if len(splits) < 2:
             return {}
@@ -358,8 +366,8 @@ class Run:
             self.model.load_state_dict(checkpoint.load(path, map_location=self.device)["model"])
             weights = f"best checkpoint, step {self.best_step}"
         except checkpoint.CheckpointError:
-            problem = f"{path} is missing" if not path.is_file() else f"{path} is damaged"
-            earlier = read_results(self.run_dir) if rereport else {}
+            problem = (f"{path} is missing" if not path.exists() else f"{path} is damaged" if path.is_file()
+                       else f"{path} is not a regular file")
             if kept := {split: earlier[split] for split in splits if isinstance(earlier.get(split), dict)}:
                 log.warning(f"{problem}: the held-out numbers in results.json are kept")
                 return kept
@@ -381,7 +389,8 @@ class Run:
             val = task.evaluate(self.model, self.device, "val", whole=True)
             log.info("final validation on the whole split: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()))
             final_metrics |= {f"hparam/val_{k}": v for k, v in val.items()}
-        held_out = self.held_out(rereport)
+        earlier = read_results(run_dir) if rereport else {}  # read once: a damaged one is warned of once
+        held_out = self.held_out(earlier)
         for split, metrics in held_out.items():
             if split != "val":  # hparam/val_* are the final weights'
                 final_metrics |= {f"hparam/{split}_{k}": v for k, v in metrics.items()}
@@ -396,7 +405,7 @@ class Run:
             "config": config,
             "data_root": str(data_root(config["data_dir"])) if task.needs_data else None,  # where the data was read
         }
-        write_results(run_dir, results, rereport)
+        write_results(run_dir, results, earlier)
         log.info(f"done: {self.step} steps in {wall:.0f} s; validation {task.metric} {val[task.metric]:.4f} "
                  f"(best {best:.4f} at step {self.best_step}; memoryless baseline {self.baselines[task.metric]:.4f}); "
                  f"results in {run_dir / 'results.json'}")

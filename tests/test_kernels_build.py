@@ -122,6 +122,21 @@ def test_a_stale_lock_file_of_an_older_torch_is_removed(monkeypatch, caplog):
     assert any("stale build lock" in r.getMessage() for r in caplog.records)
 
 
+def test_doctor_reports_first_without_torchs_cuda_warning():
+    """Importing cpp_extension on a machine with nvcc but no GPU logs torch's "No CUDA runtime is found", which
+    came before the doctor's first row. The backends' checks are stubbed: only the report's start is tested."""
+    stubbed = textwrap.dedent("""
+        from krubench.ops import dispatch, doctor
+        doctor._check = lambda backend, device: "stubbed"
+        dispatch.backend_for = lambda kernel, device: "stubbed"
+        doctor.doctor_main([])
+    """)
+    proc = subprocess.run([sys.executable, "-c", stubbed], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "No CUDA runtime" not in proc.stdout + proc.stderr
+    assert proc.stdout.split(":")[0].strip() == "python" and "GPU:" in proc.stdout
+
+
 @pytest.mark.slow
 def test_doctor_lists_versions_and_working_backends():
     proc = subprocess.run([script("krubench-doctor")], capture_output=True, text=True, timeout=600)

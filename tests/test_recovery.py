@@ -23,9 +23,9 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import krubench_command, run_cli, run_cli_killed_at, small_run_config
-from krubench import checkpoint, files, rundir
+from krubench import checkpoint, files, rundir, tb
 from krubench import results as results_module
-from krubench.interrupt import StopOnSignal
+from krubench.interrupt import Interrupted, StopOnSignal
 from krubench.report import find_runs
 from krubench.tasks.copy import CopyTask
 from krubench.train import NonFiniteLoss, train
@@ -74,8 +74,21 @@ def test_a_damaged_or_crafted_checkpoint_is_refused_naming_the_file(finished, tm
     with pytest.raises(checkpoint.CheckpointError, match=re.escape(str(path))) as e:
         train(small_run_config(tmp_path), finished)
     assert f"mv {path} {path}.bad" in str(e.value)
+    assert "weights_only" not in str(e.value)  # torch's advice to load it unsafely is not ours to repeat
+    if damage == "crafted":
+        assert "is damaged or not a krubench checkpoint" in str(e.value)
     assert not (tmp_path / "crafted-pickle-ran").exists()
     assert json.loads((finished / "status.json").read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize("name", ["last.pt", "best.pt"])
+def test_a_checkpoint_that_is_not_a_regular_file_is_refused_naming_it(finished, name):
+    """A named pipe would block the load forever, waiting for a writer."""
+    path = finished / name
+    path.unlink()
+    os.mkfifo(path)
+    with pytest.raises(checkpoint.CheckpointError, match=f"^{re.escape(str(path))} is not a regular file"):
+        checkpoint.load(path)
 
 
 @pytest.mark.parametrize("field, value", [("step", "abc"), ("step", -1.5), ("best", "x"), ("model", None),
@@ -167,6 +180,19 @@ def test_a_failed_rerun_leaves_a_finished_run_finished(finished, tmp_path, monke
     assert [r.dir for r in runs] == [finished] and not skipped
 
 
+@pytest.mark.parametrize("rerun", [["trainer.steps=5"], ["trainer.steps=7", "seed=1"]], ids=["same config", "another"])
+def test_a_finished_run_whose_checkpoints_are_gone_is_refused_before_anything_is_written(finished, tmp_path, rerun):
+    """As a committed run folder (checkpoints not committed): training there would overwrite its results."""
+    for name in ("last.pt", "best.pt"):
+        (finished / name).unlink()
+    contents = lambda: {p: p.read_bytes() for p in finished.rglob("*") if p.is_file() and p.name != rundir.LOCK}
+    before = contents()
+    with pytest.raises(FileExistsError, match=f"^{re.escape(str(finished))} holds a finished run whose checkpoints "
+                                              f"are gone .*\\(hydra.run.dir="):
+        train(small_run_config(tmp_path, *rerun), finished)
+    assert contents() == before
+
+
 def test_a_rerun_into_a_finished_run_keeps_the_provenance_of_the_run_that_trained(finished, tmp_path, monkeypatch):
     trained = json.loads((finished / "results.json").read_text())
     other = {"commit": "f" * 40, "dirty": True}  # as if a later checkout re-reported it
@@ -195,6 +221,22 @@ def test_a_finished_run_re_reports_after_best_pt_moved_aside_or_results_json_dam
     assert again["test"] == trained["test"] and again["final_val"] == trained["final_val"]
     assert json.loads((run / "results.json").read_text())["test"] == trained["test"]
     assert str(run / ("best.pt" if damage == "best.pt moved aside" else "results.json")) in caplog.text
+
+
+def test_a_re_report_warns_once_of_each_problem(tmp_path, monkeypatch, caplog):
+    """A damaged results.json was read, and warned of, by the held-out evaluation and again by its writer."""
+    monkeypatch.setattr(CopyTask, "splits", ("val", "test"))
+    run = tmp_path / "run"
+    train(small_run_config(tmp_path, "trainer.steps=5"), run)
+    old = torch.load(run / "last.pt", weights_only=True)
+    del old[checkpoint.DIGEST]
+    torch.save(old, run / "last.pt")  # an old-format checkpoint: a warning of its own
+    (run / "best.pt").rename(run / "best.pt.bad")
+    (run / "results.json").write_text('{"task": "copy", ')
+    with caplog.at_level("WARNING", logger="krubench"):
+        train(small_run_config(tmp_path, "trainer.steps=5"), run)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == len(set(warnings)) == 3, warnings
 
 
 def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one_and_marks_the_run(tmp_path, monkeypatch):
@@ -275,6 +317,29 @@ def test_a_stop_signal_during_a_log_write_is_logged(capsys):
         signal.signal(signal.SIGTERM, previous)
     assert b"step 3/10 loss 0.5" in raw.data and b"SIGTERM received: finishing this step" in raw.data
     assert "Logging error" not in capsys.readouterr().err
+
+
+def test_a_stop_signal_during_the_final_evaluation_finishes_it_and_exits_with_the_signal(tmp_path, monkeypatch,
+                                                                                         caplog):
+    """It logged "saving last.pt, then exiting" and exited 0; results.json and status ok are written either way."""
+    run, log_hparams = tmp_path / "run", tb.log_hparams
+
+    def signalled(*args):  # the signal comes during the final evaluation
+        os.kill(os.getpid(), signal.SIGTERM)
+        return log_hparams(*args)
+
+    monkeypatch.setattr(tb, "log_hparams", signalled)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a run: StopOnSignal takes only a default
+    try:
+        with caplog.at_level("INFO", logger="krubench"), pytest.raises(Interrupted) as e:
+            train(small_run_config(tmp_path), run)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert e.value.exit_code == 128 + signal.SIGTERM
+    assert json.loads((run / "results.json").read_text())["steps"] == 10
+    assert json.loads((run / "status.json").read_text())["status"] == "ok"
+    assert "saving last.pt, then exiting" not in caplog.text
+    assert "SIGTERM during the final evaluation: the run finished" in caplog.text
 
 
 # ---- the command line ----

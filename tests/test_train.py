@@ -227,3 +227,13 @@ def test_clock_reads_as_hours_minutes_seconds():
     from krubench.train import clock
 
     assert clock(0) == "0:00:00" and clock(59.9) == "0:00:59" and clock(3 * 3600 + 61) == "3:01:01"
+
+
+def test_a_key_the_checkpoint_predates_is_no_difference_while_it_is_null():
+    """A run written before task.val_limit existed resumes (null: off, the behaviour it ran with); a value is a change."""
+    from krubench.checkpoint import config_diff
+
+    saved = {"task": {"name": "music", "dataset": "jsb"}, "seed": 0}
+    assert config_diff(saved, {"task": {"name": "music", "dataset": "jsb", "val_limit": None}, "seed": 0}) == []
+    assert config_diff(saved, {"task": {"name": "music", "dataset": "jsb", "val_limit": 5}, "seed": 0}) == [
+        "  task.val_limit: '<absent>' (checkpoint) -> 5 (now)"]

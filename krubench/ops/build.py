@@ -129,13 +129,20 @@ def _torch_uses_baton(cpp_extension) -> bool:
     return hasattr(cpp_extension, "FileBaton") and not hasattr(cpp_extension, "FileLock")
 
 
+def import_cpp_extension():
+    """torch.utils.cpp_extension, imported without its warning "No CUDA runtime is found" on a machine with nvcc
+    but no GPU: expected when building the C++ backend there, and noise in every run's log (and ahead of
+    krubench-doctor's report, which says there is no GPU itself)."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    from torch.utils import cpp_extension  # slow import: only when a kernel is wanted
+
+    return cpp_extension
+
+
 def build(backend: str) -> Path:
     """Compile (if needed) and load `backend` ('cpp', 'cuda' or 'emu'); returns its build folder.
     Raises BuildError saying why and what to do."""
-    # Importing cpp_extension warns "No CUDA runtime is found" on a machine with nvcc but no GPU: expected
-    # when building the C++ backend there, and noise in every run's log.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    from torch.utils import cpp_extension  # slow import: only when a kernel is wanted
+    cpp_extension = import_cpp_extension()
 
     if backend == "cuda":
         os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()

@@ -77,9 +77,8 @@ def _check(backend: str, device: str) -> str:
 def doctor_main(argv=None) -> int:
     argparse.ArgumentParser(prog="krubench-doctor", description="Versions, and which Kronecker backends work "
                             "here (builds them if needed).").parse_args(argv)
-    from torch.utils import cpp_extension
-
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible"
+    cpp_extension = build.import_cpp_extension()
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none visible (torch finds no CUDA device)"
     nvcc = os.path.join(cpp_extension.CUDA_HOME, "bin", "nvcc") if cpp_extension.CUDA_HOME else "nvcc"
     rows = {
         "python": sys.version.split()[0],
