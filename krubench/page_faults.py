@@ -51,5 +51,5 @@ class PageFaultWatch:
         if mb < FAULTED_MB_PER_STEP:
             return None
         return (f"hint: each training step faults in about {mb:,.0f} MB of fresh memory (glibc returns large freed "
-                f"blocks to the OS). Running with {KEEP} keeps them: faster steps for more peak memory (README, "
+                f"blocks to the OS). Running with {KEEP} keeps them: faster steps for more peak memory (docs/kernels.md, "
                 f"'Large tensors on the CPU'; measured in BENCHMARKS.md).")

@@ -11,7 +11,7 @@
 #   Then: krubench-report results/runs --out RESULTS.md --plots results   (the table and the figures)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # README "Large tensors on the CPU"
+export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
 # the data sets of the krubench workspace (../shared/data) unless KRUBENCH_DATA says otherwise: no downloads
 if [ -z "${KRUBENCH_DATA:-}" ] && [ -d ../shared/data ]; then export KRUBENCH_DATA=$PWD/../shared/data; fi
 COMMON="trainer.threads=1 trainer.progress=never"

@@ -7,7 +7,7 @@
 # Usage (from the repository root): bash results/sweep_adding_budget.sh [PATTERN] [JOBS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # README "Large tensors on the CPU"
+export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
 COMMON="trainer.threads=1 trainer.progress=never"
 commands() {  # prints the runs to do, having copied each one's 10,000-step folder (only those PATTERN selects)
   for run in "T400 0 kru" "T750 0 kru" "T400 1 kru" "T750 1 kru" "T400 2 kru" "T750 2 kru" \

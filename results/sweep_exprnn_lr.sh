@@ -6,7 +6,7 @@
 # Usage (from the repository root): bash results/sweep_exprnn_lr.sh [PATTERN] [JOBS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # README "Large tensors on the CPU"
+export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
 COMMON="trainer.threads=1 trainer.progress=never"
 commands() {
   for T in 100 400; do

@@ -6,7 +6,7 @@
 #   bash results/sweep_music_kru.sh [PATTERN] [JOBS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # README "Large tensors on the CPU"
+export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
 if [ -z "${KRUBENCH_DATA:-}" ] && [ -d ../shared/data ]; then export KRUBENCH_DATA=$PWD/../shared/data; fi
 COMMON="trainer.threads=1 trainer.progress=never"
 commands() {  # name, then the overrides of that lever

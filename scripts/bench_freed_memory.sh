@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Training steps/s and peak resident memory of a preset with glibc's defaults vs keeping freed memory
-# (MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_; README, "Large tensors on the CPU"), one run each,
+# (MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_; docs/kernels.md, "Large tensors on the CPU"), one run each,
 # through the installed CLI. Results go to BENCHMARKS.md, "Training runs with large tensors".
 #   bash scripts/bench_freed_memory.sh PRESET [STEPS] [OVERRIDES...]
 #   KRUBENCH_DATA=../shared/data bash scripts/bench_freed_memory.sh pixel_mnist_kru 16 task.val_size=200

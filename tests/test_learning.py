@@ -23,7 +23,7 @@ def test_kru_beats_the_copy_baseline(tmp_path):
 
 @pytest.mark.slow
 def test_the_default_experiment_solves_copy_T100(tmp_path):
-    """`krubench` as README's quickstart runs it (copy T=100, KRU N=128, 1,500 steps), on a smaller
+    """`krubench` as README's first run runs it (copy T=100, KRU N=128, 1,500 steps), on a smaller
     validation set: it ends far below the memoryless baseline."""
     cfg = compose_config(["task.val_size=100", "trainer.progress=never"])
     results = train(cfg, tmp_path / "run")

@@ -1,4 +1,4 @@
-"""Failure modes of a run and what happens (the table in the README, "When things go wrong"): damaged,
+"""Failure modes of a run and what happens (the table in docs/failures.md, "When things go wrong"): damaged,
 tampered or crafted checkpoints, old-format checkpoints, the run-directory lock, status.json of a finished run,
 signals, TensorBoard after kills, config errors and the NaN stop's recovery, run as a user would."""
 import errno
