@@ -139,6 +139,60 @@ def test_the_public_names():
     assert layer.state_size == 16 and [tuple(f.shape) for f in layer.W.factors] == [(4, 4), (4, 4)]
 
 
+# ---- torch.compile ----
+
+def compile_case(cls, kernel, complex_, x_grad):
+    """A fresh module (compile specialises on it), its input and initial state."""
+    torch.manual_seed(8)
+    options = {} if complex_ else {"complex": False, "nonlinearity": "tanh"}
+    module = KRU(3, 5, hidden_size=16, kernel=kernel, **options) if cls is KRU else cls(3, 16, kernel=kernel, **options)
+    x = torch.randn(5, 7, 3, requires_grad=x_grad)  # 5: not a whole chunk of the C++ kernel's lanes
+    state = torch.randn(5, 16, dtype=torch.complex64) if cls is KRU else torch.randn(5, module.state_size)
+    return module, x, state.requires_grad_() if complex_ else state.real.requires_grad_()
+
+
+@pytest.mark.parametrize("x_grad", [False, True], ids=["data", "x_grad"])
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("cls", [KRULayer, KRUCell, KRU], ids=lambda c: c.__name__)
+def test_compile_sees_one_graph_without_breaks(cls, kernel, x_grad):
+    """Dynamo traces the whole forward, the C++ kernel's operators included (they are registered custom ops
+    with fake and autograd implementations), so torch.compile(fullgraph=True) accepts it."""
+    module, x, state = compile_case(cls, kernel, True, x_grad)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(module)(x[:, 0] if cls is KRUCell else x, state)
+    assert (explained.graph_break_count, explained.graph_count) == (0, 1), explained.break_reasons
+
+
+def compiled_matches_eager(cls, kernel, complex_, x_grad, backend):
+    module, x, state = compile_case(cls, kernel, complex_, x_grad)
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True, backend=backend)
+    wrt = [state, *module.parameters()] + ([x] if x_grad else [])
+    results = []
+    for run in (compiled, module):
+        out, last = run(x, state)
+        loss = (out * torch.linspace(-1, 1, out.shape[-1])).sum() + last.abs().sum()
+        results.append([out, last, *torch.autograd.grad(loss, wrt)])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=5e-5)
+
+
+@pytest.mark.parametrize("x_grad", [False, True], ids=["data", "x_grad"])
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("cls", [KRULayer, KRU], ids=lambda c: c.__name__)
+def test_compiled_forward_and_backward_match_eager(cls, kernel, x_grad):
+    """Traced by AOTAutograd (the operators' fake and autograd implementations, the backward's functional
+    twin) and run unfused: the eager values and gradients."""
+    compiled_matches_eager(cls, kernel, True, x_grad, "aot_eager")
+
+
+@pytest.mark.slow  # inductor generates and compiles C++: 5-40 s a case
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+def test_inductor_compiled_layer_matches_eager(kernel, complex_):
+    compiled_matches_eager(KRULayer, kernel, complex_, True, "inductor")
+
+
 # ---- the KRU model: a KRULayer with the read-out on top ----
 
 def test_the_kru_model_is_the_layer_with_a_read_out():
