@@ -131,6 +131,15 @@ def test_the_initial_state_is_honoured(kernel):
     torch.testing.assert_close(torch.cat([Hc.real, Hc.imag], -1), H, rtol=0, atol=0)
 
 
+def test_the_readme_example_runs():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = readme.split("**Using the KRU layer in your model.**")[1].split("```python")[1].split("```")[0]
+    scope: dict = {}
+    exec(example, scope)
+    assert scope["H"].shape == (32, 100, 256) and scope["h_T"].shape == (32, 256)
+    torch.testing.assert_close(scope["h"], scope["H"][:, 0], rtol=1e-6, atol=1e-7)
+
+
 def test_the_public_names():
     assert krubench.KRULayer is KRULayer and krubench.KRUCell is KRUCell
     for cls in (KRULayer, KRUCell):
