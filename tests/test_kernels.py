@@ -410,12 +410,22 @@ def test_operators_pass_opcheck(backend, device):
     torch.library.opcheck(torch.ops.krubench.kru_layer_input.default,
                           [x, *(a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a
                                 for a in (uw, ub, h0, *rest))])
+    H = torch.ops.krubench.kru_recurrence(u.detach(), h0.detach(), w, shapes, "modrelu", rest[-1].detach())
+    plain = [a.detach() if isinstance(a, torch.Tensor) else a for a in args]
+    # the backward's functional twin, which torch.compile's backward graphs call (no double backward: no autograd)
+    twin_checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(torch.ops.krubench.kru_recurrence_backward_functional.default,
+                          (torch.randn_like(H), H, *plain[1:]), test_utils=twin_checks)
     if backend == "cpp":
         lanes = ops.lanes
         u, h0, *rest = args
         largs = (lanes.sequence_to_lanes(u), lanes.state_to_lanes(h0), *rest)
         torch.library.opcheck(torch.ops.krubench.kru_recurrence_lanes.default,
                               [a.detach().requires_grad_() if isinstance(a, torch.Tensor) else a for a in largs])
+        lH = torch.ops.krubench.kru_recurrence_lanes(*[a.detach() if isinstance(a, torch.Tensor) else a for a in largs])
+        torch.library.opcheck(torch.ops.krubench.kru_recurrence_lanes_backward_functional.default,
+                              (torch.randn_like(lH), lH, *[a.detach() if isinstance(a, torch.Tensor) else a
+                                                             for a in largs[1:]]), test_utils=twin_checks)
     w, shapes = compiled._pack([rand(2, 4, dtype=torch.float32), rand(4, 2, dtype=torch.float32)], torch.float32)
     torch.library.opcheck(torch.ops.krubench.kron_matvec.default,
                           (rand(5, 8, dtype=torch.float32).requires_grad_(), w.requires_grad_(), shapes))

@@ -28,6 +28,11 @@ def _pack(factors: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Te
     return w, shapes
 
 
+def _real(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype of `dtype`'s parts (dtype.to_real(), which torch.compile cannot trace)."""
+    return {torch.complex64: torch.float32, torch.complex128: torch.float64}.get(dtype, dtype)
+
+
 def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
     dtype = tensors[0].dtype
     for t in tensors[1:]:
@@ -48,7 +53,7 @@ def _recurrence_args(factors, dtype: torch.dtype, nonlinearity: str, bias, n: in
     if nonlinearity == "modrelu" and bias is None:
         raise ValueError("nonlinearity='modrelu' needs its per-unit bias (N,); pass bias, or use relu or tanh")
     w, shapes = _pack(factors, dtype)
-    real = dtype.to_real()
+    real = _real(dtype)
     return w, shapes, like.new_zeros(n, dtype=real) if bias is None else _ready(bias, real)
 
 
@@ -64,7 +69,7 @@ def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.
     LANES) and h0 (chunks, C, N, LANES) real, C = 2 for complex factors; returns H in u's layout."""
     dtype = _common_dtype(*factors)
     w, shapes, b = _recurrence_args(factors, dtype, nonlinearity, bias, u.shape[3], u)
-    real = dtype.to_real()
+    real = _real(dtype)
     return torch.ops.krubench.kru_recurrence_lanes(_ready(u, real), _ready(h0, real), w, shapes, nonlinearity, b)
 
 
@@ -74,7 +79,7 @@ def kru_layer_input(x, uw, ub, h0, factors, nonlinearity: str, bias=None) -> tor
     CUDA no u tensor exists (the C++ backend's fast layer is `kru_layer_lanes`). No gradient flows to x."""
     dtype = _common_dtype(h0, *factors)
     w, shapes, b = _recurrence_args(factors, dtype, nonlinearity, bias, h0.shape[-1], h0)
-    real = dtype.to_real()
+    real = _real(dtype)
     ub = uw.new_zeros(uw.shape[0]) if ub is None else ub
     return torch.ops.krubench.kru_layer_input(_ready(x, real), _ready(uw, real), _ready(ub, real), _ready(h0, dtype),
                                              w, shapes, nonlinearity, b)
@@ -90,10 +95,8 @@ def _layer_input_backward(ctx, grad):
     """∂L/∂u from kru_recurrence_backward (in place of ∂L/∂H where nothing else holds it), then U's and b_U's
     gradients as one matrix product over all steps: Σ_t ∂L/∂u_t x_tᵀ."""
     x, h0, w, bias, H = ctx.saved_tensors
-    grad = _ready(grad, H.dtype)
-    grad_u = grad if sole_owner(grad) else torch.empty_like(grad)
-    gh0, gw, gb = torch.ops.krubench.kru_recurrence_backward(grad, H, h0, w, ctx.shapes, ctx.nonlinearity, bias,
-                                                             grad_u)
+    grad_u, gh0, gw, gb = _recurrence_grads("kru_recurrence_backward", _ready(grad, H.dtype), H, h0, w, ctx.shapes,
+                                            ctx.nonlinearity, bias)
     pairs = torch.view_as_real(grad_u).flatten(-2) if grad_u.is_complex() else grad_u  # (B, T, C·N), as uw's rows
     pairs = pairs.reshape(-1, pairs.shape[-1])
     guw = pairs.t() @ x.reshape(-1, x.shape[-1])
@@ -129,7 +132,7 @@ def kru_layer_lanes(x, U_weight, U_bias, h0, factors, nonlinearity: str, bias, V
     [Re h; Im h]; a missing bias is zero. No gradient flows to x."""
     dtype = _common_dtype(*factors)
     w, shapes, b = _recurrence_args(factors, dtype, nonlinearity, bias, h0.shape[2], h0)
-    real = dtype.to_real()
+    real = _real(dtype)
     ub = U_weight.new_zeros(U_weight.shape[0]) if U_bias is None else U_bias
     vb = V_weight.new_zeros(V_weight.shape[0]) if V_bias is None else V_bias
     return _LayerLanes.apply(*(_ready(t, real) for t in (x, U_weight, ub, h0)), w, b, _ready(V_weight, real),
@@ -162,7 +165,7 @@ def lstm_kru_recurrence(gx, h0, c0, products: Sequence[Sequence[torch.Tensor]]):
     """The compiled LSTM+KRU recurrence (C++ or CUDA, by the tensors' device): gx (B, T, 4N), h0 and c0 (B, N) -> H, C (B, T, N), where
     `products` are the G factor lists of W_hh (all of one shape list), their outputs stacked gate-major."""
     w, shapes, dtype = _packed_products(products, "lstm_kru_recurrence")
-    real = dtype.to_real()
+    real = _real(dtype)
     return _LSTMKRU.apply(_ready(gx, real), _ready(h0, real), _ready(c0, real), w, shapes)
 
 
@@ -202,7 +205,7 @@ def lstm_kru_layer(x, W_ih, b_ih, h0, c0, products: Sequence[Sequence[torch.Tens
     b_ih (4N,) or None instead of gx = x W_ihᵀ + b_ih, so that no (B, T, 4N) tensor is made. No gradient
     flows to x."""
     w, shapes, dtype = _packed_products(products, "lstm_kru_layer")
-    real = dtype.to_real()
+    real = _real(dtype)
     b = W_ih.new_zeros(W_ih.shape[0]) if b_ih is None else b_ih
     return _LSTMKRULayer.apply(*(_ready(t, real) for t in (x, W_ih, b, h0, c0)), w, shapes)
 
@@ -246,16 +249,42 @@ def sole_owner(t: torch.Tensor) -> bool:
         return False
 
 
-def _recurrence_backward_by(op):
-    """The autograd backward of a recurrence operator, computed by its backward operator `op`."""
+def _recurrence_grads(name: str, grad, H, h0, w, shapes, nonlinearity: str, bias):
+    """∂L/∂u and the gradients of h0, w and bias by the backward operator `name`. Eager, ∂L/∂u overwrites ∂L/∂H
+    when nothing else holds it (the step's peak is then H and one gradient). Traced by torch.compile (its
+    tensors are subclasses), the operator's functional twin, which allocates ∂L/∂u: inductor cannot lower an
+    operator that writes into its argument inside a backward graph, and plans the graph's memory itself."""
+    if type(grad) is not torch.Tensor:
+        return getattr(torch.ops.krubench, f"{name}_functional")(grad, H, h0, w, shapes, nonlinearity, bias)
+    grad_u = grad if sole_owner(grad) else torch.empty_like(grad)
+    gh0, gw, gb = getattr(torch.ops.krubench, name)(grad, H, h0, w, shapes, nonlinearity, bias, grad_u)
+    return grad_u, gh0, gw, gb
+
+
+def _recurrence_backward_by(name: str):
+    """The autograd backward of a recurrence operator, computed by its backward operator `name`."""
     def backward(ctx, grad):
         h0, w, bias, H = ctx.saved_tensors
-        grad = _ready(grad, H.dtype)
-        # ∂L/∂u overwrites ∂L/∂H when nothing else holds it: the step's peak is then H and one gradient
-        grad_u = grad if sole_owner(grad) else torch.empty_like(grad)
-        gh0, gw, gb = op(grad, H, h0, w, ctx.shapes, ctx.nonlinearity, bias, grad_u)
+        grad_u, gh0, gw, gb = _recurrence_grads(name, _ready(grad, H.dtype), H, h0, w, ctx.shapes, ctx.nonlinearity,
+                                                bias)
         return grad_u, gh0, gw, None, None, gb
     return backward
+
+
+def _define_functional(name: str) -> None:
+    """`krubench::{name}_functional`: the recurrence backward operator `name` with ∂L/∂u as an output instead of
+    an argument it writes into (see _recurrence_grads)."""
+    op = getattr(torch.ops.krubench, name)
+
+    @torch.library.custom_op(f"krubench::{name}_functional", mutates_args=())
+    def functional(grad_H: torch.Tensor, H: torch.Tensor, h0: torch.Tensor, w: torch.Tensor, shapes: list[int],
+                   nonlinearity: str, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        grad_u = torch.empty_like(grad_H)
+        return (grad_u, *op(grad_H, H, h0, w, shapes, nonlinearity, bias, grad_u))
+
+    @functional.register_fake
+    def _(grad_H, H, h0, w, shapes, nonlinearity, bias):
+        return torch.empty_like(grad_H), torch.empty_like(h0), torch.empty_like(w), torch.empty_like(bias)
 
 
 def register() -> None:
@@ -266,8 +295,9 @@ def register() -> None:
     torch.library.register_autograd("krubench::kron_matvec", _matvec_backward, setup_context=_matvec_setup)
     torch.library.register_autograd("krubench::kru_layer_input", _layer_input_backward, setup_context=_layer_input_setup)
     for name in ("kru_recurrence", "kru_recurrence_lanes"):
-        backward = _recurrence_backward_by(getattr(torch.ops.krubench, f"{name}_backward"))
-        torch.library.register_autograd(f"krubench::{name}", backward, setup_context=_recurrence_setup)
+        _define_functional(f"{name}_backward")
+        torch.library.register_autograd(f"krubench::{name}", _recurrence_backward_by(f"{name}_backward"),
+                                        setup_context=_recurrence_setup)
 
     @torch.library.register_fake("krubench::kron_matvec")
     def _(x, w, shapes):

@@ -48,6 +48,9 @@ def load(backend: str) -> str | None:
     return _unavailable[backend]
 
 
+# Under torch.compile the answer is taken as a constant of the graph: it depends on the arguments only (a backend
+# is loaded, or found unavailable, once per process), and the build and its logging are not traced.
+@torch.compiler.assume_constant_result
 def backend_for(kernel: str, device) -> str:
     """The backend that runs for `kernel` on tensors on `device`: 'cuda', 'cpp' or 'reference'."""
     if kernel not in KERNELS:

@@ -20,7 +20,7 @@ def check_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> None:
         if f.dim() != 2:
             raise ValueError(f"kron_matvec: factor {i} must be a matrix (p, q), got shape {tuple(f.shape)}")
         shapes.append(tuple(f.shape))
-    n_in = math.prod(q for _, q in shapes)
+    n_in = math.prod([q for _, q in shapes])  # a list: torch.compile cannot trace math.prod of a generator
     if x.dim() < 1 or x.shape[-1] != n_in:
         raise ValueError(
             f"kron_matvec: x has shape {tuple(x.shape)} but the factor shapes {shapes} need a last "

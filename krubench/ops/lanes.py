@@ -17,11 +17,16 @@ import torch
 import torch.nn.functional as F
 
 
-@functools.cache
+@torch.compiler.assume_constant_result  # a build constant: torch.compile takes the number, not an int-valued op
 def width() -> int:
     """LANES, the sequences per chunk: cuda/cpu_layout.h's L, one SIMD vector of float in the build for this
     CPU (16 with AVX-512, 8 with AVX2). Asks the C++ library, which the lanes layout is for (built and loaded
     here if nothing has loaded it yet)."""
+    return _width()
+
+
+@functools.cache
+def _width() -> int:
     from .dispatch import load  # here: dispatch imports this module
 
     if (reason := load("cpp")) is not None:
