@@ -91,9 +91,24 @@ def run(cfg: DictConfig) -> float:
     return results["final_val"][results["metric"]]
 
 
+def unwritable_output(overrides, cwd: Path) -> str | None:
+    """A message when the folder a run or sweep would write to cannot be written (a read-only file system, no
+    permission): Hydra creates it before krubench runs, and would end in a traceback. None if it can be."""
+    dirs = {k: v for k, _, v in (o.partition("=") for o in overrides) if k in ("hydra.run.dir", "hydra.sweep.dir")}
+    for key, folder in (dirs or {"the working directory": str(cwd)}).items():
+        path = Path(folder) if Path(folder).is_absolute() else cwd / folder
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not os.access(existing, os.W_OK):  # also False for root on a read-only file system (EROFS)
+            what = f"{key}={folder}" if key.startswith("hydra.") else f"{key} {cwd}"
+            return (f"{what} cannot be written ({existing} is read-only or not writable): choose a writable folder "
+                    "with hydra.run.dir=... (a sweep: hydra.sweep.dir=...), or run from a writable directory")
+    return None
+
+
 def main() -> None:
-    """The console script: refuse a missing launcher/sweeper plugin with the pip command, then run Hydra."""
-    if message := missing_plugin(sys.argv[1:]):
+    """The console script: refuse a missing launcher/sweeper plugin with the pip command, or an output folder that
+    cannot be written, then run Hydra."""
+    if message := missing_plugin(sys.argv[1:]) or unwritable_output(sys.argv[1:], Path.cwd()):
         print(f"krubench: error: {message}", file=sys.stderr)
         sys.exit(1)
     sys.argv[1:] = name_only_swept_keys(sys.argv[1:], Path(config_dir()) / "config.yaml")

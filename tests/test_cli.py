@@ -219,3 +219,34 @@ def test_wheel_ships_the_configs(tmp_path):
                           env={"PYTHONPATH": str(site)}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "name: lstm" in proc.stdout
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line_before_hydra_creates_it(tmp_path, monkeypatch):
+    """Hydra makes the run folder before krubench runs: on a read-only file system that was Hydra's traceback."""
+    from krubench.cli import unwritable_output
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    message = unwritable_output([f"hydra.run.dir={locked / 'a' / 'run'}", "seed=1"], tmp_path)
+    assert message.startswith(f"hydra.run.dir={locked / 'a' / 'run'} cannot be written ({locked} is read-only")
+    assert unwritable_output(["hydra.sweep.dir=rel/sweep"], locked).startswith("hydra.sweep.dir=rel/sweep cannot")
+    assert unwritable_output([], locked).startswith(f"the working directory {locked} cannot be written")
+    assert unwritable_output([f"hydra.run.dir={tmp_path / 'ok'}"], locked) is None
+
+
+@pytest.mark.slow  # the console script in a subprocess, on a read-only tmpfs where the machine lets root mount one
+def test_a_read_only_file_system_is_one_line_naming_the_folder(tmp_path):
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "none", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    try:
+        proc = run_cli(["trainer=debug", "trainer.steps=2", f"hydra.run.dir={mnt / 'run'}"], cwd=tmp_path, check=False)
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"krubench: error: hydra.run.dir={mnt / 'run'} cannot be written ({mnt} is read-only or not writable): choose a "
+        "writable folder with hydra.run.dir=... (a sweep: hydra.sweep.dir=...), or run from a writable directory"]
