@@ -136,12 +136,13 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(override, key, monk
 
 @pytest.mark.slow
 def test_presets_fit_the_memory_estimate():
-    """The estimate refuses no paper preset on a machine with 4 GiB free (music: the data decides, no estimate)."""
+    """The estimate refuses no paper preset on a machine with 8 GiB free (music: the data decides, no estimate); the
+    largest is Table 2's EURNN n=1024 on permuted MNIST, ≈ 5 GB (its loop keeps every step's state for autograd)."""
     from pathlib import Path
     from krubench.memory import training_bytes
     for preset in sorted((Path(config_dir()) / "experiment" / "paper").glob("*.yaml")):
         estimate = training_bytes(plain(compose_config([f"experiment=paper/{preset.stem}"])))
-        assert estimate is None or estimate[0] < 4 * 2**30, preset.stem
+        assert estimate is None or estimate[0] < 8 * 2**30, preset.stem
 
 
 @pytest.mark.parametrize("group,option", [("model", m) for m in sorted(SCHEMAS["model"])]
