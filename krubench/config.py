@@ -23,7 +23,7 @@ from .models.lstm import FACTORISATIONS
 from .models.rnn import RNN_INITS, RNN_NONLINEARITIES
 from .models.unitary import RECURRENCES
 from .ops import KERNELS, NONLINEARITIES
-from .schedule import USES as SCHEDULE_USES
+from .optim import USES as SCHEDULE_USES
 from .tasks.adding import PLACEMENTS
 
 

@@ -127,7 +127,7 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(override, key, monk
     """The estimate (states kept for backpropagation, and a synthetic task's validation set: 68 GB for copy
     T=10^6 with any model) against the memory available (here 32 GiB), before any allocation."""
     import torch
-    from krubench import memory
+    from krubench.runtime import memory
     monkeypatch.setattr(memory, "available_bytes", lambda device: 32 * 2**30)
     with pytest.raises(ValueError, match="GiB") as e:
         memory.check_memory(plain(compose_config(override.split())), torch.device("cpu"))
@@ -138,7 +138,7 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(override, key, monk
 def test_presets_fit_the_memory_estimate():
     """The estimate refuses no paper preset on a machine with 4 GiB free (music: the data decides, no estimate)."""
     from pathlib import Path
-    from krubench.memory import training_bytes
+    from krubench.runtime.memory import training_bytes
     for preset in sorted((Path(config_dir()) / "experiment" / "paper").glob("*.yaml")):
         estimate = training_bytes(plain(compose_config([f"experiment=paper/{preset.stem}"])))
         assert estimate is None or estimate[0] < 4 * 2**30, preset.stem
