@@ -134,6 +134,22 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(override, key, monk
     assert key in str(e.value)
 
 
+def test_the_memory_estimate_asks_the_model_and_task_classes(monkeypatch):
+    """A model registered with 3 gates (a GRU) is estimated 3 times as wide as one with 1, with no change to the
+    memory module; the task class supplies the sequence length and its key."""
+    from krubench.models import MODELS, SequenceModel
+    from krubench.runtime.memory import training_bytes
+
+    class GRULike(SequenceModel):
+        gates = 3
+
+    monkeypatch.setitem(MODELS, "gru_like", GRULike)
+    task = {"name": "ptb_char", "bptt": 150, "batch_size": 32}
+    one = training_bytes({"task": task, "model": {"name": "rnn", "hidden_size": 64}})
+    three = training_bytes({"task": task, "model": {"name": "gru_like", "hidden_size": 64}})
+    assert three[0] == 3 * one[0] and "task.bptt (150 steps)" in three[1]
+
+
 @pytest.mark.slow
 def test_presets_fit_the_memory_estimate():
     """The estimate refuses no paper preset on a machine with 4 GiB free (music: the data decides, no estimate)."""

@@ -32,6 +32,7 @@ def init_urnn_maps(model: UnitaryRNN, input_size: int, output_size: int) -> None
 
 
 class URNN(UnitaryRNN):
+    always_complex = True
     dense_upto = 64  # the hand-written backward is faster up to here (BENCHMARKS.md); the presets' N run autograd's loop
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, recurrence: str = "auto"):
