@@ -14,7 +14,7 @@
 namespace kru {
 
 // Batch lanes per chunk: one vector register of float. Wider than the register, the stages' working set
-// spills: on an AVX2 CPU L = 16 ran a copy T=1000 training step 3x slower than L = 8 (BENCHMARKS.md).
+// spills (BENCHMARKS.md, "Lanes per chunk on an AVX2 CPU").
 #if defined(__AVX512F__)
 constexpr int L = 16;  // a zmm register
 #else
@@ -159,7 +159,7 @@ inline void stream_fence() {
 
 // Prefetches into L2 part n of N of the `size` elements at p (one step of a sequence), so that a loop over
 // n of this step brings in the next step's planes while it computes: the hardware prefetcher alone
-// starts each step's burst of reads cold (measured: the forward at N=512 10% faster, fwd+bwd 4%).
+// starts each step's burst of reads cold (BENCHMARKS.md).
 template <typename T>
 void prefetch_part(const T* p, long size, long n, long N) {
   const char* bytes = reinterpret_cast<const char*>(p);

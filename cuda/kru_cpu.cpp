@@ -232,7 +232,7 @@ struct Maps {
 // R rows of y = W x + b for L lanes, the sums in registers: R·S independent chains of multiply-adds
 // (S column phases per row, summed at the end), each x_c loaded once for the R rows. A sum kept in a
 // T[L] array went through memory at every column: the read-out of a copy T=1000 step was a chain of
-// store-reload-FMA latencies (the lanes maps then took ~60% of the kernel's time; BENCHMARKS.md).
+// store-reload-FMA latencies (BENCHMARKS.md).
 template <typename T, int R, int S>
 void lanes_affine_rows(const T* __restrict w, const T* __restrict b, long r, long cols, const Lanes<T>* __restrict X,
                        Lanes<T>* __restrict Y) {
@@ -315,7 +315,7 @@ void affine_grad_rows(const Lanes<T>* D, long dstep, const Lanes<T>* X, long xst
 // The gradients of lanes_affine's W and b, per lane (the partials a chunk sums), over `count` steps:
 // gw (rows, cols, L) += Σ_s d_s x_sᵀ, gb (rows, L) += Σ_s d_s, with ∂L/∂y of step s at d + s·dstep (rows, L)
 // and its input at x + s·xstep (cols, L). A block of steps at a time: step by step, every element of gw
-// was a load, one multiply-add and a store (store-bound, ~25% of a copy T=1000 kernel; BENCHMARKS.md).
+// was a load, one multiply-add and a store (store-bound; BENCHMARKS.md).
 template <typename T>
 void lanes_affine_grad(const T* d, long dstep, long rows, const T* x, long xstep, long cols, long count, T* gw, T* gb) {
   const Lanes<T>*D = as_lanes(d), *X = as_lanes(x);

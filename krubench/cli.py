@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from .config import config_dir, register_configs
-from .files import StorageError
+from .runtime.files import StorageError
 from .sweep import name_only_swept_keys
 
 register_configs()
@@ -61,8 +61,8 @@ def hydra_files(cfg: DictConfig) -> dict[str, str]:
 def run(cfg: DictConfig) -> float:
     """Train one run; returns the final validation metric (for Hydra sweepers)."""
     from .data.fetch import DataError
-    from .interrupt import Interrupted, resume_command
-    from .rundir import RunDirBusy, remove_if_unused
+    from .runtime.interrupt import Interrupted, resume_command
+    from .runtime.rundir import RunDirBusy, remove_if_unused
     from .sweep import job_device
     from .train import NonFiniteLoss, train  # imported here so `krubench --help` stays quick
 

@@ -23,7 +23,7 @@ from .models.lstm import FACTORISATIONS
 from .models.rnn import RNN_INITS, RNN_NONLINEARITIES
 from .models.unitary import RECURRENCES
 from .ops import KERNELS, NONLINEARITIES
-from .schedule import USES as SCHEDULE_USES
+from .optim import USES as SCHEDULE_USES
 from .tasks.adding import PLACEMENTS
 
 
@@ -361,7 +361,7 @@ def task_direction(task: str) -> str:
 def share_the_config_store() -> None:
     """Make a deep copy of Hydra's ConfigStore singleton the singleton itself. Hydra 1.3 deep-copies its config
     repository, and with it the store and every schema in it, each time it composes a config or lists a config
-    group: `krubench --help` did so ~110 times, ~10 s of its time. Hydra's own later fix refetches the singleton
+    group, which `krubench --help` does once per group and schema. Hydra's own later fix refetches the singleton
     instead of copying it (facebookresearch/hydra#2928; hydra-zen#769 patches the same copy). Safe: the store is
     read, never changed, while composing (ConfigStore.load returns a copy of the node it holds)."""
     if "__deepcopy__" not in vars(ConfigStore):

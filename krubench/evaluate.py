@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from . import checkpoint
+from .runtime import checkpoint
 
 CHECKPOINTS = {"best": checkpoint.BEST, "last": checkpoint.LAST}
 

@@ -18,48 +18,19 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from . import checkpoint, files, loggers, rundir, tb
-from .csvlog import CSVMirror
 from .config import setting_key, validate
 from .data.roots import data_dir as data_root
-from .interrupt import Interrupted, StopOnSignal
-from .memory import check_memory
 from .models import build_model, default_factor_lr_scale
-from .page_faults import PageFaultWatch
-from .results import read_results, write_results, write_status
-from .schedule import EarlyStopping, Schedule
+from .optim import EarlyStopping, Schedule, build_optimizer, load_optimizer_state
+from .runtime import checkpoint, files, loggers, rundir, tb
+from .runtime.csvlog import CSVMirror
+from .runtime.interrupt import Interrupted, StopOnSignal
+from .runtime.memory import check_memory
+from .runtime.page_faults import PageFaultWatch
+from .runtime.results import read_results, write_results, write_status
 from .tasks import build_task
 
 log = logging.getLogger("krubench")
-
-
-def build_optimizer(cfg: dict, model) -> torch.optim.Optimizer:
-    """Two parameter groups: the model's factor_parameters() (Kronecker factors, a peer's W) at lr × factor_lr_scale,
-    and everything else at lr."""
-    factors = {id(p) for p in model.factor_parameters()}
-    groups = [{"params": [p for p in model.parameters() if id(p) not in factors]},
-              {"params": model.factor_parameters(), "lr": cfg["lr"] * cfg["factor_lr_scale"]}]
-    groups = [g for g in groups if g["params"]]
-    common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
-    if cfg["name"] == "rmsprop":
-        return torch.optim.RMSprop(groups, alpha=cfg["alpha"] or 0.99, momentum=cfg["momentum"] or 0.0,
-                                   eps=cfg["eps"], **common)
-    if cfg["name"] == "adam":
-        return torch.optim.Adam(groups, betas=tuple(cfg["betas"] or (0.9, 0.999)), eps=cfg["eps"], **common)
-    return torch.optim.SGD(groups, momentum=cfg["momentum"] or 0.0, **common)
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """The saved moments and step counts under the current config's hyperparameters (lr, weight decay, ...),
-    so that an explicit optim.lr=... on resume applies instead of the checkpoint's value."""
-    current = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, values in zip(optimizer.param_groups, current):
-        group.update(values)
-        for p in group["params"]:  # RMSprop resumed with momentum > 0 after none: start its buffer at zero
-            s = optimizer.state.get(p)
-            if s and isinstance(optimizer, torch.optim.RMSprop) and group["momentum"] > 0:
-                s.setdefault("momentum_buffer", torch.zeros_like(p))
 
 
 def parameters_finite(model) -> bool:

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from krubench.config import register_configs
 from krubench.models import MODELS, build_model
 from krubench.models.unitary import RECURRENCES
-from krubench.train import build_optimizer
+from krubench.optim import build_optimizer
 
 CLASSES = 10  # copy task: 8 symbols, blank, delimiter
 

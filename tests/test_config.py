@@ -127,11 +127,27 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(override, key, monk
     """The estimate (states kept for backpropagation, and a synthetic task's validation set: 68 GB for copy
     T=10^6 with any model) against the memory available (here 32 GiB), before any allocation."""
     import torch
-    from krubench import memory
+    from krubench.runtime import memory
     monkeypatch.setattr(memory, "available_bytes", lambda device: 32 * 2**30)
     with pytest.raises(ValueError, match="GiB") as e:
         memory.check_memory(plain(compose_config(override.split())), torch.device("cpu"))
     assert key in str(e.value)
+
+
+def test_the_memory_estimate_asks_the_model_and_task_classes(monkeypatch):
+    """A model registered with 3 gates (a GRU) is estimated 3 times as wide as one with 1, with no change to the
+    memory module; the task class supplies the sequence length and its key."""
+    from krubench.models import MODELS, SequenceModel
+    from krubench.runtime.memory import training_bytes
+
+    class GRULike(SequenceModel):
+        gates = 3
+
+    monkeypatch.setitem(MODELS, "gru_like", GRULike)
+    task = {"name": "ptb_char", "bptt": 150, "batch_size": 32}
+    one = training_bytes({"task": task, "model": {"name": "rnn", "hidden_size": 64}})
+    three = training_bytes({"task": task, "model": {"name": "gru_like", "hidden_size": 64}})
+    assert three[0] == 3 * one[0] and "task.bptt (150 steps)" in three[1]
 
 
 @pytest.mark.slow
@@ -139,7 +155,7 @@ def test_presets_fit_the_memory_estimate():
     """The estimate refuses no paper preset on a machine with 8 GiB free (music: the data decides, no estimate); the
     largest is Table 2's EURNN n=1024 on permuted MNIST, ≈ 5 GB (its loop keeps every step's state for autograd)."""
     from pathlib import Path
-    from krubench.memory import training_bytes
+    from krubench.runtime.memory import training_bytes
     for preset in sorted((Path(config_dir()) / "experiment" / "paper").glob("*.yaml")):
         estimate = training_bytes(plain(compose_config([f"experiment=paper/{preset.stem}"])))
         assert estimate is None or estimate[0] < 8 * 2**30, preset.stem

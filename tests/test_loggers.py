@@ -9,8 +9,8 @@ import struct
 import pytest
 
 from conftest import small_run_config
-from krubench import loggers
-from krubench.interrupt import Interrupted
+from krubench.runtime import loggers
+from krubench.runtime.interrupt import Interrupted
 from krubench.train import train
 
 STEPS = ["trainer.steps=4", "trainer.val_every=2", "trainer.log_every=2", "trainer.ckpt_every=2",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from krubench import paper_tables
-from krubench.report import BEGIN, END, Run, identity, load_paper_numbers, main, splice
+from krubench.report import paper_tables
+from krubench.report.table import BEGIN, END, Run, identity, load_paper_numbers, main, splice
 
 PAPER = load_paper_numbers()
 

@@ -14,7 +14,7 @@ from conftest import compose_config
 from krubench.models import EURNN, FCURNN, URNN, ExpRNN, build_model
 from krubench.models.unitary import unitarity_error
 from krubench.ops import apply_nonlinearity
-from krubench.train import build_optimizer
+from krubench.optim import build_optimizer
 
 #: (name, constructor keywords): every structurally different variant
 VARIANTS = [

@@ -23,10 +23,10 @@ from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import krubench_command, run_cli, run_cli_killed_at, small_run_config
-from krubench import checkpoint, files, rundir, tb
-from krubench import results as results_module
-from krubench.interrupt import Interrupted, StopOnSignal
-from krubench.report import find_runs
+from krubench.runtime import checkpoint, files, rundir, tb
+from krubench.runtime import results as results_module
+from krubench.runtime.interrupt import Interrupted, StopOnSignal
+from krubench.report.table import find_runs
 from krubench.tasks.copy import CopyTask
 from krubench.train import NonFiniteLoss, train
 
@@ -481,7 +481,7 @@ def test_the_nan_stop_recovery_works_as_printed(tmp_path):
 
 
 def test_the_resume_command_quotes_what_a_shell_would_split():
-    from krubench.interrupt import resume_command
+    from krubench.runtime.interrupt import resume_command
 
     command = resume_command(["hydra.run.dir=old", "model.factors=[4,4,8]", "trainer.steps=9"], Path("/runs/a b"))
     assert command == "krubench 'model.factors=[4,4,8]' trainer.steps=9 'hydra.run.dir=/runs/a b'"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from krubench.plots import draw_setting, plot_setting, read_scalars
+from krubench.report.plots import draw_setting, plot_setting, read_scalars
 from krubench.config import setting_key
-from krubench.report import find_runs, group, load_paper_numbers, main, summary
+from krubench.report.table import find_runs, group, load_paper_numbers, main, summary
 
 RUNS = Path(__file__).resolve().parent / "data" / "runs"
 COPY_KRU = RUNS / "sweep" / "0_copy_kru_seed=0"
@@ -168,7 +168,7 @@ def test_a_repeated_seed_is_noted(tmp_path, capsys):
 
 def test_a_resumed_runs_scalars_are_its_last_process_and_read_without_a_warning(tmp_path, caplog):
     """A run logs steps 1–8, is resumed from its step-5 checkpoint (tb.open_writer's purge) and logs 6–10 again."""
-    from krubench import tb
+    from krubench.runtime import tb
     from krubench.tasks.copy import CopyTask
 
     task = CopyTask(T=5, val_size=4)

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from conftest import small_run_config
-from krubench import checkpoint
+from krubench.runtime import checkpoint
 from krubench.models.kru import unitary_penalty
 from krubench.tasks.copy import CopyTask
 from krubench.models import build_model
-from krubench.train import NonFiniteLoss, build_optimizer, train
+from krubench.optim import build_optimizer
+from krubench.train import NonFiniteLoss, train
 
 
 def final_weights(run_dir):
@@ -144,7 +145,7 @@ def test_unitary_penalty_keeps_factors_unitary(tmp_path):
 def test_a_cpu_run_that_faults_in_memory_at_every_step_gets_one_hint(tmp_path, monkeypatch, caplog, faulted_mb, hinted):
     """The page-fault count of steps 2..6 decides (faked here: a real run of this size faults little)."""
     import os
-    from krubench import page_faults
+    from krubench.runtime import page_faults
     monkeypatch.delenv(page_faults.ENV, raising=False)
     pages = faulted_mb * 2**20 // os.sysconf("SC_PAGE_SIZE")
     counts = iter([1000, 1000 + 4 * pages])  # the counter at steps 2 and 6: `pages` per step between them
@@ -158,7 +159,7 @@ def test_a_cpu_run_that_faults_in_memory_at_every_step_gets_one_hint(tmp_path, m
 
 
 def test_no_page_fault_hint_when_the_user_has_chosen(tmp_path, monkeypatch, caplog):
-    from krubench import page_faults
+    from krubench.runtime import page_faults
     monkeypatch.setenv(page_faults.ENV, "33554432")
     monkeypatch.setattr(page_faults, "minor_faults", lambda: pytest.fail("faults counted though the user chose"))
     with caplog.at_level("INFO", logger="krubench"):
@@ -231,7 +232,7 @@ def test_clock_reads_as_hours_minutes_seconds():
 
 def test_a_key_the_checkpoint_predates_is_no_difference_while_it_is_null():
     """A run written before task.val_limit existed resumes (null: off, the behaviour it ran with); a value is a change."""
-    from krubench.checkpoint import config_diff
+    from krubench.runtime.checkpoint import config_diff
 
     saved = {"task": {"name": "music", "dataset": "jsb"}, "seed": 0}
     assert config_diff(saved, {"task": {"name": "music", "dataset": "jsb", "val_limit": None}, "seed": 0}) == []

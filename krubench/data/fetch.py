@@ -15,7 +15,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from ..files import atomic_write
+from ..runtime.files import atomic_write
 from .roots import DATA_ENV, OFFLINE_ENV, cache_dir, offline
 from .sources import DataFile
 

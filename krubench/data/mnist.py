@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import atomic_write
+from ..runtime.files import atomic_write
 from .fetch import ensure, read_gzip, sha256_of
 from .roots import derived_dir
 from .sources import mnist_files

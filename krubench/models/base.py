@@ -18,6 +18,18 @@ class SequenceModel(nn.Module):
 
     default_factor_lr_scale = 1.0  # optim.factor_lr_scale when the config leaves it null
     penalised = False  # whether trainer.unitary_penalty acts on it (its unitary_penalty() has a gradient to follow)
+    gates = 1  # hidden-sized vectors a step computes per unit of state (an LSTM's 4 gates): the memory estimate's width
+    always_complex = False  # a complex state without a `complex` option (the uRNNs)
+
+    @classmethod
+    def state_width(cls, cfg: dict) -> int:
+        """Hidden-sized values a time step keeps per sequence, for the memory estimate."""
+        return cfg["hidden_size"] * cls.gates
+
+    @classmethod
+    def complex_state(cls, cfg: dict) -> bool:
+        """Whether the `model` config `cfg` gives this model a complex state."""
+        return cfg.get("complex", cls.always_complex)
 
     def recurrent_parameters(self) -> list[nn.Parameter]:
         """The hidden-to-hidden matrices (what the paper counts as recurrent parameters)."""

@@ -55,7 +55,7 @@ def check_options(hidden_size: int, capacity: int | None, fft: bool) -> int:
 
 
 class EURNN(UnitaryRNN):
-    dense_upto = 128  # measured: 1.7–2.6× faster at N ≤ 128; slower from 256 (complex) or 512 (real)
+    dense_upto = 128  # the hand-written backward is faster up to here (BENCHMARKS.md)
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, capacity: int | None = None,
                  fft: bool = False, complex: bool = True, recurrence: str = "auto"):

@@ -23,6 +23,7 @@ from .urnn import init_urnn_maps
 
 
 class FCURNN(UnitaryRNN):
+    always_complex = True
     dense_upto = math.inf  # W is a dense matrix: the hand-written backward (measured about as fast)
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, recurrence: str = "auto"):

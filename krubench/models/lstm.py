@@ -14,6 +14,8 @@ FACTORISATIONS = ("per_gate", "joint")
 
 
 class LSTM(SequenceModel):
+    gates = 4
+
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128):
         super().__init__()
         self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
@@ -38,6 +40,7 @@ class LSTMKRU(SequenceModel):
     """
 
     penalised = True
+    gates = 4
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, factor_size: int = 2,
                  factors: Sequence[int] | None = None, complex: bool = False, init: str = "unitary",

@@ -32,7 +32,8 @@ def init_urnn_maps(model: UnitaryRNN, input_size: int, output_size: int) -> None
 
 
 class URNN(UnitaryRNN):
-    dense_upto = 64  # measured: 2.2× faster at N = 64, even at 128; its presets' N = 470, 512 run autograd's loop
+    always_complex = True
+    dense_upto = 64  # the hand-written backward is faster up to here (BENCHMARKS.md); the presets' N run autograd's loop
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, recurrence: str = "auto"):
         super().__init__(input_size, output_size, hidden_size, complex_=True, recurrence=recurrence)

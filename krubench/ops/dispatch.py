@@ -134,7 +134,8 @@ def lstm_kru_recurrence(gx, h0, c0, products: Sequence[Sequence[torch.Tensor]], 
 
 # Inputs up to this wide get LSTM+KRU's input map inside the C++ kernel: there it costs 3 · 4N · I multiply-adds
 # a step (forward, recomputed, gradient) on 8 lanes, against one GEMM each way outside and a (B, T, 4N) tensor.
-# Measured (BENCHMARKS.md): pixel MNIST (I = 1) 1.45x faster a step; PTB (I = 50) and JSB (I = 88) no faster.
+# Measured in BENCHMARKS.md ("LSTM+KRU's input map inside the kernel"): faster for pixel MNIST (I = 1), not for
+# PTB (I = 50) or JSB (I = 88).
 LSTM_INPUT_IN_KERNEL_UPTO = 16
 
 

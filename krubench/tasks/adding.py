@@ -40,6 +40,12 @@ class AddingTask(Task):
     input_size = 2
     output_size = 1
     units = {"loss": "MSE"}
+    #: float32 values, markers and their stacked copy, and uniform placement's random keys and order
+    validation_bytes_per_step = 4 + 4 + 8 + 4 + 8
+
+    @classmethod
+    def sequence_length(cls, cfg: dict) -> tuple[int, str]:
+        return cfg["T"], "task.T"
 
     @classmethod
     def setting(cls, cfg) -> str:

@@ -47,6 +47,16 @@ class Task:
     #: the loss and metrics read the model's output at the last step only: the model then computes only that one
     scores_last_step_only: bool = False
 
+    #: bytes per time step of one validation sequence that a synthetic task draws up front and holds for the
+    #: whole run (the memory estimate); 0: none held
+    validation_bytes_per_step: int = 0
+
+    @classmethod
+    def sequence_length(cls, cfg: dict) -> tuple[int, str] | None:
+        """Time steps of one training sequence of the `task` config `cfg` and the key that sets them, for the
+        memory estimate; None where the data decides."""
+        return None
+
     @classmethod
     def setting(cls, cfg) -> str:
         """The benchmark setting a `task` config (a dict or the composed node) describes, e.g. copy_T1000,

@@ -38,8 +38,14 @@ class CopyTask(Task):
     name = "copy"
     input_size = N_CLASSES
     output_size = N_CLASSES
+    #: int64 ids, targets and one-hot (10 classes), then the float32 one-hot
+    validation_bytes_per_step = 8 + 8 + 10 * 8 + 10 * 4
     units = {"loss": "nats per time step", "loss_bits": "bits per time step",
              "recall_accuracy": "fraction of recalled symbols"}
+
+    @classmethod
+    def sequence_length(cls, cfg: dict) -> tuple[int, str]:
+        return cfg["T"] + 20, "task.T"
 
     @classmethod
     def setting(cls, cfg) -> str:

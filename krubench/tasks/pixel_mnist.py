@@ -38,6 +38,10 @@ class PixelMNISTTask(Task):
     units = {"loss": "nats per image", "accuracy": "fraction correct"}
 
     @classmethod
+    def sequence_length(cls, cfg: dict) -> tuple[int, str]:
+        return 784, "task (pixel_mnist: 784 steps)"
+
+    @classmethod
     def setting(cls, cfg) -> str:
         return "permuted_mnist" if config_value(cfg, "permute") else "pixel_mnist"
 

@@ -40,6 +40,10 @@ class PTBCharTask(Task):
     splits = ("val", "test")
     units = {"loss": "nats per character", "bpc": "bits per character"}
 
+    @classmethod
+    def sequence_length(cls, cfg: dict) -> tuple[int, str]:
+        return cfg["bptt"], "task.bptt"
+
     def __init__(self, bptt: int = 150, batch_size: int = 128, eval_batch_size: int = 64,
                  eval_limit: int | None = None, val_limit: int | None = None, seed: int = 0,
                  data_dir: str | None = None):

@@ -15,7 +15,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/conftest.py: compose the config as the CLI does
 
 from conftest import compose_config  # noqa: E402
-from krubench.results import write_status  # noqa: E402
+from krubench.runtime.results import write_status  # noqa: E402
 from krubench.train import train  # noqa: E402
 
 OUT = HERE / "runs"

@@ -1,4 +1,7 @@
-"""Learning-rate schedules (the `schedule` config group) and early stopping on the validation metric.
+"""The optimizer (the `optim` config group), learning-rate schedules (the `schedule` group) and early stopping on
+the validation metric.
+
+The optimizer has two parameter groups: the model's factor_parameters() at lr × factor_lr_scale, the rest at lr.
 
 A schedule scales every parameter group's configured lr (the Kronecker factors keep their lr × factor_lr_scale)
 by warm-up × decay × plateau factors:
@@ -14,6 +17,35 @@ from __future__ import annotations
 import math
 
 import torch
+
+
+def build_optimizer(cfg: dict, model) -> torch.optim.Optimizer:
+    """Two parameter groups: the model's factor_parameters() (Kronecker factors, a peer's W) at lr × factor_lr_scale,
+    and everything else at lr."""
+    factors = {id(p) for p in model.factor_parameters()}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in factors]},
+              {"params": model.factor_parameters(), "lr": cfg["lr"] * cfg["factor_lr_scale"]}]
+    groups = [g for g in groups if g["params"]]
+    common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
+    if cfg["name"] == "rmsprop":
+        return torch.optim.RMSprop(groups, alpha=cfg["alpha"] or 0.99, momentum=cfg["momentum"] or 0.0,
+                                   eps=cfg["eps"], **common)
+    if cfg["name"] == "adam":
+        return torch.optim.Adam(groups, betas=tuple(cfg["betas"] or (0.9, 0.999)), eps=cfg["eps"], **common)
+    return torch.optim.SGD(groups, momentum=cfg["momentum"] or 0.0, **common)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """The saved moments and step counts under the current config's hyperparameters (lr, weight decay, ...),
+    so that an explicit optim.lr=... on resume applies instead of the checkpoint's value."""
+    current = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, values in zip(optimizer.param_groups, current):
+        group.update(values)
+        for p in group["params"]:  # RMSprop resumed with momentum > 0 after none: start its buffer at zero
+            s = optimizer.state.get(p)
+            if s and isinstance(optimizer, torch.optim.RMSprop) and group["momentum"] > 0:
+                s.setdefault("momentum_buffer", torch.zeros_like(p))
 
 
 #: the schedule keys each schedule reads (besides name); the others are unused by it

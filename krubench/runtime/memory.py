@@ -6,48 +6,32 @@ from pathlib import Path
 
 import torch
 
+from ..models import MODELS
+from ..tasks import TASKS
+
 #: working copies of the hidden state kept per time step for backpropagation (pre-activations, activations,
 #: Kronecker stages, gates, gradients): deliberately generous, the estimate only refuses what cannot fit
 COPIES_PER_STEP = 8
 
 
-def sequence_length(task: dict) -> tuple[int, str] | None:
-    """Time steps of one training sequence and the key that sets them; None where the data decides (music)."""
-    name = task["name"]
-    if name == "copy":
-        return task["T"] + 20, "task.T"
-    if name == "adding":
-        return task["T"], "task.T"
-    if name == "pixel_mnist":
-        return 784, "task (pixel_mnist: 784 steps)"
-    if name == "ptb_char":
-        return task["bptt"], "task.bptt"
-    return None
-
-
-#: bytes per time step of one validation sequence of the synthetic tasks while they build their validation set
-#: (held for the whole run): copy's int64 ids, targets and one-hot (10 classes), then the float32 one-hot;
-#: adding's float32 values, markers and their stacked copy, and uniform placement's random keys and order
-VALIDATION_BYTES_PER_STEP = {"copy": 8 + 8 + 10 * 8 + 10 * 4, "adding": 4 + 4 + 8 + 4 + 8}
-
-
 def training_bytes(config: dict) -> tuple[int, str] | None:
     """Bytes of the states one training step keeps, plus the validation set a synthetic task draws up front, and
-    the keys it depends on (None where unknown)."""
-    length = sequence_length(config["task"])
+    the keys it depends on (None where unknown). The task and model classes supply the facts: sequence length,
+    state width, complex state, validation bytes."""
+    task, model = config["task"], config["model"]
+    task_cls, model_cls = TASKS[task["name"]], MODELS[model["name"]]
+    length = task_cls.sequence_length(task)
     if length is None:
         return None
     steps, length_key = length
-    model = config["model"]
-    width = model["hidden_size"] * (4 if model["name"].startswith("lstm") else 1)  # LSTMs: four gates
-    complex_state = model.get("complex", model["name"] in ("urnn", "fcurnn"))  # the uRNNs have no option: always complex
-    element = 8 if complex_state else 4  # complex64 or float32
-    batch = config["task"]["batch_size"]
+    width = model_cls.state_width(model)
+    element = 8 if model_cls.complex_state(model) else 4  # complex64 or float32
+    batch = task["batch_size"]
     need = batch * steps * width * element * COPIES_PER_STEP
     keys = f"model.hidden_size={model['hidden_size']}, {length_key} ({steps} steps), task.batch_size={batch}"
-    if per_step := VALIDATION_BYTES_PER_STEP.get(config["task"]["name"]):
-        need += config["task"]["val_size"] * steps * per_step
-        keys += f", task.val_size={config['task']['val_size']}"
+    if per_step := task_cls.validation_bytes_per_step:
+        need += task["val_size"] * steps * per_step
+        keys += f", task.val_size={task['val_size']}"
     return need, keys
 
 

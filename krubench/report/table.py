@@ -19,11 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from . import rundir
-from .config import INCIDENTAL_KEYS, flatten, setting_key, upgrade_config
-from .files import read_json_object
-from .models import MODELS
-from .results import RESULTS, STATUS
+from ..runtime import rundir
+from ..config import INCIDENTAL_KEYS, flatten, setting_key, upgrade_config
+from ..runtime.files import read_json_object
+from ..models import MODELS
+from ..runtime.results import RESULTS, STATUS
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 MODEL_ORDER = tuple(MODELS)  # a model added to MODELS is listed without touching this file
@@ -110,7 +110,7 @@ def added_defaults() -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from .config import config_dir, register_configs
+    from ..config import config_dir, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
@@ -165,7 +165,7 @@ class Row:
 
 def unit(task: str, metric: str) -> str:
     """The unit of `metric` as task `task` reports it (the task's `units`), e.g. bits per time step."""
-    from .tasks import TASKS
+    from ..tasks import TASKS
 
     return TASKS[task].units.get(metric, "") if task in TASKS else ""
 
@@ -223,7 +223,7 @@ def paper_sections(paper: dict, runs: list[Run]) -> list[str]:
     """The KRU paper's tables and figures, row by row beside our runs of each row's preset (paper_tables)."""
     from . import paper_tables
     from .plots import read_scalars
-    from .tasks import TASKS
+    from ..tasks import TASKS
 
     lines = []
     for setting, entry in paper.items():

@@ -74,7 +74,7 @@ class StopOnSignal:
 def log_aside(message: str) -> threading.Thread:
     """Log a warning from another thread. A signal handler runs on the main thread between two of its bytecodes,
     also inside a log line's write: logging from there raised "reentrant call inside <_io.BufferedWriter>" and
-    lost the line (8% of signals sent to a loop that logs each step, measured). The thread waits for the
+    lost the line. The thread waits for the
     handler's lock instead, which the main thread releases once the handler has returned."""
     thread = threading.Thread(target=log.warning, args=(message,), daemon=True)
     thread.start()

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .config import INCIDENTAL_KEYS, flatten, upgrade_config
+from ..config import INCIDENTAL_KEYS, flatten, upgrade_config
 from .files import atomic_write
 
 log = logging.getLogger("krubench")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import small_run_config
-from krubench.schedule import EarlyStopping, Schedule
+from krubench.optim import EarlyStopping, Schedule
 from krubench.tasks.copy import CopyTask
 from krubench.train import train
 
@@ -58,7 +58,7 @@ def test_early_stopping_counts_validations_without_improvement_by_min_delta():
 
 
 def test_unused_keys_are_the_ones_the_runs_choices_do_not_read():
-    from krubench.schedule import unused_keys
+    from krubench.optim import unused_keys
 
     schedule = {"name": "step", "warmup_steps": 0, "min_lr_scale": 0.0, "every": 10, "gamma": 0.5, "factor": 0.5,
                 "patience": 5, "threshold": 0.0}

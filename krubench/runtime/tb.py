@@ -20,9 +20,9 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
-from .config import flatten
-from .config import INCIDENTAL_KEYS
-from .schedule import unused_keys
+from ..config import flatten
+from ..config import INCIDENTAL_KEYS
+from ..optim import unused_keys
 
 
 def baseline_tag(key: str) -> str:

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from .models import MODELS
+from ..models import MODELS
 
 # a model's colour is its place in MODELS: the same colour in every figure, and a new model gets one
 PALETTE = ("tab:blue", "tab:purple", "tab:green", "tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:olive",

@@ -22,8 +22,8 @@ def preset_config(name: str) -> dict | None:
     """The config `krubench experiment=paper/<name>` runs, or None if there is no such preset."""
     from hydra import compose, initialize_config_dir
 
-    from .config import config_dir, register_configs
-    from .train import resolve_config
+    from ..config import config_dir, register_configs
+    from ..train import resolve_config
 
     if not (Path(config_dir()) / "experiment" / "paper" / f"{name}.yaml").exists():
         return None
