@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Why the KRU (N=128, 2x2 complex factors) does not reach MSE ≈0 on the adding problem by the paper's sample counts
+# (Fig. 2: ≈0 by ~150K samples at T=200, ~370K at T=750; ours at 1,000K: ≈0 only at T=100, and T=750 ends above half
+# the baseline). Each lever of the preset moved alone on T=200 (the cheapest T where we miss), seed 0, 10,000 steps
+# = 200K samples, judged on the validation MSE (best and final); the base is the preset itself (its 50,000-step
+# run results/runs/adding_T200_kru_s0 follows the same curve to step 10,000: constant schedule, same seed), and
+# results/sweeps/adding_T200_kru_{N512,lr3e-4}_s0 are the two levers moved earlier at the same budget.
+# RESULTS.md ("Fig. 2: the KRU's shortfall") reads these runs. Usage (from the repository root):
+#   bash results/sweep_adding_kru.sh [PATTERN] [JOBS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
+COMMON="trainer.threads=1 trainer.progress=never"
+ROOT=$PWD
+commands() {  # name, then the overrides of that lever
+  while read -r name overrides; do
+    local dir=results/sweeps/adding_T200_kru_${name}_s0
+    grep -qs '"status": "ok"' "$dir/status.json" && continue
+    case " $overrides " in *" trainer.steps="*) ;; *) overrides="trainer.steps=10000 $overrides";; esac
+    echo "python -m krubench.cli experiment=paper/adding_T200_kru $overrides seed=0 $COMMON hydra.run.dir=$ROOT/$dir"
+  done <<'LEVERS'
+scale1 optim.factor_lr_scale=1.0
+initid model.init=identity
+lr3e-3 optim.lr=3e-3
+clip0 trainer.grad_clip=0
+pen0.1 trainer.unitary_penalty=0.1
+batch50 task.batch_size=50 trainer.steps=4000
+initid_scale1 model.init=identity optim.factor_lr_scale=1.0
+base
+LEVERS
+}
+if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
+# from a snapshot of HEAD, as results/run_cpu.sh does: code edited while the sweep runs cannot change it
+snapshot=$ROOT/.runtree/$(git rev-parse --short HEAD)
+mkdir -p "$ROOT/.runtree"
+(flock 9; [ -d "$snapshot" ] || git worktree add --quiet --detach -f "$snapshot" HEAD) 9>"$ROOT/.runtree/.lock"
+commands | grep -e "${1:-.}" | (cd "$snapshot" && PYTHONPATH="$snapshot" xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'")
