@@ -4,7 +4,9 @@
 # the baseline). Each lever of the preset moved alone on T=200 (the cheapest T where we miss), seed 0, 10,000 steps
 # = 200K samples, judged on the validation MSE (best and final); the base is the preset itself (its 50,000-step
 # run results/runs/adding_T200_kru_s0 follows the same curve to step 10,000: constant schedule, same seed), and
-# results/sweeps/adding_T200_kru_{N512,lr3e-4}_s0 are the two levers moved earlier at the same budget.
+# results/sweeps/adding_T200_kru_{N512,lr3e-4}_s0 are the two levers moved earlier at the same budget. After the
+# levers of the music account (lr, batch, λ, factor lr, init, clipping), the factor shapes (4x4; 16x16 ⊗ 8x8), real
+# factors, a cosine schedule and Adam.
 # RESULTS.md ("Fig. 2: the KRU's shortfall") reads these runs. Usage (from the repository root):
 #   bash results/sweep_adding_kru.sh [PATTERN] [JOBS]
 set -euo pipefail
@@ -27,6 +29,11 @@ pen0.1 trainer.unitary_penalty=0.1
 batch50 task.batch_size=50 trainer.steps=4000
 initid_scale1 model.init=identity optim.factor_lr_scale=1.0
 base
+f4 model.factor_size=4
+f16x8 model.factors=[16,8]
+real model.complex=false
+cosine schedule=cosine
+adam optim=adam
 LEVERS
 }
 if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
