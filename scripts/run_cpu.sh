@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The runs behind RESULTS.md: the paper presets (conf/experiment/paper/) at their full budgets on a 2-core CPU,
 # one thread each, two at a time.
-# Usage (from the repository root): bash results/run_cpu.sh [PATTERN] [JOBS]   (JOBS: runs at a time, default 2)
+# Usage (from the repository root): bash scripts/run_cpu.sh [PATTERN] [JOBS]   (JOBS: runs at a time, default 2)
 #   Only the runs whose command matches PATTERN; in the order below (most telling first). Finished runs
 #   (status.json "ok") are skipped; unfinished ones resume from their last.pt.
 #   DRY_RUN=1 prints the commands instead.
