@@ -113,10 +113,11 @@ def chosen_options(overrides) -> dict[str, list[str]]:
     from hydra.core.global_hydra import GlobalHydra
 
     choices = [o for o in overrides if "=" in o and "." not in o.partition("=")[0] and not o.startswith(("+", "~"))]
+    searchpath = [o for o in overrides if o.startswith("hydra.searchpath=")]  # conf folders of the user's own options
     swept = {k: v.split(",") for k, _, v in (o.partition("=") for o in choices) if k in ("task", "model")}
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[o.split(",")[0] for o in choices])
+        cfg = compose(config_name="config", overrides=[*searchpath, *(o.split(",")[0] for o in choices)])
     return {group: swept.get(group, [cfg[group].name]) for group in ("task", "model")}
 
 

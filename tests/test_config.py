@@ -200,3 +200,18 @@ def test_the_config_store_is_shared_by_hydras_copies_and_never_changed_by_compos
     b = compose_config(["model=rnn"])
     assert OmegaConf.to_yaml(store.load("schema.yaml").node) == before
     assert a.model.hidden_size == 64 and b.model.name == "rnn" and b.trainer.steps != 3
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.hiden_size=64"], "model.hiden_size is not a key of model=kru, whose keys are hidden_size, factor_size,"),
+    (["model=lstm", "model.complex=false"], "model.complex is not a key of model=lstm, whose keys are hidden_size: "
+                                            "check the spelling, or choose a model that has complex (model=kru|lstm_kru|eurnn)"),
+    (["experiment=paper/copy_T1000_lstm", "task.bptt=5"], "task.bptt is not a key of task=copy"),
+    (["-m", "model=kru,rnn", "model.factor_size=4"], "model.factor_size is not a key of model=rnn"),
+    (["model.hidden_size=64"], None),
+])
+def test_an_unknown_key_names_the_options_keys_and_the_options_that_have_it(overrides, message):
+    from krubench.cli import unknown_key_message
+
+    found = unknown_key_message(overrides)
+    assert found == message if message is None else message in found
