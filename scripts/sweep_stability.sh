@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
-COMMON="trainer.threads=1 trainer.progress=never"  # at 10,000 steps, the adding presets' budget until issue 26 (now 50,000)
+COMMON="trainer.threads=1 trainer.progress=never"  # at 10,000 steps (trainer.steps below), not the presets' 50,000
 # In order of how much each tells: the control, then each setting alone, then both. A rerun resumes
 # unfinished runs and only re-reports finished ones.
 commands() {
