@@ -1,6 +1,7 @@
 """The `krubench` command: a Hydra app over the configs in conf/."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -12,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import config_dir, register_configs
+from .config import config_dir, register_configs, schemas
 from .runtime.files import StorageError
 from .sweep import name_only_swept_keys
 
@@ -105,6 +106,43 @@ def unwritable_output(overrides, cwd: Path) -> str | None:
     return None
 
 
+def chosen_options(overrides) -> dict[str, list[str]]:
+    """The task and model options a command line chooses (each option of a swept choice), composed as `krubench`
+    would: config.yaml's defaults, an experiment preset's, the command line's."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    choices = [o for o in overrides if "=" in o and "." not in o.partition("=")[0] and not o.startswith(("+", "~"))]
+    searchpath = [o for o in overrides if o.startswith("hydra.searchpath=")]  # conf folders of the user's own options
+    swept = {k: v.split(",") for k, _, v in (o.partition("=") for o in choices) if k in ("task", "model")}
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[*searchpath, *(o.split(",")[0] for o in choices)])
+    return {group: swept.get(group, [cfg[group].name]) for group in ("task", "model")}
+
+
+def unknown_key_message(overrides) -> str | None:
+    """For a `task.KEY=…` or `model.KEY=…` override whose option has no KEY (Hydra says only "Key 'KEY' not in
+    'KRUConfig'"): the option's keys, and the options that have KEY; None if there is none such."""
+    keyed = [(k.split(".")[0], k.split(".")[1]) for k, _, _ in (o.partition("=") for o in overrides)
+             if k.startswith(("task.", "model.")) and k.count(".") == 1]
+    if not keyed:
+        return None
+    try:
+        chosen, options = chosen_options(overrides), schemas()
+    except Exception:  # the command line fails for another reason, which Hydra has said
+        return None
+    for group, key in keyed:
+        for option in chosen[group]:
+            keys = [f.name for f in dataclasses.fields(options[group][option]) if f.name != "name"]
+            if key not in keys:
+                owners = [name for name, schema in options[group].items() if key in schema.__dataclass_fields__]
+                return (f"{group}.{key} is not a key of {group}={option}, whose keys are {', '.join(keys)}: check the "
+                        "spelling" + (f", or choose a {group} that has {key} ({group}={'|'.join(owners)})" if owners
+                                      else "") + "; `krubench --help` shows every key of the composed config")
+    return None
+
+
 def main() -> None:
     """The console script: refuse a missing launcher/sweeper plugin with the pip command, or an output folder that
     cannot be written, then run Hydra."""
@@ -112,7 +150,12 @@ def main() -> None:
         print(f"krubench: error: {message}", file=sys.stderr)
         sys.exit(1)
     sys.argv[1:] = name_only_swept_keys(sys.argv[1:], Path(config_dir()) / "config.yaml")
-    run()
+    try:
+        run()
+    except SystemExit as e:
+        if e.code not in (0, None) and (message := unknown_key_message(sys.argv[1:])):
+            print(f"krubench: error: {message}", file=sys.stderr)
+        raise
 
 
 if __name__ == "__main__":

@@ -1,12 +1,19 @@
 """Structured-config schemas for every config group. Hydra checks each YAML file and each command-line
-override against these dataclasses, so a misspelled key or a wrong type fails at composition.
-The YAML files in conf/ hold the defaults users see; the schemas hold names and types."""
+override against them, so a misspelled key or a wrong type fails at composition.
+A `model` or `task` option's schema is its class's constructor (constructor_options): a model or task registered in
+MODELS or TASKS brings its keys with it. The YAML files in conf/ hold the defaults users see; the schemas hold
+names and types."""
 from __future__ import annotations
 
+import collections.abc
 import copy
+import dataclasses
+import functools
 import hashlib
+import inspect
 import math
 import re
+import typing
 from pathlib import Path
 from dataclasses import dataclass, field
 from enum import Enum
@@ -15,16 +22,9 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from .data.sources import MUSIC
 from .models import MODELS
-from .models.exprnn import SKEW_INITS
-from .models.kru import FACTOR_INITS, MAP_INITS
-from .models.lstm import FACTORISATIONS
-from .models.rnn import RNN_INITS, RNN_NONLINEARITIES
-from .models.unitary import RECURRENCES
-from .ops import KERNELS, NONLINEARITIES
-from .optim import USES as SCHEDULE_USES
-from .tasks.adding import PLACEMENTS
+from .optim import OPTIMIZERS, USES as SCHEDULE_USES
+from .tasks import TASKS
 
 
 class Choice(Enum):
@@ -35,153 +35,69 @@ class Choice(Enum):
 
 
 def choices(name: str, *values: str) -> type[Enum]:
-    """An Enum of accepted strings: a wrong value fails at composition, naming the accepted ones."""
-    return Choice(name, {v: v for v in values})
+    """An Enum of accepted strings: a wrong value fails at composition, naming the accepted ones. It is made an
+    attribute of this module, so that pickle (a launcher sending a config to its workers) finds it by name."""
+    enum = Choice(name, {v: v for v in values}, module=__name__)
+    globals()[name] = enum
+    return enum
 
 
-# the accepted values are defined next to the code that implements them; the schemas only name them
-Placement = choices("Placement", *PLACEMENTS)
-MusicDataset = choices("MusicDataset", *MUSIC)
-KRUNonlinearity = choices("KRUNonlinearity", *NONLINEARITIES)
-FactorInit = choices("FactorInit", *FACTOR_INITS)
-MapInit = choices("MapInit", *MAP_INITS)
-RNNNonlinearity = choices("RNNNonlinearity", *RNN_NONLINEARITIES)
-RNNInit = choices("RNNInit", *RNN_INITS)
-Factorisation = choices("Factorisation", *FACTORISATIONS)
-SkewInit = choices("SkewInit", *SKEW_INITS)
-Kernel = choices("Kernel", *KERNELS)
-Recurrence = choices("Recurrence", *RECURRENCES)
-OptimName = choices("OptimName", "rmsprop", "adam", "sgd")
+OptimName = choices("OptimName", *OPTIMIZERS)
 Resume = choices("Resume", "auto", "never")
 Progress = choices("Progress", "auto", "always", "never")
 ScheduleName = choices("ScheduleName", *SCHEDULE_USES)
 
-
-# The schemas give each group's keys, their types and the accepted values; the values themselves, defaults
-# included, live in conf/ (one place; tests/test_config.py checks that the constructors' Python defaults agree).
-# ---- task ----
-@dataclass
-class CopyConfig:
-    name: str = "copy"
-    T: int = MISSING  # blank length; sequences are T + 20 long
-    batch_size: int = MISSING
-    val_size: int = MISSING  # sequences in the fixed validation set
+# ---- task and model: from the classes ----
+#: constructor arguments that no `task` or `model` config sets: the sizes come from the task, the seed and the data
+#: folder from the top level of the config
+NOT_CONFIG_KEYS = ("self", "input_size", "output_size", "seed", "data_dir")
 
 
-@dataclass
-class AddingConfig:
-    name: str = "adding"
-    T: int = MISSING  # sequence length
-    placement: Placement = MISSING  # halves (one marker per half, Arjovsky) | uniform
-    batch_size: int = MISSING
-    val_size: int = MISSING
+def constructor_options(cls) -> dict[str, inspect.Parameter]:
+    """The keywords a `task` or `model` config gives cls's constructor, by name, annotations resolved: its named
+    parameters less NOT_CONFIG_KEYS and keyword-only ones (options for Python use only), and where it passes
+    **options on to its base class's constructor (the kru model to KRULayer), the base class's too, in the base
+    class's order."""
+    chain = []
+    for klass in cls.__mro__:
+        init = vars(klass).get("__init__")
+        if not inspect.isfunction(init):
+            continue
+        params = inspect.signature(init).parameters.values()
+        chain.append((params, typing.get_type_hints(init)))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    options: dict[str, inspect.Parameter] = {}
+    for params, hints in reversed(chain):
+        for p in params:
+            if p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in NOT_CONFIG_KEYS:
+                options[p.name] = p.replace(annotation=hints.get(p.name, Any))
+    return options
 
 
-@dataclass
-class PixelMNISTConfig:
-    name: str = "pixel_mnist"
-    permute: bool = MISSING  # permuted MNIST: one fixed permutation of the 784 pixels
-    permutation_seed: int = MISSING  # numpy RandomState(seed).permutation(784); 92916 as in uRNN/expRNN
-    val_size: int = MISSING  # the last val_size training images are the validation split
-    batch_size: int = MISSING
-    eval_batch_size: int = MISSING
-    eval_limit: Optional[int] = MISSING  # evaluate on the first eval_limit images of a split only (smoke runs: the final ones too)
-    val_limit: Optional[int] = MISSING  # validate during training on the first val_limit images; the final evaluations read all
+def schema_type(hint, accepted: tuple[str, ...] | None, enum_name: str):
+    """An annotation as OmegaConf takes it: `X | None` as Optional[X], a sequence as a List, a string with
+    accepted values as a choice."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    if typing.get_origin(hint) in (list, tuple, collections.abc.Sequence):
+        hint = List[typing.get_args(hint)[0]]
+    if accepted is not None:
+        hint = choices(enum_name, *accepted)
+    return Optional[hint] if optional else hint
 
 
-@dataclass
-class PTBCharConfig:
-    name: str = "ptb_char"
-    bptt: int = MISSING  # truncated-BPTT segment length (steps); the state is carried across segments
-    batch_size: int = MISSING  # parallel columns of the training stream
-    eval_batch_size: int = MISSING  # parallel columns of the valid/test stream
-    eval_limit: Optional[int] = MISSING  # evaluate on the first eval_limit tokens of a split only (smoke runs: the final ones too)
-    val_limit: Optional[int] = MISSING  # validate during training on the first val_limit tokens; the final evaluations read all
-
-
-@dataclass
-class MusicConfig:
-    name: str = "music"
-    dataset: MusicDataset = MISSING  # jsb | piano | nottingham | musedata
-    batch_size: int = MISSING  # whole sequences per step, padded and masked
-    eval_batch_size: int = MISSING
-    eval_limit: Optional[int] = MISSING  # evaluate on the first eval_limit sequences of a split only (smoke runs: the final ones too)
-    val_limit: Optional[int] = MISSING  # validate during training on the first val_limit sequences; the final evaluations read all
-
-
-# ---- model ----
-@dataclass
-class KRUConfig:
-    name: str = "kru"
-    hidden_size: int = MISSING
-    factor_size: int = MISSING  # square factors of this size: hidden_size must be a power of it
-    factors: Optional[List[int]] = MISSING  # explicit factor sizes instead, e.g. [4, 4, 8]
-    complex: bool = MISSING
-    nonlinearity: KRUNonlinearity = MISSING  # modrelu | relu | tanh
-    init: FactorInit = MISSING  # unitary (Haar random) | identity
-    merge_upto: int = MISSING  # apply neighbouring factors merged up to this size (same W, fewer ops); 1 = off
-    kernel: Kernel = MISSING  # auto (fastest for the device) | cuda | cpp | reference (pure PyTorch)
-    input_bias: Optional[bool] = MISSING  # additive bias in U x_t + b; null: only without modReLU (its bias is b)
-    input_init: MapInit = MISSING  # glorot (uRNN) | torch (nn.Linear's default)
-    modrelu_bias_init: float = MISSING  # modReLU bias starts U(±this) (uRNN); 0: zeros
-    readout_init: MapInit = MISSING  # glorot, zero bias (uRNN) | torch (nn.Linear's default)
-
-
-@dataclass
-class RNNConfig:
-    name: str = "rnn"
-    hidden_size: int = MISSING
-    nonlinearity: RNNNonlinearity = MISSING  # tanh | relu
-    init: RNNInit = MISSING  # default | orthogonal | identity
-
-
-@dataclass
-class LSTMConfig:
-    name: str = "lstm"
-    hidden_size: int = MISSING
-
-
-@dataclass
-class LSTMKRUConfig:
-    name: str = "lstm_kru"
-    hidden_size: int = MISSING
-    factor_size: int = MISSING
-    factors: Optional[List[int]] = MISSING
-    complex: bool = MISSING
-    init: FactorInit = MISSING
-    factorisation: Factorisation = MISSING  # per_gate (four N×N products) | joint (one 4N×N product)
-    merge_upto: int = MISSING
-    kernel: Kernel = MISSING  # auto | cuda | cpp | reference, as for kru
-
-
-@dataclass
-class URNNConfig:
-    name: str = "urnn"
-    hidden_size: int = MISSING
-    recurrence: Recurrence = MISSING  # auto | dense | reference (autograd through the loop): the same math
-
-
-@dataclass
-class FCURNNConfig(URNNConfig):
-    name: str = "fcurnn"  # the same keys as urnn
-
-
-@dataclass
-class EURNNConfig:
-    name: str = "eurnn"
-    hidden_size: int = MISSING
-    capacity: Optional[int] = MISSING  # tunable style: layers of rotations; null: 2 (tunable), log2 N (fft)
-    fft: bool = MISSING  # FFT style: log2 N layers (hidden_size a power of 2)
-    complex: bool = MISSING
-    recurrence: Recurrence = MISSING  # as for urnn
-
-
-@dataclass
-class ExpRNNConfig:
-    name: str = "exprnn"
-    hidden_size: int = MISSING
-    init: SkewInit = MISSING  # henaff (copy) | cayley (MNIST): the repository's skew initialisations
-    recurrence: Recurrence = MISSING  # as for urnn
+@functools.cache
+def class_schema(group: str, name: str, cls) -> type:
+    """The schema of option `name` of `group` (task or model): `name`, then a field per constructor option, typed as
+    annotated, with no default (the YAML sets it)."""
+    fields = [("name", str, field(default=name))]
+    for key, p in constructor_options(cls).items():
+        fields.append((key, schema_type(p.annotation, cls.choices.get(key), f"{cls.__name__}_{key}"),
+                       field(default=MISSING)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
 
 
 # ---- optim ----
@@ -189,15 +105,15 @@ class ExpRNNConfig:
 # schema's values are what the others read (None or neutral).
 @dataclass
 class OptimConfig:
-    name: OptimName = MISSING  # rmsprop | adam | sgd
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    name: OptimName = MISSING  # optim.OPTIMIZERS: rmsprop | adam | sgd
+    lr: float = MISSING
+    weight_decay: float = MISSING
     alpha: Optional[float] = None  # rmsprop smoothing constant
     betas: Optional[List[float]] = None  # adam
     momentum: Optional[float] = None  # sgd, rmsprop
     eps: float = 1e-8  # rmsprop, adam: added to the root-mean-square in the step's denominator
     # the recurrent matrix's own parameters (Kronecker factors; the peers' unitary part) train at lr × this;
-    # None: the model's default_factor_lr_scale (kru and exprnn 0.1, the others 1.0)
+    # None: the model's default_factor_lr_scale
     factor_lr_scale: Optional[float] = None
 
 
@@ -280,22 +196,22 @@ INCIDENTAL_KEYS = ("data_dir", "trainer.device", "trainer.threads", "trainer.pro
                    "trainer.log_every", "trainer.ckpt_every", "trainer.val_every", "trainer.csv_log", "model.kernel",
                    "model.recurrence", "model.merge_upto", "logger.")
 
-SCHEMAS = {
-    "task": {"copy": CopyConfig, "adding": AddingConfig, "pixel_mnist": PixelMNISTConfig, "ptb_char": PTBCharConfig,
-             "music": MusicConfig},
-    "model": {"kru": KRUConfig, "rnn": RNNConfig, "lstm": LSTMConfig, "lstm_kru": LSTMKRUConfig, "urnn": URNNConfig,
-              "fcurnn": FCURNNConfig, "eurnn": EURNNConfig, "exprnn": ExpRNNConfig},
-    "optim": {"rmsprop": OptimConfig, "adam": OptimConfig, "sgd": OptimConfig},
-    "trainer": {"default": TrainerConfig, "debug": TrainerConfig},
-    "schedule": {"constant": ScheduleConfig, "cosine": ScheduleConfig, "step": ScheduleConfig,
-                 "reduce_on_plateau": ScheduleConfig},
-}
+
+def schemas() -> dict[str, dict[str, type]]:
+    """Each config group's options and their schemas: the registered tasks and models (from their classes), the
+    optimizers and schedules of optim.py, the trainer's presets."""
+    return {
+        "task": {name: class_schema("task", name, cls) for name, cls in TASKS.items()},
+        "model": {name: class_schema("model", name, cls) for name, cls in MODELS.items()},
+        "optim": dict.fromkeys(OPTIMIZERS, OptimConfig),
+        "trainer": {"default": TrainerConfig, "debug": TrainerConfig},
+        "schedule": dict.fromkeys(SCHEDULE_USES, ScheduleConfig),
+    }
 
 
 def setting_key(task) -> str:
     """The benchmark setting of a `task` config (a dict or the composed node): what its task class says it is
     (`Task.setting`), e.g. copy_T1000, permuted_mnist, music_jsb."""
-    from .tasks import TASKS  # here: the tasks import the data layer, which imports this module
     from .tasks.base import config_value
 
     return TASKS[config_value(task, "name")].setting(task)
@@ -353,8 +269,6 @@ def config_groups() -> str:
 def task_direction(task: str) -> str:
     """The `task_direction` resolver of the Optuna preset (conf/hparams_search/optuna.yaml): maximize for a task
     whose metric is better higher (accuracy), else minimize."""
-    from .tasks import TASKS
-
     return "maximize" if TASKS[getattr(task, "value", task)].higher_is_better else "minimize"
 
 
@@ -379,7 +293,7 @@ def register_configs() -> None:
     share_the_config_store()
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
-    for group, options in SCHEMAS.items():
+    for group, options in schemas().items():
         for option, node in options.items():
             cs.store(name=f"schema_{group}_{option}", node=node)
 
@@ -388,35 +302,28 @@ def validate(config: dict) -> None:
     """Checks a schema cannot express (ranges, finiteness), on the resolved plain config; raises ValueError
     naming the key."""
     optim, trainer, model, task = config["optim"], config["trainer"], config["model"], config["task"]
-    positive = {
-        "trainer.steps": trainer["steps"], "trainer.val_every": trainer["val_every"],
-        "trainer.log_every": trainer["log_every"], "trainer.ckpt_every": trainer["ckpt_every"],
-        "optim.lr": optim["lr"], "model.hidden_size": model["hidden_size"],
-        "optim.eps": optim["eps"], "optim.factor_lr_scale": optim["factor_lr_scale"],
+    positive = {  # key: (value, what its bound means)
+        "trainer.steps": (trainer["steps"], ""), "trainer.val_every": (trainer["val_every"], ""),
+        "trainer.log_every": (trainer["log_every"], ""), "trainer.ckpt_every": (trainer["ckpt_every"], ""),
+        "optim.lr": (optim["lr"], ""), "optim.eps": (optim["eps"], ""),
+        "optim.factor_lr_scale": (optim["factor_lr_scale"], ""),
     }
-    for key in ("batch_size", "val_size", "eval_batch_size", "eval_limit", "bptt", "T"):
-        if task.get(key) is not None:
-            positive[f"task.{key}"] = task[key]
     at_least_zero = {
-        "optim.weight_decay": optim["weight_decay"], "optim.momentum": optim["momentum"],
-        "trainer.threads": trainer["threads"], "trainer.unitary_penalty": trainer["unitary_penalty"],
-        "model.modrelu_bias_init": model.get("modrelu_bias_init"),
-        "trainer.grad_clip": trainer["grad_clip"],
+        "optim.weight_decay": (optim["weight_decay"], ""), "optim.momentum": (optim["momentum"], ""),
+        "trainer.threads": (trainer["threads"], "0: torch's default"),
+        "trainer.unitary_penalty": (trainer["unitary_penalty"], ""),
+        "trainer.grad_clip": (trainer["grad_clip"], "0 turns clipping off"),
     }
+    for group, cls in (("task", TASKS[task["name"]]), ("model", MODELS[model["name"]])):  # each class's own bounds
+        positive |= {f"{group}.{k}": (config[group].get(k), hint) for k, hint in cls.positive.items()}
+        at_least_zero |= {f"{group}.{k}": (config[group].get(k), hint) for k, hint in cls.non_negative.items()}
     for key, value in flatten_numbers(config).items():
         if not math.isfinite(value):
             raise ValueError(f"{key}={value} must be a finite number")
-    for key, value in positive.items():
-        if value is not None and value <= 0:  # None: optim.factor_lr_scale=null, the model's own
-            raise ValueError(f"{key}={value} must be positive")
-    for key, value in at_least_zero.items():
-        if value is not None and value < 0:
-            raise ValueError(f"{key}={value} must be >= 0" + {
-                "trainer.grad_clip": " (0 turns clipping off)", "trainer.threads": " (0: torch's default)",
-                "model.modrelu_bias_init": " (the half-width of the uniform range; 0 starts the bias at zero)",
-            }.get(key, ""))
-    if model.get("merge_upto") is not None and model["merge_upto"] < 1:
-        raise ValueError(f"model.merge_upto={model['merge_upto']} must be >= 1 (1 turns merging off)")
+    for bound, keys in (("positive", positive), (">= 0", at_least_zero)):
+        for key, (value, hint) in keys.items():  # None: unset (optim.factor_lr_scale=null: the model's own)
+            if value is not None and (value <= 0 if bound == "positive" else value < 0):
+                raise ValueError(f"{key}={value} must be {bound}" + (f" ({hint})" if hint else ""))
     if optim["alpha"] is not None and not 0 <= optim["alpha"] < 1:
         raise ValueError(f"optim.alpha={optim['alpha']} must be in [0, 1) (RMSprop's smoothing constant)")
     if optim["betas"] is not None and (len(optim["betas"]) != 2 or not all(0 <= b < 1 for b in optim["betas"])):

@@ -18,6 +18,12 @@ import math
 
 import torch
 
+#: each optimizer (conf/optim/<name>.yaml) and the optim keys it reads beside lr and weight_decay; a key left null
+#: takes torch's default
+OPTIMIZERS = {"rmsprop": (torch.optim.RMSprop, ("alpha", "momentum", "eps")),
+              "adam": (torch.optim.Adam, ("betas", "eps")),
+              "sgd": (torch.optim.SGD, ("momentum",))}
+
 
 def build_optimizer(cfg: dict, model) -> torch.optim.Optimizer:
     """Two parameter groups: the model's factor_parameters() (Kronecker factors, a peer's W) at lr × factor_lr_scale,
@@ -26,13 +32,9 @@ def build_optimizer(cfg: dict, model) -> torch.optim.Optimizer:
     groups = [{"params": [p for p in model.parameters() if id(p) not in factors]},
               {"params": model.factor_parameters(), "lr": cfg["lr"] * cfg["factor_lr_scale"]}]
     groups = [g for g in groups if g["params"]]
-    common = {"lr": cfg["lr"], "weight_decay": cfg["weight_decay"]}
-    if cfg["name"] == "rmsprop":
-        return torch.optim.RMSprop(groups, alpha=cfg["alpha"] or 0.99, momentum=cfg["momentum"] or 0.0,
-                                   eps=cfg["eps"], **common)
-    if cfg["name"] == "adam":
-        return torch.optim.Adam(groups, betas=tuple(cfg["betas"] or (0.9, 0.999)), eps=cfg["eps"], **common)
-    return torch.optim.SGD(groups, momentum=cfg["momentum"] or 0.0, **common)
+    optimizer, keys = OPTIMIZERS[cfg["name"]]
+    options = {k: tuple(cfg[k]) if k == "betas" else cfg[k] for k in keys if cfg[k] is not None}
+    return optimizer(groups, lr=cfg["lr"], weight_decay=cfg["weight_decay"], **options)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:

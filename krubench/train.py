@@ -167,7 +167,9 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
     steps, every = tcfg["steps"], lambda n: run.step % tcfg[n] == 0 or run.step == steps
     rereport = run.finished()  # a rerun into a finished run: just re-report
     stop.finishing = rereport  # nothing to train: a signal lets the evaluation finish
-    val = run.task.evaluate(run.model, device) if rereport else None
+    val = None
+    if rereport:  # never validated (stopped before its first validation, rerun with fewer steps): its weights are the best
+        val = run.validate() if run.best is None else run.task.evaluate(run.model, device)
     progress = {"auto": None, "always": False, "never": True}[tcfg["progress"]]
     run.model.train()
     with logging_redirect_tqdm(), tqdm(total=steps, initial=run.step, disable=progress, desc="train",

@@ -7,7 +7,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from conftest import compose_config
 from hydra import initialize_config_dir
 from krubench.config import config_dir
-from krubench.config import SCHEMAS, validate
+from krubench.config import constructor_options, schemas, validate
 from krubench.models import build_model
 from krubench.tasks import TASKS, build_task
 
@@ -16,8 +16,8 @@ def plain(cfg):
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
-@pytest.mark.parametrize("task", sorted(t for t in SCHEMAS["task"] if not TASKS[t].needs_data))  # real data: test_tasks_real.py
-@pytest.mark.parametrize("model", sorted(SCHEMAS["model"]))
+@pytest.mark.parametrize("task", sorted(t for t in schemas()["task"] if not TASKS[t].needs_data))  # real data: test_tasks_real.py
+@pytest.mark.parametrize("model", sorted(schemas()["model"]))
 def test_every_task_model_composes_and_builds(task, model):
     cfg = plain(compose_config([f"task={task}", f"model={model}", "model.hidden_size=16", "task.val_size=4"]))
     assert cfg["task"]["name"] == task and cfg["model"]["name"] == model
@@ -30,7 +30,7 @@ def test_every_task_model_composes_and_builds(task, model):
 
 @pytest.mark.parametrize("group", ["optim", "trainer"])
 def test_every_option_of_other_groups_composes(group):
-    for option in SCHEMAS[group]:
+    for option in schemas()[group]:
         cfg = plain(compose_config([f"{group}={option}"]))
         validate(cfg)
 
@@ -92,7 +92,7 @@ def test_groups_offer_only_their_options():
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         for group in ("task", "model", "optim", "trainer"):
-            assert sorted(loader.get_group_options(group)) == sorted(SCHEMAS[group]), group
+            assert sorted(loader.get_group_options(group)) == sorted(schemas()[group]), group
     with pytest.raises(ConfigCompositionException, match="schema_kru"):
         compose_config(["model=schema_kru"])
 
@@ -101,7 +101,7 @@ def test_groups_offer_only_their_options():
     ("optim.lr=inf", "optim.lr=inf must be a finite number"),
     ("optim.lr=nan", "optim.lr=nan must be a finite number"),
     ("optim.lr=-1", "optim.lr=-1.0 must be positive"),
-    ("model.merge_upto=0", "model.merge_upto=0 must be >= 1"),
+    ("model.merge_upto=0", r"model.merge_upto=0 must be positive \(1 turns merging off\)"),
     ("trainer.unitary_penalty=-1", "trainer.unitary_penalty=-1.0 must be >= 0"),
     ("model=lstm trainer.unitary_penalty=0.1",
      "trainer.unitary_penalty=0.1 has nothing to act on: model=lstm has no Kronecker factors. It applies to kru, lstm_kru;"),
@@ -161,19 +161,20 @@ def test_presets_fit_the_memory_estimate():
         assert estimate is None or estimate[0] < 8 * 2**30, preset.stem
 
 
-@pytest.mark.parametrize("group,option", [("model", m) for m in sorted(SCHEMAS["model"])]
-                         + [("task", t) for t in sorted(SCHEMAS["task"])])
+@pytest.mark.parametrize("group,option", [("model", m) for m in sorted(schemas()["model"])]
+                         + [("task", t) for t in sorted(schemas()["task"])])
 def test_python_defaults_are_the_yaml_defaults(group, option):
-    """conf/ holds the defaults (the schemas only name and type the keys); the constructors keep defaults for
-    use from Python, and they must be the same values, or a model built in a notebook would differ from
-    `krubench model=...`."""
+    """conf/ holds the defaults (the schemas, from the constructors, only name and type the keys); the constructors
+    keep defaults for use from Python, and they must be the same values, or a model built in a notebook would differ
+    from `krubench model=...`."""
     import inspect
 
     from krubench.models import MODELS
 
     cls = (MODELS if group == "model" else TASKS)[option]
     cfg = plain(compose_config([f"{group}={option}"]))[group]
-    params = inspect.signature(cls.__init__).parameters
+    params = constructor_options(cls)
+    assert sorted(params) == sorted(k for k in cfg if k != "name")
     compared = [k for k in cfg if k in params and params[k].default is not inspect.Parameter.empty]
     assert compared, f"{option}: no constructor default to compare"
     for key in compared:
@@ -199,3 +200,18 @@ def test_the_config_store_is_shared_by_hydras_copies_and_never_changed_by_compos
     b = compose_config(["model=rnn"])
     assert OmegaConf.to_yaml(store.load("schema.yaml").node) == before
     assert a.model.hidden_size == 64 and b.model.name == "rnn" and b.trainer.steps != 3
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.hiden_size=64"], "model.hiden_size is not a key of model=kru, whose keys are hidden_size, factor_size,"),
+    (["model=lstm", "model.complex=false"], "model.complex is not a key of model=lstm, whose keys are hidden_size: "
+                                            "check the spelling, or choose a model that has complex (model=kru|lstm_kru|eurnn)"),
+    (["experiment=paper/copy_T1000_lstm", "task.bptt=5"], "task.bptt is not a key of task=copy"),
+    (["-m", "model=kru,rnn", "model.factor_size=4"], "model.factor_size is not a key of model=rnn"),
+    (["model.hidden_size=64"], None),
+])
+def test_an_unknown_key_names_the_options_keys_and_the_options_that_have_it(overrides, message):
+    from krubench.cli import unknown_key_message
+
+    found = unknown_key_message(overrides)
+    assert found == message if message is None else message in found

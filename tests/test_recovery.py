@@ -510,3 +510,30 @@ def test_ctrl_c_ends_with_the_command_that_resumes_the_time_stamped_run(tmp_path
     assert "resumed from" in done.stdout + done.stderr
     assert json.loads((runs[0] / "results.json").read_text())["steps"] == 2000
     assert len(list(tmp_path.glob("outputs/*/*"))) == 1  # no new folder
+
+
+def test_a_run_interrupted_before_any_validation_resumes_with_fewer_steps_and_finishes(tmp_path, monkeypatch):
+    """Stopped at step 4 before its first validation, then rerun with trainer.steps=2: nothing left to train, and
+    there was no best yet (it crashed in tb.log_hparams on best None): the final weights are validated as the best."""
+    import krubench.train as train_module
+
+    run, train_step = tmp_path / "run", train_module.Run.train_step
+
+    def signalled_at_step_4(self):
+        out = train_step(self)
+        if self.step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(train_module.Run, "train_step", signalled_at_step_4)
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in a run: StopOnSignal takes only a default
+    try:
+        with pytest.raises(Interrupted):
+            train(small_run_config(tmp_path, "trainer.steps=10", "trainer.val_every=100"), run)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert checkpoint.load(run / "last.pt")["best"] is None
+    monkeypatch.setattr(train_module.Run, "train_step", train_step)
+    results = train(small_run_config(tmp_path, "trainer.steps=2", "trainer.val_every=100"), run)
+    assert results["steps"] == 4 and results["best_val"] == {"loss": results["final_val"]["loss"], "step": 4}
+    assert (run / "best.pt").is_file()

@@ -113,34 +113,35 @@ def test_runs_differing_only_in_seed_form_one_row(tmp_path):
     assert summary(row)["n"] == 2 and row.variant == "" and row.seeds == 2
 
 
-def test_a_run_older_than_a_config_key_counts_as_its_default(tmp_path):
-    copy_run(tmp_path / "old", seed=0)  # the committed runs predate schedules and early stopping
-    new = copy_run(tmp_path / "new", seed=1)
-    results = json.loads((new / "results.json").read_text())
-    results["config"]["schedule"] = {"name": "constant", "warmup_steps": 0, "min_lr_scale": 0.0, "every": 1000,
-                                     "gamma": 0.1, "factor": 0.5, "patience": 5, "threshold": 0.0}
-    results["config"]["trainer"] |= {"early_stop_patience": 0, "early_stop_min_delta": 0.0, "csv_log": True}
-    (new / "results.json").write_text(json.dumps(results))
-    [row] = group(find_runs([tmp_path])[0], load_paper_numbers())
-    assert row.seeds == 2 and row.variant == ""
-    copy_run(tmp_path / "cosine", seed=2, schedule={"name": "cosine"})
-    assert sorted(r.variant for r in group(find_runs([tmp_path])[0], load_paper_numbers())) == [
-        "schedule.name=constant", "schedule.name=cosine"]
+def earlier_form(run: Path) -> Path:
+    """`run`'s results.json as an earlier krubench wrote it: before `setting`, schedules, early stopping and the CSV
+    log, with the unitary penalty under model.penalty."""
+    results = json.loads((run / "results.json").read_text())
+    config = results["config"]
+    del results["setting"], config["schedule"]
+    for key in ("early_stop_patience", "early_stop_min_delta", "csv_log"):
+        del config["trainer"][key]
+    config["model"]["penalty"] = config["trainer"].pop("unitary_penalty")
+    (run / "results.json").write_text(json.dumps(results))
+    return run
 
 
-def test_a_run_written_before_a_key_moved_shares_the_row_of_the_new_name(tmp_path):
-    """model.penalty became trainer.unitary_penalty: runs written before and after are seeds of one row."""
-    old = copy_run(tmp_path / "old", seed=0)
-    assert json.loads((old / "results.json").read_text())["config"]["model"]["penalty"] == 0.0  # as committed
-    new = copy_run(tmp_path / "new", seed=1)
-    results = json.loads((new / "results.json").read_text())
-    results["config"]["trainer"]["unitary_penalty"] = results["config"]["model"].pop("penalty")
-    (new / "results.json").write_text(json.dumps(results))
+def test_a_run_in_an_earlier_form_is_skipped_naming_the_migration_and_migrated_shares_the_row(tmp_path, capsys):
+    from krubench.report import migrate
+
+    today = copy_run(tmp_path / "today", seed=1)
+    old = earlier_form(copy_run(tmp_path / "old", seed=0))
+    runs, skipped = find_runs([tmp_path])
+    assert [r.dir for r in runs] == [today]
+    assert skipped == [(old, f"written by an earlier krubench: `python -m krubench.report.migrate {old}` rewrites "
+                             "its results.json in today's form (once)")]
+    migrate.main([str(tmp_path)])
+    assert capsys.readouterr().out == f"{old / 'results.json'}\n"  # the run in today's form is left as it is
+    assert json.loads((old / "results.json").read_text()) == {
+        **json.loads((today / "results.json").read_text()), "seed": 0,
+        "config": {**json.loads((today / "results.json").read_text())["config"], "seed": 0}}
     [row] = group(find_runs([tmp_path])[0], load_paper_numbers())
     assert row.seeds == 2 and row.variant == ""
-    copy_run(tmp_path / "penalised", seed=2, model__penalty=0.1)
-    assert sorted(r.variant for r in group(find_runs([tmp_path])[0], load_paper_numbers())) == [
-        "trainer.unitary_penalty=0.0", "trainer.unitary_penalty=0.1"]
 
 
 def test_runs_differing_in_config_form_rows_labelled_by_the_difference(tmp_path, capsys):

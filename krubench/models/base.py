@@ -21,6 +21,14 @@ class SequenceModel(nn.Module):
     gates = 1  # hidden-sized vectors a step computes per unit of state (an LSTM's 4 gates): the memory estimate's width
     always_complex = False  # a complex state without a `complex` option (the uRNNs)
 
+    # The `model` config's keys are the constructor's keywords after the sizes (config.constructor_options):
+    # names, types and Python defaults in one place; conf/model/<name>.yaml holds the defaults users see.
+    #: the accepted values of string keywords: the schema makes each a choice, refused at composition otherwise
+    choices: dict[str, tuple[str, ...]] = {}
+    #: keys that must be > 0 and keys that must be >= 0 (config.validate), each with what its bound means
+    positive: dict[str, str] = {"hidden_size": ""}
+    non_negative: dict[str, str] = {}
+
     @classmethod
     def state_width(cls, cfg: dict) -> int:
         """Hidden-sized values a time step keeps per sequence, for the memory estimate."""

@@ -35,6 +35,7 @@ def block_diagonal_skew(n: int, init: str) -> torch.Tensor:
 class ExpRNN(UnitaryRNN):
     dense_upto = math.inf  # W is a dense matrix: the hand-written backward is faster (BENCHMARKS.md)
     default_factor_lr_scale = 0.1  # expRNN's paper: the orthogonal part at lr/10
+    choices = {**UnitaryRNN.choices, "init": SKEW_INITS}
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, init: str = "henaff",
                  recurrence: str = "auto"):

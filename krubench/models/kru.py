@@ -15,6 +15,7 @@ from .base import SequenceModel
 
 FACTOR_INITS = ("unitary", "identity")
 MAP_INITS = ("glorot", "torch")  # input map and read-out: Glorot-uniform (uRNN), or nn.Linear's default
+MERGE_UPTO = 16  # merge_upto's default: neighbouring factors multiplied out up to 16 × 16 (same W, fewer ops)
 
 
 def random_unitary(n: int, complex_: bool, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -92,7 +93,7 @@ class KRULayer(nn.Module):
         input_bias: whether U has a bias; None: only without modReLU (modReLU's b already adds one).
         input_init: "glorot" (uRNN: Glorot-uniform halves, zero bias) or "torch" (nn.Linear's default).
         modrelu_bias_init: modReLU's b starts uniform in ±this.
-        return_complex: for a complex layer, states as complex tensors (B, …, N) instead of real
+        return_complex (keyword only): for a complex layer, states as complex tensors (B, …, N) instead of real
             [Re h; Im h] (B, …, 2N).
 
     Shapes: x (B, T, input_size) -> H (B, T, S) all states and h_T (B, S) the last, S = `state_size`: 2N
@@ -112,11 +113,12 @@ class KRULayer(nn.Module):
         complex: bool = True,
         nonlinearity: str = "modrelu",
         init: str = "unitary",
-        merge_upto: int = 16,
+        merge_upto: int = MERGE_UPTO,
         kernel: str = "auto",
         input_bias: bool | None = None,
         input_init: str = "glorot",
         modrelu_bias_init: float = 0.01,
+        *,
         return_complex: bool = False,
     ):
         super().__init__()
@@ -203,37 +205,26 @@ class KRUCell(KRULayer):
 class KRU(KRULayer, SequenceModel):
     """The benchmarks' KRU model: a `KRULayer` with the read-out `y_t = V [Re h_t; Im h_t] + c` on top
     (`forward(x, state, last_only) -> (y, h_T)`, the SequenceModel contract; `state` is the complex (B, N)
-    h). Its parameters keep their names (W.factors.i, U, modrelu_bias, V), so checkpoints load across versions."""
-    # the factors at lr/10 by default: at the full lr they drift off unitary (adding T=100: penalty 0.36, no
-    # learning; lr/10: 3 of 3 seeds learn, penalty <= 0.011) and pixel MNIST stays at chance (RESULTS.md)
+    h). It takes the layer's options (`layer_options`, see KRULayer) and `readout_init`: "glorot" (uRNN:
+    Glorot-uniform on [Re h; Im h], zero bias) or "torch" (nn.Linear's default). Its parameters keep their names
+    (W.factors.i, U, modrelu_bias, V), so checkpoints load across versions."""
+    # the factors at lr/10 by default: at the full lr they drift off unitary and stop learning (RESULTS.md)
     default_factor_lr_scale = 0.1
     penalised = True
+    choices = {"nonlinearity": ops.NONLINEARITIES, "init": FACTOR_INITS, "kernel": ops.KERNELS,
+               "input_init": MAP_INITS, "readout_init": MAP_INITS}
+    positive = {**SequenceModel.positive, "merge_upto": "1 turns merging off"}
+    non_negative = {"modrelu_bias_init": "the half-width of the uniform range; 0 starts the bias at zero"}
 
-    def __init__(
-        self,
-        input_size: int,
-        output_size: int,
-        hidden_size: int = 128,
-        factor_size: int = 2,
-        factors: Sequence[int] | None = None,
-        complex: bool = True,
-        nonlinearity: str = "modrelu",
-        init: str = "unitary",
-        merge_upto: int = 16,
-        kernel: str = "auto",
-        input_bias: bool | None = None,
-        input_init: str = "glorot",
-        modrelu_bias_init: float = 0.01,
-        readout_init: str = "glorot",
-    ):
+    def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, input_init: str = "glorot",
+                 readout_init: str = "glorot", **layer_options):
         for key, value in (("input_init", input_init), ("readout_init", readout_init)):
             if value not in MAP_INITS:
                 raise ValueError(f"model.{key}={value!r} is not supported: use one of {MAP_INITS}")
-        # U's Glorot draw comes after V's construction below: the order of random draws of the KRU before the
-        # layer existed, so that a seed still gives a run the same initial weights
-        super().__init__(input_size, hidden_size, factor_size, factors, complex, nonlinearity, init, merge_upto,
-                         kernel, input_bias, "torch", modrelu_bias_init)
-        self.V = nn.Linear(hidden_size * (2 if complex else 1), output_size)  # reads [Re h; Im h]
+        # U's Glorot draw comes after V's construction below: the order of random draws that gives a seed its
+        # initial weights
+        super().__init__(input_size, hidden_size, input_init="torch", **layer_options)
+        self.V = nn.Linear(self.state_size, output_size)  # reads [Re h; Im h]
         if input_init == "glorot":
             glorot_input_map_(self.U, input_size, hidden_size)
         if readout_init == "glorot":  # uRNN: Glorot-uniform on [Re h; Im h], zero bias

@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import ops
 from .base import SequenceModel
-from .kru import KronFactors, init_factor
+from .kru import FACTOR_INITS, MERGE_UPTO, KronFactors, init_factor
 
 FACTORISATIONS = ("per_gate", "joint")
 
@@ -41,10 +41,12 @@ class LSTMKRU(SequenceModel):
 
     penalised = True
     gates = 4
+    choices = {"init": FACTOR_INITS, "factorisation": FACTORISATIONS, "kernel": ops.KERNELS}
+    positive = {**SequenceModel.positive, "merge_upto": "1 turns merging off"}
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128, factor_size: int = 2,
                  factors: Sequence[int] | None = None, complex: bool = False, init: str = "unitary",
-                 factorisation: str = "per_gate", merge_upto: int = 16, kernel: str = "auto"):
+                 factorisation: str = "per_gate", merge_upto: int = MERGE_UPTO, kernel: str = "auto"):
         super().__init__()
         sizes = ops.factor_sizes(hidden_size, factor_size, factors)
         self.hidden_size = hidden_size

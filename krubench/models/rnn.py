@@ -11,6 +11,8 @@ RNN_NONLINEARITIES = ("tanh", "relu")  # nn.RNN's
 
 
 class RNN(SequenceModel):
+    choices = {"nonlinearity": RNN_NONLINEARITIES, "init": RNN_INITS}
+
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 128,
                  nonlinearity: str = "tanh", init: str = "default"):
         super().__init__()

@@ -60,6 +60,7 @@ class UnitaryRNN(SequenceModel):
     # per sequence) up to N = dense_upto, autograd's loop above: measured per model (BENCHMARKS.md "The unitary
     # peers' recurrence"); a model whose W is a dense matrix anyway (expRNN, FC-uRNN) sets it to infinity.
     dense_upto = 0
+    choices = {"recurrence": RECURRENCES}
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int, complex_: bool, readout: str = "re_im",
                  recurrence: str = "auto"):

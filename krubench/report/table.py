@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import functools
 import io
 import os
 import statistics
@@ -20,15 +19,18 @@ from pathlib import Path
 import yaml
 
 from ..runtime import rundir
-from ..config import INCIDENTAL_KEYS, flatten, setting_key, upgrade_config
+from ..config import INCIDENTAL_KEYS, flatten
 from ..runtime.files import read_json_object
 from ..models import MODELS
 from ..runtime.results import RESULTS, STATUS
+from .migrate import needs_migration
 
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
 MODEL_ORDER = tuple(MODELS)  # a model added to MODELS is listed without touching this file
 #: config keys that do not change what a run measures: runs differing only in these are seeds of one row
 INCIDENTAL = ("seed", *INCIDENTAL_KEYS)
+#: the groups whose differences a row's variant names first
+LISTED_FIRST = ("trainer.", "schedule.")
 FORMATS = ("md", "csv")
 #: --out FILE with these lines: only what stands between them is rewritten (a hand-written RESULTS.md around it)
 BEGIN, END = "<!-- krubench-report: begin -->", "<!-- krubench-report: end -->"
@@ -45,8 +47,7 @@ class Run:
 
     @property
     def config(self) -> dict:
-        """The run's config, keys renamed since it was written (config.MOVED_KEYS) as they are named now."""
-        return upgrade_config(self.results["config"])
+        return self.results["config"]
 
 
 def find_runs(roots) -> tuple[list[Run], list[tuple[Path, str]]]:
@@ -100,28 +101,18 @@ def finished_results(folder: Path) -> dict:
         if not isinstance(node, kind) or isinstance(node, bool):
             raise ValueError(f"{folder / RESULTS} is damaged: {'.'.join(keys).format(metric=results.get('metric'))} "
                              f"is {node!r}, not {KIND_NAMES[kind]}")
+    if needs_migration(results):
+        raise ValueError(f"written by an earlier krubench: `python -m krubench.report.migrate {folder}` rewrites its "
+                         "results.json in today's form (once)")
     return results
 
 
-@functools.cache
-def added_defaults() -> dict:
-    """The flattened defaults of the trainer and schedule sections (conf/, composed as `krubench` would): a run
-    written before one of their keys existed ran as its default says (no schedule: constant; no early stopping)."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from ..config import config_dir, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose(config_name="config")
-    return flatten({k: OmegaConf.to_container(cfg[k], resolve=True, enum_to_str=True) for k in ("trainer", "schedule")})
-
-
 def identity(config: dict) -> dict:
-    """The flattened config, keys it predates filled with their defaults, without its INCIDENTAL keys: runs
-    with equal identities are seeds of one row."""
-    return {k: v for k, v in {**added_defaults(), **flatten(config)}.items() if not k.startswith(INCIDENTAL)}
+    """The flattened config without its INCIDENTAL keys, the LISTED_FIRST groups' keys first (the order a row's
+    variant names them in): runs with equal identities are seeds of one row."""
+    flat = flatten(config)
+    flat = {**{k: v for k, v in flat.items() if k.startswith(LISTED_FIRST)}, **flat}
+    return {k: v for k, v in flat.items() if not k.startswith(INCIDENTAL)}
 
 
 @dataclass
@@ -188,7 +179,7 @@ def group(runs: list[Run], paper: dict) -> list[Row]:
     rows: dict[tuple, Row] = {}
     for run in runs:
         r = run.results
-        setting = r.get("setting") or setting_key(run.config["task"])  # runs older than "setting" in results.json
+        setting = r["setting"]
         metric = paper.get(setting, {}).get("metric", r["metric"])
         split = "test" if "test" in r else "final_val"
         config = {k: v for k, v in identity(run.config).items() if v is not None}  # None: as a key it predates
@@ -235,8 +226,7 @@ def paper_sections(paper: dict, runs: list[Run]) -> list[str]:
             rows = paper_tables.figure_rows(setting, spec, runs, identity, read_scalars)
             lines += ["", *paper_tables.figure_markdown(title, spec, rows)]
         else:
-            task = next((r.results["task"] for r in runs if (r.results.get("setting") or setting_key(r.config["task"]))
-                         == setting), None)
+            task = next((r.results["task"] for r in runs if r.results["setting"] == setting), None)
             higher = TASKS[task].higher_is_better if task in TASKS else spec["metric"] == "accuracy"
             rows = paper_tables.table_rows(setting, spec, runs, identity, higher)
             lines += ["", *paper_tables.table_markdown(title, spec, rows, unit(task, spec["metric"]) if task else "")]

@@ -36,6 +36,8 @@ def make_adding_batch(T: int, batch: int, placement: str, generator: torch.Gener
 
 class AddingTask(Task):
     name = "adding"
+    choices = {"placement": PLACEMENTS}
+    positive = {"T": "", "batch_size": "", "val_size": ""}
     scores_last_step_only = True  # the sum is read at the last step
     input_size = 2
     output_size = 1

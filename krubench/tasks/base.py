@@ -47,6 +47,13 @@ class Task:
     #: the loss and metrics read the model's output at the last step only: the model then computes only that one
     scores_last_step_only: bool = False
 
+    # The `task` config's keys are the constructor's keywords less seed and data_dir (config.constructor_options).
+    #: the accepted values of string keywords: the schema makes each a choice, refused at composition otherwise
+    choices: dict[str, tuple[str, ...]] = {}
+    #: keys that must be > 0 when set (config.validate), each with what its bound means
+    positive: dict[str, str] = {"batch_size": ""}
+    non_negative: dict[str, str] = {}
+
     #: bytes per time step of one validation sequence that a synthetic task draws up front and holds for the
     #: whole run (the memory estimate); 0: none held
     validation_bytes_per_step: int = 0

@@ -36,6 +36,7 @@ def make_copy_batch(T: int, batch: int, generator: torch.Generator) -> tuple[tor
 
 class CopyTask(Task):
     name = "copy"
+    positive = {"T": "", "batch_size": "", "val_size": ""}
     input_size = N_CLASSES
     output_size = N_CLASSES
     #: int64 ids, targets and one-hot (10 classes), then the float32 one-hot

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..data.music import KEYS, load_music
 from ..data.roots import data_dir as resolve_data_dir
+from ..data.sources import MUSIC
 from .base import Task, config_value, epoch_batch
 
 SPLIT_NAMES = {"train": "train", "val": "valid", "test": "test"}  # krubench split -> data set split
@@ -40,6 +41,8 @@ def frame_nll(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 class MusicTask(Task):
     name = "music"
+    choices = {"dataset": tuple(MUSIC)}
+    positive = {"batch_size": "", "eval_batch_size": "", "eval_limit": ""}
     needs_data = True
     input_size = KEYS
     output_size = KEYS

@@ -28,6 +28,7 @@ def mnist_permutation(seed: int) -> torch.Tensor:
 
 class PixelMNISTTask(Task):
     name = "pixel_mnist"
+    positive = {"val_size": "", "batch_size": "", "eval_batch_size": "", "eval_limit": ""}
     scores_last_step_only = True  # the class is read at the last step
     needs_data = True
     input_size = 1

@@ -35,6 +35,7 @@ def map_state(fn, state):
 
 class PTBCharTask(Task):
     name = "ptb_char"
+    positive = {"bptt": "", "batch_size": "", "eval_batch_size": "", "eval_limit": ""}
     needs_data = True
     metric = "bpc"
     splits = ("val", "test")

@@ -3,7 +3,7 @@
 # the preset moved alone, seed 0, judged on the validation NLL (best_val; test is not looked at to choose); then the
 # two levers that helped (identity init, factors at the full lr) together, and with the lr that helped a little.
 # RESULTS.md ("Table 4: the KRU's shortfall") reads its runs. Usage (from the repository root):
-#   bash results/sweep_music_kru.sh [PATTERN] [JOBS]
+#   bash scripts/sweep_music_kru.sh [PATTERN] [JOBS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
@@ -26,10 +26,10 @@ complex model.complex=true
 n400 model.hidden_size=400 model.factors=[2,2,10,10]
 initid_scale1 model.init=identity optim.factor_lr_scale=1.0
 LEVERS
-  # The best on validation: identity init, factors at lr, lr 3e-3 — since 6 Dec the music_jsb_kru preset itself, so
-  # its 3 seeds are results/runs/music_jsb_kru_s* (results/run_cpu.sh). The preset's runs before that change (Haar
-  # init, factors at lr/10, lr 1e-3, the set-up copy and adding share) are results/sweeps/music_jsb_kru_n100_shared_s*
-  # the same on Piano-midi, judged on its validation against the shared set-up's 3 seeds (results/runs/music_piano_kru_s*)
+  # The best on validation: identity init, factors at lr, lr 3e-3 — the music_jsb_kru preset's values, so its
+  # 3 seeds are results/runs/music_jsb_kru_s* (scripts/run_cpu.sh); those of the set-up copy and adding share (Haar
+  # init, factors at lr/10, lr 1e-3) are results/sweeps/music_jsb_kru_n100_shared_s*.
+  # The same on Piano-midi, judged on its validation against the shared set-up's 3 seeds (results/runs/music_piano_kru_s*)
   for seed in 0 1 2; do
     echo "krubench experiment=paper/music_piano_kru model.init=identity optim.factor_lr_scale=1.0 optim.lr=3e-3 seed=$seed $COMMON hydra.run.dir=results/sweeps/music_piano_kru_n100_initid_scale1_lr3e-3_s$seed"
   done

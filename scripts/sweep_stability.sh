@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The sweep behind the KRU presets' stability settings (optim.factor_lr_scale, trainer.unitary_penalty): adding T=100,
 # seeds 0-2, with and without each of the two. RESULTS.md ("How the KRU presets were chosen") reads its runs.
-# Usage (from the repository root): bash results/sweep_stability.sh [PATTERN] [JOBS]
+# Usage (from the repository root): bash scripts/sweep_stability.sh [PATTERN] [JOBS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
-COMMON="trainer.threads=1 trainer.progress=never"  # at 10,000 steps, the adding presets' budget until issue 26 (now 50,000)
+COMMON="trainer.threads=1 trainer.progress=never"  # at 10,000 steps (trainer.steps below), not the presets' 50,000
 # In order of how much each tells: the control, then each setting alone, then both. A rerun resumes
 # unfinished runs and only re-reports finished ones.
 commands() {

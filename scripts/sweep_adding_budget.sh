@@ -4,7 +4,7 @@
 # kept on the machine that ran it) in a copy of its folder: with the constant schedule and the runner's exact
 # resume (RNG, optimizer, task state) that is the 20,000-step run from scratch, minus its first half's time.
 # Where last.pt is gone (a fresh clone), the run starts from scratch (the same run by that argument; not checked).
-# Usage (from the repository root): bash results/sweep_adding_budget.sh [PATTERN] [JOBS]
+# Usage (from the repository root): bash scripts/sweep_adding_budget.sh [PATTERN] [JOBS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"

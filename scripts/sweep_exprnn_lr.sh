@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# expRNN's lr on adding (issue 14). Its paper has no adding runs; its adding presets first carried its copy lr 2e-4
-# and stayed on the memoryless baseline for 10,000 steps at T=100 and T=400. At the adding setting's lr 1e-3 (every
-# other model's; the orthogonal part still at lr/10) it learned both, so the presets use 1e-3 since 1 Dec (their runs:
-# results/runs/, `results/run_cpu.sh`). This is the 2e-4 arm, seed 0, for RESULTS.md's comparison.
-# Usage (from the repository root): bash results/sweep_exprnn_lr.sh [PATTERN] [JOBS]
+# expRNN's lr on adding. Its paper has no adding runs: at its copy lr 2e-4 it stays on the memoryless baseline for
+# 10,000 steps at T=100 and T=400; at the adding setting's lr 1e-3 (every other model's; the orthogonal part still at
+# lr/10) it learns both, so the presets use 1e-3 (their runs: results/runs/, `scripts/run_cpu.sh`). This is the 2e-4
+# arm, seed 0, for RESULTS.md's comparison.
+# Usage (from the repository root): bash scripts/sweep_exprnn_lr.sh [PATTERN] [JOBS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The runs behind RESULTS.md: the paper presets (conf/experiment/paper/) at their full budgets on a 2-core CPU,
 # one thread each, two at a time.
-# Usage (from the repository root): bash results/run_cpu.sh [PATTERN] [JOBS]   (JOBS: runs at a time, default 2)
+# Usage (from the repository root): bash scripts/run_cpu.sh [PATTERN] [JOBS]   (JOBS: runs at a time, default 2)
 #   Only the runs whose command matches PATTERN; in the order below (most telling first). Finished runs
 #   (status.json "ok") are skipped; unfinished ones resume from their last.pt.
 #   DRY_RUN=1 prints the commands instead.
@@ -25,7 +25,7 @@ run() {  # run PRESET SEEDS [OVERRIDES...]
   done
 }
 commands() {
-  # The paper's set-ups (issue 26), in the order the issue gives. Table 4: JSB and Piano-midi, every row, 3 seeds
+  # The paper's set-ups, most telling first. Table 4: JSB and Piano-midi, every row, 3 seeds
   # (each run 1-10 min)
   for d in jsb piano; do for m in kru lstm_kru rnn lstm; do run music_${d}_$m "0 1 2"; done; done
   # Fig. 2 at the paper's 1,000K samples (50,000 steps): the KRU's seed 0 at every T first, then seeds 1 and 2,
@@ -44,7 +44,7 @@ commands() {
   for d in nottingham musedata; do
     run music_${d}_kru "0 1 2"; run music_${d}_lstm_kru 0; run music_${d}_lstm 0; run music_${d}_rnn 0
   done
-  # the unitary peers (issue 14): JSB (N=128, the extension), copy T=1000 (finished)
+  # the unitary peers: JSB (N=128, the extension), copy T=1000 (finished)
   for m in urnn fcurnn eurnn exprnn; do run music_jsb_$m 0; done
   for m in exprnn eurnn fcurnn urnn; do run copy_T1000_$m 0; done
   for m in eurnn fcurnn exprnn; do run copy_T1000_$m 1; done

@@ -2,10 +2,10 @@
 # The first steps of the paper-set-up presets that are too slow to run here in full (PTB char, MNIST n=512): their
 # speed beside other runs (steps/s in krubench.log) and whether the loss blows up at once (the PTB KRUs with one large
 # factor, RESULTS.md "Table 3: large factors"). 12 steps each, evaluation cut to a prefix (task.eval_limit: these are
-# no results). The PTB KRU's variants ran with factor_lr_scale=0.1, the preset's value before 6 Dec.
-# Usage (from the repository root): bash results/diagnostics/first_steps.sh
+# no results). All with optim.factor_lr_scale=0.1, which the PTB KRU presets lower to 0.01 (RESULTS.md "Table 3").
+# Usage (from the repository root): bash scripts/first_steps.sh
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 if [ -z "${KRUBENCH_DATA:-}" ] && [ -d ../shared/data ]; then export KRUBENCH_DATA=$PWD/../shared/data; fi
 out=results/diagnostics/first_steps
 short="trainer.steps=12 trainer.log_every=4 trainer.val_every=1000 trainer.threads=1 trainer.progress=never task.eval_limit=256"
