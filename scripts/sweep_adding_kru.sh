@@ -8,7 +8,7 @@
 # levers of the music account (lr, batch, λ, factor lr, init, clipping), the factor shapes (4x4; 16x16 ⊗ 8x8), real
 # factors, a cosine schedule and Adam.
 # RESULTS.md ("Fig. 2: the KRU's shortfall") reads these runs. Usage (from the repository root):
-#   bash results/sweep_adding_kru.sh [PATTERN] [JOBS]
+#   bash scripts/sweep_adding_kru.sh [PATTERN] [JOBS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
@@ -37,7 +37,7 @@ adam optim=adam
 LEVERS
 }
 if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
-# from a snapshot of HEAD, as results/run_cpu.sh does: code edited while the sweep runs cannot change it
+# from a snapshot of HEAD, as scripts/run_cpu.sh does: code edited while the sweep runs cannot change it
 snapshot=$ROOT/.runtree/$(git rev-parse --short HEAD)
 mkdir -p "$ROOT/.runtree"
 (flock 9; [ -d "$snapshot" ] || git worktree add --quiet --detach -f "$snapshot" HEAD) 9>"$ROOT/.runtree/.lock"
