@@ -34,6 +34,8 @@ f16x8 model.factors=[16,8]
 real model.complex=false
 cosine schedule=cosine
 adam optim=adam
+pen0.01 trainer.unitary_penalty=0.01
+pen1 trainer.unitary_penalty=1.0
 LEVERS
 }
 if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
