@@ -5,7 +5,7 @@
 # = 200K samples, judged on the validation MSE (best and final); the base is the preset itself (its 50,000-step
 # run results/runs/adding_T200_kru_s0 follows the same curve to step 10,000: constant schedule, same seed), and
 # results/sweeps/adding_T200_kru_{N512,lr3e-4}_s0 are the two levers moved earlier at the same budget. After the
-# levers of the music account (lr, batch, λ, factor lr, init, clipping), the factor shapes (4x4; 16x16 ⊗ 8x8), real
+# levers of the music account (lr, batch, λ, factor lr, init, clipping), the factor shapes (4·4·4·2; 16·8), real
 # factors, a cosine schedule and Adam.
 # RESULTS.md ("Fig. 2: the KRU's shortfall") reads these runs. Usage (from the repository root):
 #   bash scripts/sweep_adding_kru.sh [PATTERN] [JOBS]
@@ -29,7 +29,7 @@ pen0.1 trainer.unitary_penalty=0.1
 batch50 task.batch_size=50 trainer.steps=4000
 initid_scale1 model.init=identity optim.factor_lr_scale=1.0
 base
-f4 model.factor_size=4
+f4 model.factors=[4,4,4,2]
 f16x8 model.factors=[16,8]
 real model.complex=false
 cosine schedule=cosine
