@@ -14,28 +14,33 @@ cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
 COMMON="trainer.threads=1 trainer.progress=never"
 ROOT=$PWD
-commands() {  # name, then the overrides of that lever
-  while read -r name overrides; do
-    local dir=results/sweeps/adding_T200_kru_${name}_s0
+commands() {  # T, seed, name, then the overrides of that lever (10,000 steps unless they say otherwise)
+  while read -r T seed name overrides; do
+    local dir=results/sweeps/adding_T${T}_kru_${name}_s$seed
     grep -qs '"status": "ok"' "$dir/status.json" && continue
     case " $overrides " in *" trainer.steps="*) ;; *) overrides="trainer.steps=10000 $overrides";; esac
-    echo "python -m krubench.cli experiment=paper/adding_T200_kru $overrides seed=0 $COMMON hydra.run.dir=$ROOT/$dir"
+    echo "python -m krubench.cli experiment=paper/adding_T${T}_kru $overrides seed=$seed $COMMON hydra.run.dir=$ROOT/$dir"
   done <<'LEVERS'
-scale1 optim.factor_lr_scale=1.0
-initid model.init=identity
-lr3e-3 optim.lr=3e-3
-clip0 trainer.grad_clip=0
-pen0.1 trainer.unitary_penalty=0.1
-batch50 task.batch_size=50 trainer.steps=4000
-initid_scale1 model.init=identity optim.factor_lr_scale=1.0
-base
-f4 model.factors=[4,4,4,2]
-f16x8 model.factors=[16,8]
-real model.complex=false
-cosine schedule=cosine
-adam optim=adam
-pen0.01 trainer.unitary_penalty=0.01
-pen1 trainer.unitary_penalty=1.0
+200 0 scale1 optim.factor_lr_scale=1.0
+200 0 initid model.init=identity
+200 0 lr3e-3 optim.lr=3e-3
+200 0 clip0 trainer.grad_clip=0
+200 0 pen0.1 trainer.unitary_penalty=0.1
+200 0 batch50 task.batch_size=50 trainer.steps=4000
+200 0 initid_scale1 model.init=identity optim.factor_lr_scale=1.0
+200 0 base
+200 0 f4 model.factors=[4,4,4,2]
+200 0 f16x8 model.factors=[16,8]
+200 0 real model.complex=false
+200 0 cosine schedule=cosine
+200 0 adam optim=adam
+200 0 pen0.01 trainer.unitary_penalty=0.01
+200 0 pen1 trainer.unitary_penalty=1.0
+750 0 adam optim=adam trainer.steps=50000
+200 1 adam optim=adam
+200 2 adam optim=adam
+200 0 adam_cosine optim=adam schedule=cosine
+200 0 adam_pen0.1 optim=adam trainer.unitary_penalty=0.1
 LEVERS
 }
 if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
