@@ -159,6 +159,17 @@ def test_runs_differing_in_config_form_rows_labelled_by_the_difference(tmp_path,
         ("kru", "optim.lr=0.001", "1"), ("kru", "optim.lr=0.01", "2"), ("lstm", "", "1")]
 
 
+def test_a_sweeps_rows_name_only_their_own_lever(tmp_path, capsys):
+    """Beside a base, each lever's row names the key it moved, not every key that some row of the sweep moved."""
+    copy_run(tmp_path / "base", optim__lr=0.001)
+    copy_run(tmp_path / "lr", optim__lr=0.01)
+    copy_run(tmp_path / "clip", optim__lr=0.001, trainer__grad_clip=0.0)
+    copy_run(tmp_path / "alpha", optim__lr=0.001, optim__alpha=0.9)
+    assert main([str(tmp_path), "--format", "csv"]) == 0
+    variants = sorted(r["variant"] for r in csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert variants == ["", "optim.alpha=0.9", "optim.lr=0.01", "trainer.grad_clip=0.0"]
+
+
 def test_a_repeated_seed_is_noted(tmp_path, capsys):
     copy_run(tmp_path / "a", seed=3)
     copy_run(tmp_path / "b", seed=3)

@@ -13,6 +13,7 @@ import io
 import os
 import statistics
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,15 +163,23 @@ def unit(task: str, metric: str) -> str:
 
 
 def set_variants(rows: list[Row]) -> None:
-    """Label each row by the config values in which it differs from the other rows of its setting and model."""
+    """Label each row by the config values in which it differs from the other rows of its setting and model: a
+    key whose values differ is named where a row leaves the value most rows share (a sweep's rows name only their
+    own lever), and in every row when no value is the most common."""
     families: dict[tuple, list[Row]] = {}
     for row in rows:
         families.setdefault((row.setting, row.model), []).append(row)
     for family in families.values():
         keys = dict.fromkeys(k for row in family for k in row.config)  # union, in config order
-        differ = [k for k in keys if len({repr(row.config.get(k)) for row in family}) > 1]
+        common = {}  # key -> the value most rows share, for the keys whose values differ and have one
+        for k in keys:
+            counts = Counter(repr(row.config.get(k)) for row in family)
+            if len(counts) > 1:
+                (top, n), (_, second) = counts.most_common(2)
+                common[k] = top if n > second else None
         for row in family:
-            row.variant = ", ".join(f"{k}={row.config.get(k)}" for k in differ)
+            row.variant = ", ".join(f"{k}={row.config.get(k)}" for k, top in common.items()
+                                    if repr(row.config.get(k)) != top)
 
 
 def group(runs: list[Run], paper: dict) -> list[Row]:
