@@ -223,6 +223,17 @@ def test_plots_draw_the_tables_metric_in_its_unit_with_the_baseline_in_that_unit
     assert ax.get_legend() is None and fig.legends  # the legend is the figure's, below the axes
 
 
+def test_a_plot_counts_training_samples_where_the_papers_figure_does():
+    """Fig. 2 (adding) is drawn over samples seen: the x values are the steps times the row's batch size."""
+    runs, _ = find_runs([RUNS])
+    copy = {(r.setting, r.model): r for r in group(runs, load_paper_numbers())}["copy_T1000", "kru"]
+    steps = list(draw_setting("copy_T1000", [copy]).axes[0].get_lines()[1].get_xdata())
+    ax = draw_setting("copy_T1000", [copy], in_samples=True).axes[0]
+    assert ax.get_xlabel() == "training samples seen"
+    batch = copy.config["task.batch_size"]
+    assert batch > 1 and list(ax.get_lines()[1].get_xdata()) == [s * batch for s in steps]
+
+
 def test_the_table_names_the_metrics_unit(capsys):
     assert main([str(RUNS)]) == 0
     text = capsys.readouterr().out

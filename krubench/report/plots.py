@@ -54,17 +54,18 @@ def mean_curve(curves: list[dict], tag: str) -> tuple[list[int], list[float], li
 TRAIN_LOSS_AS = {"loss": 1.0, "loss_bits": 1 / math.log(2), "bpc": 1 / math.log(2)}
 
 
-def plot_setting(setting: str, rows, path: Path) -> Path:
+def plot_setting(setting: str, rows, path: Path, in_samples: bool = False) -> Path:
     """draw_setting's figure as a PNG at `path`."""
-    draw_setting(setting, rows).savefig(path, dpi=110, bbox_inches="tight")  # long legends stay whole
+    draw_setting(setting, rows, in_samples).savefig(path, dpi=110, bbox_inches="tight")  # long legends stay whole
     return path
 
 
-def draw_setting(setting: str, rows) -> Figure:
+def draw_setting(setting: str, rows, in_samples: bool = False) -> Figure:
     """A figure in the paper's style, of the table's metric in the table's unit: per row, the validation metric
     averaged over its runs (seeds) with a band from their min to max, the training loss averaged as a thin line
     of the same colour where it is the same quantity (loss, bits, BPC; not accuracy), and the memoryless
-    baseline of that metric as a dashed line."""
+    baseline of that metric as a dashed line. `in_samples`: the x-axis counts training samples (steps × each
+    row's batch size), as the paper's figure does (adding), else optimizer steps."""
     metric, unit, split = rows[0].metric, rows[0].unit, rows[0].split
     fig = Figure(figsize=(7, 5), layout="constrained")
     FigureCanvasAgg(fig)
@@ -79,12 +80,14 @@ def draw_setting(setting: str, rows) -> Figure:
                  + (f"{n} seed{'s' * (n > 1)}" if seeds == n else f"{n} runs ({seeds} seeds)")
                  + (f"; {row.variant}" if row.variant else ""))
         curves = [read_scalars(run.dir, ("train/loss", f"val/{metric}")) for run in row.runs]
+        per_step = row.config.get("task.batch_size", 1) if in_samples else 1
         train = []
         if metric in TRAIN_LOSS_AS:
             steps, train, _, _ = mean_curve(curves, "train/loss")
             train = [v * TRAIN_LOSS_AS[metric] for v in train]
-            ax.plot(steps, train, color=color, lw=0.7, alpha=0.5)
+            ax.plot([s * per_step for s in steps], train, color=color, lw=0.7, alpha=0.5)
         steps, val, low, high = mean_curve(curves, f"val/{metric}")
+        steps = [s * per_step for s in steps]
         ax.plot(steps, val, color=color, marker="o", ms=2.5, lw=1.4, label=label)
         if n > 1:
             ax.fill_between(steps, low, high, color=color, alpha=0.2, lw=0)
@@ -95,7 +98,7 @@ def draw_setting(setting: str, rows) -> Figure:
     ax.axhline(baseline, color="black", ls="--", lw=1.2, label=f"memoryless baseline {baseline:.4g}")
     if metric in TRAIN_LOSS_AS and highest > 0 and highest / min(lowest, baseline) > 30:
         ax.set_yscale("log")  # losses spanning decades (copy, adding) read on a log axis
-    ax.set_xlabel("optimizer step")
+    ax.set_xlabel("training samples seen" if in_samples else "optimizer step")
     ax.set_ylabel(f"{metric} ({unit})" if unit else metric)
     train_note = ", training loss thin" if metric in TRAIN_LOSS_AS else ""
     table_note = "; the table reports the test split" if split == "test" else ""
@@ -104,10 +107,12 @@ def draw_setting(setting: str, rows) -> Figure:
     return fig
 
 
-def plot_settings(rows, folder: Path, stem: str) -> dict[str, Path]:
-    """A plot per setting of `rows`, written as folder/<stem>_<setting>.png; returns {setting: path}."""
+def plot_settings(rows, folder: Path, stem: str, in_samples=frozenset()) -> dict[str, Path]:
+    """A plot per setting of `rows`, written as folder/<stem>_<setting>.png, the settings `in_samples` over
+    training samples; returns {setting: path}."""
     folder.mkdir(parents=True, exist_ok=True)
     settings: dict[str, list] = {}
     for row in rows:
         settings.setdefault(row.setting, []).append(row)
-    return {setting: plot_setting(setting, group, folder / f"{stem}_{setting}.png") for setting, group in settings.items()}
+    return {setting: plot_setting(setting, group, folder / f"{stem}_{setting}.png", setting in in_samples)
+            for setting, group in settings.items()}

@@ -352,7 +352,9 @@ def main(argv=None) -> int:
         from .plots import plot_settings  # matplotlib and TensorBoard's reader load only when plotting
 
         stem = args.out.stem if args.out else "report"
-        plots = plot_settings(rows, Path(plot_dir), stem)
+        in_samples = {setting for setting, entry in paper.items()  # the paper's figure counts samples, not steps
+                      if (entry.get("paper") or {}).get("figure", {}).get("samples_per_step", 1) > 1}
+        plots = plot_settings(rows, Path(plot_dir), stem, in_samples)
     if args.format == "md":
         base = args.out.parent if args.out else Path.cwd()  # plot links relative to the table's folder
         text = markdown(rows, skipped, {k: os.path.relpath(v, base) for k, v in plots.items()},
