@@ -302,6 +302,13 @@ def validate(config: dict) -> None:
     """Checks a schema cannot express (ranges, finiteness), on the resolved plain config; raises ValueError
     naming the key."""
     optim, trainer, model, task = config["optim"], config["trainer"], config["model"], config["task"]
+    options = schemas()
+    for group in ("task", "model"):  # a `+group.KEY=…` override adds a key the class would not take
+        name = config[group]["name"]
+        keys = [f.name for f in dataclasses.fields(options[group][name])]
+        if extra := [k for k in config[group] if k not in keys]:
+            raise ValueError(f"{group}.{extra[0]} is not a key of {group}={name}, whose keys are "
+                             f"{', '.join(k for k in keys if k != 'name')}: drop it from the command line")
     positive = {  # key: (value, what its bound means)
         "trainer.steps": (trainer["steps"], ""), "trainer.val_every": (trainer["val_every"], ""),
         "trainer.log_every": (trainer["log_every"], ""), "trainer.ckpt_every": (trainer["ckpt_every"], ""),

@@ -64,6 +64,16 @@ def test_key_of_another_model_is_refused():
         compose_config(["model=lstm", "model.complex=false"])
 
 
+@pytest.mark.parametrize("override,message", [
+    ("model=lstm +model.complex=true", "model.complex is not a key of model=lstm, whose keys are hidden_size: drop it"),
+    ("+task.bptt=5", "task.bptt is not a key of task=copy, whose keys are T,"),
+])
+def test_a_key_appended_with_plus_that_the_class_does_not_take_is_refused(override, message):
+    """`+model.KEY=…` gets past Hydra's struct mode; the class would fail with a TypeError when built."""
+    with pytest.raises(ValueError, match=message):
+        validate(plain(compose_config(override.split())))
+
+
 def test_struct_mode_stays_on():
     cfg = compose_config()
     with pytest.raises((ConfigKeyError, ValidationError, AttributeError)):
