@@ -1074,9 +1074,12 @@ TORCH_LIBRARY(krubench, m) {
   // returns the gradients of h0, w and bias.
   m.def("kru_recurrence_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
         "Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
-  // The same on the CPU kernel's own layout (krubench.ops.lanes); CPU only.
-  // CUDA only: the register-resident forward (2x2 factors; kru_cuda.cu)
+  // CUDA only: the register-resident forward whatever kru_recurrence would choose (2x2 factors; kru_cuda.cu)
   m.def("kru_recurrence_regs(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
+  // Which kernel the CUDA recurrence runs, both directions ("registers" or "fused"), on a device with
+  // smem_limit bytes of shared memory a block: a pure function of its arguments (cuda/kru_plan.h).
+  m.def("kru_recurrence_kernel(int[] shapes, ScalarType dtype, int smem_limit) -> str", &kru::recurrence_kernel_name);
+  // The same on the CPU kernel's own layout (krubench.ops.lanes); CPU only.
   m.def("kru_recurrence_lanes(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
   m.def("kru_recurrence_lanes_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, "
         "str nonlinearity, Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");

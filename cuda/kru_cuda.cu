@@ -409,20 +409,18 @@ __global__ void lstm_backward_kernel(DevPlan plan, int G, const T* wr_g, const T
   }
 }
 
-// ---- register-resident forward (a first step of the design in BENCHMARKS.md, "Performance model") ----
+// ---- register-resident kernels (the design in BENCHMARKS.md, "Performance model") ----
 //
-// 2×2 factors, N = 2^k: each thread holds R = 2^kRegBits elements of the state in registers, the elements
-// whose index bits [s, s + kRegBits) vary (a "layout" s; the thread number supplies the other bits). A
-// factor on a bit of the current layout is applied in registers; a transpose through shared memory (two
-// buffers, one barrier) changes the layout. A step visits the layouts s_0 < s_1 < ... (even steps) or
-// in reverse (odd steps), so it starts where the previous one ended: Kronecker factors on different bits
-// commute. u_{t+1} is loaded at the start of step t, in the layout step t+1 ends in. Forward only.
-
-constexpr int kRegBits = 3;
-constexpr int kRegs = 1 << kRegBits;
+// 2×2 factors, N = 2^log_n: each thread holds kRegs = 2^kRegBits elements of the state in registers, the
+// elements whose index bits [s, s + kRegBits) vary (a "layout" s; the thread number supplies the other bits).
+// A factor on a bit of the current layout is applied in registers; a transpose through shared memory changes
+// the layout. Group g applies the bits [g kRegBits, min((g + 1) kRegBits, log_n)) in layout s_g; the last
+// group's layout overlaps its neighbour's when kRegBits does not divide log_n. Factor f acts on bit
+// log_n - 1 - f (factor 0 on the most significant axis, as in the reference). kRegBits, the shared-memory
+// sizes and the choice between these kernels and the fused ones are in kru_plan.h.
 
 struct RegsPlan {
-  int log_n, groups;  // layouts: s_g = min(g kRegBits, log_n - kRegBits); group g applies bits [g kRegBits, ...)
+  int log_n, groups;
 };
 
 __device__ __forceinline__ int layout_start(const RegsPlan& p, int g) { return min(g * kRegBits, p.log_n - kRegBits); }
@@ -432,8 +430,28 @@ __device__ __forceinline__ int regs_index(int s, int tid, int e) {
   return ((tid >> s) << (s + kRegBits)) | (e << s) | (tid & ((1 << s) - 1));
 }
 
-// The factor on register bit J (of the layout) applied to the kRegs elements in registers: w points at the
-// factor's four entries (planes, row-major).
+// The elements from layout `from` to layout `to` through buf (planes of N: real, then imaginary): write,
+// barrier, read. Callers alternate buffers so that the next writes into one need no barrier before them.
+template <typename T, bool CPLX>
+__device__ __forceinline__ void regs_transpose(T* buf, int N, int from, int to, T (&xr)[kRegs], T (&xi)[kRegs]) {
+  const int tid = threadIdx.x;
+  KRU_UNROLL
+  for (int e = 0; e < kRegs; ++e) {
+    const int n = regs_index(from, tid, e);
+    buf[n] = xr[e];
+    if (CPLX) buf[N + n] = xi[e];
+  }
+  __syncthreads();
+  KRU_UNROLL
+  for (int e = 0; e < kRegs; ++e) {
+    const int n = regs_index(to, tid, e);
+    xr[e] = buf[n];
+    xi[e] = CPLX ? buf[N + n] : T(0);
+  }
+}
+
+// The factor on register bit J applied to the kRegs elements in registers: w points at the factor's four
+// entries (planes, row-major).
 template <int J, typename T, bool CPLX>
 __device__ __forceinline__ void regs_stage(const T* wr, const T* wi, T (&xr)[kRegs], T (&xi)[kRegs]) {
   const T a00r = wr[0], a01r = wr[1], a10r = wr[2], a11r = wr[3];
@@ -454,25 +472,107 @@ __device__ __forceinline__ void regs_stage(const T* wr, const T* wi, T (&xr)[kRe
   }
 }
 
-// The factors of layout group g (bits [g kRegBits, min((g + 1) kRegBits, log_n))) in registers. Factor f
-// acts on bit log_n - 1 - f (factor 0 on the most significant axis, as in the reference).
+// The backward of regs_stage<J>: x is the stage's input, d = ∂L/∂(its output) becomes ∂L/∂x = Aᴴ d, and
+// this thread's gradient of the factor, Σ d x̄ᵀ over its elements, is added to acc (shared memory, entry k
+// of the factor at acc[k · stride]: 4 real parts, then 4 imaginary parts).
+template <int J, typename T, bool CPLX>
+__device__ __forceinline__ void regs_stage_backward(const T* wr, const T* wi, const T (&xr)[kRegs],
+                                                    const T (&xi)[kRegs], T (&dr)[kRegs], T (&di)[kRegs], T* acc,
+                                                    int stride) {
+  const T a00r = wr[0], a01r = wr[1], a10r = wr[2], a11r = wr[3];
+  const T a00i = CPLX ? wi[0] : T(0), a01i = CPLX ? wi[1] : T(0), a10i = CPLX ? wi[2] : T(0), a11i = CPLX ? wi[3] : T(0);
+  T gr[4] = {}, gi[4] = {};
+  KRU_UNROLL
+  for (int e = 0; e < kRegs; ++e) {
+    if (e & (1 << J)) continue;
+    const int e1 = e | (1 << J);
+    const T d0r = dr[e], d0i = di[e], d1r = dr[e1], d1i = di[e1];
+    cmac_conj<T, CPLX>(d0r, d0i, xr[e], xi[e], gr[0], gi[0]);  // g_ij += d_i conj(x_j)
+    cmac_conj<T, CPLX>(d0r, d0i, xr[e1], xi[e1], gr[1], gi[1]);
+    cmac_conj<T, CPLX>(d1r, d1i, xr[e], xi[e], gr[2], gi[2]);
+    cmac_conj<T, CPLX>(d1r, d1i, xr[e1], xi[e1], gr[3], gi[3]);
+    dr[e] = a00r * d0r + a10r * d1r;  // Aᴴ d: conj(a_ji) d_j
+    dr[e1] = a01r * d0r + a11r * d1r;
+    if (CPLX) {
+      dr[e] += a00i * d0i + a10i * d1i;
+      dr[e1] += a01i * d0i + a11i * d1i;
+      di[e] = a00r * d0i - a00i * d0r + a10r * d1i - a10i * d1r;
+      di[e1] = a01r * d0i - a01i * d0r + a11r * d1i - a11i * d1r;
+    }
+  }
+  KRU_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    acc[k * stride] += gr[k];
+    if (CPLX) acc[(4 + k) * stride] += gi[k];
+  }
+}
+
+// regs_stage<J> for a run-time register bit j.
+template <typename T, bool CPLX>
+__device__ __forceinline__ void regs_stage_at(int j, const T* wr, const T* wi, T (&xr)[kRegs], T (&xi)[kRegs]) {
+  if (j == 0) regs_stage<0, T, CPLX>(wr, wi, xr, xi);
+  else if (j == 1) regs_stage<1, T, CPLX>(wr, wi, xr, xi);
+  else regs_stage<2, T, CPLX>(wr, wi, xr, xi);
+}
+
+// The factors of group g in registers.
 template <typename T, bool CPLX>
 __device__ __forceinline__ void regs_group(const RegsPlan& p, int g, const T* wr, const T* wi, T (&xr)[kRegs],
                                            T (&xi)[kRegs]) {
   const int s = layout_start(p, g), hi = min((g + 1) * kRegBits, p.log_n);
   for (int bit = g * kRegBits; bit < hi; ++bit) {
-    const int f = p.log_n - 1 - bit, j = bit - s;
-    if (j == 0) regs_stage<0, T, CPLX>(wr + 4 * f, wi + 4 * f, xr, xi);
-    else if (j == 1) regs_stage<1, T, CPLX>(wr + 4 * f, wi + 4 * f, xr, xi);
-    else regs_stage<2, T, CPLX>(wr + 4 * f, wi + 4 * f, xr, xi);
+    const int f = p.log_n - 1 - bit;
+    regs_stage_at<T, CPLX>(bit - s, wr + 4 * f, wi + 4 * f, xr, xi);
+  }
+}
+
+// The backward of regs_group: x is the group's input (its stages' inputs are recomputed from it, in
+// registers), d = ∂L/∂(its output) becomes ∂L/∂x; factor f's gradient accumulators are at
+// acc + (f · (CPLX ? 8 : 4)) · stride.
+template <typename T, bool CPLX>
+__device__ __forceinline__ void regs_group_backward(const RegsPlan& p, int g, const T* wr, const T* wi,
+                                                    const T (&xr)[kRegs], const T (&xi)[kRegs], T (&dr)[kRegs],
+                                                    T (&di)[kRegs], T* acc, int stride) {
+  constexpr int E = CPLX ? 8 : 4;
+  const int s = layout_start(p, g), lo = g * kRegBits, hi = min(lo + kRegBits, p.log_n);
+  T yr[kRegBits][kRegs], yi[kRegBits][kRegs];  // the inputs of the group's stages (compile-time indices only)
+  KRU_UNROLL
+  for (int e = 0; e < kRegs; ++e) {
+    yr[0][e] = xr[e];
+    yi[0][e] = xi[e];
+  }
+  KRU_UNROLL
+  for (int i = 1; i < kRegBits; ++i) {
+    if (lo + i < hi) {
+      KRU_UNROLL
+      for (int e = 0; e < kRegs; ++e) {
+        yr[i][e] = yr[i - 1][e];
+        yi[i][e] = yi[i - 1][e];
+      }
+      const int f = p.log_n - lo - i;  // the factor of bit lo + i - 1
+      regs_stage_at<T, CPLX>(lo + i - 1 - s, wr + 4 * f, wi + 4 * f, yr[i], yi[i]);
+    }
+  }
+  KRU_UNROLL
+  for (int i = kRegBits - 1; i >= 0; --i) {
+    if (lo + i < hi) {
+      const int f = p.log_n - 1 - lo - i, j = lo + i - s;
+      T* a = acc + f * E * stride;
+      if (j == 0) regs_stage_backward<0, T, CPLX>(wr + 4 * f, wi + 4 * f, yr[i], yi[i], dr, di, a, stride);
+      else if (j == 1) regs_stage_backward<1, T, CPLX>(wr + 4 * f, wi + 4 * f, yr[i], yi[i], dr, di, a, stride);
+      else regs_stage_backward<2, T, CPLX>(wr + 4 * f, wi + 4 * f, yr[i], yi[i], dr, di, a, stride);
+    }
   }
 }
 
 // Shared memory: the factors' planes (2 · 4 log_n), two transpose buffers of N (real and imaginary planes).
-// blockDim.x = N / kRegs. Block b runs sequence b.
+// blockDim.x = N / kRegs. Block b runs sequence b. A step visits the groups in ascending order (even steps)
+// or descending (odd steps), so it starts in the layout the previous one ended in: Kronecker factors on
+// different bits commute. u_{t+1} (read from u, or computed from x by `in`) is loaded at the start of step t,
+// in the layout step t + 1 ends in.
 template <typename T, bool CPLX, int NL>
 __global__ void recurrence_forward_regs_kernel(RegsPlan p, const T* wr_g, const T* wi_g, const T* u, const T* h0,
-                                               const T* bias, T* H, int steps) {
+                                               const T* bias, T* H, int steps, InputMap<T> in) {
   KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
   const int N = 1 << p.log_n, wsize = 4 * p.log_n, tid = threadIdx.x;
@@ -482,6 +582,8 @@ __global__ void recurrence_forward_regs_kernel(RegsPlan p, const T* wr_g, const 
   const long b = blockIdx.x;
   load_factors(wr_g, wi_g, wsize, wr, wi);
   const int first = layout_start(p, 0), last = layout_start(p, p.groups - 1);
+  // u's element e of the (B, T, N) sequence at step t
+  auto u_at = [&](int t, int n, int part) { return in.x ? in.at(b, t, steps, n * C + part) : u[((b * steps + t) * N + n) * C + part]; };
   T xr[kRegs], xi[kRegs], ur[kRegs], ui[kRegs], bias_first[kRegs], bias_last[kRegs];
   KRU_UNROLL
   for (int e = 0; e < kRegs; ++e) {
@@ -490,10 +592,8 @@ __global__ void recurrence_forward_regs_kernel(RegsPlan p, const T* wr_g, const 
     xi[e] = CPLX ? h0[(b * N + n0) * C + 1] : T(0);
     bias_first[e] = bias[n0];
     bias_last[e] = bias[n1];
-    if (steps > 0) {  // u_0, in the layout step 0 ends in
-      ur[e] = u[(b * steps * N + n1) * C];
-      ui[e] = CPLX ? u[(b * steps * N + n1) * C + 1] : T(0);
-    }
+    ur[e] = steps > 0 ? u_at(0, n1, 0) : T(0);  // u_0, in the layout step 0 ends in
+    ui[e] = CPLX && steps > 0 ? u_at(0, n1, 1) : T(0);
   }
   __syncthreads();  // the factors
   int parity = 0;
@@ -504,31 +604,17 @@ __global__ void recurrence_forward_regs_kernel(RegsPlan p, const T* wr_g, const 
     if (t + 1 < steps) {
       KRU_UNROLL
       for (int e = 0; e < kRegs; ++e) {
-        const long at = (b * steps + t + 1) * N + regs_index(start, tid, e);
-        nr[e] = u[at * C];
-        ni[e] = CPLX ? u[at * C + 1] : T(0);
+        const int n = regs_index(start, tid, e);
+        nr[e] = u_at(t + 1, n, 0);
+        ni[e] = CPLX ? u_at(t + 1, n, 1) : T(0);
       }
     }
     for (int i = 0; i < p.groups; ++i) {
       const int g = forward ? i : p.groups - 1 - i;
-      if (i > 0) {  // transpose from the previous group's layout to g's
-        const int from = layout_start(p, forward ? g - 1 : g + 1), to = layout_start(p, g);
-        T* br = parity ? buf1 : buf0;
-        T* bi = br + N;
-        KRU_UNROLL
-        for (int e = 0; e < kRegs; ++e) {
-          const int n = regs_index(from, tid, e);
-          br[n] = xr[e];
-          bi[n] = xi[e];
-        }
-        __syncthreads();
-        KRU_UNROLL
-        for (int e = 0; e < kRegs; ++e) {
-          const int n = regs_index(to, tid, e);
-          xr[e] = br[n];
-          xi[e] = bi[n];
-        }
-        parity ^= 1;  // the next transpose writes the other buffer: no barrier before its writes
+      if (i > 0) {
+        regs_transpose<T, CPLX>(parity ? buf1 : buf0, N, layout_start(p, forward ? g - 1 : g + 1), layout_start(p, g),
+                                xr, xi);
+        parity ^= 1;
       }
       regs_group<T, CPLX>(p, g, wr, wi, xr, xi);
     }
@@ -546,6 +632,105 @@ __global__ void recurrence_forward_regs_kernel(RegsPlan p, const T* wr_g, const 
       ur[e] = nr[e];
       ui[e] = ni[e];
     }
+  }
+}
+
+// Shared memory: the factors' planes (2 · 4 log_n); groups - 1 buffers of N (real, imaginary planes), the
+// recomputed inputs of groups 1 ... groups - 1; two transpose buffers of N; the factor-gradient accumulators
+// acc[(f E + k) threads + tid] (E = 8 reals a complex factor, 4 a real one). blockDim.x = N / kRegs; block b
+// runs sequence b. A step (t from T - 1 down): recompute the groups' inputs from h_{t-1} in ascending order
+// (each kept in its buffer, in the layout its group reads), ∂L/∂z_t = σ'(∂L/∂h_t) in the last group's
+// layout, then the groups' adjoints in descending order (factor gradients into the accumulators), which
+// ends in the first group's layout, and one transpose carries ∂L/∂h_{t-1} to the last group's layout.
+// Reads H, never u; gu may be gH itself (each element is read, then written, by one thread). The factor
+// gradients are summed over the block's threads once at the end: no atomics.
+template <typename T, bool CPLX, int NL>
+__global__ void recurrence_backward_regs_kernel(RegsPlan p, const T* wr_g, const T* wi_g, const T* h0, const T* H,
+                                                const T* gH, const T* bias, int steps, T* gu, T* gh0, T* gwr, T* gwi,
+                                                T* gb) {
+  KRU_DYNAMIC_SHARED(smem);
+  constexpr int C = CPLX ? 2 : 1, E = CPLX ? 8 : 4;
+  const int N = 1 << p.log_n, wsize = 4 * p.log_n, tid = threadIdx.x, threads = blockDim.x;
+  T* wr = reinterpret_cast<T*>(smem);
+  T* wi = wr + wsize;
+  T* inputs = wi + wsize;  // group g's input (g >= 1) at inputs + 2 N (g - 1)
+  T* buf0 = inputs + 2 * N * (p.groups - 1);
+  T* buf1 = buf0 + 2 * N;
+  T* acc = buf1 + 2 * N;
+  const long b = blockIdx.x;
+  load_factors(wr_g, wi_g, wsize, wr, wi);
+  for (int k = 0; k < E * p.log_n; ++k) acc[k * threads + tid] = T(0);  // this thread's own: no barrier
+  const int first = layout_start(p, 0), last = layout_start(p, p.groups - 1);
+  T dr[kRegs] = {}, di[kRegs] = {}, db[kRegs] = {}, bias_last[kRegs];  // ∂L/∂h_t carried, in the layout `last`
+  KRU_UNROLL
+  for (int e = 0; e < kRegs; ++e) bias_last[e] = bias[regs_index(last, tid, e)];
+  __syncthreads();  // the factors
+  int parity = 0;
+  for (int t = steps - 1; t >= 0; --t) {
+    const T* hp = t > 0 ? H + (b * steps + t - 1) * N * C : h0 + b * N * C;
+    T x0r[kRegs], x0i[kRegs], xr[kRegs], xi[kRegs];  // h_{t-1} (group 0's input), the current group's input
+    KRU_UNROLL
+    for (int e = 0; e < kRegs; ++e) {
+      const int n = regs_index(first, tid, e);
+      xr[e] = x0r[e] = hp[n * C];
+      xi[e] = x0i[e] = CPLX ? hp[n * C + 1] : T(0);
+    }
+    for (int g = 0; g + 1 < p.groups; ++g) {  // ends with the last group's input in x
+      regs_group<T, CPLX>(p, g, wr, wi, xr, xi);
+      regs_transpose<T, CPLX>(inputs + 2 * N * g, N, layout_start(p, g), layout_start(p, g + 1), xr, xi);
+    }
+    const long row = (b * steps + t) * N * C;
+    KRU_UNROLL
+    for (int e = 0; e < kRegs; ++e) {  // ∂L/∂z_t from ∂L/∂h_t = the carried d + gH_t, in place
+      const long at = row + regs_index(last, tid, e) * C;
+      T dzr, dzi;
+      nl_backward<NL, T, CPLX>(H[at], CPLX ? H[at + 1] : T(0), bias_last[e], dr[e] + gH[at],
+                               CPLX ? di[e] + gH[at + 1] : T(0), dzr, dzi, db[e]);
+      dr[e] = dzr;
+      di[e] = dzi;
+      gu[at] = dzr;
+      if (CPLX) gu[at + 1] = dzi;
+    }
+    for (int g = p.groups - 1; g >= 0; --g) {  // ends with ∂L/∂h_{t-1} in d, in the layout `first`
+      if (g == 0) {  // group g's input: h_{t-1}, or as this thread read it from its buffer above
+        KRU_UNROLL
+        for (int e = 0; e < kRegs; ++e) {
+          xr[e] = x0r[e];
+          xi[e] = x0i[e];
+        }
+      } else if (g + 1 < p.groups) {
+        const T* in_g = inputs + 2 * N * (g - 1);
+        KRU_UNROLL
+        for (int e = 0; e < kRegs; ++e) {
+          const int n = regs_index(layout_start(p, g), tid, e);
+          xr[e] = in_g[n];
+          xi[e] = CPLX ? in_g[N + n] : T(0);
+        }
+      }
+      regs_group_backward<T, CPLX>(p, g, wr, wi, xr, xi, dr, di, acc + tid, threads);
+      if (g > 0) {
+        regs_transpose<T, CPLX>(parity ? buf1 : buf0, N, layout_start(p, g), layout_start(p, g - 1), dr, di);
+        parity ^= 1;
+      }
+    }
+    if (p.groups > 1) {  // to the layout the next step's ∂L/∂z is in
+      regs_transpose<T, CPLX>(parity ? buf1 : buf0, N, first, last, dr, di);
+      parity ^= 1;
+    }
+  }
+  KRU_UNROLL
+  for (int e = 0; e < kRegs; ++e) {
+    const int n = regs_index(last, tid, e);
+    gh0[(b * N + n) * C] = dr[e];
+    if (CPLX) gh0[(b * N + n) * C + 1] = di[e];
+    gb[b * N + n] = db[e];
+  }
+  __syncthreads();  // every thread's accumulators
+  for (int item = tid; item < E * p.log_n; item += threads) {
+    T sum = 0;
+    for (int k = 0; k < threads; ++k) sum += acc[item * threads + k];
+    const int f = item / E, k = item % E;
+    (k < 4 ? gwr : gwi)[b * wsize + 4 * f + k % 4] = sum;
   }
 }
 
@@ -583,29 +768,44 @@ at::Tensor scratch(std::initializer_list<int64_t> sizes, const at::Tensor& like)
   return new_output(sizes, real_options(like));
 }
 
-// The forward kernel over h0's batch, reading u (B, T, N), or computing it from `in` (H shaped like `like`).
-at::Tensor launch_recurrence(const Plan& plan, const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
-                             c10::string_view nonlinearity, const at::Tensor& bias, at::IntArrayRef sizes,
-                             const at::Tensor& x, const at::Tensor& uw, const at::Tensor& ub) {
+// The kernel the recurrence runs on this device (both directions choose alike: kru_plan.h).
+RecurrenceKernel choose_kernel(const Plan& plan, const at::Tensor& like) {
+  return cuda_recurrence_kernel(plan, like.scalar_type(), gpu::smem_optin(like.get_device()));
+}
+
+// The forward kernel `kernel` over h0's batch, reading u (B, T, N), or computing it from `in` (H shaped like `like`).
+at::Tensor launch_recurrence(const Plan& plan, RecurrenceKernel kernel, const at::Tensor& u, const at::Tensor& h0,
+                             const at::Tensor& w, c10::string_view nonlinearity, const at::Tensor& bias,
+                             at::IntArrayRef sizes, const at::Tensor& x, const at::Tensor& uw, const at::Tensor& ub) {
   const gpu::Guard guard(h0.device());
-  const DevPlan dp = device_plan(plan);
   at::Tensor wr, wi;
   std::tie(wr, wi) = factor_planes(w, plan, false);
   at::Tensor H = new_output(sizes, h0.options());
   const long B = sizes[0];
   if (B == 0 || sizes[1] == 0) return H;
-  const int threads = block_threads(plan.n_in);
+  const int steps = static_cast<int>(sizes[1]);
   auto stream = gpu::stream();
   dispatch_dtype(h0.scalar_type(), [&](auto t, auto c) {
     dispatch_nonlinearity(nonlinearity, [&](auto nl) {
       using T = decltype(t);
-      auto kernel = recurrence_forward_kernel<T, decltype(c)::value, decltype(nl)::value>;
-      const size_t smem = (2 * plan.wsize + 4 * plan.n_in) * sizeof(T);
-      allow_shared_memory(kernel, smem, h0, "the recurrence");
+      constexpr bool CPLX = decltype(c)::value;
       const InputMap<T> in{x.defined() ? ptr<T>(x) : nullptr, x.defined() ? ptr<T>(uw) : nullptr,
                            x.defined() ? ptr<T>(ub) : nullptr, x.defined() ? static_cast<int>(x.size(2)) : 0};
-      KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), u.defined() ? ptr<T>(u) : nullptr,
-                 ptr<T>(h0), ptr<T>(bias), ptr<T>(H), static_cast<int>(sizes[1]), in);
+      const T* u_ptr = u.defined() ? ptr<T>(u) : nullptr;
+      if (kernel == RecurrenceKernel::kRegisters) {
+        const int log_n = regs_log_n(plan);
+        auto k = recurrence_forward_regs_kernel<T, CPLX, decltype(nl)::value>;
+        const size_t smem = regs_forward_smem(log_n, sizeof(T));
+        allow_shared_memory(k, smem, h0, "the register-resident recurrence");
+        KRU_LAUNCH(k, B, static_cast<int>(plan.n_in / kRegs), smem, stream, RegsPlan{log_n, regs_groups(log_n)},
+                   ptr<T>(wr), ptr<T>(wi), u_ptr, ptr<T>(h0), ptr<T>(bias), ptr<T>(H), steps, in);
+      } else {
+        auto k = recurrence_forward_kernel<T, CPLX, decltype(nl)::value>;
+        const size_t smem = (2 * plan.wsize + 4 * plan.n_in) * sizeof(T);
+        allow_shared_memory(k, smem, h0, "the recurrence");
+        KRU_LAUNCH(k, B, block_threads(plan.n_in), smem, stream, device_plan(plan), ptr<T>(wr), ptr<T>(wi), u_ptr,
+                   ptr<T>(h0), ptr<T>(bias), ptr<T>(H), steps, in);
+      }
     });
   });
   return H;
@@ -614,7 +814,8 @@ at::Tensor launch_recurrence(const Plan& plan, const at::Tensor& u, const at::Te
 at::Tensor kru_recurrence_cuda(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w, at::IntArrayRef shapes,
                                c10::string_view nonlinearity, const at::Tensor& bias) {
   const Plan plan = check_recurrence(u, h0, w, shapes, bias);
-  return launch_recurrence(plan, u, h0, w, nonlinearity, bias, u.sizes(), at::Tensor(), at::Tensor(), at::Tensor());
+  return launch_recurrence(plan, choose_kernel(plan, u), u, h0, w, nonlinearity, bias, u.sizes(), at::Tensor(),
+                           at::Tensor(), at::Tensor());
 }
 
 // The recurrence with u_t = uw x_t + ub computed in the kernel: no (B, T, N) u exists (kru_layer_input).
@@ -622,41 +823,21 @@ at::Tensor kru_layer_input_cuda(const at::Tensor& x, const at::Tensor& uw, const
                                 const at::Tensor& w, at::IntArrayRef shapes, c10::string_view nonlinearity,
                                 const at::Tensor& bias) {
   const Plan plan = check_layer_input(x, uw, ub, h0, w, shapes, bias);
-  return launch_recurrence(plan, at::Tensor(), h0, w, nonlinearity, bias, {x.size(0), x.size(1), h0.size(1)}, x, uw,
-                           ub);
+  return launch_recurrence(plan, choose_kernel(plan, h0), at::Tensor(), h0, w, nonlinearity, bias,
+                           {x.size(0), x.size(1), h0.size(1)}, x, uw, ub);
 }
 
-// The register-resident forward: 2×2 factors (model.merge_upto=2), N = 8 ... 8192. A first step of the design
-// in BENCHMARKS.md: forward only, so kru_recurrence does not dispatch to it yet; scripts/gpu_check.py times it.
+// The register-resident forward whatever the device's shared memory (for benchmarks): 2×2 factors, N = 8 ... 8192.
 at::Tensor kru_recurrence_regs_cuda(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
                                     at::IntArrayRef shapes, c10::string_view nonlinearity, const at::Tensor& bias) {
   const Plan plan = check_recurrence(u, h0, w, shapes, bias);
   for (const Stage& st : plan.stages)
     TORCH_CHECK(st.p == 2 && st.q == 2, "krubench (cuda): the register-resident recurrence takes 2x2 factors, got ",
                 shapes);
-  const int log_n = static_cast<int>(plan.stages.size());
-  TORCH_CHECK(log_n >= kRegBits && log_n <= 13, "krubench (cuda): the register-resident recurrence takes N = 8 to ",
-              "8192, got ", plan.n_in);
-  const gpu::Guard guard(u.device());
-  at::Tensor wr, wi;
-  std::tie(wr, wi) = factor_planes(w, plan, false);
-  at::Tensor H = new_output(u.sizes(), u.options());
-  const long B = u.size(0);
-  if (B == 0 || u.size(1) == 0) return H;
-  const RegsPlan rp{log_n, (log_n + kRegBits - 1) / kRegBits};
-  const int threads = static_cast<int>(plan.n_in >> kRegBits);
-  auto stream = gpu::stream();
-  dispatch_dtype(u.scalar_type(), [&](auto t, auto c) {
-    dispatch_nonlinearity(nonlinearity, [&](auto nl) {
-      using T = decltype(t);
-      auto kernel = recurrence_forward_regs_kernel<T, decltype(c)::value, decltype(nl)::value>;
-      const size_t smem = (8 * log_n + 4 * plan.n_in) * sizeof(T);
-      allow_shared_memory(kernel, smem, u, "the register-resident recurrence");
-      KRU_LAUNCH(kernel, B, threads, smem, stream, rp, ptr<T>(wr), ptr<T>(wi), ptr<T>(u), ptr<T>(h0), ptr<T>(bias),
-                 ptr<T>(H), static_cast<int>(u.size(1)));
-    });
-  });
-  return H;
+  TORCH_CHECK(regs_log_n(plan) > 0, "krubench (cuda): the register-resident recurrence takes N = ", kRegs, " to ",
+              1 << kRegsMaxLogN, ", got ", plan.n_in);
+  return launch_recurrence(plan, RecurrenceKernel::kRegisters, u, h0, w, nonlinearity, bias, u.sizes(), at::Tensor(),
+                           at::Tensor(), at::Tensor());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
@@ -664,25 +845,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
     c10::string_view nonlinearity, const at::Tensor& bias, const at::Tensor& grad_u) {
   const Plan plan = check_recurrence_backward(grad_H, H, h0, w, shapes, bias, grad_u);
   const gpu::Guard guard(H.device());
-  const DevPlan dp = device_plan(plan);
-  const auto [wr, wi, awr, awi] = backward_planes(w, plan);
+  const bool regs = choose_kernel(plan, H) == RecurrenceKernel::kRegisters;
   const long B = H.size(0), N = plan.n_in;
   at::Tensor gh0 = new_output(h0.sizes(), h0.options());
   at::Tensor gwr = real_zeros({B, plan.wsize}, H), gwi = real_zeros({B, plan.wsize}, H), gb = real_zeros({B, N}, H);
-  at::Tensor ws = scratch({B, static_cast<long>(plan.stages.size()) + 1, 2, N}, H);
   if (B > 0) {
-    const int threads = block_threads(N);
     auto stream = gpu::stream();
+    const int steps = static_cast<int>(H.size(1));
     dispatch_dtype(H.scalar_type(), [&](auto t, auto c) {
       dispatch_nonlinearity(nonlinearity, [&](auto nl) {
         using T = decltype(t);
-        auto kernel = recurrence_backward_kernel<T, decltype(c)::value, decltype(nl)::value>;
+        constexpr bool CPLX = decltype(c)::value;
+        if (regs) {
+          const int log_n = regs_log_n(plan);
+          at::Tensor wr, wi;
+          std::tie(wr, wi) = factor_planes(w, plan, false);
+          auto kernel = recurrence_backward_regs_kernel<T, CPLX, decltype(nl)::value>;
+          const size_t smem = regs_backward_smem(log_n, CPLX, sizeof(T));
+          allow_shared_memory(kernel, smem, H, "the register-resident recurrence's backward pass");
+          KRU_LAUNCH(kernel, B, static_cast<int>(N / kRegs), smem, stream, RegsPlan{log_n, regs_groups(log_n)},
+                     ptr<T>(wr), ptr<T>(wi), ptr<T>(h0), ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), steps,
+                     ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb));
+          return;
+        }
+        const DevPlan dp = device_plan(plan);
+        const auto [wr, wi, awr, awi] = backward_planes(w, plan);
+        at::Tensor ws = scratch({B, static_cast<long>(plan.stages.size()) + 1, 2, N}, H);
+        const int threads = block_threads(N);
+        auto kernel = recurrence_backward_kernel<T, CPLX, decltype(nl)::value>;
         const size_t smem = (4 * plan.wsize + 4 * N + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
         allow_shared_memory(kernel, smem, H, "the recurrence's backward pass");
         KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(h0),
-                   ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), static_cast<int>(H.size(1)),
-                   ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb),
-                   ptr<T>(ws));
+                   ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), steps, ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr),
+                   ptr<T>(gwi), ptr<T>(gb), ptr<T>(ws));
       });
     });
   }

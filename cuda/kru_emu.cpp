@@ -259,6 +259,7 @@ KRU_EMU_TORCH_LIBRARY(KRU_EMU_LIB, m) {
   m.def("kru_recurrence_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
         "Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
   m.def("kru_recurrence_regs(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
+  m.def("kru_recurrence_kernel(int[] shapes, ScalarType dtype, int smem_limit) -> str", &kru::recurrence_kernel_name);
   m.def("lstm_kru_recurrence(Tensor gx, Tensor h0, Tensor c0, Tensor w, int[] shapes) -> (Tensor, Tensor)");
   m.def("lstm_kru_recurrence_backward(Tensor grad_H, Tensor grad_C, Tensor gx, Tensor h0, Tensor c0, Tensor w, "
         "int[] shapes, Tensor H, Tensor C) -> (Tensor, Tensor, Tensor, Tensor)");

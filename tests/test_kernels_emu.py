@@ -157,21 +157,97 @@ def test_emulated_recurrence_with_the_input_map_inside_matches_reference(emu, or
     assert errors([H], [ref32], [ref64], ["H (input map inside)"]) == []
 
 
-REGS_CASES = [  # (log2 N, B, T, thread order): 1, 2, 3 and 3 register layouts a step, so 0 to 2 transposes
+REGS_CASES = [  # (log2 N, B, T, thread order): 1 to 4 register layouts a step (0 to 3 transposes each way)
     pytest.param(3, 2, 3, "ascending", id="N8"),
     pytest.param(5, 2, 3, "descending", id="N32"),
     pytest.param(7, 1, 3, "shuffled", id="N128"),
     pytest.param(9, 2, 2, "ascending", id="N512"),
+    pytest.param(10, 1, 2, "descending", id="N1024"),
 ]
+
+
+def ran_kernels(lib) -> set[str]:
+    """Which recurrence kernels ran since the last configure(), told by the barriers that ran."""
+    lines = set(lib.barrier_lines())
+    return {name for name, marks in KERNEL_BARRIERS.items() if lines & marks}
+
+
+def _barriers_of(kernel: str) -> set[int]:
+    """The source lines of the __syncthreads() in the body of `kernel` (to the next __global__)."""
+    text = SOURCE.read_text().splitlines()
+    start = next(i for i, line in enumerate(text) if f" {kernel}(" in line and "__global__" in text[i - 1] + line)
+    end = next((i for i in range(start + 1, len(text)) if "__global__" in text[i]), len(text))
+    return {i + 1 for i in range(start, end) if "__syncthreads()" in text[i]}
+
+
+KERNEL_BARRIERS = {"registers": _barriers_of("recurrence_backward_regs_kernel"),
+                   "fused": _barriers_of("recurrence_backward_kernel")}
 
 
 @pytest.mark.parametrize("nonlinearity", ["modrelu", "relu", "tanh"])
 @pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
 @pytest.mark.parametrize("log_n,B,T,order", REGS_CASES)
-def test_emulated_register_resident_forward_matches_reference(emu, nonlinearity, complex_, log_n, B, T, order):
-    """Layouts of 3 index bits each, the last overlapping its neighbour when 3 does not divide log2 N."""
+def test_emulated_register_resident_recurrence_matches_reference(emu, nonlinearity, complex_, log_n, B, T, order):
+    """kru_recurrence with 2×2 factors dispatches to the register-resident forward and backward kernels: H and
+    every gradient against the reference. Layouts of 3 index bits each, the last overlapping its neighbour when 3
+    does not divide log2 N."""
     configure(emu, order, seed=log_n)
-    assert regs_errors(emu, log_n, B, T, complex_, nonlinearity, seed=log_n) == []
+    dtype = torch.complex64 if complex_ else torch.float32
+    assert emu.kru_recurrence_kernel([2] * (2 * log_n), dtype, DEFAULT_OPTIN) == "registers"
+    assert recurrence_errors(emu, [2] * log_n, B, T, complex_, nonlinearity, seed=log_n) == []
+    assert ran_kernels(emu) == {"registers"}
+
+
+@pytest.mark.parametrize("complex_,nonlinearity", [(True, "modrelu"), (True, "tanh"), (False, "relu")],
+                         ids=["complex-modrelu", "complex-tanh", "real-relu"])
+@pytest.mark.parametrize("log_n", [3, 4])
+def test_emulated_register_resident_recurrence_gradcheck(emu, complex_, nonlinearity, log_n):
+    """torch.autograd.gradcheck in complex128/float64 of the register-resident kernels (emulated), wrapped in an
+    autograd.Function: their backward is the derivative of their forward. N = 8 (one layout) and 16 (two)."""
+    configure(emu)
+    problem = recurrence_problem([2] * log_n, 2, 3, complex_, nonlinearity, seed=log_n)
+    factors, u, h0, bias, _ = problem
+    w, shapes = compiled._pack(factors, factors[0].dtype)
+    b = torch.zeros(u.shape[-1], dtype=torch.float64) if bias is None else bias
+
+    class Recurrence(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, u, h0, w, b):
+            H = emu.kru_recurrence(u, h0, w, shapes, nonlinearity, b)
+            ctx.save_for_backward(h0, w, b, H)
+            return H
+
+        @staticmethod
+        def backward(ctx, grad):
+            h0, w, b, H = ctx.saved_tensors
+            grad_u = torch.empty_like(H)
+            gh0, gw, gb = emu.kru_recurrence_backward(grad.contiguous(), H, h0, w, shapes, nonlinearity, b, grad_u)
+            return grad_u, gh0, gw, gb
+
+    inputs = [t.clone().requires_grad_() for t in (u, h0, w, b)]
+    assert torch.autograd.gradcheck(Recurrence.apply, inputs)
+    assert ran_kernels(emu) == {"registers"}
+
+
+PAPER_SHAPES = {  # the paper's KRUs: factor sizes, and the kernel the CUDA recurrence runs them on
+    "copy/adding N=128": ([2] * 7, True, "registers"),
+    "pixel MNIST N=512": ([2] * 9, True, "registers"),
+    "N=1024": ([2] * 10, True, "registers"),
+    "music N=100": ([2, 2, 5, 5], False, "fused"),
+}
+
+
+@pytest.mark.parametrize("shape", list(PAPER_SHAPES))
+def test_the_recurrence_runs_the_kernel_its_choice_names(emu, shape):
+    """The pure function kru_recurrence_kernel (cuda/kru_plan.h) names the kernel for the paper's shapes, and the
+    dispatching operator runs that one (the barriers that ran tell which), both directions, matching the
+    reference."""
+    sizes, complex_, expected = PAPER_SHAPES[shape]
+    dtype = torch.complex64 if complex_ else torch.float32
+    assert emu.kru_recurrence_kernel([s for n in sizes for s in (n, n)], dtype, DEFAULT_OPTIN) == expected
+    configure(emu)
+    assert recurrence_errors(emu, sizes, 1, 2, complex_, "modrelu", seed=len(sizes)) == []
+    assert ran_kernels(emu) == {expected}
 
 
 def test_the_register_resident_forward_takes_2x2_factors_and_n_from_8(emu):
@@ -238,6 +314,7 @@ def test_the_emulator_reports_what_hangs_or_corrupts_a_gpu(emu, mode, message):
 def test_every_barrier_of_the_kernels_runs(emu):
     emu.configure(0, 0, -1, DEFAULT_OPTIN)
     recurrence_errors(emu, [4, 2], 2, 2, True, "modrelu")
+    recurrence_errors(emu, [2] * 5, 1, 2, True, "modrelu")
     matvec_errors(emu, [(2, 3), (4, 2)], 2)
     regs_errors(emu, 5, 1, 2, True, "modrelu")
     lstm_errors(emu, [(8, 2), (2, 2)], 1, 2, 2, True)
@@ -255,6 +332,7 @@ def test_removing_any_barrier_fails(emu, line):
             exposed += recurrence_errors(emu, [4, 2, 2], 2, 2, True, "modrelu")
             exposed += matvec_errors(emu, [(2, 3), (4, 2)], 2)
             exposed += regs_errors(emu, 7, 1, 3, True, "modrelu")
+            exposed += recurrence_errors(emu, [2] * 7, 1, 3, True, "modrelu")  # register-resident, both ways
             exposed += lstm_errors(emu, [(8, 2), (2, 2)], 1, 2, 2, True)  # joint: gate rows cross threads
             exposed += lstm_errors(emu, [(2, 2), (4, 4)], 4, 2, 2, False)
         except RuntimeError as e:  # the emulator's barrier checks
@@ -267,6 +345,10 @@ SIGN_MUTANTS = {  # file, original, mutant: a sign of the complex arithmetic fli
     "conj in the factor gradient": ("kru_cuda.cu", "redi[item] = ir - ri;", "redi[item] = ri - ir;"),
     "Re(a conj b) in the factor gradient": ("kru_cuda.cu", "redr[item] = rr + ii;", "redr[item] = rr - ii;"),
     "Re(a b) in a factor row": ("kron_math.h", "yr = rr - ii;", "yr = rr + ii;"),
+    "conj in the register-resident adjoint": ("kru_cuda.cu", "di[e] = a00r * d0i - a00i * d0r", "di[e] = a00r * d0i + a00i * d0r"),
+    "Re(conj(a) d) in the register-resident adjoint": ("kru_cuda.cu", "dr[e1] += a01i * d0i + a11i * d1i;",
+                                                       "dr[e1] -= a01i * d0i + a11i * d1i;"),
+    "conj(x) in the register-resident factor gradient": ("kron_math.h", "    im -= ar * bi;", "    im += ar * bi;"),
 }
 
 
@@ -289,6 +371,7 @@ def test_a_flipped_sign_fails(tmp_path, mutant):
     cpp_extension.load(build_directory=str(tmp_path / "build"), **flags)
     lib = getattr(torch.ops, lib_name)
     found = recurrence_errors(lib, [4, 2], 2, 2, True, "modrelu") + matvec_errors(lib, [(2, 3), (4, 2)], 2)
+    found += recurrence_errors(lib, [2] * 4, 2, 2, True, "modrelu")  # register-resident
     assert found, f"the kernels still match the reference with {mutant} flipped ({file}: {mutated})"
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from . import lanes
 from .dispatch import (at_least_fp32, backend_for, kru_layer_input, kru_layer_lanes, kru_recurrence,
-                       kru_recurrence_lanes, merge_limit)
+                       kru_recurrence_lanes, cuda_recurrence_kernel, merge_limit)
 from .kron import merge_factors
 
 
@@ -23,6 +23,15 @@ def stages(factors: Sequence[torch.Tensor], backend: str, merge_upto: int) -> li
     return merge_factors(list(factors), size) if size > 1 else list(factors)
 
 
+def recurrence_stages(factors: Sequence[torch.Tensor], backend: str, merge_upto: int, dtype: torch.dtype) -> list:
+    """`stages` for the KRU recurrence: on CUDA the factors stay unmerged where its register-resident kernels
+    take them (they need 2×2 factors, and a 2×2 stage in registers costs no memory traffic)."""
+    if backend == "cuda" and cuda_recurrence_kernel(tuple(f.shape[0] for f in factors), dtype,
+                                                    factors[0].device) == "registers":
+        return list(factors)
+    return stages(factors, backend, merge_upto)
+
+
 def kru_layer(x: torch.Tensor, h0: torch.Tensor, U: nn.Linear, V: nn.Linear | None, factors: Sequence[torch.Tensor],
               nonlinearity: str, bias: torch.Tensor | None, complex_: bool, kernel: str = "auto",
               merge_upto: int = 16, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,7 +40,7 @@ def kru_layer(x: torch.Tensor, h0: torch.Tensor, U: nn.Linear, V: nn.Linear | No
     `last_only`, at the last one only (outputs (B, 1, out)). Without V (None) the outputs are the states
     H (B, T, N) themselves, complex if `complex_`."""
     backend = backend_for(kernel, x.device)
-    ws = stages(factors, backend, merge_upto)
+    ws = recurrence_stages(factors, backend, merge_upto, at_least_fp32(factors[0]).dtype)
     if backend == "cpp":
         return _on_lanes(x, h0, U, V, ws, nonlinearity, bias, complex_, last_only)
     # Complex: U's rows and V's columns reordered from [Re; Im] to (Re, Im) pairs (a copy of the small weights),
