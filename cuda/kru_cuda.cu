@@ -725,7 +725,8 @@ __global__ void recurrence_backward_regs_kernel(RegsPlan p, const T* wr_g, const
     if (CPLX) gh0[(b * N + n) * C + 1] = di[e];
     gb[b * N + n] = db[e];
   }
-  __syncthreads();  // every thread's accumulators
+  // No barrier: every thread's accumulators were last written before the barrier of the last transpose (one
+  // group: one thread), or, with no step, zeroed before the factors' barrier.
   for (int item = tid; item < E * p.log_n; item += threads) {
     T sum = 0;
     for (int k = 0; k < threads; ++k) sum += acc[item * threads + k];

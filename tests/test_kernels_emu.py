@@ -229,6 +229,22 @@ def test_emulated_register_resident_recurrence_gradcheck(emu, complex_, nonlinea
     assert ran_kernels(emu) == {"registers"}
 
 
+def empty_sequence_errors(lib, log_n=4):
+    """The register-resident backward of sequences of no steps: ∂L/∂h0 and every gradient zero."""
+    w, shapes = compiled._pack([torch.eye(2, dtype=torch.complex64)] * log_n, torch.complex64)
+    N = 2 ** log_n
+    H, h0, b = torch.empty(2, 0, N, dtype=torch.complex64), torch.randn(2, N, dtype=torch.complex64), torch.zeros(N)
+    gh0, gw, gb = lib.kru_recurrence_backward(H, H, h0, w, shapes, "modrelu", b, torch.empty_like(H))
+    return [f"{name} of an empty sequence is not zero" for name, g in (("grad h0", gh0), ("grad factors", gw),
+                                                                        ("grad bias", gb)) if not torch.all(g == 0)]
+
+
+def test_the_register_resident_backward_of_an_empty_sequence_is_zero(emu):
+    configure(emu, "descending")
+    assert empty_sequence_errors(emu) == []
+    assert ran_kernels(emu) == {"registers"}
+
+
 PAPER_SHAPES = {  # the paper's KRUs: factor sizes, and the kernel the CUDA recurrence runs them on
     "copy/adding N=128": ([2] * 7, True, "registers"),
     "pixel MNIST N=512": ([2] * 9, True, "registers"),
@@ -333,6 +349,7 @@ def test_removing_any_barrier_fails(emu, line):
             exposed += matvec_errors(emu, [(2, 3), (4, 2)], 2)
             exposed += regs_errors(emu, 7, 1, 3, True, "modrelu")
             exposed += recurrence_errors(emu, [2] * 7, 1, 3, True, "modrelu")  # register-resident, both ways
+            exposed += empty_sequence_errors(emu)
             exposed += lstm_errors(emu, [(8, 2), (2, 2)], 1, 2, 2, True)  # joint: gate rows cross threads
             exposed += lstm_errors(emu, [(2, 2), (4, 4)], 4, 2, 2, False)
         except RuntimeError as e:  # the emulator's barrier checks
