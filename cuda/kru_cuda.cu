@@ -24,7 +24,7 @@ struct DevStage {
 };
 
 struct DevPlan {
-  int k, n_in, n_out, max_size, wsize, max_entries;  // max_entries: the largest p·q
+  int k, n_in, n_out, max_size, wsize;
   DevStage s[kMaxStages];
 };
 
@@ -40,7 +40,6 @@ DevPlan device_plan(const Plan& plan) {
   for (int f = 0; f < d.k; ++f) {
     const Stage& s = plan.stages[f];
     d.s[f] = {s.p, s.q, static_cast<int>(s.pre), static_cast<int>(s.post), static_cast<int>(s.woff)};
-    d.max_entries = std::max(d.max_entries, s.p * s.q);
   }
   return d;
 }
@@ -75,13 +74,27 @@ __device__ void stage(const DevStage& s, const T* wr, const T* wi, const T* xr, 
 }
 
 // g[woff + i q + j] += Σ_{a,r} dy[(a,i,r)] conj(x[(a,j,r)]): work items (entry, slice) reduce over the
-// groups of their slice into red (shared), then the owner of each entry adds the slices up. Reads dy, x
+// groups of their slice into red (shared, blockDim entries), then the owner of each entry adds the slices up. Reads dy, x
 // and writes red, g only: it may be followed by a stage() on dy without a barrier in between.
 template <typename T, bool CPLX>
 __device__ void accumulate_factor_grad(const DevStage& s, const T* dyr, const T* dyi, const T* xr, const T* xi,
                                        T* redr, T* redi, T* gr, T* gi) {
   const int E = s.p * s.q, groups = s.pre * s.post;
   const int slices = max(1, static_cast<int>(blockDim.x) / E);
+  if (slices == 1) {  // as many entries as threads or more: each owner sums all groups itself (red unused)
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+      const int i = e / s.q, j = e % s.q;
+      T rr = 0, ii = 0, ri = 0, ir = 0;
+      for (int grp = 0; grp < groups; ++grp) {
+        const int a = grp / s.post, r = grp % s.post;
+        const int yo = stage_index(a, i, r, s.p, s.post), xo = stage_index(a, j, r, s.q, s.post);
+        cmac4<T, CPLX>(dyr[yo], dyi[yo], xr[xo], xi[xo], rr, ii, ri, ir);
+      }
+      gr[s.woff + e] += rr + ii;
+      gi[s.woff + e] += ir - ri;
+    }
+    return;  // uniform over the block: no thread waits at the barrier below
+  }
   for (int item = threadIdx.x; item < E * slices; item += blockDim.x) {
     const int e = item % E, slice = item / E, i = e / s.q, j = e % s.q;
     T rr = 0, ii = 0, ri = 0, ir = 0;
@@ -148,18 +161,25 @@ struct InputMap {
   }
 };
 
-// Shared memory: the factors' planes (2 wsize), a PingPong of N. Block b runs sequence b.
+// Shared memory: the factors' planes (2 wsize) unless they are read from global memory (`shared_factors`
+// false: factors too large for shared memory, as PTB's 137×137 and 331×331, are read through the caches), a
+// PingPong of N. Block b runs sequence b.
 template <typename T, bool CPLX, int NL>
 __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* u, const T* h0,
-                                          const T* bias, T* H, int steps, InputMap<T> in) {
+                                          const T* bias, T* H, int steps, InputMap<T> in, bool shared_factors) {
   KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
   const int N = plan.n_in;
-  T* wr = reinterpret_cast<T*>(smem);
-  T* wi = wr + plan.wsize;
-  PingPong<T> h(wi + plan.wsize, N);
+  T* at = reinterpret_cast<T*>(smem);
+  const T *wr = wr_g, *wi = wi_g;
+  if (shared_factors) {
+    load_factors(wr_g, wi_g, plan.wsize, at, at + plan.wsize);
+    wr = at;
+    wi = at + plan.wsize;
+    at += 2 * plan.wsize;
+  }
+  PingPong<T> h(at, N);
   const long b = blockIdx.x;
-  load_factors(wr_g, wi_g, plan.wsize, wr, wi);
   load_planes(h0 + b * N * C, N, CPLX, h.xr, h.xi);
   __syncthreads();
   for (int t = 0; t < steps; ++t) {
@@ -180,27 +200,35 @@ __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* 
   }
 }
 
-// Shared memory: factors and their adjoints (4 wsize), a PingPong of N for ∂L/∂h_t and the adjoint stages
-// (x holds ∂L/∂h between steps), the reduction scratch (2 max(blockDim, max p q)). Global scratch ws: this
-// block's stage inputs, (k + 1) × 2 N.
+// Shared memory: factors and their adjoints (4 wsize) unless read from global memory (`shared_factors`, as in
+// the forward), a PingPong of N for ∂L/∂h_t and the adjoint stages (x holds ∂L/∂h between steps), the reduction
+// scratch (2 blockDim). Global scratch ws: this block's stage inputs, (k + 1) × 2 N.
 // Reads H, never u (nl_backward works from h_t); gu may be gH itself (each element is read, then written,
 // by one thread).
 template <typename T, bool CPLX, int NL>
 __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* awr_g,
                                            const T* awi_g, const T* h0, const T* H, const T* gH, const T* bias,
-                                           int steps, T* gu, T* gh0, T* gwr, T* gwi, T* gb, T* ws) {
+                                           int steps, T* gu, T* gh0, T* gwr, T* gwi, T* gb, T* ws,
+                                           bool shared_factors) {
   KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
-  const int N = plan.n_in, red = max(static_cast<int>(blockDim.x), plan.max_entries);
-  T* wr = reinterpret_cast<T*>(smem);
-  T *wi = wr + plan.wsize, *awr = wi + plan.wsize, *awi = awr + plan.wsize;
-  PingPong<T> d(awi + plan.wsize, N);
-  T *redr = awi + plan.wsize + 4 * N, *redi = redr + red;
+  const int N = plan.n_in, red = blockDim.x;
+  T* at = reinterpret_cast<T*>(smem);
+  const T *wr = wr_g, *wi = wi_g, *awr = awr_g, *awi = awi_g;
+  if (shared_factors) {
+    load_factors(wr_g, wi_g, plan.wsize, at, at + plan.wsize);
+    load_factors(awr_g, awi_g, plan.wsize, at + 2 * plan.wsize, at + 3 * plan.wsize);
+    wr = at;
+    wi = at + plan.wsize;
+    awr = at + 2 * plan.wsize;
+    awi = at + 3 * plan.wsize;
+    at += 4 * plan.wsize;
+  }
+  PingPong<T> d(at, N);
+  T *redr = at + 4 * N, *redi = redr + red;
   const long b = blockIdx.x;
   T* sr = ws + b * (plan.k + 1) * 2 * N;  // stage input f: planes sr + 2 f N (re), + N (im)
   T *bgr = gwr + b * plan.wsize, *bgi = gwi + b * plan.wsize, *bgb = gb + b * N;
-  load_factors(wr_g, wi_g, plan.wsize, wr, wi);
-  load_factors(awr_g, awi_g, plan.wsize, awr, awi);
   for (int n = threadIdx.x; n < N; n += blockDim.x) d.xr[n] = d.xi[n] = T(0);  // ∂L/∂h_T: none
   for (int t = steps - 1; t >= 0; --t) {
     // The barrier after this load also orders the loads above (the zeros are read below, and by
@@ -250,14 +278,14 @@ __global__ void matvec_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g
   store_planes(v.xr, v.xi, plan.n_out, CPLX, y + m * plan.n_out * C);
 }
 
-// Shared memory: factors and adjoints (4 wsize), dy ping-pong (4 max_size), reduction scratch.
+// Shared memory: factors and adjoints (4 wsize), dy ping-pong (4 max_size), reduction scratch (2 blockDim).
 // Global scratch ws: this row's stage inputs, (k + 1) × 2 max_size.
 template <typename T, bool CPLX>
 __global__ void matvec_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* awr_g, const T* awi_g,
                                        const T* x, const T* gy, T* gx, T* gwr, T* gwi, T* ws) {
   KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
-  const int S = plan.max_size, red = max(static_cast<int>(blockDim.x), plan.max_entries);
+  const int S = plan.max_size, red = blockDim.x;
   T* wr = reinterpret_cast<T*>(smem);
   T *wi = wr + plan.wsize, *awr = wi + plan.wsize, *awi = awr + plan.wsize;
   PingPong<T> d(awi + plan.wsize, S);
@@ -331,8 +359,8 @@ __global__ void lstm_forward_kernel(DevPlan plan, int G, const T* wr_g, const T*
 }
 
 // Shared memory: factors and adjoints (4 G wsize), the gates a (4N, then ∂L/∂a), ∂L/∂h and ∂L/∂c carried
-// between steps (N each), a PingPong of max_size for the adjoint stages, the reduction scratch (2 max(blockDim,
-// max p q)). Global scratch ws: this block's stage inputs per product, G × (k + 1) × 2 max_size.
+// between steps (N each), a PingPong of max_size for the adjoint stages, the reduction scratch (2 blockDim).
+// Global scratch ws: this block's stage inputs per product, G × (k + 1) × 2 max_size.
 template <typename T, bool CPLX>
 __global__ void lstm_backward_kernel(DevPlan plan, int G, const T* wr_g, const T* wi_g, const T* awr_g,
                                      const T* awi_g, const T* gx, const T* h0, const T* c0, const T* H, const T* C,
@@ -340,7 +368,7 @@ __global__ void lstm_backward_kernel(DevPlan plan, int G, const T* wr_g, const T
                                      T* ws) {
   KRU_DYNAMIC_SHARED(smem);
   const int N = plan.n_in, no = plan.n_out, W = plan.wsize, S = plan.max_size;
-  const int red = max(static_cast<int>(blockDim.x), plan.max_entries);
+  const int red = blockDim.x;
   T* wr = reinterpret_cast<T*>(smem);
   T *wi = wr + G * W, *awr = wi + G * W, *awi = awr + G * W, *a = awi + G * W, *dh = a + 4 * N, *dc = dh + N;
   PingPong<T> d(dc + N, S);
@@ -754,6 +782,12 @@ void allow_shared_memory(Kernel kernel, size_t smem, const at::Tensor& on, const
   if (smem > 48 * 1024) gpu::allow_smem(kernel, smem);
 }
 
+// Whether the fused recurrence keeps its factors (`factors` bytes) in shared memory next to the `rest` it
+// needs there: if they fit this device, else its kernels read them from global memory (through L1 and L2).
+bool factors_fit(size_t factors, size_t rest, const at::Tensor& on) {
+  return factors + rest <= gpu::smem_optin(on.get_device());
+}
+
 at::TensorOptions real_options(const at::Tensor& like) {
   return like.options().dtype(c10::toRealValueType(like.scalar_type()));
 }
@@ -802,10 +836,12 @@ at::Tensor launch_recurrence(const Plan& plan, RecurrenceKernel kernel, const at
                    ptr<T>(wr), ptr<T>(wi), u_ptr, ptr<T>(h0), ptr<T>(bias), ptr<T>(H), steps, in);
       } else {
         auto k = recurrence_forward_kernel<T, CPLX, decltype(nl)::value>;
-        const size_t smem = (2 * plan.wsize + 4 * plan.n_in) * sizeof(T);
+        const size_t state = 4 * plan.n_in * sizeof(T), factors = 2 * plan.wsize * sizeof(T);
+        const bool shared_factors = factors_fit(factors, state, h0);
+        const size_t smem = state + (shared_factors ? factors : 0);
         allow_shared_memory(k, smem, h0, "the recurrence");
         KRU_LAUNCH(k, B, block_threads(plan.n_in), smem, stream, device_plan(plan), ptr<T>(wr), ptr<T>(wi), u_ptr,
-                   ptr<T>(h0), ptr<T>(bias), ptr<T>(H), steps, in);
+                   ptr<T>(h0), ptr<T>(bias), ptr<T>(H), steps, in, shared_factors);
       }
     });
   });
@@ -874,11 +910,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
         at::Tensor ws = scratch({B, static_cast<long>(plan.stages.size()) + 1, 2, N}, H);
         const int threads = block_threads(N);
         auto kernel = recurrence_backward_kernel<T, CPLX, decltype(nl)::value>;
-        const size_t smem = (4 * plan.wsize + 4 * N + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
+        const size_t rest = (4 * N + 2 * threads) * sizeof(T), factors = 4 * plan.wsize * sizeof(T);
+        const bool shared_factors = factors_fit(factors, rest, H);
+        const size_t smem = rest + (shared_factors ? factors : 0);
         allow_shared_memory(kernel, smem, H, "the recurrence's backward pass");
         KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(h0),
                    ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), steps, ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr),
-                   ptr<T>(gwi), ptr<T>(gb), ptr<T>(ws));
+                   ptr<T>(gwi), ptr<T>(gb), ptr<T>(ws), shared_factors);
       });
     });
   }
@@ -923,7 +961,7 @@ std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cuda(const at::Tensor& g
     dispatch_dtype(x.scalar_type(), [&](auto t, auto c) {
       using T = decltype(t);
       auto kernel = matvec_backward_kernel<T, decltype(c)::value>;
-      const size_t smem = (4 * plan.wsize + 4 * S + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
+      const size_t smem = (4 * plan.wsize + 4 * S + 2 * threads) * sizeof(T);
       allow_shared_memory(kernel, smem, x, "kron_matvec's backward pass");
       KRU_LAUNCH(kernel, M, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(x),
                  ptr<T>(grad_y), ptr<T>(gx), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(ws));
@@ -981,7 +1019,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_kru_recurrence_b
     dispatch_dtype(w.scalar_type(), [&](auto t, auto c) {
       using T = decltype(t);
       auto kernel = lstm_backward_kernel<T, decltype(c)::value>;
-      const size_t smem = (4 * G * plan.wsize + 6 * N + 4 * S + 2 * std::max<long>(threads, dp.max_entries)) * sizeof(T);
+      const size_t smem = (4 * G * plan.wsize + 6 * N + 4 * S + 2 * threads) * sizeof(T);
       allow_shared_memory(kernel, smem, gx, "the LSTM+KRU recurrence's backward pass");
       KRU_LAUNCH(kernel, B, threads, smem, stream, dp, static_cast<int>(G), ptr<T>(wr), ptr<T>(wi), ptr<T>(awr),
                  ptr<T>(awi), ptr<T>(gx), ptr<T>(h0), ptr<T>(c0), ptr<T>(H), ptr<T>(C), ptr<T>(grad_H), ptr<T>(grad_C),
