@@ -763,6 +763,282 @@ __global__ void recurrence_backward_regs_kernel(RegsPlan p, const T* wr_g, const
   }
 }
 
+// ---- one warp a sequence (small N: 32, 64, 128) ----
+//
+// 2×2 factors, N = 32 R: lane l holds the R = 2^RB elements n = l R + e. Index bits below RB are a lane's
+// registers (a factor on one is applied in registers, as regs_stage); bit RB + L is lane bit L, whose factor
+// pairs each element with the one lane l ^ 2^L holds (__shfl_xor_sync), so no shared memory and no block
+// barrier is needed after the factors are loaded. kWarpSeqs sequences a block, one a warp; blocks of whole
+// warps, so a warp without a sequence leaves as a whole.
+
+// The factor on lane bit L applied to the R elements of this lane: the partner's elements by shuffles; this lane
+// computes output row i (its bit L): y_i = a_ii x_i + a_i,1-i x_1-i.
+template <int R, typename T, bool CPLX>
+__device__ __forceinline__ void lane_stage(int L, const T* wr, const T* wi, T (&xr)[R], T (&xi)[R]) {
+  const int i = (threadIdx.x >> L) & 1;
+  const T sr = wr[3 * i], si = CPLX ? wi[3 * i] : T(0), or_ = wr[1 + i], oi = CPLX ? wi[1 + i] : T(0);  // a_ii, a_i,1-i
+  KRU_UNROLL
+  for (int e = 0; e < R; ++e) {
+    const T pr = __shfl_xor_sync(0xffffffffu, xr[e], 1 << L);
+    const T pi = CPLX ? __shfl_xor_sync(0xffffffffu, xi[e], 1 << L) : T(0);
+    const T x0r = xr[e], x0i = xi[e];
+    xr[e] = sr * x0r + or_ * pr;
+    if (CPLX) {
+      xr[e] += -si * x0i - oi * pi;
+      xi[e] = sr * x0i + si * x0r + or_ * pi + oi * pr;
+    }
+  }
+}
+
+// The backward of lane_stage: x its input, d = ∂L/∂(its output) becomes Aᴴ d: this lane's element of it is
+// conj(a_ii) d_i + conj(a_1-i,i) d_1-i. This lane's part of the factor gradient, row i: diag += d_i conj(x_i),
+// off += d_i conj(x_1-i).
+template <int R, typename T, bool CPLX>
+__device__ __forceinline__ void lane_stage_backward(int L, const T* wr, const T* wi, const T (&xr)[R],
+                                                    const T (&xi)[R], T (&dr)[R], T (&di)[R], T (&g)[4]) {
+  const int i = (threadIdx.x >> L) & 1;
+  const T sr = wr[3 * i], si = CPLX ? wi[3 * i] : T(0), cr = wr[2 - i], ci = CPLX ? wi[2 - i] : T(0);  // a_ii, a_1-i,i
+  KRU_UNROLL
+  for (int e = 0; e < R; ++e) {
+    const T pxr = __shfl_xor_sync(0xffffffffu, xr[e], 1 << L);
+    const T pxi = CPLX ? __shfl_xor_sync(0xffffffffu, xi[e], 1 << L) : T(0);
+    const T pdr = __shfl_xor_sync(0xffffffffu, dr[e], 1 << L);
+    const T pdi = CPLX ? __shfl_xor_sync(0xffffffffu, di[e], 1 << L) : T(0);
+    const T d0r = dr[e], d0i = di[e];
+    cmac_conj<T, CPLX>(d0r, d0i, xr[e], xi[e], g[0], g[1]);
+    cmac_conj<T, CPLX>(d0r, d0i, pxr, pxi, g[2], g[3]);
+    dr[e] = sr * d0r + cr * pdr;
+    if (CPLX) {
+      dr[e] += si * d0i + ci * pdi;
+      di[e] = sr * d0i - si * d0r + cr * pdi - ci * pdr;
+    }
+  }
+}
+
+// regs_stage for R elements: the factor on register bit J.
+template <int J, int R, typename T, bool CPLX>
+__device__ __forceinline__ void reg_stage(const T* wr, const T* wi, T (&xr)[R], T (&xi)[R]) {
+  const T a00r = wr[0], a01r = wr[1], a10r = wr[2], a11r = wr[3];
+  const T a00i = CPLX ? wi[0] : T(0), a01i = CPLX ? wi[1] : T(0), a10i = CPLX ? wi[2] : T(0), a11i = CPLX ? wi[3] : T(0);
+  KRU_UNROLL
+  for (int e = 0; e < R; ++e) {
+    if (e & (1 << J)) continue;
+    const int e1 = e | (1 << J);
+    const T x0r = xr[e], x0i = xi[e], x1r = xr[e1], x1i = xi[e1];
+    xr[e] = a00r * x0r + a01r * x1r;
+    xr[e1] = a10r * x0r + a11r * x1r;
+    if (CPLX) {
+      xr[e] += -a00i * x0i - a01i * x1i;
+      xr[e1] += -a10i * x0i - a11i * x1i;
+      xi[e] = a00r * x0i + a00i * x0r + a01r * x1i + a01i * x1r;
+      xi[e1] = a10r * x0i + a10i * x0r + a11r * x1i + a11i * x1r;
+    }
+  }
+}
+
+// The backward of reg_stage<J>: as regs_stage_backward, the four entries' sums into g (re, im pairs).
+template <int J, int R, typename T, bool CPLX>
+__device__ __forceinline__ void reg_stage_backward(const T* wr, const T* wi, const T (&xr)[R], const T (&xi)[R],
+                                                   T (&dr)[R], T (&di)[R], T (&g)[8]) {
+  const T a00r = wr[0], a01r = wr[1], a10r = wr[2], a11r = wr[3];
+  const T a00i = CPLX ? wi[0] : T(0), a01i = CPLX ? wi[1] : T(0), a10i = CPLX ? wi[2] : T(0), a11i = CPLX ? wi[3] : T(0);
+  KRU_UNROLL
+  for (int e = 0; e < R; ++e) {
+    if (e & (1 << J)) continue;
+    const int e1 = e | (1 << J);
+    const T d0r = dr[e], d0i = di[e], d1r = dr[e1], d1i = di[e1];
+    cmac_conj<T, CPLX>(d0r, d0i, xr[e], xi[e], g[0], g[1]);
+    cmac_conj<T, CPLX>(d0r, d0i, xr[e1], xi[e1], g[2], g[3]);
+    cmac_conj<T, CPLX>(d1r, d1i, xr[e], xi[e], g[4], g[5]);
+    cmac_conj<T, CPLX>(d1r, d1i, xr[e1], xi[e1], g[6], g[7]);
+    dr[e] = a00r * d0r + a10r * d1r;
+    dr[e1] = a01r * d0r + a11r * d1r;
+    if (CPLX) {
+      dr[e] += a00i * d0i + a10i * d1i;
+      dr[e1] += a01i * d0i + a11i * d1i;
+      di[e] = a00r * d0i - a00i * d0r + a10r * d1i - a10i * d1r;
+      di[e1] = a01r * d0i - a01i * d0r + a11r * d1i - a11i * d1r;
+    }
+  }
+}
+
+// Index bit `bit` (of LOG_N = RB + 5) of a warp's state: its factor (log_n - 1 - bit) applied.
+template <int RB, typename T, bool CPLX>
+__device__ __forceinline__ void warp_stage(int bit, const T* wr, const T* wi, T (&xr)[1 << RB], T (&xi)[1 << RB]) {
+  constexpr int R = 1 << RB, LOG_N = RB + 5;
+  const int f = LOG_N - 1 - bit;
+  if (bit >= RB) {
+    lane_stage<R, T, CPLX>(bit - RB, wr + 4 * f, wi + 4 * f, xr, xi);
+  } else if constexpr (RB > 0) {  // RB <= 2: register bit 0 or 1
+    if (bit == 0) reg_stage<0, R, T, CPLX>(wr + 4 * f, wi + 4 * f, xr, xi);
+    else reg_stage<(RB > 1 ? 1 : 0), R, T, CPLX>(wr + 4 * f, wi + 4 * f, xr, xi);
+  }
+}
+
+constexpr int kWarpSeqs = 4;  // sequences (warps) a block
+
+// Shared memory: the factors' planes (2 · 4 LOG_N). blockDim.x = 32 kWarpSeqs; warp w of block c runs sequence
+// c kWarpSeqs + w. u_{t+1} (read from u, or computed by `in`) is loaded at the start of step t.
+template <int RB, typename T, bool CPLX, int NL>
+__global__ void recurrence_forward_warp_kernel(int batch, const T* wr_g, const T* wi_g, const T* u, const T* h0,
+                                               const T* bias, T* H, int steps, InputMap<T> in) {
+  KRU_DYNAMIC_SHARED(smem);
+  constexpr int C = CPLX ? 2 : 1, R = 1 << RB, LOG_N = RB + 5, N = 32 * R;
+  T* wr = reinterpret_cast<T*>(smem);
+  T* wi = wr + 4 * LOG_N;
+  load_factors(wr_g, wi_g, 4 * LOG_N, wr, wi);
+  __syncthreads();  // the factors
+  const long b = static_cast<long>(blockIdx.x) * kWarpSeqs + threadIdx.x / 32;
+  if (b >= batch) return;  // a whole warp
+  const int n0 = (threadIdx.x % 32) * R;  // this lane's first element
+  auto u_at = [&](int t, int n, int part) { return in.x ? in.at(b, t, steps, n * C + part) : u[((b * steps + t) * N + n) * C + part]; };
+  T xr[R], xi[R], ur[R], ui[R], bs[R];
+  KRU_UNROLL
+  for (int e = 0; e < R; ++e) {
+    xr[e] = h0[(b * N + n0 + e) * C];
+    xi[e] = CPLX ? h0[(b * N + n0 + e) * C + 1] : T(0);
+    bs[e] = bias[n0 + e];
+    ur[e] = steps > 0 ? u_at(0, n0 + e, 0) : T(0);
+    ui[e] = CPLX && steps > 0 ? u_at(0, n0 + e, 1) : T(0);
+  }
+  for (int t = 0; t < steps; ++t) {
+    T nr[R] = {}, ni[R] = {};  // u_{t+1}
+    if (t + 1 < steps) {
+      KRU_UNROLL
+      for (int e = 0; e < R; ++e) {
+        nr[e] = u_at(t + 1, n0 + e, 0);
+        ni[e] = CPLX ? u_at(t + 1, n0 + e, 1) : T(0);
+      }
+    }
+    KRU_UNROLL
+    for (int bit = 0; bit < LOG_N; ++bit) warp_stage<RB, T, CPLX>(bit, wr, wi, xr, xi);
+    T* ht = H + ((b * steps + t) * N + n0) * C;
+    KRU_UNROLL
+    for (int e = 0; e < R; ++e) {  // h_t = σ(W h_{t-1} + u_t)
+      T hr, hi;
+      nl_forward<NL, T, CPLX>(xr[e] + ur[e], CPLX ? xi[e] + ui[e] : T(0), bs[e], hr, hi);
+      xr[e] = hr;
+      xi[e] = hi;
+      ht[e * C] = hr;
+      if (CPLX) ht[e * C + 1] = hi;
+      ur[e] = nr[e];
+      ui[e] = ni[e];
+    }
+  }
+}
+
+// Sum over the warp's lanes.
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  KRU_UNROLL
+  for (int m = 16; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+  return v;
+}
+
+// Shared memory: the factors' planes. As the forward, one warp a sequence. A step (t from T - 1 down): the
+// stages' inputs recomputed from h_{t-1} into registers, ∂L/∂z_t = σ'(∂L/∂h_t), the adjoint stages in reverse
+// with each factor's gradient summed in this lane's registers over all steps; at the end the lanes' sums are
+// summed by shuffles into the sequence's row of gwr, gwi (B, Σ p q): no atomics. gu may be gH itself.
+template <int RB, typename T, bool CPLX, int NL>
+__global__ void recurrence_backward_warp_kernel(int batch, const T* wr_g, const T* wi_g, const T* h0, const T* H,
+                                                const T* gH, const T* bias, int steps, T* gu, T* gh0, T* gwr, T* gwi,
+                                                T* gb) {
+  KRU_DYNAMIC_SHARED(smem);
+  constexpr int C = CPLX ? 2 : 1, R = 1 << RB, LOG_N = RB + 5, N = 32 * R;
+  T* wr = reinterpret_cast<T*>(smem);
+  T* wi = wr + 4 * LOG_N;
+  load_factors(wr_g, wi_g, 4 * LOG_N, wr, wi);
+  __syncthreads();  // the factors
+  const long b = static_cast<long>(blockIdx.x) * kWarpSeqs + threadIdx.x / 32;
+  if (b >= batch) return;  // a whole warp
+  const int lane = threadIdx.x % 32, n0 = lane * R;
+  T dr[R] = {}, di[R] = {}, db[R] = {}, bs[R];  // ∂L/∂h_t carried
+  T greg[RB > 0 ? RB : 1][8] = {}, glane[5][4] = {};  // factor-gradient sums: register bits, lane bits
+  KRU_UNROLL
+  for (int e = 0; e < R; ++e) bs[e] = bias[n0 + e];
+  for (int t = steps - 1; t >= 0; --t) {
+    const T* hp = (t > 0 ? H + (b * steps + t - 1) * N * C : h0 + b * N * C) + n0 * C;
+    T yr[LOG_N][R], yi[LOG_N][R];  // yr[bit]: the input of bit's stage
+    KRU_UNROLL
+    for (int e = 0; e < R; ++e) {
+      yr[0][e] = hp[e * C];
+      yi[0][e] = CPLX ? hp[e * C + 1] : T(0);
+    }
+    KRU_UNROLL
+    for (int bit = 1; bit < LOG_N; ++bit) {
+      KRU_UNROLL
+      for (int e = 0; e < R; ++e) {
+        yr[bit][e] = yr[bit - 1][e];
+        yi[bit][e] = yi[bit - 1][e];
+      }
+      warp_stage<RB, T, CPLX>(bit - 1, wr, wi, yr[bit], yi[bit]);
+    }
+    const long row = ((b * steps + t) * N + n0) * C;
+    KRU_UNROLL
+    for (int e = 0; e < R; ++e) {  // ∂L/∂z_t from ∂L/∂h_t = the carried d + gH_t, in place
+      const long at = row + e * C;
+      T dzr, dzi;
+      nl_backward<NL, T, CPLX>(H[at], CPLX ? H[at + 1] : T(0), bs[e], dr[e] + gH[at], CPLX ? di[e] + gH[at + 1] : T(0),
+                               dzr, dzi, db[e]);
+      dr[e] = dzr;
+      di[e] = dzi;
+      gu[at] = dzr;
+      if (CPLX) gu[at + 1] = dzi;
+    }
+    KRU_UNROLL
+    for (int bit = LOG_N - 1; bit >= 0; --bit) {
+      const int f = LOG_N - 1 - bit;
+      if (bit >= RB) {
+        lane_stage_backward<R, T, CPLX>(bit - RB, wr + 4 * f, wi + 4 * f, yr[bit], yi[bit], dr, di, glane[bit - RB]);
+      } else if constexpr (RB > 0) {
+        if (bit == 0) reg_stage_backward<0, R, T, CPLX>(wr + 4 * f, wi + 4 * f, yr[bit], yi[bit], dr, di, greg[0]);
+        else reg_stage_backward<(RB > 1 ? 1 : 0), R, T, CPLX>(wr + 4 * f, wi + 4 * f, yr[bit], yi[bit], dr, di,
+                                                              greg[RB > 1 ? 1 : 0]);
+      }
+    }
+  }
+  KRU_UNROLL
+  for (int e = 0; e < R; ++e) {
+    gh0[(b * N + n0 + e) * C] = dr[e];
+    if (CPLX) gh0[(b * N + n0 + e) * C + 1] = di[e];
+    gb[b * N + n0 + e] = db[e];
+  }
+  T* rowr = gwr + b * 4 * LOG_N;
+  T* rowi = gwi + b * 4 * LOG_N;
+  KRU_UNROLL
+  for (int bit = 0; bit < RB; ++bit) {  // entry k of the factor: greg[bit][2 k] (re), [2 k + 1] (im)
+    KRU_UNROLL
+    for (int k = 0; k < 4; ++k) {
+      const T sr = warp_sum(greg[bit][2 * k]), si = warp_sum(greg[bit][2 * k + 1]);
+      if (lane == 0) {
+        rowr[4 * (LOG_N - 1 - bit) + k] = sr;
+        rowi[4 * (LOG_N - 1 - bit) + k] = si;
+      }
+    }
+  }
+  KRU_UNROLL
+  for (int L = 0; L < 5; ++L) {  // lane bit L: row i's (diagonal, off-diagonal) sums from the lanes with bit i
+    const bool one = (lane >> L) & 1;
+    T s[8];  // a00, a01, a10, a11 (re, im): a_ii is diagonal, a_i,1-i off-diagonal
+    s[0] = warp_sum(one ? T(0) : glane[L][0]);
+    s[1] = warp_sum(one ? T(0) : glane[L][1]);
+    s[2] = warp_sum(one ? T(0) : glane[L][2]);
+    s[3] = warp_sum(one ? T(0) : glane[L][3]);
+    s[4] = warp_sum(one ? glane[L][2] : T(0));
+    s[5] = warp_sum(one ? glane[L][3] : T(0));
+    s[6] = warp_sum(one ? glane[L][0] : T(0));
+    s[7] = warp_sum(one ? glane[L][1] : T(0));
+    if (lane == 0) {
+      const int f = LOG_N - 1 - (RB + L);
+      KRU_UNROLL
+      for (int k = 0; k < 4; ++k) {
+        rowr[4 * f + k] = s[2 * k];
+        rowi[4 * f + k] = s[2 * k + 1];
+      }
+    }
+  }
+}
+
 // ---- host side ----
 
 int block_threads(long size) { return size >= 512 ? 256 : 128; }
@@ -803,6 +1079,15 @@ at::Tensor scratch(std::initializer_list<int64_t> sizes, const at::Tensor& like)
   return new_output(sizes, real_options(like));
 }
 
+// Calls f(std::integral_constant<int, RB>{}) for the warp kernels' register bits RB = log_n - 5.
+template <typename F>
+void warp_dispatch(int log_n, F&& f) {
+  if (log_n == 5) return f(std::integral_constant<int, 0>{});
+  if (log_n == 6) return f(std::integral_constant<int, 1>{});
+  TORCH_CHECK(log_n == 7, "krubench (cuda): the warp kernels take N = 32, 64 or 128, got 2^", log_n);
+  return f(std::integral_constant<int, 2>{});
+}
+
 // The kernel the recurrence runs on this device (both directions choose alike: kru_plan.h).
 RecurrenceKernel choose_kernel(const Plan& plan, const at::Tensor& like) {
   return cuda_recurrence_kernel(plan, like.scalar_type(), gpu::smem_optin(like.get_device()));
@@ -827,7 +1112,15 @@ at::Tensor launch_recurrence(const Plan& plan, RecurrenceKernel kernel, const at
       const InputMap<T> in{x.defined() ? ptr<T>(x) : nullptr, x.defined() ? ptr<T>(uw) : nullptr,
                            x.defined() ? ptr<T>(ub) : nullptr, x.defined() ? static_cast<int>(x.size(2)) : 0};
       const T* u_ptr = u.defined() ? ptr<T>(u) : nullptr;
-      if (kernel == RecurrenceKernel::kRegisters) {
+      if (kernel == RecurrenceKernel::kWarp) {
+        const int log_n = regs_log_n(plan);
+        warp_dispatch(log_n, [&](auto rb) {
+          auto k = recurrence_forward_warp_kernel<decltype(rb)::value, T, CPLX, decltype(nl)::value>;
+          const size_t smem = 8 * log_n * sizeof(T);
+          KRU_LAUNCH(k, (B + kWarpSeqs - 1) / kWarpSeqs, 32 * kWarpSeqs, smem, stream, static_cast<int>(B),
+                     ptr<T>(wr), ptr<T>(wi), u_ptr, ptr<T>(h0), ptr<T>(bias), ptr<T>(H), steps, in);
+        });
+      } else if (kernel == RecurrenceKernel::kRegisters) {
         const int log_n = regs_log_n(plan);
         auto k = recurrence_forward_regs_kernel<T, CPLX, decltype(nl)::value>;
         const size_t smem = regs_forward_smem(log_n, sizeof(T));
@@ -882,7 +1175,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
     c10::string_view nonlinearity, const at::Tensor& bias, const at::Tensor& grad_u) {
   const Plan plan = check_recurrence_backward(grad_H, H, h0, w, shapes, bias, grad_u);
   const gpu::Guard guard(H.device());
-  const bool regs = choose_kernel(plan, H) == RecurrenceKernel::kRegisters;
+  const RecurrenceKernel chosen = choose_kernel(plan, H);
   const long B = H.size(0), N = plan.n_in;
   at::Tensor gh0 = new_output(h0.sizes(), h0.options());
   at::Tensor gwr = real_zeros({B, plan.wsize}, H), gwi = real_zeros({B, plan.wsize}, H), gb = real_zeros({B, N}, H);
@@ -893,7 +1186,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
       dispatch_nonlinearity(nonlinearity, [&](auto nl) {
         using T = decltype(t);
         constexpr bool CPLX = decltype(c)::value;
-        if (regs) {
+        if (chosen == RecurrenceKernel::kWarp) {
+          const int log_n = regs_log_n(plan);
+          at::Tensor wr, wi;
+          std::tie(wr, wi) = factor_planes(w, plan, false);
+          warp_dispatch(log_n, [&](auto rb) {
+            auto kernel = recurrence_backward_warp_kernel<decltype(rb)::value, T, CPLX, decltype(nl)::value>;
+            KRU_LAUNCH(kernel, (B + kWarpSeqs - 1) / kWarpSeqs, 32 * kWarpSeqs, 8 * log_n * sizeof(T), stream,
+                       static_cast<int>(B), ptr<T>(wr), ptr<T>(wi), ptr<T>(h0), ptr<T>(H), ptr<T>(grad_H),
+                       ptr<T>(bias), steps, ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb));
+          });
+          return;
+        }
+        if (chosen == RecurrenceKernel::kRegisters) {
           const int log_n = regs_log_n(plan);
           at::Tensor wr, wi;
           std::tie(wr, wi) = factor_planes(w, plan, false);

@@ -302,20 +302,27 @@ inline int regs_log_n(const Plan& plan) {
   return log_n >= kRegBits && log_n <= kRegsMaxLogN ? log_n : -1;
 }
 
-enum class RecurrenceKernel { kFused, kRegisters };
+enum class RecurrenceKernel { kFused, kRegisters, kWarp };
 
-// The CUDA recurrence's kernel: register-resident when the factors are 2×2, N is 8 ... 8192 and both
+// The warp kernels (one warp a sequence, N / 32 elements a lane, lane bits by shuffles) take N = 32 ... 128.
+constexpr int kWarpMinLogN = 5, kWarpMaxLogN = 7;
+
+// The CUDA recurrence's kernel for 2×2 factors: one warp a sequence for N = 32 ... 128 (not latency-bound by a
+// block of N / 8 threads and its barriers), register-resident for N = 8, 16 and 256 ... 8192 when both
 // directions' shared memory fits `smem_limit` bytes a block (the device's opt-in limit); fused otherwise.
 inline RecurrenceKernel cuda_recurrence_kernel(const Plan& plan, at::ScalarType dtype, size_t smem_limit) {
   const int log_n = regs_log_n(plan);
   if (log_n < 0) return RecurrenceKernel::kFused;
+  if (log_n >= kWarpMinLogN && log_n <= kWarpMaxLogN) return RecurrenceKernel::kWarp;
   const size_t elem = c10::elementSize(c10::toRealValueType(dtype));
   const bool fits = regs_forward_smem(log_n, elem) <= smem_limit &&
                     regs_backward_smem(log_n, c10::isComplexType(dtype), elem) <= smem_limit;
   return fits ? RecurrenceKernel::kRegisters : RecurrenceKernel::kFused;
 }
 
-inline const char* kernel_name(RecurrenceKernel k) { return k == RecurrenceKernel::kRegisters ? "registers" : "fused"; }
+inline const char* kernel_name(RecurrenceKernel k) {
+  return k == RecurrenceKernel::kWarp ? "warp" : k == RecurrenceKernel::kRegisters ? "registers" : "fused";
+}
 
 // The operator kru_recurrence_kernel: the kernel the CUDA recurrence runs for factors of these shapes, by name.
 inline std::string recurrence_kernel_name(at::IntArrayRef shapes, at::ScalarType dtype, int64_t smem_limit) {

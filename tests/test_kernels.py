@@ -463,11 +463,11 @@ def test_a_backend_that_cannot_build_falls_back_with_one_warning(monkeypatch, ca
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("nonlinearity", ops.NONLINEARITIES)
-@pytest.mark.parametrize("log_n,B,T", [(3, 3, 5), (7, 17, 9), (10, 5, 20), (11, 3, 4), (12, 3, 4)])
+@pytest.mark.parametrize("log_n,B,T", [(3, 3, 5), (5, 6, 7), (7, 17, 9), (8, 3, 5), (10, 5, 20), (11, 3, 4), (12, 3, 4)])
 def test_cuda_recurrence_of_2x2_factors_matches_reference(nonlinearity, log_n, B, T):
-    """kru_recurrence with 2×2 factors on the GPU, forward and backward (the register-resident kernels where
-    kru_recurrence_kernel says so, N <= 2048 in complex64; also emulated in tests/test_kernels_emu.py), and the
-    forced register-resident forward kru_recurrence_regs."""
+    """kru_recurrence with 2×2 factors on the GPU, forward and backward (the warp or register-resident kernels
+    where kru_recurrence_kernel says so; also emulated in tests/test_kernels_emu.py), and the forced
+    register-resident forward kru_recurrence_regs."""
     from krubench.ops import compiled
     loaded("cuda")
     problem = recurrence_problem([2] * log_n, B, T, True, nonlinearity, seed=log_n)
@@ -491,7 +491,9 @@ H200_SMEM = 232448  # shared memory a block may opt in to on H100/H200
 
 
 @pytest.mark.parametrize("sizes,dtype,expected", [
-    ([2] * 7, torch.complex64, "registers"),     # copy, adding: N = 128
+    ([2] * 5, torch.complex64, "warp"),          # one warp a sequence
+    ([2] * 7, torch.complex64, "warp"),          # copy, adding: N = 128
+    ([2] * 8, torch.float32, "registers"),
     ([2] * 9, torch.complex64, "registers"),     # pixel MNIST: N = 512
     ([2] * 10, torch.complex64, "registers"),
     ([2] * 11, torch.complex64, "registers"),
@@ -506,7 +508,8 @@ H200_SMEM = 232448  # shared memory a block may opt in to on H100/H200
 ], ids=lambda v: str(v).replace(" ", ""))
 def test_the_cuda_recurrence_kernel_is_chosen_by_the_factor_shapes(sizes, dtype, expected):
     """The CUDA recurrence's choice (cuda/kru_plan.h) as a pure function, asked through the CPU library without
-    a GPU: register-resident for 2×2 factors whose kernels fit the device's shared memory, fused otherwise."""
+    a GPU: one warp a sequence for 2×2 factors at N = 32 ... 128, register-resident for other 2×2 factors whose
+    kernels fit the device's shared memory, fused otherwise."""
     loaded("cpp")
     shapes = [s for n in sizes for s in (n, n)]
     assert torch.ops.krubench.kru_recurrence_kernel(shapes, dtype, H200_SMEM) == expected
@@ -524,6 +527,7 @@ def test_the_kru_layer_leaves_factors_unmerged_where_the_register_resident_kerne
                         lambda device: SimpleNamespace(shared_memory_per_block_optin=limit["bytes"]))
     twos = [torch.eye(2, dtype=torch.complex64)] * 9
     assert [f.shape[0] for f in layer.recurrence_stages(twos, "cuda", 16, torch.complex64)] == [2] * 9
+    assert [f.shape[0] for f in layer.recurrence_stages(twos[:7], "cuda", 16, torch.complex64)] == [2] * 7  # warp
     assert [f.shape[0] for f in layer.recurrence_stages(twos, "cpp", 16, torch.complex64)] == [4] * 4 + [2]
     music = [torch.eye(n) for n in (2, 2, 5, 5)]
     assert [f.shape[0] for f in layer.recurrence_stages(music, "cuda", 16, torch.float32)] == [4, 5, 5]

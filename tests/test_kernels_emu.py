@@ -157,12 +157,16 @@ def test_emulated_recurrence_with_the_input_map_inside_matches_reference(emu, or
     assert errors([H], [ref32], [ref64], ["H (input map inside)"]) == []
 
 
-REGS_CASES = [  # (log2 N, B, T, thread order): 1 to 4 register layouts a step (0 to 3 transposes each way)
-    pytest.param(3, 2, 3, "ascending", id="N8"),
-    pytest.param(5, 2, 3, "descending", id="N32"),
-    pytest.param(7, 1, 3, "shuffled", id="N128"),
-    pytest.param(9, 2, 2, "ascending", id="N512"),
-    pytest.param(10, 1, 2, "descending", id="N1024"),
+TWOS_CASES = [  # (log2 N, B, T, thread order, kernel): 1 to 4 register layouts a step (0 to 3 transposes each
+    # way); one warp a sequence, 4 a block, with 1, 2 and 4 elements a lane (B = 5: a block with one warp at work)
+    pytest.param(3, 2, 3, "ascending", "registers", id="N8"),
+    pytest.param(4, 2, 3, "descending", "registers", id="N16"),
+    pytest.param(5, 5, 3, "descending", "warp", id="N32"),
+    pytest.param(6, 5, 2, "shuffled", "warp", id="N64"),
+    pytest.param(7, 5, 3, "ascending", "warp", id="N128"),
+    pytest.param(8, 1, 3, "shuffled", "registers", id="N256"),
+    pytest.param(9, 2, 2, "ascending", "registers", id="N512"),
+    pytest.param(10, 1, 2, "descending", "registers", id="N1024"),
 ]
 
 
@@ -181,29 +185,31 @@ def _barriers_of(kernel: str) -> set[int]:
 
 
 KERNEL_BARRIERS = {"registers": _barriers_of("recurrence_backward_regs_kernel"),
+                   "warp": _barriers_of("recurrence_backward_warp_kernel"),
                    "fused": _barriers_of("recurrence_backward_kernel")}
+assert all(KERNEL_BARRIERS.values()), KERNEL_BARRIERS
 
 
 @pytest.mark.parametrize("nonlinearity", ["modrelu", "relu", "tanh"])
 @pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
-@pytest.mark.parametrize("log_n,B,T,order", REGS_CASES)
-def test_emulated_register_resident_recurrence_matches_reference(emu, nonlinearity, complex_, log_n, B, T, order):
-    """kru_recurrence with 2×2 factors dispatches to the register-resident forward and backward kernels: H and
-    every gradient against the reference. Layouts of 3 index bits each, the last overlapping its neighbour when 3
-    does not divide log2 N."""
+@pytest.mark.parametrize("log_n,B,T,order,kernel", TWOS_CASES)
+def test_emulated_recurrence_of_2x2_factors_matches_reference(emu, nonlinearity, complex_, log_n, B, T, order, kernel):
+    """kru_recurrence with 2×2 factors dispatches to the warp (N = 32 ... 128) or register-resident forward and
+    backward kernels: H and every gradient against the reference. Register-resident: layouts of 3 index bits
+    each, the last overlapping its neighbour when 3 does not divide log2 N."""
     configure(emu, order, seed=log_n)
     dtype = torch.complex64 if complex_ else torch.float32
-    assert emu.kru_recurrence_kernel([2] * (2 * log_n), dtype, DEFAULT_OPTIN) == "registers"
+    assert emu.kru_recurrence_kernel([2] * (2 * log_n), dtype, DEFAULT_OPTIN) == kernel
     assert recurrence_errors(emu, [2] * log_n, B, T, complex_, nonlinearity, seed=log_n) == []
-    assert ran_kernels(emu) == {"registers"}
+    assert ran_kernels(emu) == {kernel}
 
 
 @pytest.mark.parametrize("complex_,nonlinearity", [(True, "modrelu"), (True, "tanh"), (False, "relu")],
                          ids=["complex-modrelu", "complex-tanh", "real-relu"])
-@pytest.mark.parametrize("log_n", [3, 4])
-def test_emulated_register_resident_recurrence_gradcheck(emu, complex_, nonlinearity, log_n):
-    """torch.autograd.gradcheck in complex128/float64 of the register-resident kernels (emulated), wrapped in an
-    autograd.Function: their backward is the derivative of their forward. N = 8 (one layout) and 16 (two)."""
+@pytest.mark.parametrize("log_n", [3, 4, 5])
+def test_emulated_recurrence_of_2x2_factors_gradcheck(emu, complex_, nonlinearity, log_n):
+    """torch.autograd.gradcheck in complex128/float64 of the register-resident (N = 8: one layout, 16: two) and warp
+    (N = 32) kernels, emulated, wrapped in an autograd.Function: their backward is the derivative of their forward."""
     configure(emu)
     problem = recurrence_problem([2] * log_n, 2, 3, complex_, nonlinearity, seed=log_n)
     factors, u, h0, bias, _ = problem
@@ -225,12 +231,13 @@ def test_emulated_register_resident_recurrence_gradcheck(emu, complex_, nonlinea
             return grad_u, gh0, gw, gb
 
     inputs = [t.clone().requires_grad_() for t in (u, h0, w, b)]
-    assert torch.autograd.gradcheck(Recurrence.apply, inputs)
-    assert ran_kernels(emu) == {"registers"}
+    # fast mode (a random projection of the Jacobian) for the warp kernels, whose emulated shuffles are slow
+    assert torch.autograd.gradcheck(Recurrence.apply, inputs, fast_mode=log_n == 5)
+    assert ran_kernels(emu) == {"warp" if log_n == 5 else "registers"}
 
 
 def empty_sequence_errors(lib, log_n=4):
-    """The register-resident backward of sequences of no steps: ∂L/∂h0 and every gradient zero."""
+    """The backward of sequences of no steps (2×2 factors): ∂L/∂h0 and every gradient zero."""
     w, shapes = compiled._pack([torch.eye(2, dtype=torch.complex64)] * log_n, torch.complex64)
     N = 2 ** log_n
     H, h0, b = torch.empty(2, 0, N, dtype=torch.complex64), torch.randn(2, N, dtype=torch.complex64), torch.zeros(N)
@@ -239,14 +246,15 @@ def empty_sequence_errors(lib, log_n=4):
                                                                         ("grad bias", gb)) if not torch.all(g == 0)]
 
 
-def test_the_register_resident_backward_of_an_empty_sequence_is_zero(emu):
+@pytest.mark.parametrize("log_n,kernel", [(4, "registers"), (6, "warp")])
+def test_the_backward_of_an_empty_sequence_is_zero(emu, log_n, kernel):
     configure(emu, "descending")
-    assert empty_sequence_errors(emu) == []
-    assert ran_kernels(emu) == {"registers"}
+    assert empty_sequence_errors(emu, log_n) == []
+    assert ran_kernels(emu) == {kernel}
 
 
 PAPER_SHAPES = {  # the paper's KRUs: factor sizes, and the kernel the CUDA recurrence runs them on
-    "copy/adding N=128": ([2] * 7, True, "registers"),
+    "copy/adding N=128": ([2] * 7, True, "warp"),
     "pixel MNIST N=512": ([2] * 9, True, "registers"),
     "N=1024": ([2] * 10, True, "registers"),
     "music N=100": ([2, 2, 5, 5], False, "fused"),
@@ -334,6 +342,7 @@ def test_every_barrier_of_the_kernels_runs(emu):
     emu.configure(0, 0, -1, DEFAULT_OPTIN)
     recurrence_errors(emu, [4, 2], 2, 2, True, "modrelu")
     recurrence_errors(emu, [2] * 5, 1, 2, True, "modrelu")
+    recurrence_errors(emu, [2] * 8, 1, 2, True, "modrelu")
     matvec_errors(emu, [(2, 3), (4, 2)], 2)
     regs_errors(emu, 5, 1, 2, True, "modrelu")
     lstm_errors(emu, [(8, 2), (2, 2)], 1, 2, 2, True)
@@ -351,7 +360,8 @@ def test_removing_any_barrier_fails(emu, line):
             exposed += recurrence_errors(emu, [4, 2, 2], 2, 2, True, "modrelu")
             exposed += matvec_errors(emu, [(2, 3), (4, 2)], 2)
             exposed += regs_errors(emu, 7, 1, 3, True, "modrelu")
-            exposed += recurrence_errors(emu, [2] * 7, 1, 3, True, "modrelu")  # register-resident, both ways
+            exposed += recurrence_errors(emu, [2] * 7, 1, 3, True, "modrelu")  # one warp a sequence, both ways
+            exposed += recurrence_errors(emu, [2] * 8, 1, 3, True, "modrelu")  # register-resident, both ways
             exposed += empty_sequence_errors(emu)
             exposed += lstm_errors(emu, [(8, 2), (2, 2)], 1, 2, 2, True)  # joint: gate rows cross threads
             exposed += lstm_errors(emu, [(2, 2), (4, 4)], 4, 2, 2, False)
@@ -369,6 +379,8 @@ SIGN_MUTANTS = {  # file, original, mutant: a sign of the complex arithmetic fli
     "Re(conj(a) d) in the register-resident adjoint": ("kru_cuda.cu", "dr[e1] += a01i * d0i + a11i * d1i;",
                                                        "dr[e1] -= a01i * d0i + a11i * d1i;"),
     "conj(x) in the register-resident factor gradient": ("kron_math.h", "    im -= ar * bi;", "    im += ar * bi;"),
+    "conj in the warp kernels' lane-bit adjoint": ("kru_cuda.cu", "di[e] = sr * d0i - si * d0r", "di[e] = sr * d0i + si * d0r"),
+    "Re(a x) in the warp kernels' lane-bit stage": ("kru_cuda.cu", "xr[e] += -si * x0i - oi * pi;", "xr[e] += si * x0i - oi * pi;"),
 }
 
 
@@ -392,6 +404,7 @@ def test_a_flipped_sign_fails(tmp_path, mutant):
     lib = getattr(torch.ops, lib_name)
     found = recurrence_errors(lib, [4, 2], 2, 2, True, "modrelu") + matvec_errors(lib, [(2, 3), (4, 2)], 2)
     found += recurrence_errors(lib, [2] * 4, 2, 2, True, "modrelu")  # register-resident
+    found += recurrence_errors(lib, [2] * 6, 2, 2, True, "modrelu")  # one warp a sequence
     assert found, f"the kernels still match the reference with {mutant} flipped ({file}: {mutated})"
 
 

@@ -94,9 +94,9 @@ def merge_limit(backend: str, merge_upto: int) -> int:
 @torch.compiler.assume_constant_result
 def cuda_recurrence_kernel(shapes: tuple[int, ...], dtype: torch.dtype, device) -> str:
     """The kernel the CUDA recurrence runs, both directions, for square factors of sizes `shapes` on `device`:
-    'registers' (2×2 factors, N = 8 ... 8192, if the device's shared memory holds it) or 'fused'. The operator
-    makes this choice itself (cuda/kru_plan.h); it is asked here only so that factors it takes register-resident
-    are not merged before the call."""
+    'warp' (2×2 factors, N = 32 ... 128: one warp a sequence), 'registers' (other 2×2 factors, N = 8 ... 8192, if
+    the device's shared memory holds them) or 'fused'. The operator makes this choice itself (cuda/kru_plan.h); it
+    is asked here only so that factors those kernels take are not merged before the call."""
     limit = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
     return torch.ops.krubench.kru_recurrence_kernel([s for n in shapes for s in (n, n)], dtype, limit)
 

@@ -24,10 +24,10 @@ def stages(factors: Sequence[torch.Tensor], backend: str, merge_upto: int) -> li
 
 
 def recurrence_stages(factors: Sequence[torch.Tensor], backend: str, merge_upto: int, dtype: torch.dtype) -> list:
-    """`stages` for the KRU recurrence: on CUDA the factors stay unmerged where its register-resident kernels
-    take them (they need 2×2 factors, and a 2×2 stage in registers costs no memory traffic)."""
+    """`stages` for the KRU recurrence: on CUDA the factors stay unmerged where its register-resident or warp
+    kernels take them (they need 2×2 factors, and a 2×2 stage in registers costs no memory traffic)."""
     if backend == "cuda" and cuda_recurrence_kernel(tuple(f.shape[0] for f in factors), dtype,
-                                                    factors[0].device) == "registers":
+                                                    factors[0].device) in ("registers", "warp"):
         return list(factors)
     return stages(factors, backend, merge_upto)
 
