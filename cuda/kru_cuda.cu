@@ -202,14 +202,15 @@ __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* 
 
 // Shared memory: factors and their adjoints (4 wsize) unless read from global memory (`shared_factors`, as in
 // the forward), a PingPong of N for ∂L/∂h_t and the adjoint stages (x holds ∂L/∂h between steps), the reduction
-// scratch (2 blockDim). Global scratch ws: this block's stage inputs, (k + 1) × 2 N.
+// scratch (2 blockDim). Global scratch ws: this block's stage inputs, (k + 1) × 2 N. Factor gradients of the
+// stages from grad_stages on are left to the caller.
 // Reads H, never u (nl_backward works from h_t); gu may be gH itself (each element is read, then written,
 // by one thread).
 template <typename T, bool CPLX, int NL>
 __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* awr_g,
                                            const T* awi_g, const T* h0, const T* H, const T* gH, const T* bias,
                                            int steps, T* gu, T* gh0, T* gwr, T* gwi, T* gb, T* ws,
-                                           bool shared_factors) {
+                                           bool shared_factors, int grad_stages) {
   KRU_DYNAMIC_SHARED(smem);
   constexpr int C = CPLX ? 2 : 1;
   const int N = plan.n_in, red = blockDim.x;
@@ -251,8 +252,9 @@ __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T*
     }
     __syncthreads();
     for (int f = plan.k - 1; f >= 0; --f, d.swap()) {  // ends with ∂L/∂h_{t-1} in d.x
-      accumulate_factor_grad<T, CPLX>(plan.s[f], d.xr, d.xi, sr + 2 * f * N, sr + (2 * f + 1) * N, redr, redi, bgr,
-                                      bgi);
+      if (f < grad_stages)  // the others' gradients are one matrix product after the kernel (gemm_last_factor_grad)
+        accumulate_factor_grad<T, CPLX>(plan.s[f], d.xr, d.xi, sr + 2 * f * N, sr + (2 * f + 1) * N, redr, redi, bgr,
+                                        bgi);
       DevStage adj = plan.s[f];
       adj.p = plan.s[f].q;
       adj.q = plan.s[f].p;
@@ -1058,6 +1060,24 @@ void allow_shared_memory(Kernel kernel, size_t smem, const at::Tensor& on, const
   if (smem > 48 * 1024) gpu::allow_smem(kernel, smem);
 }
 
+// The last factor's gradient, Σ_{t, b, a} ∂L/∂z_t[a, :] x_t[a, :]ᴴ over every step, sequence and slice a of
+// its stage, as one matrix product (cuBLAS on a GPU): x_t = (F_0 ⊗ … ⊗ F_{k-2} ⊗ I) h_{t-1} is that stage's
+// input, and ∂L/∂z_t = grad_u, as the backward kernel wrote it, the last stage's output gradient.
+at::Tensor last_factor_grad(const Plan& plan, const at::Tensor& w, const at::Tensor& h0, const at::Tensor& H,
+                            const at::Tensor& grad_u) {
+  const long B = H.size(0), T = H.size(1), N = plan.n_in;
+  at::Tensor x = at::cat({h0.unsqueeze(1), H.narrow(1, 0, T - 1)}, 1).reshape({B * T, N});  // h_{t-1}
+  for (size_t f = 0; f + 1 < plan.stages.size(); ++f) {
+    const Stage& s = plan.stages[f];
+    const at::Tensor F = w.narrow(0, s.woff, static_cast<long>(s.p) * s.q).view({s.p, s.q});
+    x = at::matmul(F, x.view({B * T, s.pre, s.q, s.post})).reshape({B * T, -1});
+  }
+  const Stage& last = plan.stages.back();  // post = 1: x is (B T pre, q), grad_u (B T pre, p)
+  const at::Tensor dz = grad_u.reshape({B * T * last.pre, last.p});
+  x = x.reshape({B * T * last.pre, last.q});
+  return at::matmul(dz.t(), x.is_complex() ? x.conj() : x);
+}
+
 // Whether the fused recurrence keeps its factors (`factors` bytes) in shared memory next to the `rest` it
 // needs there: if they fit this device, else its kernels read them from global memory (through L1 and L2).
 bool factors_fit(size_t factors, size_t rest, const at::Tensor& on) {
@@ -1176,6 +1196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
   const Plan plan = check_recurrence_backward(grad_H, H, h0, w, shapes, bias, grad_u);
   const gpu::Guard guard(H.device());
   const RecurrenceKernel chosen = choose_kernel(plan, H);
+  const bool gemm_last = chosen == RecurrenceKernel::kFused && gemm_last_factor(plan) && H.size(1) > 0;
   const long B = H.size(0), N = plan.n_in;
   at::Tensor gh0 = new_output(h0.sizes(), h0.options());
   at::Tensor gwr = real_zeros({B, plan.wsize}, H), gwi = real_zeros({B, plan.wsize}, H), gb = real_zeros({B, N}, H);
@@ -1213,6 +1234,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
         const DevPlan dp = device_plan(plan);
         const auto [wr, wi, awr, awi] = backward_planes(w, plan);
         at::Tensor ws = scratch({B, static_cast<long>(plan.stages.size()) + 1, 2, N}, H);
+        const int grad_stages = gemm_last ? dp.k - 1 : dp.k;
         const int threads = block_threads(N);
         auto kernel = recurrence_backward_kernel<T, CPLX, decltype(nl)::value>;
         const size_t rest = (4 * N + 2 * threads) * sizeof(T), factors = 4 * plan.wsize * sizeof(T);
@@ -1221,11 +1243,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
         allow_shared_memory(kernel, smem, H, "the recurrence's backward pass");
         KRU_LAUNCH(kernel, B, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(h0),
                    ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias), steps, ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr),
-                   ptr<T>(gwi), ptr<T>(gb), ptr<T>(ws), shared_factors);
+                   ptr<T>(gwi), ptr<T>(gb), ptr<T>(ws), shared_factors, grad_stages);
       });
     });
   }
   at::Tensor gw = combine_planes(gwr.sum(0), gwi.sum(0), H.is_complex());
+  if (gemm_last && B > 0) {
+    const Stage& last = plan.stages.back();
+    gw.narrow(0, last.woff, static_cast<long>(last.p) * last.q).copy_(last_factor_grad(plan, w, h0, H, grad_u).reshape(-1));
+  }
   return {gh0, gw, gb.sum(0)};
 }
 

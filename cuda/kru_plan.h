@@ -320,6 +320,16 @@ inline RecurrenceKernel cuda_recurrence_kernel(const Plan& plan, at::ScalarType 
   return fits ? RecurrenceKernel::kRegisters : RecurrenceKernel::kFused;
 }
 
+// The fused backward leaves the last factor's gradient to one matrix product over all steps when that factor
+// has at least this many entries (PTB's 137×137 and 331×331): summed in the kernel, every block would read and
+// write all of them in global memory at every step.
+constexpr long kGemmGradEntries = 1024;
+
+inline bool gemm_last_factor(const Plan& plan) {
+  const Stage& last = plan.stages.back();
+  return static_cast<long>(last.p) * last.q >= kGemmGradEntries;
+}
+
 inline const char* kernel_name(RecurrenceKernel k) {
   return k == RecurrenceKernel::kWarp ? "warp" : k == RecurrenceKernel::kRegisters ? "registers" : "fused";
 }

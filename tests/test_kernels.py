@@ -80,6 +80,7 @@ RECURRENCE_CASES = [  # (factor sizes, B, T)
     ([8], 16, 2),
     ([16, 16, 2], 3, 4),
     ([3, 2], 2, 3),  # a size without an unrolled path
+    ([2, 32], 3, 4),  # CUDA: the last factor's gradient one matrix product after the kernel
 ]
 
 

@@ -125,6 +125,7 @@ RECURRENCE_CASES = [  # (factor sizes, B, T): the stage shapes of the model's me
     ([4, 4, 2], 2, 2),
     ([16, 2], 2, 2),
     ([3, 2], 2, 3),
+    ([2, 32], 2, 3),  # a last factor of 1024 entries: its gradient one matrix product after the kernel
 ]
 
 
