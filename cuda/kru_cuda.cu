@@ -929,6 +929,16 @@ __global__ void recurrence_forward_warp_kernel(int batch, const T* wr_g, const T
   }
 }
 
+// f(std::integral_constant<int, I>{}) for I = FROM ... TO - 1: loops whose index must be a compile-time constant
+// (it indexes register arrays), whatever the compiler's unrolling decides.
+template <int FROM, int TO, typename F>
+__device__ __forceinline__ void static_for(F&& f) {
+  if constexpr (FROM < TO) {
+    f(std::integral_constant<int, FROM>{});
+    static_for<FROM + 1, TO>(f);
+  }
+}
+
 // Sum over the warp's lanes.
 template <typename T>
 __device__ __forceinline__ T warp_sum(T v) {
@@ -966,15 +976,15 @@ __global__ void recurrence_backward_warp_kernel(int batch, const T* wr_g, const 
       yr[0][e] = hp[e * C];
       yi[0][e] = CPLX ? hp[e * C + 1] : T(0);
     }
-    KRU_UNROLL
-    for (int bit = 1; bit < LOG_N; ++bit) {
+    static_for<1, LOG_N>([&](auto i) {
+      constexpr int bit = decltype(i)::value;
       KRU_UNROLL
       for (int e = 0; e < R; ++e) {
         yr[bit][e] = yr[bit - 1][e];
         yi[bit][e] = yi[bit - 1][e];
       }
       warp_stage<RB, T, CPLX>(bit - 1, wr, wi, yr[bit], yi[bit]);
-    }
+    });
     const long row = ((b * steps + t) * N + n0) * C;
     KRU_UNROLL
     for (int e = 0; e < R; ++e) {  // ∂L/∂z_t from ∂L/∂h_t = the carried d + gH_t, in place
@@ -987,17 +997,13 @@ __global__ void recurrence_backward_warp_kernel(int batch, const T* wr_g, const 
       gu[at] = dzr;
       if (CPLX) gu[at + 1] = dzi;
     }
-    KRU_UNROLL
-    for (int bit = LOG_N - 1; bit >= 0; --bit) {
-      const int f = LOG_N - 1 - bit;
-      if (bit >= RB) {
+    static_for<0, LOG_N>([&](auto i) {
+      constexpr int f = decltype(i)::value, bit = LOG_N - 1 - f;  // the stages in reverse
+      if constexpr (bit >= RB)
         lane_stage_backward<R, T, CPLX>(bit - RB, wr + 4 * f, wi + 4 * f, yr[bit], yi[bit], dr, di, glane[bit - RB]);
-      } else if constexpr (RB > 0) {
-        if (bit == 0) reg_stage_backward<0, R, T, CPLX>(wr + 4 * f, wi + 4 * f, yr[bit], yi[bit], dr, di, greg[0]);
-        else reg_stage_backward<(RB > 1 ? 1 : 0), R, T, CPLX>(wr + 4 * f, wi + 4 * f, yr[bit], yi[bit], dr, di,
-                                                              greg[RB > 1 ? 1 : 0]);
-      }
-    }
+      else
+        reg_stage_backward<bit, R, T, CPLX>(wr + 4 * f, wi + 4 * f, yr[bit], yi[bit], dr, di, greg[bit]);
+    });
   }
   KRU_UNROLL
   for (int e = 0; e < R; ++e) {
@@ -1007,8 +1013,8 @@ __global__ void recurrence_backward_warp_kernel(int batch, const T* wr_g, const 
   }
   T* rowr = gwr + b * 4 * LOG_N;
   T* rowi = gwi + b * 4 * LOG_N;
-  KRU_UNROLL
-  for (int bit = 0; bit < RB; ++bit) {  // entry k of the factor: greg[bit][2 k] (re), [2 k + 1] (im)
+  static_for<0, RB>([&](auto i) {  // entry k of the factor: greg[bit][2 k] (re), [2 k + 1] (im)
+    constexpr int bit = decltype(i)::value;
     KRU_UNROLL
     for (int k = 0; k < 4; ++k) {
       const T sr = warp_sum(greg[bit][2 * k]), si = warp_sum(greg[bit][2 * k + 1]);
@@ -1017,9 +1023,9 @@ __global__ void recurrence_backward_warp_kernel(int batch, const T* wr_g, const 
         rowi[4 * (LOG_N - 1 - bit) + k] = si;
       }
     }
-  }
-  KRU_UNROLL
-  for (int L = 0; L < 5; ++L) {  // lane bit L: row i's (diagonal, off-diagonal) sums from the lanes with bit i
+  });
+  static_for<0, 5>([&](auto i) {  // lane bit L: row i's (diagonal, off-diagonal) sums from the lanes with bit i
+    constexpr int L = decltype(i)::value;
     const bool one = (lane >> L) & 1;
     T s[8];  // a00, a01, a10, a11 (re, im): a_ii is diagonal, a_i,1-i off-diagonal
     s[0] = warp_sum(one ? T(0) : glane[L][0]);
@@ -1038,7 +1044,7 @@ __global__ void recurrence_backward_warp_kernel(int batch, const T* wr_g, const 
         rowi[4 * f + k] = s[2 * k + 1];
       }
     }
-  }
+  });
 }
 
 // ---- host side ----

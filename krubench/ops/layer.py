@@ -11,16 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lanes
-from .dispatch import (at_least_fp32, backend_for, kru_layer_input, kru_layer_lanes, kru_recurrence,
-                       kru_recurrence_lanes, cuda_recurrence_kernel, merge_limit)
-from .kron import merge_factors
-
-
-def stages(factors: Sequence[torch.Tensor], backend: str, merge_upto: int) -> list[torch.Tensor]:
-    """The factors as `backend` applies them: small neighbours merged up to `merge_upto`, capped at the size
-    that backend runs fastest (same W, fewer operations)."""
-    size = merge_limit(backend, merge_upto)
-    return merge_factors(list(factors), size) if size > 1 else list(factors)
+from .dispatch import (at_least_fp32, backend_for, cuda_recurrence_kernel, kru_layer_input, kru_layer_lanes,
+                       kru_recurrence, kru_recurrence_lanes, stages)
 
 
 def recurrence_stages(factors: Sequence[torch.Tensor], backend: str, merge_upto: int, dtype: torch.dtype) -> list:
