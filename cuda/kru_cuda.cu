@@ -480,14 +480,14 @@ __device__ __forceinline__ void regs_transpose(T* buf, int N, int from, int to, 
   }
 }
 
-// The factor on register bit J applied to the kRegs elements in registers: w points at the factor's four
-// entries (planes, row-major).
-template <int J, typename T, bool CPLX>
-__device__ __forceinline__ void regs_stage(const T* wr, const T* wi, T (&xr)[kRegs], T (&xi)[kRegs]) {
+// The factor on register bit J applied to the R elements a thread holds in registers: w points at the factor's
+// four entries (planes, row-major).
+template <int J, int R, typename T, bool CPLX>
+__device__ __forceinline__ void reg_stage(const T* wr, const T* wi, T (&xr)[R], T (&xi)[R]) {
   const T a00r = wr[0], a01r = wr[1], a10r = wr[2], a11r = wr[3];
   const T a00i = CPLX ? wi[0] : T(0), a01i = CPLX ? wi[1] : T(0), a10i = CPLX ? wi[2] : T(0), a11i = CPLX ? wi[3] : T(0);
   KRU_UNROLL
-  for (int e = 0; e < kRegs; ++e) {
+  for (int e = 0; e < R; ++e) {
     if (e & (1 << J)) continue;
     const int e1 = e | (1 << J);
     const T x0r = xr[e], x0i = xi[e], x1r = xr[e1], x1i = xi[e1];
@@ -502,26 +502,24 @@ __device__ __forceinline__ void regs_stage(const T* wr, const T* wi, T (&xr)[kRe
   }
 }
 
-// The backward of regs_stage<J>: x is the stage's input, d = ∂L/∂(its output) becomes ∂L/∂x = Aᴴ d, and
-// this thread's gradient of the factor, Σ d x̄ᵀ over its elements, is added to acc (shared memory, entry k
-// of the factor at acc[k · stride]: 4 real parts, then 4 imaginary parts).
-template <int J, typename T, bool CPLX>
-__device__ __forceinline__ void regs_stage_backward(const T* wr, const T* wi, const T (&xr)[kRegs],
-                                                    const T (&xi)[kRegs], T (&dr)[kRegs], T (&di)[kRegs], T* acc,
-                                                    int stride) {
+// The backward of reg_stage<J>: x is the stage's input, d = ∂L/∂(its output) becomes ∂L/∂x = Aᴴ d, and this
+// thread's part of the factor's gradient, Σ d x̄ᵀ over its elements, is added to g: entry k's real part at g[2 k],
+// its imaginary part at g[2 k + 1].
+template <int J, int R, typename T, bool CPLX>
+__device__ __forceinline__ void reg_stage_backward(const T* wr, const T* wi, const T (&xr)[R], const T (&xi)[R],
+                                                   T (&dr)[R], T (&di)[R], T (&g)[8]) {
   const T a00r = wr[0], a01r = wr[1], a10r = wr[2], a11r = wr[3];
   const T a00i = CPLX ? wi[0] : T(0), a01i = CPLX ? wi[1] : T(0), a10i = CPLX ? wi[2] : T(0), a11i = CPLX ? wi[3] : T(0);
-  T gr[4] = {}, gi[4] = {};
   KRU_UNROLL
-  for (int e = 0; e < kRegs; ++e) {
+  for (int e = 0; e < R; ++e) {
     if (e & (1 << J)) continue;
     const int e1 = e | (1 << J);
     const T d0r = dr[e], d0i = di[e], d1r = dr[e1], d1i = di[e1];
-    cmac_conj<T, CPLX>(d0r, d0i, xr[e], xi[e], gr[0], gi[0]);  // g_ij += d_i conj(x_j)
-    cmac_conj<T, CPLX>(d0r, d0i, xr[e1], xi[e1], gr[1], gi[1]);
-    cmac_conj<T, CPLX>(d1r, d1i, xr[e], xi[e], gr[2], gi[2]);
-    cmac_conj<T, CPLX>(d1r, d1i, xr[e1], xi[e1], gr[3], gi[3]);
-    dr[e] = a00r * d0r + a10r * d1r;  // Aᴴ d: conj(a_ji) d_j
+    cmac_conj<T, CPLX>(d0r, d0i, xr[e], xi[e], g[0], g[1]);
+    cmac_conj<T, CPLX>(d0r, d0i, xr[e1], xi[e1], g[2], g[3]);
+    cmac_conj<T, CPLX>(d1r, d1i, xr[e], xi[e], g[4], g[5]);
+    cmac_conj<T, CPLX>(d1r, d1i, xr[e1], xi[e1], g[6], g[7]);
+    dr[e] = a00r * d0r + a10r * d1r;
     dr[e1] = a01r * d0r + a11r * d1r;
     if (CPLX) {
       dr[e] += a00i * d0i + a10i * d1i;
@@ -530,19 +528,29 @@ __device__ __forceinline__ void regs_stage_backward(const T* wr, const T* wi, co
       di[e1] = a01r * d0i - a01i * d0r + a11r * d1i - a11i * d1r;
     }
   }
+}
+
+// The backward of reg_stage<J> on the kRegs elements of the register-resident kernels, the gradient's part added
+// to acc (shared memory, entry k of the factor at acc[k · stride]: 4 real parts, then 4 imaginary parts).
+template <int J, typename T, bool CPLX>
+__device__ __forceinline__ void regs_stage_backward(const T* wr, const T* wi, const T (&xr)[kRegs],
+                                                    const T (&xi)[kRegs], T (&dr)[kRegs], T (&di)[kRegs], T* acc,
+                                                    int stride) {
+  T g[8] = {};
+  reg_stage_backward<J, kRegs, T, CPLX>(wr, wi, xr, xi, dr, di, g);
   KRU_UNROLL
   for (int k = 0; k < 4; ++k) {
-    acc[k * stride] += gr[k];
-    if (CPLX) acc[(4 + k) * stride] += gi[k];
+    acc[k * stride] += g[2 * k];
+    if (CPLX) acc[(4 + k) * stride] += g[2 * k + 1];
   }
 }
 
-// regs_stage<J> for a run-time register bit j.
+// reg_stage<J> for a run-time register bit j.
 template <typename T, bool CPLX>
 __device__ __forceinline__ void regs_stage_at(int j, const T* wr, const T* wi, T (&xr)[kRegs], T (&xi)[kRegs]) {
-  if (j == 0) regs_stage<0, T, CPLX>(wr, wi, xr, xi);
-  else if (j == 1) regs_stage<1, T, CPLX>(wr, wi, xr, xi);
-  else regs_stage<2, T, CPLX>(wr, wi, xr, xi);
+  if (j == 0) reg_stage<0, kRegs, T, CPLX>(wr, wi, xr, xi);
+  else if (j == 1) reg_stage<1, kRegs, T, CPLX>(wr, wi, xr, xi);
+  else reg_stage<2, kRegs, T, CPLX>(wr, wi, xr, xi);
 }
 
 // The factors of group g in registers.
@@ -768,7 +776,7 @@ __global__ void recurrence_backward_regs_kernel(RegsPlan p, const T* wr_g, const
 // ---- one warp a sequence (small N: 32, 64, 128) ----
 //
 // 2×2 factors, N = 32 R: lane l holds the R = 2^RB elements n = l R + e. Index bits below RB are a lane's
-// registers (a factor on one is applied in registers, as regs_stage); bit RB + L is lane bit L, whose factor
+// registers (a factor on one is applied in registers, by reg_stage); bit RB + L is lane bit L, whose factor
 // pairs each element with the one lane l ^ 2^L holds (__shfl_xor_sync), so no shared memory and no block
 // barrier is needed after the factors are loaded. kWarpSeqs sequences a block, one a warp; blocks of whole
 // warps, so a warp without a sequence leaves as a whole.
@@ -813,53 +821,6 @@ __device__ __forceinline__ void lane_stage_backward(int L, const T* wr, const T*
     if (CPLX) {
       dr[e] += si * d0i + ci * pdi;
       di[e] = sr * d0i - si * d0r + cr * pdi - ci * pdr;
-    }
-  }
-}
-
-// regs_stage for R elements: the factor on register bit J.
-template <int J, int R, typename T, bool CPLX>
-__device__ __forceinline__ void reg_stage(const T* wr, const T* wi, T (&xr)[R], T (&xi)[R]) {
-  const T a00r = wr[0], a01r = wr[1], a10r = wr[2], a11r = wr[3];
-  const T a00i = CPLX ? wi[0] : T(0), a01i = CPLX ? wi[1] : T(0), a10i = CPLX ? wi[2] : T(0), a11i = CPLX ? wi[3] : T(0);
-  KRU_UNROLL
-  for (int e = 0; e < R; ++e) {
-    if (e & (1 << J)) continue;
-    const int e1 = e | (1 << J);
-    const T x0r = xr[e], x0i = xi[e], x1r = xr[e1], x1i = xi[e1];
-    xr[e] = a00r * x0r + a01r * x1r;
-    xr[e1] = a10r * x0r + a11r * x1r;
-    if (CPLX) {
-      xr[e] += -a00i * x0i - a01i * x1i;
-      xr[e1] += -a10i * x0i - a11i * x1i;
-      xi[e] = a00r * x0i + a00i * x0r + a01r * x1i + a01i * x1r;
-      xi[e1] = a10r * x0i + a10i * x0r + a11r * x1i + a11i * x1r;
-    }
-  }
-}
-
-// The backward of reg_stage<J>: as regs_stage_backward, the four entries' sums into g (re, im pairs).
-template <int J, int R, typename T, bool CPLX>
-__device__ __forceinline__ void reg_stage_backward(const T* wr, const T* wi, const T (&xr)[R], const T (&xi)[R],
-                                                   T (&dr)[R], T (&di)[R], T (&g)[8]) {
-  const T a00r = wr[0], a01r = wr[1], a10r = wr[2], a11r = wr[3];
-  const T a00i = CPLX ? wi[0] : T(0), a01i = CPLX ? wi[1] : T(0), a10i = CPLX ? wi[2] : T(0), a11i = CPLX ? wi[3] : T(0);
-  KRU_UNROLL
-  for (int e = 0; e < R; ++e) {
-    if (e & (1 << J)) continue;
-    const int e1 = e | (1 << J);
-    const T d0r = dr[e], d0i = di[e], d1r = dr[e1], d1i = di[e1];
-    cmac_conj<T, CPLX>(d0r, d0i, xr[e], xi[e], g[0], g[1]);
-    cmac_conj<T, CPLX>(d0r, d0i, xr[e1], xi[e1], g[2], g[3]);
-    cmac_conj<T, CPLX>(d1r, d1i, xr[e], xi[e], g[4], g[5]);
-    cmac_conj<T, CPLX>(d1r, d1i, xr[e1], xi[e1], g[6], g[7]);
-    dr[e] = a00r * d0r + a10r * d1r;
-    dr[e1] = a01r * d0r + a11r * d1r;
-    if (CPLX) {
-      dr[e] += a00i * d0i + a10i * d1i;
-      dr[e1] += a01i * d0i + a11i * d1i;
-      di[e] = a00r * d0i - a00i * d0r + a10r * d1i - a10i * d1r;
-      di[e1] = a01r * d0i - a01i * d0r + a11r * d1i - a11i * d1r;
     }
   }
 }
