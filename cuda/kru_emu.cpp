@@ -16,6 +16,7 @@
 #include <set>
 
 #include "kru_cuda.cu"
+#include "kru_schemas.h"
 
 namespace kru_emu {
 namespace {
@@ -251,17 +252,7 @@ at::Tensor lane_stage(const at::Tensor& x, const at::Tensor& w, int64_t bit) {
 #define KRU_EMU_TORCH_LIBRARY_IMPL(ns, key, m) TORCH_LIBRARY_IMPL(ns, key, m)
 
 KRU_EMU_TORCH_LIBRARY(KRU_EMU_LIB, m) {
-  m.def("kron_matvec(Tensor x, Tensor w, int[] shapes) -> Tensor");
-  m.def("kron_matvec_backward(Tensor grad_y, Tensor x, Tensor w, int[] shapes) -> (Tensor, Tensor)");
-  m.def("kru_recurrence(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
-  m.def("kru_layer_input(Tensor x, Tensor uw, Tensor ub, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
-        "Tensor bias) -> Tensor");
-  m.def("kru_recurrence_backward(Tensor grad_H, Tensor H, Tensor h0, Tensor w, int[] shapes, str nonlinearity, "
-        "Tensor bias, Tensor(a!) grad_u) -> (Tensor, Tensor, Tensor)");
-  m.def("kru_recurrence_regs(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
-  m.def("lstm_kru_recurrence(Tensor gx, Tensor h0, Tensor c0, Tensor w, int[] shapes) -> (Tensor, Tensor)");
-  m.def("lstm_kru_recurrence_backward(Tensor grad_H, Tensor grad_C, Tensor gx, Tensor h0, Tensor c0, Tensor w, "
-        "int[] shapes, Tensor H, Tensor C) -> (Tensor, Tensor, Tensor, Tensor)");
+  kru::define_schemas(m);  // those of torch.ops.krubench; the emulator implements the CUDA backend's
   m.def("configure(int order, int seed, int skip_barrier_line, int smem_optin) -> ()", &configure);
   m.def("barrier_lines() -> int[]", &barrier_lines);
   m.def("lane_stage(Tensor x, Tensor w, int bit) -> Tensor", &lane_stage);

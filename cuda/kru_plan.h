@@ -107,11 +107,12 @@ inline void check_same(const at::Tensor& ref, const at::Tensor& t, const char* n
   TORCH_CHECK(t.is_contiguous(), "krubench: ", name, " must be contiguous");
 }
 
-inline void check_dtype(const at::Tensor& t) {
-  const auto st = t.scalar_type();
+inline void check_dtype_of(at::ScalarType st) {
   TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kComplexFloat || st == at::kComplexDouble,
               "krubench: dtype ", st, " is not supported: use float32, float64, complex64 or complex128");
 }
+
+inline void check_dtype(const at::Tensor& t) { check_dtype_of(t.scalar_type()); }
 
 // An uninitialised output; with KRUBENCH_POISON_OUTPUTS=1 it is filled with NaN first, so that the
 // tests can check that a kernel writes every element.
@@ -270,6 +271,73 @@ inline std::pair<at::Tensor, at::Tensor> products_planes(const at::Tensor& w, co
     im.push_back(i);
   }
   return {at::cat(re).contiguous(), at::cat(im).contiguous()};
+}
+
+// ---- which CUDA recurrence kernel runs (both directions choose alike) ----
+// The register-resident kernels take 2×2 factors, N = 2^log_n with kRegBits <= log_n <= 13, N / kRegs threads a
+// sequence; each thread holds kRegs = 2^kRegBits state elements in registers. The fused (shared-memory)
+// kernels take any factors. The choice is a pure function of the factors' shapes, the element type and the
+// device's shared memory per block, so that it can be tested without a GPU and asked from Python.
+constexpr int kRegBits = 3;
+constexpr int kRegs = 1 << kRegBits;
+constexpr int kRegsMaxLogN = 13;
+
+inline int regs_groups(int log_n) { return (log_n + kRegBits - 1) / kRegBits; }
+
+// Shared memory (bytes) of the register-resident forward: the factors' planes, two transpose buffers.
+inline size_t regs_forward_smem(int log_n, size_t elem) { return (8 * log_n + 4 * (size_t{1} << log_n)) * elem; }
+
+// ... and of its backward: the factors' planes, a buffer per recomputed group input (groups - 1), two
+// transpose buffers, and each thread's factor-gradient accumulators (8 reals a complex factor, 4 a real one).
+inline size_t regs_backward_smem(int log_n, bool cplx, size_t elem) {
+  const size_t n = size_t{1} << log_n, threads = n / kRegs;
+  return (8 * log_n + 2 * n * (regs_groups(log_n) - 1) + 4 * n + (cplx ? 8 : 4) * log_n * threads) * elem;
+}
+
+// log2 N when every factor is 2×2 and N is a power of two the register-resident kernels take, else -1.
+inline int regs_log_n(const Plan& plan) {
+  for (const Stage& st : plan.stages)
+    if (st.p != 2 || st.q != 2) return -1;
+  const int log_n = static_cast<int>(plan.stages.size());
+  return log_n >= kRegBits && log_n <= kRegsMaxLogN ? log_n : -1;
+}
+
+enum class RecurrenceKernel { kFused, kRegisters, kWarp };
+
+// The warp kernels (one warp a sequence, N / 32 elements a lane, lane bits by shuffles) take N = 32 ... 128.
+constexpr int kWarpMinLogN = 5, kWarpMaxLogN = 7;
+
+// The CUDA recurrence's kernel for 2×2 factors: one warp a sequence for N = 32 ... 128 (not latency-bound by a
+// block of N / 8 threads and its barriers), register-resident for N = 8, 16 and 256 ... 8192 when both
+// directions' shared memory fits `smem_limit` bytes a block (the device's opt-in limit); fused otherwise.
+inline RecurrenceKernel cuda_recurrence_kernel(const Plan& plan, at::ScalarType dtype, size_t smem_limit) {
+  const int log_n = regs_log_n(plan);
+  if (log_n < 0) return RecurrenceKernel::kFused;
+  if (log_n >= kWarpMinLogN && log_n <= kWarpMaxLogN) return RecurrenceKernel::kWarp;
+  const size_t elem = c10::elementSize(c10::toRealValueType(dtype));
+  const bool fits = regs_forward_smem(log_n, elem) <= smem_limit &&
+                    regs_backward_smem(log_n, c10::isComplexType(dtype), elem) <= smem_limit;
+  return fits ? RecurrenceKernel::kRegisters : RecurrenceKernel::kFused;
+}
+
+// The fused backward leaves the last factor's gradient to one matrix product over all steps when that factor
+// has at least this many entries (PTB's 137×137 and 331×331): summed in the kernel, every block would read and
+// write all of them in global memory at every step.
+constexpr long kGemmGradEntries = 1024;
+
+inline bool gemm_last_factor(const Plan& plan) {
+  const Stage& last = plan.stages.back();
+  return static_cast<long>(last.p) * last.q >= kGemmGradEntries;
+}
+
+inline const char* kernel_name(RecurrenceKernel k) {
+  return k == RecurrenceKernel::kWarp ? "warp" : k == RecurrenceKernel::kRegisters ? "registers" : "fused";
+}
+
+// The operator kru_recurrence_kernel: the kernel the CUDA recurrence runs for factors of these shapes, by name.
+inline std::string recurrence_kernel_name(at::IntArrayRef shapes, at::ScalarType dtype, int64_t smem_limit) {
+  check_dtype_of(dtype);
+  return kernel_name(cuda_recurrence_kernel(make_plan(shapes), dtype, static_cast<size_t>(smem_limit)));
 }
 
 // Factor gradients from their planes: complex when the factors are complex.

@@ -3,15 +3,19 @@
     python scripts/gpu_check.py preflight   # versions and tools: torch, CUDA, cuDNN, driver, nvcc, ninja, ...
     python scripts/gpu_check.py large       # N 1024/2048/4096 × B 133/257 × T 200: complex64 vs complex128, vs cpp
     python scripts/gpu_check.py sanitize    # a tiny forward+backward of every CUDA kernel (run under compute-sanitizer)
-    python scripts/gpu_check.py bench       # forward and backward vs nn.RNN (cuDNN) and the HBM floor, and the
-                                            # register-resident forward (kru_recurrence_regs)
+    python scripts/gpu_check.py bench       # forward and backward vs nn.RNN (cuDNN) and the HBM floor: 2×2 factors
+                                            # (N 128/512/1024) and the paper's music and PTB factor shapes
+    python scripts/gpu_check.py e2e         # a training step of the pixel MNIST and PTB KRU presets: steps/s
 
 --dry-run runs a phase on the CPU at tiny sizes, the cpp backend standing in for cuda, so that the script
 can be checked without a GPU (tests/test_bench_kernels.py does); the register-resident forward, CUDA only,
-then runs in the emulator (cuda/kru_emu.h). Complex KRU, 2×2 factors merged up to 16
-(model.merge_upto), modReLU; nn.RNN is dense, real, tanh, input size 1 (its recurrence, as the KRU's u is
-given). Times: best of --repeats rounds after a warm-up, each round a forward then a backward (with a
-plain upstream gradient) timed apart.
+then runs in the emulator (cuda/kru_emu.h). The KRU runs as training runs it: its factors handed to the
+recurrence as the KRU layer hands them (ops.layer.recurrence_stages: 2×2 factors unmerged where the CUDA
+recurrence runs them register-resident, else merged up to 16), modReLU on complex states, the kernel the
+operator chose named in the table; 2×2 rows also time the fused kernel on factors merged up to 16 (what ran
+before the register-resident kernels were dispatched). nn.RNN is dense, real, tanh, input size 1 (its
+recurrence, as the KRU's u is given). Times: best of --repeats rounds after a warm-up, each round a forward
+then a backward (with a plain upstream gradient) timed apart.
 """
 from __future__ import annotations
 
@@ -110,12 +114,19 @@ def preflight(args) -> int:
     return 1 if missing and not args.dry_run else 0
 
 
-def kru_problem(N, B, T, seed=0):
-    """2×2 complex factors merged up to 16, u, h0, the modReLU bias and an upstream gradient: complex128
-    (float64 bias) on the CPU; `on` casts them for a run."""
+SHAPES = {  # the paper's KRUs other than 2×2: factor sizes, complex
+    "music": ([2, 2, 5, 5], False),   # JSB etc., N = 100, real
+    "ptb411": ([3, 137], True),       # PTB char, Table 3
+    "ptb993": ([3, 331], True),
+}
+
+
+def kru_problem(N, B, T, seed=0, sizes=None, merge=1):
+    """Factors (`sizes`, default 2×2 ones; neighbours merged up to `merge`), u, h0, the modReLU bias and an
+    upstream gradient: complex128 (float64 bias) on the CPU; `on` casts them for a run."""
     g = torch.Generator().manual_seed(seed)
-    k = int(math.log2(N))
-    stages = ops.merge_factors([random_unitary(2, True, g).to(torch.complex128) for _ in range(k)], 16)
+    sizes = sizes or [2] * int(math.log2(N))
+    stages = ops.merge_factors([random_unitary(n, True, g).to(torch.complex128) for n in sizes], merge)
     u = torch.randn(B, T, N, dtype=torch.complex128, generator=g)
     h0 = 0.5 * torch.randn(B, N, dtype=torch.complex128, generator=g)
     bias = -0.1 * torch.rand(N, dtype=torch.float64, generator=g)
@@ -267,58 +278,116 @@ def cudnn_kernels(rnn, x) -> str:
     return f"{'persistent' if persistent else 'standard'}: {short}"
 
 
+def bench_specs(args) -> list[tuple[str, list[int], bool]]:
+    """(name, factor sizes, complex) of the rows: 2×2 complex factors for each of --sizes, then --shapes."""
+    specs = [(f"N={N}, 2×2", [2] * int(math.log2(N)), True) for N in args.sizes]
+    return specs + [(f"{name}, {'×'.join(map(str, SHAPES[name][0]))}", *SHAPES[name]) for name in args.shapes]
+
+
 def bench(args) -> int:
+    from krubench.ops.layer import recurrence_stages
     backend, device = ("cpp", "cpu") if args.dry_run else ("cuda", "cuda")
     device = torch.device(device)
-    sizes, batches, T = ([16, 64], [2, 5], 10) if args.dry_run else (args.sizes, args.batches, args.steps)
+    batches, T = ([2, 5], 10) if args.dry_run else (args.batches, args.steps)
+    specs = bench_specs(argparse.Namespace(sizes=[16, 64], shapes=["music"]) if args.dry_run else args)
     bw = copy_bandwidth(device, 2**24 if args.dry_run else 2**30)
     print(f"### KRU ({backend}) vs nn.RNN on {torch.cuda.get_device_name() if device.type == 'cuda' else 'CPU'}: "
           f"ms, best of {args.repeats}; memory roof {bw / 1e9:.0f} GB/s (device copy)\n\n" +
-          table(["N", "B", "T", "KRU fwd", "KRU bwd", "RNN fwd", "RNN bwd", "RNN/KRU fwd", "RNN/KRU fwd+bwd",
-                 "KRU fwd / HBM floor", "KRU bwd / HBM floor", "register-resident fwd (2×2 factors)",
-                 "cuDNN algorithm (kernels)"], []), flush=True)
-    for N in sizes:
+          table(["factors", "B", "T", "kernel", "KRU fwd", "KRU bwd", "RNN fwd", "RNN bwd", "RNN/KRU fwd",
+                 "RNN/KRU fwd+bwd", "KRU fwd / HBM floor", "KRU bwd / HBM floor",
+                 "fused fwd+bwd, factors merged up to 16", "cuDNN algorithm (kernels)"], []), flush=True)
+    for name, sizes, complex_ in specs:
+        N, dtype = math.prod(sizes), torch.complex64 if complex_ else torch.float32
         for B in batches:
-            problem = kru_problem(N, B, T)
-            stages, u, h0, bias, grad = on(problem, device)
+            problem = kru_problem(N, B, T, sizes=sizes)
+            stages, u, h0, bias, grad = on(problem, device, dtype)
+            stages = [f.detach().requires_grad_() for f in recurrence_stages(stages, backend, 16, dtype)]  # as the layer
+            # hands them over (merged ones made leaves: each round's backward ends at them)
+            kernel = (dispatch.cuda_recurrence_kernel(tuple(f.shape[0] for f in stages), dtype, device)
+                      if device.type == "cuda" else backend)
             kf, kb = fwd_bwd_times(lambda: ops.kru_recurrence(u, h0, stages, "modrelu", bias, kernel=backend), grad,
                                    args.repeats, device)
             del stages, u, h0, bias, grad
-            # the register-resident forward (dry run: emulated): time, against the floor and the fused kernel
-            factors, run = regs_forward(problem, device)
-            rf_regs = min(timed(run, device) for _ in range(args.repeats + 1))
-            _, u, h0, bias, _ = on(problem, device)
-            check = ops.kru_recurrence(u, h0, [f.to(device) for f in factors], "modrelu", bias, kernel=backend)
-            regs = (f"{rf_regs * 1e3:.2f} ms, {rf_regs / (16 * B * N * T / bw):.1f}× floor, "
-                    f"{kf / rf_regs:.1f}× fused, err {rel_err(run(), check.detach()):.0e}")
-            del u, h0, bias, check, problem
+            fused = "n/a"
+            if set(sizes) == {2}:  # the fused kernel on merged factors, as before the register-resident dispatch
+                stages, u, h0, bias, grad = on(kru_problem(N, B, T, sizes=sizes, merge=16), device, dtype)
+                ff, fb = fwd_bwd_times(lambda: ops.kru_recurrence(u, h0, stages, "modrelu", bias, kernel=backend),
+                                       grad, args.repeats, device)
+                fused = f"{(ff + fb) * 1e3:.2f} ms ({(ff + fb) / (kf + kb):.1f}× the KRU's)"
+                del stages, u, h0, bias, grad
+            del problem
             rnn = torch.nn.RNN(1, N, batch_first=True).to(device)
             x = torch.randn(B, T, 1, device=device)
             rf, rb = fwd_bwd_times(lambda: rnn(x)[0], torch.randn(B, T, N, device=device), args.repeats, device)
             algo = cudnn_kernels(rnn, x) if device.type == "cuda" else "n/a (CPU)"
             del rnn, x
-            floor_f = 16 * B * N * T / bw  # read u_t, write h_t (complex64) once per step
-            floor_b = 24 * B * N * T / bw  # read H_t and ∂L/∂H_t, write ∂L/∂u_t
-            print_row([N, B, T, f"{kf * 1e3:.2f}", f"{kb * 1e3:.2f}", f"{rf * 1e3:.2f}", f"{rb * 1e3:.2f}",
+            width = 8 if complex_ else 4  # bytes an element
+            floor_f = 2 * width * B * N * T / bw  # read u_t, write h_t once per step
+            floor_b = 3 * width * B * N * T / bw  # read H_t and ∂L/∂H_t, write ∂L/∂u_t
+            print_row([name, B, T, kernel, f"{kf * 1e3:.2f}", f"{kb * 1e3:.2f}", f"{rf * 1e3:.2f}", f"{rb * 1e3:.2f}",
                        f"{rf / kf:.2f}×", f"{(rf + rb) / (kf + kb):.2f}×", f"{kf / floor_f:.1f}×",
-                       f"{kb / floor_b:.1f}×", regs, algo])
+                       f"{kb / floor_b:.1f}×", fused, algo])
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    print("\nHBM floor: forward 16·B·N bytes a step (u_t in, h_t out, complex64), backward 24·B·N (H_t and ∂L/∂H_t "
-          "in, ∂L/∂u_t out), at the measured copy bandwidth. RNN/KRU > 1: the KRU kernel is faster.")
+    print("\nHBM floor: forward 2·B·N elements a step (u_t in, h_t out), backward 3·B·N (H_t and ∂L/∂H_t in, ∂L/∂u_t "
+          "out), 8 bytes an element complex, 4 real, at the measured copy bandwidth. RNN/KRU > 1: the KRU is faster.")
+    return 0
+
+
+E2E = {  # the paper presets' KRUs without Hydra (the device has no omegaconf): model, input and output size,
+    # batch, T, read-out at the last step only, the preset's trainer.steps (conf/experiment/paper/*.yaml)
+    "pixel_mnist_kru": (dict(name="kru", hidden_size=512, factor_size=2), 1, 10, 100, 784, True, 35200),
+    "ptb_char_kru": (dict(name="kru", hidden_size=411, factors=[3, 137]), 50, 50, 128, 150, False, 5220),
+    "ptb_char_kru_n993": (dict(name="kru", hidden_size=993, factors=[3, 331]), 50, 50, 128, 150, False, 5220),
+}
+
+
+def e2e(args) -> int:
+    """A training step of each preset's KRU on synthetic data of the task's shapes: forward, cross-entropy, backward,
+    gradient clipping, RMSprop (the presets' optimizer); steps/s and the preset's full run at that rate."""
+    from krubench.models import build_model
+    device = torch.device("cpu" if args.dry_run else "cuda")
+    print(f"### A training step of the paper presets' KRUs ({device.type}, synthetic data of the task's shapes)\n\n"
+          + table(["preset", "B", "T", "recurrence kernel", "ms a step", "steps/s", "the preset's steps at this rate"],
+                  []), flush=True)
+    for preset, (cfg, I, O, B, T, last_only, steps) in E2E.items():
+        if args.dry_run:
+            B, T = 4, 12
+        torch.manual_seed(0)
+        model = build_model({**cfg, "kernel": "auto"}, I, O).to(device)
+        opt = torch.optim.RMSprop(model.parameters(), lr=1e-3)
+        x = torch.randn(B, T, I, device=device)
+        target = torch.randint(O, (B, 1 if last_only else T), device=device)
+
+        def step():
+            y, _ = model(x, None, last_only)
+            loss = torch.nn.functional.cross_entropy(y.reshape(-1, O), target.reshape(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        step()  # warm-up (and the build)
+        best = min(timed(step, device) for _ in range(args.repeats))
+        factors = list(model.W.factors)
+        kernel = (dispatch.cuda_recurrence_kernel(tuple(f.shape[0] for f in factors), factors[0].dtype, device)
+                  if device.type == "cuda" else "cpp")
+        print_row([preset, B, T, kernel, f"{best * 1e3:.1f}", f"{1 / best:.1f}", f"{steps * best / 60:.1f} min"])
+        del model, opt, x, target
     return 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("phase", choices=["preflight", "large", "sanitize", "bench"])
+    p.add_argument("phase", choices=["preflight", "large", "sanitize", "bench", "e2e"])
     p.add_argument("--dry-run", action="store_true", help="on the CPU at tiny sizes, cpp standing in for cuda")
     p.add_argument("--sizes", type=int, nargs="+", help="N (default: large 1024 2048 4096, bench 128 512 1024)")
     p.add_argument("--batches", type=int, nargs="+", help="B (default: large 133 257, bench 32 128 1024)")
     p.add_argument("--steps", type=int, help="T (default: large 200, bench 1000)")
+    p.add_argument("--shapes", nargs="*", choices=list(SHAPES), default=list(SHAPES),
+                   help="bench: the paper's other factor shapes to time after --sizes (default: all)")
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
-    defaults = {"large": ([1024, 2048, 4096], [133, 257], 200), "bench": ([128, 512, 1024], [32, 128, 1024], 1000)}
+    defaults = {"large": ([1024, 2048, 4096], [133, 257], 200), "bench": ([128, 512, 1024], [32, 128], 1000)}
     if args.phase in defaults:
         sizes, batches, steps = defaults[args.phase]
         args.sizes, args.batches, args.steps = args.sizes or sizes, args.batches or batches, args.steps or steps
@@ -327,7 +396,7 @@ def main(argv=None) -> int:
         return 2
     if args.phase != "preflight" and dispatch.load("cpp" if args.dry_run else "cuda") is not None:
         return 2
-    return {"preflight": preflight, "large": large, "sanitize": sanitize, "bench": bench}[args.phase](args)
+    return {"preflight": preflight, "large": large, "sanitize": sanitize, "bench": bench, "e2e": e2e}[args.phase](args)
 
 
 if __name__ == "__main__":

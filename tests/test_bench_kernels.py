@@ -69,12 +69,15 @@ def test_the_gpu_check_script_parses_and_its_phases_dry_run_on_the_cpu():
     subprocess.run(["bash", "-n", str(root / "scripts" / "gpu_check.sh")], check=True)
     check = root / "scripts" / "gpu_check.py"
     outputs = {phase: subprocess.run([sys.executable, str(check), phase, "--dry-run"], capture_output=True, text=True,
-                                     check=True).stdout for phase in ("preflight", "sanitize", "large", "bench")}
+                                     check=True).stdout for phase in ("preflight", "sanitize", "large", "bench", "e2e")}
     assert "| nvcc |" in outputs["preflight"] and "| libcudart |" in outputs["preflight"]
     assert "every kernel ran" in outputs["sanitize"]
     assert "| 256 | 5 | 6 |" in outputs["large"] and "FAIL" not in outputs["large"]
-    assert "| 64 | 5 | 10 |" in outputs["bench"] and "HBM floor" in outputs["bench"]
-    assert "× fused, err" in outputs["bench"]  # the register-resident forward, emulated in a dry run
+    assert "| N=64, 2×2 | 5 | 10 | cpp |" in outputs["bench"] and "HBM floor" in outputs["bench"]
+    assert "| music, 2×2×5×5 | 5 | 10 | cpp |" in outputs["bench"]
+    assert "× the KRU's)" in outputs["bench"]  # the fused kernel on merged factors, beside 2×2 rows
+    for preset in ("pixel_mnist_kru", "ptb_char_kru", "ptb_char_kru_n993"):
+        assert f"| {preset} | 4 | 12 | cpp |" in outputs["e2e"]
 
 
 @pytest.mark.slow

@@ -80,6 +80,7 @@ RECURRENCE_CASES = [  # (factor sizes, B, T)
     ([8], 16, 2),
     ([16, 16, 2], 3, 4),
     ([3, 2], 2, 3),  # a size without an unrolled path
+    ([2, 32], 3, 4),  # CUDA: the last factor's gradient one matrix product after the kernel
 ]
 
 
@@ -463,21 +464,76 @@ def test_a_backend_that_cannot_build_falls_back_with_one_warning(monkeypatch, ca
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("nonlinearity", ops.NONLINEARITIES)
-@pytest.mark.parametrize("log_n,B,T", [(3, 3, 5), (7, 17, 9), (10, 5, 20), (12, 3, 4)])
-def test_cuda_register_resident_forward_matches_reference(nonlinearity, log_n, B, T):
-    """kru_recurrence_regs (forward only, 2×2 factors; also emulated in tests/test_kernels_emu.py) on the GPU."""
+@pytest.mark.parametrize("log_n,B,T", [(3, 3, 5), (5, 6, 7), (7, 17, 9), (8, 3, 5), (10, 5, 20), (11, 3, 4), (12, 3, 4)])
+def test_cuda_recurrence_of_2x2_factors_matches_reference(nonlinearity, log_n, B, T):
+    """kru_recurrence with 2×2 factors on the GPU, forward and backward (the warp or register-resident kernels
+    where kru_recurrence_kernel says so; also emulated in tests/test_kernels_emu.py), and the forced
+    register-resident forward kru_recurrence_regs."""
     from krubench.ops import compiled
     loaded("cuda")
     problem = recurrence_problem([2] * log_n, B, T, True, nonlinearity, seed=log_n)
     factors, u, h0, bias, _ = problem
-    ref64 = recurrence_outputs("reference", *problem, nonlinearity, torch.complex128)[0]
-    ref32 = recurrence_outputs("reference", *problem, nonlinearity, torch.complex64)[0]
+    ref64 = recurrence_outputs("reference", *problem, nonlinearity, torch.complex128)
+    ref32 = recurrence_outputs("reference", *problem, nonlinearity, torch.complex64)
+    got = recurrence_outputs("cuda", *problem, nonlinearity, torch.complex64, "cuda")
+    names = ["H", "grad u", "grad h0"] + [f"grad factor {i}" for i in range(log_n)] + ["grad bias"]
+    for name, g, r32, r64 in zip(names, got, ref32, ref64):
+        assert torch.isfinite(g).all(), f"{name}: some elements were not written (NaN poison left)"
+        assert_as_accurate(g, r32, r64, name)
     w, shapes = compiled._pack([f.cuda() for f in factors], torch.complex64)
     b = torch.zeros(u.shape[-1]) if bias is None else bias.float()
     H = torch.ops.krubench.kru_recurrence_regs(u.to("cuda", torch.complex64), h0.to("cuda", torch.complex64), w, shapes,
                                                nonlinearity, b.cuda())
     assert torch.isfinite(H).all()
-    assert_as_accurate(H, ref32, ref64, "H (register-resident)")
+    assert_as_accurate(H, ref32[0], ref64[0], "H (register-resident, forced)")
+
+
+H200_SMEM = 232448  # shared memory a block may opt in to on H100/H200
+
+
+@pytest.mark.parametrize("sizes,dtype,expected", [
+    ([2] * 5, torch.complex64, "warp"),          # one warp a sequence
+    ([2] * 7, torch.complex64, "warp"),          # copy, adding: N = 128
+    ([2] * 8, torch.float32, "registers"),
+    ([2] * 9, torch.complex64, "registers"),     # pixel MNIST: N = 512
+    ([2] * 10, torch.complex64, "registers"),
+    ([2] * 11, torch.complex64, "registers"),
+    ([2] * 12, torch.complex64, "fused"),        # N = 4096: the backward's shared memory does not fit
+    ([2] * 10, torch.complex128, "registers"),
+    ([2] * 11, torch.complex128, "fused"),
+    ([2] * 2, torch.complex64, "fused"),         # N = 4: fewer elements than a thread holds
+    ([4] * 5, torch.complex64, "fused"),         # merged factors
+    ([2, 2, 5, 5], torch.float32, "fused"),      # music, N = 100
+    ([3, 137], torch.complex64, "fused"),        # PTB, N = 411
+    ([3, 331], torch.complex64, "fused"),        # PTB, N = 993
+], ids=lambda v: str(v).replace(" ", ""))
+def test_the_cuda_recurrence_kernel_is_chosen_by_the_factor_shapes(sizes, dtype, expected):
+    """The CUDA recurrence's choice (cuda/kru_plan.h) as a pure function, asked through the CPU library without
+    a GPU: one warp a sequence for 2×2 factors at N = 32 ... 128, register-resident for other 2×2 factors whose
+    kernels fit the device's shared memory, fused otherwise."""
+    loaded("cpp")
+    shapes = [s for n in sizes for s in (n, n)]
+    assert torch.ops.krubench.kru_recurrence_kernel(shapes, dtype, H200_SMEM) == expected
+
+
+def test_the_kru_layer_leaves_factors_unmerged_where_the_register_resident_kernels_take_them(monkeypatch):
+    """On CUDA the layer hands the recurrence 2×2 factors unmerged when it runs them register-resident, and
+    merges them as before otherwise (the device's shared memory decides; faked here, no GPU needed)."""
+    from types import SimpleNamespace
+
+    from krubench.ops import layer
+    loaded("cpp")
+    limit = {"bytes": H200_SMEM}
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(shared_memory_per_block_optin=limit["bytes"]))
+    twos = [torch.eye(2, dtype=torch.complex64)] * 9
+    assert [f.shape[0] for f in layer.recurrence_stages(twos, "cuda", 16, torch.complex64)] == [2] * 9
+    assert [f.shape[0] for f in layer.recurrence_stages(twos[:7], "cuda", 16, torch.complex64)] == [2] * 7  # warp
+    assert [f.shape[0] for f in layer.recurrence_stages(twos, "cpp", 16, torch.complex64)] == [4] * 4 + [2]
+    music = [torch.eye(n) for n in (2, 2, 5, 5)]
+    assert [f.shape[0] for f in layer.recurrence_stages(music, "cuda", 16, torch.float32)] == [4, 5, 5]
+    limit["bytes"] = 16 * 1024  # too little for the backward at N = 512 (35 KB): fused, merged up to 16
+    assert [f.shape[0] for f in layer.recurrence_stages(twos, "cuda", 16, torch.complex64)] == [16, 16, 2]
 
 
 AUTOCAST = [  # (kernel, device, autocast dtype)

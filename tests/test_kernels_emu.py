@@ -125,6 +125,7 @@ RECURRENCE_CASES = [  # (factor sizes, B, T): the stage shapes of the model's me
     ([4, 4, 2], 2, 2),
     ([16, 2], 2, 2),
     ([3, 2], 2, 3),
+    ([2, 32], 2, 3),  # a last factor of 1024 entries: its gradient one matrix product after the kernel
 ]
 
 
@@ -157,21 +158,123 @@ def test_emulated_recurrence_with_the_input_map_inside_matches_reference(emu, or
     assert errors([H], [ref32], [ref64], ["H (input map inside)"]) == []
 
 
-REGS_CASES = [  # (log2 N, B, T, thread order): 1, 2, 3 and 3 register layouts a step, so 0 to 2 transposes
-    pytest.param(3, 2, 3, "ascending", id="N8"),
-    pytest.param(5, 2, 3, "descending", id="N32"),
-    pytest.param(7, 1, 3, "shuffled", id="N128"),
-    pytest.param(9, 2, 2, "ascending", id="N512"),
+TWOS_CASES = [  # (log2 N, B, T, thread order, kernel): 1 to 4 register layouts a step (0 to 3 transposes each
+    # way); one warp a sequence, 4 a block, with 1, 2 and 4 elements a lane (B = 5: a block with one warp at work)
+    pytest.param(3, 2, 3, "ascending", "registers", id="N8"),
+    pytest.param(4, 2, 3, "descending", "registers", id="N16"),
+    pytest.param(5, 5, 3, "descending", "warp", id="N32"),
+    pytest.param(6, 5, 2, "shuffled", "warp", id="N64"),
+    pytest.param(7, 5, 3, "ascending", "warp", id="N128"),
+    pytest.param(8, 1, 3, "shuffled", "registers", id="N256"),
+    pytest.param(9, 2, 2, "ascending", "registers", id="N512"),
+    pytest.param(10, 1, 2, "descending", "registers", id="N1024"),
 ]
+
+
+def ran_kernels(lib) -> set[str]:
+    """Which recurrence kernels ran since the last configure(), told by the barriers that ran."""
+    lines = set(lib.barrier_lines())
+    return {name for name, marks in KERNEL_BARRIERS.items() if lines & marks}
+
+
+def _barriers_of(kernel: str) -> set[int]:
+    """The source lines of the __syncthreads() in the body of `kernel` (to the next __global__)."""
+    text = SOURCE.read_text().splitlines()
+    start = next(i for i, line in enumerate(text) if f" {kernel}(" in line and "__global__" in text[i - 1] + line)
+    end = next((i for i in range(start + 1, len(text)) if "__global__" in text[i]), len(text))
+    return {i + 1 for i in range(start, end) if "__syncthreads()" in text[i]}
+
+
+KERNEL_BARRIERS = {"registers": _barriers_of("recurrence_backward_regs_kernel"),
+                   "warp": _barriers_of("recurrence_backward_warp_kernel"),
+                   "fused": _barriers_of("recurrence_backward_kernel")}
+assert all(KERNEL_BARRIERS.values()), KERNEL_BARRIERS
 
 
 @pytest.mark.parametrize("nonlinearity", ["modrelu", "relu", "tanh"])
 @pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
-@pytest.mark.parametrize("log_n,B,T,order", REGS_CASES)
-def test_emulated_register_resident_forward_matches_reference(emu, nonlinearity, complex_, log_n, B, T, order):
-    """Layouts of 3 index bits each, the last overlapping its neighbour when 3 does not divide log2 N."""
+@pytest.mark.parametrize("log_n,B,T,order,kernel", TWOS_CASES)
+def test_emulated_recurrence_of_2x2_factors_matches_reference(emu, nonlinearity, complex_, log_n, B, T, order, kernel):
+    """kru_recurrence with 2×2 factors dispatches to the warp (N = 32 ... 128) or register-resident forward and
+    backward kernels: H and every gradient against the reference. Register-resident: layouts of 3 index bits
+    each, the last overlapping its neighbour when 3 does not divide log2 N."""
     configure(emu, order, seed=log_n)
-    assert regs_errors(emu, log_n, B, T, complex_, nonlinearity, seed=log_n) == []
+    dtype = torch.complex64 if complex_ else torch.float32
+    assert emu.kru_recurrence_kernel([2] * (2 * log_n), dtype, DEFAULT_OPTIN) == kernel
+    assert recurrence_errors(emu, [2] * log_n, B, T, complex_, nonlinearity, seed=log_n) == []
+    assert ran_kernels(emu) == {kernel}
+
+
+@pytest.mark.parametrize("complex_,nonlinearity", [(True, "modrelu"), (True, "tanh"), (False, "relu")],
+                         ids=["complex-modrelu", "complex-tanh", "real-relu"])
+@pytest.mark.parametrize("log_n", [3, 4, 5])
+def test_emulated_recurrence_of_2x2_factors_gradcheck(emu, complex_, nonlinearity, log_n):
+    """torch.autograd.gradcheck in complex128/float64 of the register-resident (N = 8: one layout, 16: two) and warp
+    (N = 32) kernels, emulated, wrapped in an autograd.Function: their backward is the derivative of their forward."""
+    configure(emu)
+    problem = recurrence_problem([2] * log_n, 2, 3, complex_, nonlinearity, seed=log_n)
+    factors, u, h0, bias, _ = problem
+    w, shapes = compiled._pack(factors, factors[0].dtype)
+    b = torch.zeros(u.shape[-1], dtype=torch.float64) if bias is None else bias
+
+    class Recurrence(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, u, h0, w, b):
+            H = emu.kru_recurrence(u, h0, w, shapes, nonlinearity, b)
+            ctx.save_for_backward(h0, w, b, H)
+            return H
+
+        @staticmethod
+        def backward(ctx, grad):
+            h0, w, b, H = ctx.saved_tensors
+            grad_u = torch.empty_like(H)
+            gh0, gw, gb = emu.kru_recurrence_backward(grad.contiguous(), H, h0, w, shapes, nonlinearity, b, grad_u)
+            return grad_u, gh0, gw, gb
+
+    inputs = [t.clone().requires_grad_() for t in (u, h0, w, b)]
+    # fast mode (a random projection of the Jacobian) for the warp kernels, whose emulated shuffles are slow
+    assert torch.autograd.gradcheck(Recurrence.apply, inputs, fast_mode=log_n == 5)
+    assert ran_kernels(emu) == {"warp" if log_n == 5 else "registers"}
+
+
+def empty_sequence_errors(lib, log_n=4):
+    """The backward of sequences of no steps (2×2 factors): ∂L/∂h0 and every gradient zero."""
+    w, shapes = compiled._pack([torch.eye(2, dtype=torch.complex64)] * log_n, torch.complex64)
+    N = 2 ** log_n
+    H, h0, b = torch.empty(2, 0, N, dtype=torch.complex64), torch.randn(2, N, dtype=torch.complex64), torch.zeros(N)
+    gh0, gw, gb = lib.kru_recurrence_backward(H, H, h0, w, shapes, "modrelu", b, torch.empty_like(H))
+    return [f"{name} of an empty sequence is not zero" for name, g in (("grad h0", gh0), ("grad factors", gw),
+                                                                        ("grad bias", gb)) if not torch.all(g == 0)]
+
+
+@pytest.mark.parametrize("log_n,kernel", [(4, "registers"), (6, "warp")])
+def test_the_backward_of_an_empty_sequence_is_zero(emu, log_n, kernel):
+    configure(emu, "descending")
+    assert empty_sequence_errors(emu, log_n) == []
+    assert ran_kernels(emu) == {kernel}
+
+
+PAPER_SHAPES = {  # the paper's KRUs: factor sizes, and the kernel the CUDA recurrence runs them on
+    "copy/adding N=128": ([2] * 7, True, "warp"),
+    "pixel MNIST N=512": ([2] * 9, True, "registers"),
+    "N=1024": ([2] * 10, True, "registers"),
+    "music N=100": ([2, 2, 5, 5], False, "fused"),
+    "PTB N=411": ([3, 137], True, "fused"),  # factors read from global memory: too large for shared memory
+    "PTB N=993": ([3, 331], True, "fused"),
+}
+
+
+@pytest.mark.parametrize("shape", list(PAPER_SHAPES))
+def test_the_recurrence_runs_the_kernel_its_choice_names(emu, shape):
+    """The pure function kru_recurrence_kernel (cuda/kru_plan.h) names the kernel for the paper's shapes, and the
+    dispatching operator runs that one (the barriers that ran tell which), both directions, matching the
+    reference."""
+    sizes, complex_, expected = PAPER_SHAPES[shape]
+    dtype = torch.complex64 if complex_ else torch.float32
+    assert emu.kru_recurrence_kernel([s for n in sizes for s in (n, n)], dtype, DEFAULT_OPTIN) == expected
+    configure(emu)
+    assert recurrence_errors(emu, sizes, 1, 2, complex_, "modrelu", seed=len(sizes)) == []
+    assert ran_kernels(emu) == {expected}
 
 
 def test_the_register_resident_forward_takes_2x2_factors_and_n_from_8(emu):
@@ -201,8 +304,9 @@ def test_sizes_beyond_48kb_of_shared_memory_take_the_opt_in_path(emu):
 
 
 def test_a_block_beyond_the_devices_opt_in_limit_is_refused_with_the_limit(emu):
-    configure(emu, smem_optin=64 * 1024)  # less than the 72 KB the forward pass needs at N = 4096
-    with pytest.raises(RuntimeError, match=r"needs 7\d{4} bytes of shared memory per block, more than this GPU's 65536;"):
+    """The state (64 KB at N = 4096 in float32) must fit; the factors are read from global memory when they do not."""
+    configure(emu, smem_optin=60 * 1024)
+    with pytest.raises(RuntimeError, match=r"needs 65536 bytes of shared memory per block, more than this GPU's 61440;"):
         recurrence_errors(emu, [16, 16, 16], 1, 1, False, "tanh")
 
 
@@ -238,6 +342,8 @@ def test_the_emulator_reports_what_hangs_or_corrupts_a_gpu(emu, mode, message):
 def test_every_barrier_of_the_kernels_runs(emu):
     emu.configure(0, 0, -1, DEFAULT_OPTIN)
     recurrence_errors(emu, [4, 2], 2, 2, True, "modrelu")
+    recurrence_errors(emu, [2] * 5, 1, 2, True, "modrelu")
+    recurrence_errors(emu, [2] * 8, 1, 2, True, "modrelu")
     matvec_errors(emu, [(2, 3), (4, 2)], 2)
     regs_errors(emu, 5, 1, 2, True, "modrelu")
     lstm_errors(emu, [(8, 2), (2, 2)], 1, 2, 2, True)
@@ -255,6 +361,9 @@ def test_removing_any_barrier_fails(emu, line):
             exposed += recurrence_errors(emu, [4, 2, 2], 2, 2, True, "modrelu")
             exposed += matvec_errors(emu, [(2, 3), (4, 2)], 2)
             exposed += regs_errors(emu, 7, 1, 3, True, "modrelu")
+            exposed += recurrence_errors(emu, [2] * 7, 1, 3, True, "modrelu")  # one warp a sequence, both ways
+            exposed += recurrence_errors(emu, [2] * 8, 1, 3, True, "modrelu")  # register-resident, both ways
+            exposed += empty_sequence_errors(emu)
             exposed += lstm_errors(emu, [(8, 2), (2, 2)], 1, 2, 2, True)  # joint: gate rows cross threads
             exposed += lstm_errors(emu, [(2, 2), (4, 4)], 4, 2, 2, False)
         except RuntimeError as e:  # the emulator's barrier checks
@@ -267,6 +376,12 @@ SIGN_MUTANTS = {  # file, original, mutant: a sign of the complex arithmetic fli
     "conj in the factor gradient": ("kru_cuda.cu", "redi[item] = ir - ri;", "redi[item] = ri - ir;"),
     "Re(a conj b) in the factor gradient": ("kru_cuda.cu", "redr[item] = rr + ii;", "redr[item] = rr - ii;"),
     "Re(a b) in a factor row": ("kron_math.h", "yr = rr - ii;", "yr = rr + ii;"),
+    "conj in the register-resident adjoint": ("kru_cuda.cu", "di[e] = a00r * d0i - a00i * d0r", "di[e] = a00r * d0i + a00i * d0r"),
+    "Re(conj(a) d) in the register-resident adjoint": ("kru_cuda.cu", "dr[e1] += a01i * d0i + a11i * d1i;",
+                                                       "dr[e1] -= a01i * d0i + a11i * d1i;"),
+    "conj(x) in the register-resident factor gradient": ("kron_math.h", "    im -= ar * bi;", "    im += ar * bi;"),
+    "conj in the warp kernels' lane-bit adjoint": ("kru_cuda.cu", "di[e] = sr * d0i - si * d0r", "di[e] = sr * d0i + si * d0r"),
+    "Re(a x) in the warp kernels' lane-bit stage": ("kru_cuda.cu", "xr[e] += -si * x0i - oi * pi;", "xr[e] += si * x0i - oi * pi;"),
 }
 
 
@@ -289,6 +404,8 @@ def test_a_flipped_sign_fails(tmp_path, mutant):
     cpp_extension.load(build_directory=str(tmp_path / "build"), **flags)
     lib = getattr(torch.ops, lib_name)
     found = recurrence_errors(lib, [4, 2], 2, 2, True, "modrelu") + matvec_errors(lib, [(2, 3), (4, 2)], 2)
+    found += recurrence_errors(lib, [2] * 4, 2, 2, True, "modrelu")  # register-resident
+    found += recurrence_errors(lib, [2] * 6, 2, 2, True, "modrelu")  # one warp a sequence
     assert found, f"the kernels still match the reference with {mutant} flipped ({file}: {mutated})"
 
 

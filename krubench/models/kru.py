@@ -57,10 +57,6 @@ class KronFactors(nn.Module):
         self.merge_upto = merge_upto
         self.factors = nn.ParameterList([nn.Parameter(init_factor(s, init, complex_)) for s in self.sizes])
 
-    def stages(self, backend: str = "reference") -> list[torch.Tensor]:
-        """The factors as `backend` applies them (ops.stages)."""
-        return ops.stages(self.factors, backend, self.merge_upto)
-
     def penalty(self) -> torch.Tensor:
         return unitary_penalty(list(self.factors))
 

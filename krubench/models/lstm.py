@@ -51,7 +51,7 @@ class LSTMKRU(SequenceModel):
         sizes = ops.factor_sizes(hidden_size, factor_size, factors)
         self.hidden_size = hidden_size
         self.factorisation = factorisation
-        self.kernel = kernel  # ops.KERNELS: which backend runs kron_matvec
+        self.kernel = kernel  # ops.KERNELS: which backend runs the recurrence
         self.W_ih = nn.Linear(input_size, 4 * hidden_size)
         if factorisation == "per_gate":
             self.W_hh = nn.ModuleList([KronFactors(sizes, complex, init, merge_upto) for _ in range(4)])
@@ -80,8 +80,7 @@ class LSTMKRU(SequenceModel):
     def forward(self, x: torch.Tensor, state=None, last_only: bool = False):
         B, N = x.shape[0], self.hidden_size
         h, c = (x.new_zeros(B, N), x.new_zeros(B, N)) if state is None else state
-        backend = ops.backend_for(self.kernel, x.device)
         # the whole recurrence in one compiled call (C++ or CUDA); the reference loops over time
-        H, C = ops.lstm_kru_layer(x, self.W_ih.weight, self.W_ih.bias, h, c, [kf.stages(backend) for kf in self.W_hh],
-                                  backend)
+        H, C = ops.lstm_kru_layer(x, self.W_ih.weight, self.W_ih.bias, h, c, [list(kf.factors) for kf in self.W_hh],
+                                  self.kernel, self.W_hh[0].merge_upto)
         return self.V(H[:, -1:] if last_only else H), (H[:, -1], C[:, -1])

@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from . import build, compiled
-from .kron import check_matvec, kron_matvec_ref
+from .kron import check_matvec, kron_matvec_ref, merge_factors
 from .recurrence import kru_recurrence_ref, lstm_kru_recurrence_ref
 
 log = logging.getLogger("krubench")
@@ -90,6 +90,24 @@ def merge_limit(backend: str, merge_upto: int) -> int:
     return min(merge_upto, MERGE_LIMIT.get(backend, merge_upto))
 
 
+# Constant per graph under torch.compile, as backend_for: a pure function of its arguments.
+@torch.compiler.assume_constant_result
+def cuda_recurrence_kernel(shapes: tuple[int, ...], dtype: torch.dtype, device) -> str:
+    """The kernel the CUDA recurrence runs, both directions, for square factors of sizes `shapes` on `device`:
+    'warp' (2×2 factors, N = 32 ... 128: one warp a sequence), 'registers' (other 2×2 factors, N = 8 ... 8192, if
+    the device's shared memory holds them) or 'fused'. The operator makes this choice itself (cuda/kru_plan.h); it
+    is asked here only so that factors those kernels take are not merged before the call."""
+    limit = torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    return torch.ops.krubench.kru_recurrence_kernel([s for n in shapes for s in (n, n)], dtype, limit)
+
+
+def stages(factors: Sequence[torch.Tensor], backend: str, merge_upto: int) -> list[torch.Tensor]:
+    """The factors as `backend` applies them: small neighbours merged up to `merge_upto`, capped at the size
+    that backend runs fastest (same W, fewer operations)."""
+    size = merge_limit(backend, merge_upto)
+    return merge_factors(list(factors), size) if size > 1 else list(factors)
+
+
 def kron_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor], kernel: str = "auto") -> torch.Tensor:
     """`(F_0 ⊗ … ⊗ F_{k-1}) x` on the backend `kernel` selects; the contract is `kron_matvec_ref`'s."""
     check_matvec(x, factors)
@@ -139,17 +157,21 @@ def lstm_kru_recurrence(gx, h0, c0, products: Sequence[Sequence[torch.Tensor]], 
 LSTM_INPUT_IN_KERNEL_UPTO = 16
 
 
-def lstm_kru_layer(x, W_ih, b_ih, h0, c0, products: Sequence[Sequence[torch.Tensor]], kernel: str = "auto"):
-    """(H, C) of the LSTM+KRU layer from its input x (B, T, I): gates W_ih x + b_ih + W_hh h. On the C++ kernel,
-    for inputs up to LSTM_INPUT_IN_KERNEL_UPTO wide, the input map runs inside it (no (B, T, 4N) tensor; x gets
-    no gradient); otherwise, or when x needs a gradient, it is one GEMM before `lstm_kru_recurrence`."""
+def lstm_kru_layer(x, W_ih, b_ih, h0, c0, products: Sequence[Sequence[torch.Tensor]], kernel: str = "auto",
+                   merge_upto: int = 16):
+    """(H, C) of the LSTM+KRU layer from its input x (B, T, I): gates W_ih x + b_ih + W_hh h, W_hh the Kronecker
+    products of `products` (G factor lists, as the model holds them: the backend's merging happens here, as in
+    `ops.kru_layer`). On the C++ kernel, for inputs up to LSTM_INPUT_IN_KERNEL_UPTO wide, the input map runs inside
+    it (no (B, T, 4N) tensor; x gets no gradient); otherwise, or when x needs a gradient, it is one GEMM before
+    `lstm_kru_recurrence`."""
     x, h0, c0 = at_least_fp32(x), at_least_fp32(h0), at_least_fp32(c0)
     backend = backend_for(kernel, x.device)
+    products = [stages(fs, backend, merge_upto) for fs in products]
     if backend == "cpp" and not x.requires_grad and x.shape[-1] <= LSTM_INPUT_IN_KERNEL_UPTO:
         with without_autocast(x.device):
             return compiled.lstm_kru_layer(x, at_least_fp32(W_ih), at_least_fp32(b_ih), h0, c0,
                                            [[at_least_fp32(f) for f in fs] for fs in products])
-    return lstm_kru_recurrence(torch.nn.functional.linear(x, W_ih, b_ih), h0, c0, products, kernel)
+    return lstm_kru_recurrence(torch.nn.functional.linear(x, W_ih, b_ih), h0, c0, products, backend)
 
 
 def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:

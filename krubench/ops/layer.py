@@ -11,16 +11,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import lanes
-from .dispatch import (at_least_fp32, backend_for, kru_layer_input, kru_layer_lanes, kru_recurrence,
-                       kru_recurrence_lanes, merge_limit)
-from .kron import merge_factors
+from .dispatch import (at_least_fp32, backend_for, cuda_recurrence_kernel, kru_layer_input, kru_layer_lanes,
+                       kru_recurrence, kru_recurrence_lanes, stages)
 
 
-def stages(factors: Sequence[torch.Tensor], backend: str, merge_upto: int) -> list[torch.Tensor]:
-    """The factors as `backend` applies them: small neighbours merged up to `merge_upto`, capped at the size
-    that backend runs fastest (same W, fewer operations)."""
-    size = merge_limit(backend, merge_upto)
-    return merge_factors(list(factors), size) if size > 1 else list(factors)
+def recurrence_stages(factors: Sequence[torch.Tensor], backend: str, merge_upto: int, dtype: torch.dtype) -> list:
+    """`stages` for the KRU recurrence: on CUDA the factors stay unmerged where its register-resident or warp
+    kernels take them (they need 2×2 factors, and a 2×2 stage in registers costs no memory traffic)."""
+    if backend == "cuda" and cuda_recurrence_kernel(tuple(f.shape[0] for f in factors), dtype,
+                                                    factors[0].device) in ("registers", "warp"):
+        return list(factors)
+    return stages(factors, backend, merge_upto)
 
 
 def kru_layer(x: torch.Tensor, h0: torch.Tensor, U: nn.Linear, V: nn.Linear | None, factors: Sequence[torch.Tensor],
@@ -31,7 +32,7 @@ def kru_layer(x: torch.Tensor, h0: torch.Tensor, U: nn.Linear, V: nn.Linear | No
     `last_only`, at the last one only (outputs (B, 1, out)). Without V (None) the outputs are the states
     H (B, T, N) themselves, complex if `complex_`."""
     backend = backend_for(kernel, x.device)
-    ws = stages(factors, backend, merge_upto)
+    ws = recurrence_stages(factors, backend, merge_upto, at_least_fp32(factors[0]).dtype)
     if backend == "cpp":
         return _on_lanes(x, h0, U, V, ws, nonlinearity, bias, complex_, last_only)
     # Complex: U's rows and V's columns reordered from [Re; Im] to (Re, Im) pairs (a copy of the small weights),
