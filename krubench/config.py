@@ -97,7 +97,10 @@ def class_schema(group: str, name: str, cls) -> type:
     for key, p in constructor_options(cls).items():
         fields.append((key, schema_type(p.annotation, cls.choices.get(key), f"{cls.__name__}_{key}"),
                        field(default=MISSING)))
-    return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
+    schema = dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
+    schema.__module__ = __name__  # found by name by pickle, as the choices are
+    globals()[schema.__name__] = schema
+    return schema
 
 
 # ---- optim ----
@@ -394,3 +397,8 @@ def flatten_numbers(d, prefix: str = "") -> dict[str, float]:
     if isinstance(d, list):
         return {k: v for i, sub in enumerate(d) for k, v in flatten_numbers(sub, f"{prefix[:-1]}[{i}].").items()}
     return {prefix[:-1]: d} if isinstance(d, float) else {}
+
+
+# Made at import, not on first use: a launcher's worker (joblib, submitit) unpickles the composed config, whose
+# nodes name these schemas and their choices, before anything in it would have built them.
+schemas()

@@ -74,6 +74,21 @@ def test_a_key_appended_with_plus_that_the_class_does_not_take_is_refused(overri
         validate(plain(compose_config(override.split())))
 
 
+@pytest.mark.parametrize("override", ["task=adding model=kru", "task=music model=lstm_kru optim=adam"])
+def test_a_composed_config_unpickles_in_a_fresh_process(override):
+    """A launcher (joblib, submitit) pickles the composed config for its workers; the schemas and choices it names
+    must be found by a process that has only imported krubench."""
+    import pickle
+    import subprocess
+    import sys
+
+    data = pickle.dumps(compose_config(override.split()))
+    code = "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read()).task.name)"
+    out = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, check=False)
+    assert out.returncode == 0, out.stderr.decode()[-600:]
+    assert out.stdout.decode().strip() == override.split()[0].split("=")[1]
+
+
 def test_struct_mode_stays_on():
     cfg = compose_config()
     with pytest.raises((ConfigKeyError, ValidationError, AttributeError)):
