@@ -490,42 +490,6 @@ void recurrence_backward(const Plan& plan, const Plan& adj, const T* wr, const T
   });
 }
 
-template <typename T, bool CPLX>
-void matvec_forward(const Plan& plan, const T* wr, const T* wi, const T* x, T* y, long M) {
-  constexpr int C = CPLX ? 2 : 1;
-  at::parallel_for(0, (M + L - 1) / L, 1, [&](long c0, long c1) {
-    Scratch<T> st(2, plan.max_size);
-    for (long c = c0; c < c1; ++c) {
-      const long m0 = c * L, lanes = std::min<long>(L, M - m0);
-      gather<T, CPLX>(x + m0 * plan.n_in * C, plan.n_in, lanes, plan.n_in, st.re(0), st.im(0));
-      const long z = run_stages<T, CPLX>(plan, wr, wi, st, false);
-      scatter<T, CPLX>(st.re(z), st.im(z), lanes, plan.n_out, y + m0 * plan.n_out * C, plan.n_out);
-    }
-    stream_fence();
-  });
-}
-
-template <typename T, bool CPLX>
-void matvec_backward(const Plan& plan, const Plan& adj, const T* wr, const T* wi, const T* awr, const T* awi,
-                     const T* x, const T* gy, long M, T* gx, T* gwr, T* gwi) {
-  constexpr int C = CPLX ? 2 : 1;
-  const long F = plan.stages.size();
-  at::parallel_for(0, (M + L - 1) / L, 1, [&](long c0, long c1) {
-    Scratch<T> st(F + 3, plan.max_size);
-    const long d = F + 1, e = F + 2;
-    for (long c = c0; c < c1; ++c) {
-      const long m0 = c * L, lanes = std::min<long>(L, M - m0);
-      gather<T, CPLX>(x + m0 * plan.n_in * C, plan.n_in, lanes, plan.n_in, st.re(0), st.im(0));
-      run_stages<T, CPLX>(plan, wr, wi, st, true);
-      gather<T, CPLX>(gy + m0 * plan.n_out * C, plan.n_out, lanes, plan.n_out, st.re(d), st.im(d));
-      const long dx = backprop_stages<T, CPLX>(plan, adj, awr, awi, st, d, e, gwr + c * plan.wsize * L,
-                                               gwi + c * plan.wsize * L, st.re(0), st.im(0));
-      scatter<T, CPLX>(st.re(dx), st.im(dx), lanes, plan.n_in, gx + m0 * plan.n_in * C, plan.n_in);
-    }
-    stream_fence();
-  });
-}
-
 // ---- LSTM+KRU: the whole LSTM recurrence, its W_hh Kronecker-factored, in one pass ----
 // Gates a_t = gx_t + Re(W h_{t-1}) (4N rows, gate-major: i, f, g, o), where W is G products of one plan
 // (G = 4: an N × N product per gate; G = 1: one 4N × N product, its first factor 4·q_0 × q_0) and
@@ -894,33 +858,7 @@ kru_layer_lanes_backward_cpu(const at::Tensor& grad_y, const at::Tensor& grad_hT
           layer.gvw.sum(at::IntArrayRef{0, 3}), layer.gvb.sum(at::IntArrayRef{0, 2})};
 }
 
-at::Tensor kron_matvec_cpu(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef shapes) {
-  const Plan plan = check_matvec(x, w, shapes);
-  at::Tensor wr, wi;
-  std::tie(wr, wi) = factor_planes(w, plan, false);
-  at::Tensor y = new_output({x.size(0), plan.n_out}, x.options());
-  dispatch_dtype(x.scalar_type(), [&](auto t, auto c) {
-    using T = decltype(t);
-    matvec_forward<T, decltype(c)::value>(plan, ptr<T>(wr), ptr<T>(wi), ptr<T>(x), ptr<T>(y), x.size(0));
-  });
-  return y;
-}
 
-std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cpu(const at::Tensor& grad_y, const at::Tensor& x,
-                                                            const at::Tensor& w, at::IntArrayRef shapes) {
-  const Plan plan = check_matvec_backward(grad_y, x, w, shapes);
-  const Plan adj = adjoint_plan(plan);
-  const auto [wr, wi, awr, awi] = backward_planes(w, plan);
-  const long M = x.size(0);
-  at::Tensor gx = new_output(x.sizes(), x.options());
-  at::Tensor gwr = partials(M, plan.wsize, x), gwi = partials(M, plan.wsize, x);
-  dispatch_dtype(x.scalar_type(), [&](auto t, auto c) {
-    using T = decltype(t);
-    matvec_backward<T, decltype(c)::value>(plan, adj, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(x),
-                                           ptr<T>(grad_y), M, ptr<T>(gx), ptr<T>(gwr), ptr<T>(gwi));
-  });
-  return {gx, combine_planes(gwr.sum(at::IntArrayRef{0, 2}), gwi.sum(at::IntArrayRef{0, 2}), x.is_complex())};
-}
 
 
 // The G products' planes (all of them back to back, product g at g · wsize) as the kernels' pointers.
@@ -1074,8 +1012,6 @@ TORCH_LIBRARY_IMPL(krubench, CPU, m) {
   m.impl("kru_recurrence_lanes_backward", &kru::kru_recurrence_lanes_backward_cpu);
   m.impl("kru_layer_lanes", &kru::kru_layer_lanes_cpu);
   m.impl("kru_layer_lanes_backward", &kru::kru_layer_lanes_backward_cpu);
-  m.impl("kron_matvec", &kru::kron_matvec_cpu);
-  m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cpu);
   m.impl("kru_recurrence", &kru::kru_recurrence_cpu);
   m.impl("kru_layer_input", &kru::kru_layer_input_cpu);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cpu);

@@ -1,4 +1,4 @@
-"""Which implementation of `kron_matvec` / `kru_recurrence` runs, and the dispatching functions.
+"""Which implementation of the KRU and LSTM+KRU recurrences runs, and the dispatching functions.
 
 `kernel` (the model's `model.kernel` option) is one of KERNELS: `auto` picks the fastest backend for the
 tensors' device (`cpp` on the CPU, `cuda` on a GPU); `cpp`/`cuda` ask for one; `reference` is the
@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from . import build, compiled
-from .kron import check_matvec, kron_matvec_ref, merge_factors
+from .kron import kron_matvec_ref, merge_factors
 from .recurrence import kru_recurrence_ref, lstm_kru_recurrence_ref
 
 log = logging.getLogger("krubench")
@@ -106,16 +106,6 @@ def stages(factors: Sequence[torch.Tensor], backend: str, merge_upto: int) -> li
     that backend runs fastest (same W, fewer operations)."""
     size = merge_limit(backend, merge_upto)
     return merge_factors(list(factors), size) if size > 1 else list(factors)
-
-
-def kron_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor], kernel: str = "auto") -> torch.Tensor:
-    """`(F_0 ⊗ … ⊗ F_{k-1}) x` on the backend `kernel` selects; the contract is `kron_matvec_ref`'s."""
-    check_matvec(x, factors)
-    x, factors = at_least_fp32(x), [at_least_fp32(f) for f in factors]
-    with without_autocast(x.device):
-        if backend_for(kernel, x.device) == "reference":
-            return kron_matvec_ref(x, factors)
-        return compiled.kron_matvec(x, factors)
 
 
 def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None, kernel: str = "auto") -> torch.Tensor:
