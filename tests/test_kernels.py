@@ -470,6 +470,23 @@ def test_the_cuda_recurrence_kernel_is_chosen_by_the_factor_shapes(sizes, dtype,
     assert torch.ops.krubench.kru_recurrence_kernel(shapes, dtype, H200_SMEM) == expected
 
 
+def test_layer_path_chooses_each_layers_operator_and_layout():
+    """The one place a layer's operator and layout are chosen, by backend, read-out and whether x needs a
+    gradient (and, for LSTM+KRU, the input's width)."""
+    from krubench.ops.layer import LSTM_INPUT_IN_KERNEL_UPTO, layer_path
+    data, trained = torch.zeros(2, 3, 4), torch.zeros(2, 3, 4, requires_grad=True)
+    assert layer_path("kru", "cpp", data) == "lanes_fused"
+    assert layer_path("kru", "cpp", data, readout=False) == layer_path("kru", "cpp", trained) == "lanes"
+    assert layer_path("kru", "cuda", data) == layer_path("kru", "cuda", data, readout=False) == "rows_input_inside"
+    assert layer_path("kru", "cuda", trained) == layer_path("kru", "reference", data) == "rows"
+    wide = torch.zeros(2, 3, LSTM_INPUT_IN_KERNEL_UPTO + 1)
+    assert layer_path("lstm_kru", "cpp", data) == "input_inside"
+    assert {layer_path("lstm_kru", "cpp", trained), layer_path("lstm_kru", "cpp", wide),
+            layer_path("lstm_kru", "cuda", data), layer_path("lstm_kru", "reference", data)} == {"gates"}
+    with pytest.raises(ValueError, match="layer='gru'"):
+        layer_path("gru", "cpp", data)
+
+
 def test_the_kru_layer_leaves_factors_unmerged_where_the_register_resident_kernels_take_them(monkeypatch):
     """On CUDA the layer hands the recurrence 2×2 factors unmerged when it runs them register-resident, and
     merges them as before otherwise (the device's shared memory decides; faked here, no GPU needed)."""

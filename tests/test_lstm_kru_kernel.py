@@ -238,9 +238,9 @@ def test_the_layer_operator_passes_opcheck():
 def test_the_layer_dispatch_gives_the_same_results_and_a_gradient_to_x_when_asked(I, monkeypatch):
     """`ops.lstm_kru_layer` on the C++ backend: the input map inside the kernel for narrow inputs, a GEMM
     before it for wide ones or when x needs a gradient; the same values either way."""
-    from krubench.ops import compiled, dispatch
+    from krubench.ops import compiled, layer
     loaded("cpp")
-    assert (I <= dispatch.LSTM_INPUT_IN_KERNEL_UPTO) == (I == 1)
+    assert (I <= layer.LSTM_INPUT_IN_KERNEL_UPTO) == (I == 1)
     calls = []
     monkeypatch.setattr(compiled, "lstm_kru_layer", lambda *a: calls.append(1) or compiled._LSTMKRULayer.apply(
         *a[:5], *compiled._packed_products(a[5], "test")[:2]))
