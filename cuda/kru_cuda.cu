@@ -267,7 +267,7 @@ __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T*
 // ---- LSTM+KRU: the whole recurrence, its W_hh G Kronecker products of one plan ----
 // Gates a_t = gx_t + Re(W h_{t-1}) (4N, gate-major i, f, g, o; product g gives rows [g n_out, (g + 1) n_out)),
 // c_t = σ(f) c_{t-1} + σ(i) tanh(g), h_t = σ(o) tanh(c_t); the state is real (a zero imaginary plane into
-// complex factors, the real part out). As kru_cpu.cpp's lstm_forward / lstm_backward, one block a sequence.
+// complex factors, the real part out). As kru_cpu_lstm.cpp's lstm_forward / lstm_backward, one block a sequence.
 
 // Shared memory: the G products' factor planes (2 G wsize), h and c (N each), the gates a (4N), a PingPong
 // of max_size. Block b runs sequence b.
