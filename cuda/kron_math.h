@@ -1,4 +1,4 @@
-// Per-element arithmetic of the Kronecker kernels, shared by the CPU (kru_cpu.cpp) and the CUDA
+// Per-element arithmetic of the Kronecker kernels, shared by the CPU (kru_cpu_*.cpp) and the CUDA
 // (kru_cuda.cu) backends so that the CPU tests exercise the very code the GPU runs: the index map of
 // a factor stage, the dot product of one factor row with its inputs, the complex multiply-adds, and
 // the nonlinearities with their derivatives.

@@ -1,6 +1,6 @@
 // CUDA backend of krubench's Kronecker operators (the schemas are defined in kru_cpu.cpp).
 //
-// One thread block per sequence (per row for kron_matvec): batch rows are independent, so no grid-wide
+// One thread block per sequence: batch rows are independent, so no grid-wide
 // barrier. The factors and the state live in shared memory across all T steps; each thread computes
 // whole outputs of a stage (one factor row against its inputs) with the per-element arithmetic of
 // kron_math.h, which the CPU backend shares. Backward: a reverse sweep that recomputes each step's stage
@@ -264,58 +264,10 @@ __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T*
   store_planes(d.xr, d.xi, N, CPLX, gh0 + b * N * C);
 }
 
-// Row m of x through every stage. Shared memory: the factors' planes (2 wsize), a PingPong of max_size.
-template <typename T, bool CPLX>
-__global__ void matvec_forward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* x, T* y) {
-  KRU_DYNAMIC_SHARED(smem);
-  constexpr int C = CPLX ? 2 : 1;
-  T* wr = reinterpret_cast<T*>(smem);
-  T* wi = wr + plan.wsize;
-  PingPong<T> v(wi + plan.wsize, plan.max_size);
-  const long m = blockIdx.x;
-  load_factors(wr_g, wi_g, plan.wsize, wr, wi);
-  load_planes(x + m * plan.n_in * C, plan.n_in, CPLX, v.xr, v.xi);
-  __syncthreads();
-  for (int f = 0; f < plan.k; ++f, v.swap()) stage<T, CPLX>(plan.s[f], wr, wi, v.xr, v.xi, v.yr, v.yi);
-  store_planes(v.xr, v.xi, plan.n_out, CPLX, y + m * plan.n_out * C);
-}
-
-// Shared memory: factors and adjoints (4 wsize), dy ping-pong (4 max_size), reduction scratch (2 blockDim).
-// Global scratch ws: this row's stage inputs, (k + 1) × 2 max_size.
-template <typename T, bool CPLX>
-__global__ void matvec_backward_kernel(DevPlan plan, const T* wr_g, const T* wi_g, const T* awr_g, const T* awi_g,
-                                       const T* x, const T* gy, T* gx, T* gwr, T* gwi, T* ws) {
-  KRU_DYNAMIC_SHARED(smem);
-  constexpr int C = CPLX ? 2 : 1;
-  const int S = plan.max_size, red = blockDim.x;
-  T* wr = reinterpret_cast<T*>(smem);
-  T *wi = wr + plan.wsize, *awr = wi + plan.wsize, *awi = awr + plan.wsize;
-  PingPong<T> d(awi + plan.wsize, S);
-  T *redr = awi + plan.wsize + 4 * S, *redi = redr + red;
-  const long m = blockIdx.x;
-  T* sr = ws + m * (plan.k + 1) * 2 * S;
-  T *mgr = gwr + m * plan.wsize, *mgi = gwi + m * plan.wsize;
-  load_factors(wr_g, wi_g, plan.wsize, wr, wi);
-  load_factors(awr_g, awi_g, plan.wsize, awr, awi);
-  load_planes(x + m * plan.n_in * C, plan.n_in, CPLX, sr, sr + S);
-  load_planes(gy + m * plan.n_out * C, plan.n_out, CPLX, d.xr, d.xi);
-  __syncthreads();
-  for (int f = 0; f < plan.k; ++f)
-    stage<T, CPLX>(plan.s[f], wr, wi, sr + 2 * f * S, sr + (2 * f + 1) * S, sr + 2 * (f + 1) * S, sr + (2 * f + 3) * S);
-  for (int f = plan.k - 1; f >= 0; --f, d.swap()) {
-    accumulate_factor_grad<T, CPLX>(plan.s[f], d.xr, d.xi, sr + 2 * f * S, sr + (2 * f + 1) * S, redr, redi, mgr, mgi);
-    DevStage adj = plan.s[f];
-    adj.p = plan.s[f].q;
-    adj.q = plan.s[f].p;
-    stage<T, CPLX>(adj, awr, awi, d.xr, d.xi, d.yr, d.yi);
-  }
-  store_planes(d.xr, d.xi, plan.n_in, CPLX, gx + m * plan.n_in * C);
-}
-
 // ---- LSTM+KRU: the whole recurrence, its W_hh G Kronecker products of one plan ----
 // Gates a_t = gx_t + Re(W h_{t-1}) (4N, gate-major i, f, g, o; product g gives rows [g n_out, (g + 1) n_out)),
 // c_t = σ(f) c_{t-1} + σ(i) tanh(g), h_t = σ(o) tanh(c_t); the state is real (a zero imaginary plane into
-// complex factors, the real part out). As kru_cpu.cpp's lstm_forward / lstm_backward, one block a sequence.
+// complex factors, the real part out). As kru_cpu_lstm.cpp's lstm_forward / lstm_backward, one block a sequence.
 
 // Shared memory: the G products' factor planes (2 G wsize), h and c (N each), the gates a (4N), a PingPong
 // of max_size. Block b runs sequence b.
@@ -1222,53 +1174,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
   return {gh0, gw, gb.sum(0)};
 }
 
-at::Tensor kron_matvec_cuda(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef shapes) {
-  const Plan plan = check_matvec(x, w, shapes);
-  const gpu::Guard guard(x.device());
-  const DevPlan dp = device_plan(plan);
-  at::Tensor wr, wi;
-  std::tie(wr, wi) = factor_planes(w, plan, false);
-  at::Tensor y = new_output({x.size(0), plan.n_out}, x.options());
-  const long M = x.size(0);
-  if (M == 0) return y;
-  const int threads = block_threads(plan.max_size);
-  auto stream = gpu::stream();
-  dispatch_dtype(x.scalar_type(), [&](auto t, auto c) {
-    using T = decltype(t);
-    auto kernel = matvec_forward_kernel<T, decltype(c)::value>;
-    const size_t smem = (2 * plan.wsize + 4 * plan.max_size) * sizeof(T);
-    allow_shared_memory(kernel, smem, x, "kron_matvec");
-    KRU_LAUNCH(kernel, M, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(x), ptr<T>(y));
-  });
-  return y;
-}
-
-std::tuple<at::Tensor, at::Tensor> kron_matvec_backward_cuda(const at::Tensor& grad_y, const at::Tensor& x,
-                                                             const at::Tensor& w, at::IntArrayRef shapes) {
-  const Plan plan = check_matvec_backward(grad_y, x, w, shapes);
-  const gpu::Guard guard(x.device());
-  const DevPlan dp = device_plan(plan);
-  const auto [wr, wi, awr, awi] = backward_planes(w, plan);
-  const long M = x.size(0), S = plan.max_size;
-  at::Tensor gx = new_output(x.sizes(), x.options());
-  at::Tensor gwr = real_zeros({M, plan.wsize}, x), gwi = real_zeros({M, plan.wsize}, x);
-  at::Tensor ws = scratch({M, static_cast<long>(plan.stages.size()) + 1, 2, S}, x);
-  if (M > 0) {
-    const int threads = block_threads(S);
-    auto stream = gpu::stream();
-    dispatch_dtype(x.scalar_type(), [&](auto t, auto c) {
-      using T = decltype(t);
-      auto kernel = matvec_backward_kernel<T, decltype(c)::value>;
-      const size_t smem = (4 * plan.wsize + 4 * S + 2 * threads) * sizeof(T);
-      allow_shared_memory(kernel, smem, x, "kron_matvec's backward pass");
-      KRU_LAUNCH(kernel, M, threads, smem, stream, dp, ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), ptr<T>(x),
-                 ptr<T>(grad_y), ptr<T>(gx), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(ws));
-    });
-  }
-  return {gx, combine_planes(gwr.sum(0), gwi.sum(0), x.is_complex())};
-}
-
-
 std::tuple<at::Tensor, at::Tensor> lstm_kru_recurrence_cuda(const at::Tensor& gx, const at::Tensor& h0,
                                                             const at::Tensor& c0, const at::Tensor& w,
                                                             at::IntArrayRef shapes) {
@@ -1332,8 +1237,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_kru_recurrence_b
 
 #if !defined(KRU_EMULATE)  // kru_emu.cpp registers the emulated operators under krubench_emu
 TORCH_LIBRARY_IMPL(krubench, CUDA, m) {
-  m.impl("kron_matvec", &kru::kron_matvec_cuda);
-  m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cuda);
   m.impl("kru_recurrence", &kru::kru_recurrence_cuda);
   m.impl("kru_layer_input", &kru::kru_layer_input_cuda);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cuda);

@@ -260,8 +260,6 @@ KRU_EMU_TORCH_LIBRARY(KRU_EMU_LIB, m) {
 }
 
 KRU_EMU_TORCH_LIBRARY_IMPL(KRU_EMU_LIB, CPU, m) {
-  m.impl("kron_matvec", &kru::kron_matvec_cuda);
-  m.impl("kron_matvec_backward", &kru::kron_matvec_backward_cuda);
   m.impl("kru_recurrence", &kru::kru_recurrence_cuda);
   m.impl("kru_layer_input", &kru::kru_layer_input_cuda);
   m.impl("kru_recurrence_backward", &kru::kru_recurrence_backward_cuda);

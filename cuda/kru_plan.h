@@ -193,28 +193,6 @@ inline Plan check_recurrence_backward(const at::Tensor& grad_H, const at::Tensor
   return plan;
 }
 
-// x: (M, Π q); w: (Σ p q,).
-inline Plan check_matvec(const at::Tensor& x, const at::Tensor& w, at::IntArrayRef shapes) {
-  check_dtype(x);
-  Plan plan = make_plan(shapes);
-  TORCH_CHECK(x.dim() == 2 && x.size(1) == plan.n_in, "krubench: x must be (M, ", plan.n_in, "), got ", x.sizes());
-  TORCH_CHECK(w.dim() == 1 && w.numel() == plan.wsize, "krubench: the flat factors must have ", plan.wsize,
-              " entries, got ", w.sizes());
-  check_same(x, x, "x");
-  check_same(x, w, "factors");
-  return plan;
-}
-
-// grad_y: (M, Π p), the gradient of kron_matvec's output; the rest as check_matvec.
-inline Plan check_matvec_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& w,
-                                  at::IntArrayRef shapes) {
-  Plan plan = check_matvec(x, w, shapes);
-  check_same(x, grad_y, "grad_y");
-  TORCH_CHECK(grad_y.dim() == 2 && grad_y.size(0) == x.size(0) && grad_y.size(1) == plan.n_out,
-              "krubench: grad_y must be (M, Π p) = (", x.size(0), ", ", plan.n_out, "), got ", grad_y.sizes());
-  return plan;
-}
-
 // Calls f(T{}, std::bool_constant<CPLX>{}) for the tensor's dtype: T the real scalar type, CPLX
 // whether the data are complex (interleaved re, im).
 template <typename F>

@@ -11,8 +11,6 @@
 namespace kru {
 
 inline void define_schemas(torch::Library& m) {
-  m.def("kron_matvec(Tensor x, Tensor w, int[] shapes) -> Tensor");
-  m.def("kron_matvec_backward(Tensor grad_y, Tensor x, Tensor w, int[] shapes) -> (Tensor, Tensor)");
   m.def("kru_recurrence(Tensor u, Tensor h0, Tensor w, int[] shapes, str nonlinearity, Tensor bias) -> Tensor");
   // The same with the input map inside: u_t = uw x_t + ub from x (B, T, I), uw's rows u's (Re, Im) pairs; no u
   // tensor on CUDA. Its backward is kru_recurrence_backward's.

@@ -112,8 +112,8 @@ def kru_step(kernel, factors, u, h0, bias, stages, backward=True, nonlinearity="
 
 
 def lstm_kru_step(kernel, N, B, T, factorisation):
-    """A forward+backward of the LSTM+KRU model (real, default config): its recurrent products are
-    per-step `kron_matvec` calls, on the compiled backend or the reference."""
+    """A forward+backward of the LSTM+KRU model (real, default config): its whole recurrence in one compiled
+    call (`ops.lstm_kru_layer`), or the reference's loop over time."""
     from krubench.models import build_model
     torch.manual_seed(0)
     model = build_model({"name": "lstm_kru", "hidden_size": N, "factorisation": factorisation, "kernel": kernel}, 1, 1)
@@ -273,7 +273,7 @@ def main(argv=None):
 
     if args.lstm_kru:
         print(f"\nLSTM+KRU (real, unitary init, merged up to 16), forward+backward of the model, B={B}, "
-              f"T={args.lstm_kru}: the per-step compiled `kron_matvec` vs the reference:\n")
+              f"T={args.lstm_kru}: the compiled LSTM+KRU recurrence vs the reference:\n")
         print(f"| N | factorisation | {fused} ms | reference ms | speed-up |\n|---|---|---|---|---|")
         for N in args.sizes:
             for fact in ("per_gate", "joint"):

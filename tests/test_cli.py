@@ -13,6 +13,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, krubench_command, run_cli, run_cli_killed_at
+from krubench.ops import build
 from krubench.runtime import rundir
 
 TINY = ["trainer=debug", "task.T=10", "task.val_size=40", "model.hidden_size=16"]
@@ -205,7 +206,8 @@ def test_wheel_ships_the_configs(tmp_path):
     for f in ("krubench/conf/config.yaml", "krubench/conf/task/copy.yaml", "krubench/conf/model/kru.yaml",
               "krubench/conf/optim/rmsprop.yaml", "krubench/conf/trainer/debug.yaml",
               "krubench/conf/experiment/paper/copy_T1000_kru.yaml", "krubench/conf/launcher/slurm.yaml",
-              "krubench/report/paper_numbers.yaml", "krubench/cuda/kru_cpu.cpp", "krubench/cuda/kru_cuda.cu"):
+              "krubench/report/paper_numbers.yaml", "krubench/cuda/kru_cpu.cpp", "krubench/cuda/kru_cuda.cu",
+              *(f"krubench/cuda/{f}" for f in build.EXTENSIONS["cpp"][1]), "krubench/cuda/cpu_recurrence.h"):
         assert f in names, f
     # Installed from the wheel (no checkout beside it), the app composes its config from the package.
     site = tmp_path / "site"

@@ -14,6 +14,7 @@ import torch
 from krubench import ops
 from krubench.models.kru import random_unitary
 from krubench.ops import dispatch
+from krubench.ops.recurrence import kru_recurrence_ref
 
 from test_kernels import assert_as_accurate, loaded
 
@@ -52,7 +53,7 @@ def reference_layer(x, Uw, Ub, h0, factors, nonlinearity, bias, Vw, Vb, last_onl
     N = h0.shape[-1]
     if h0.is_complex():
         u = torch.complex(u[..., :N], u[..., N:])
-    H = ops.kru_recurrence_ref(u, h0, factors, nonlinearity, bias)
+    H = kru_recurrence_ref(u, h0, factors, nonlinearity, bias)
     read = H[:, -1:] if last_only else H
     features = torch.cat([read.real, read.imag], -1) if h0.is_complex() else read
     return features @ Vw.T + Vb, H[:, -1]

@@ -16,6 +16,7 @@ import torch
 from krubench import ops
 from krubench.models.kru import random_unitary
 from krubench.ops import dispatch
+from krubench.ops.recurrence import kru_recurrence_ref
 
 BACKENDS = [
     pytest.param("cpp", "cpu", id="cpp"),
@@ -351,50 +352,6 @@ def test_without_torch_use_counts_the_backward_allocates_and_says_so_once(monkey
     assert len(warnings) == 1 and "_storage_Use_Count" in warnings[0] and "3x" in warnings[0], warnings
 
 
-MATVEC_CASES = [  # (factor shapes (p, q), leading shape of x, complex x, complex factors)
-    ([(2, 2)] * 3, (1,), True, True),
-    ([(2, 2)] * 4, (19,), False, False),
-    ([(4, 4), (8, 8)], (3, 5), True, True),
-    ([(8, 2), (3, 3), (2, 4)], (17,), False, True),  # rectangular (LSTM+KRU joint), real x, complex factors
-    ([(16, 16)], (4,), False, False),
-]
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("shapes,lead,complex_x,complex_f", MATVEC_CASES, ids=lambda v: str(v).replace(" ", ""))
-def test_kron_matvec_matches_reference(backend, device, shapes, lead, complex_x, complex_f):
-    loaded(backend)
-    g = torch.Generator().manual_seed(len(shapes) * 100 + lead[0])
-    n_in, n_out = math.prod(q for _, q in shapes), math.prod(p for p, _ in shapes)
-    fdt, xdt = (torch.complex128 if c else torch.float64 for c in (complex_f, complex_x))
-    factors = [torch.randn(p, q, dtype=fdt, generator=g) / q**0.5 for p, q in shapes]
-    x = torch.randn(*lead, n_in, dtype=xdt, generator=g)
-    out_dtype = torch.promote_types(fdt, xdt)
-    grad = torch.randn(*lead, n_out, dtype=out_dtype, generator=g)
-
-    def outputs(kernel, lowp, dev="cpu"):
-        to = lambda t: t.to(dev, (torch.complex64 if t.is_complex() else torch.float32) if lowp else t.dtype)
-        leaves = [to(x).requires_grad_(), *(to(f).requires_grad_() for f in factors)]
-        y = ops.kron_matvec(leaves[0], leaves[1:], kernel)
-        grads = torch.autograd.grad((y * to(grad).conj()).real.sum(), leaves)
-        return [y.detach().cpu(), *(gr.cpu() for gr in grads)]
-
-    ref64, ref32, got = outputs("reference", False), outputs("reference", True), outputs(backend, True, device)
-    for i, (o, r32, r64) in enumerate(zip(got, ref32, ref64)):
-        assert torch.isfinite(o).all(), f"output {i}: some elements were not written (NaN poison left)"
-        assert_as_accurate(o, r32, r64, ["y", "grad x", *(f"grad factor {j}" for j in range(len(shapes)))][i])
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-def test_kron_matvec_gradcheck(backend, device):
-    loaded(backend)
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(3, 8, dtype=torch.complex128, generator=g, device="cpu").to(device).requires_grad_()
-    a = torch.randn(4, 2, dtype=torch.complex128, generator=g).to(device).requires_grad_()
-    b = torch.randn(3, 4, dtype=torch.complex128, generator=g).to(device).requires_grad_()
-    assert torch.autograd.gradcheck(lambda x, a, b: ops.kron_matvec(x, [a, b], backend), (x, a, b))
-
-
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_operators_pass_opcheck(backend, device):
     """Schemas, autograd and fake (meta) registrations, as torch.library.opcheck checks them."""
@@ -427,9 +384,6 @@ def test_operators_pass_opcheck(backend, device):
         torch.library.opcheck(torch.ops.krubench.kru_recurrence_lanes_backward_functional.default,
                               (torch.randn_like(lH), lH, *[a.detach() if isinstance(a, torch.Tensor) else a
                                                              for a in largs[1:]]), test_utils=twin_checks)
-    w, shapes = compiled._pack([rand(2, 4, dtype=torch.float32), rand(4, 2, dtype=torch.float32)], torch.float32)
-    torch.library.opcheck(torch.ops.krubench.kron_matvec.default,
-                          (rand(5, 8, dtype=torch.float32).requires_grad_(), w.requires_grad_(), shapes))
 
 
 # ---- dispatch ----
@@ -452,11 +406,11 @@ def test_a_backend_that_cannot_build_falls_back_with_one_warning(monkeypatch, ca
         raise ops.build.BuildError("the compiler is missing")
     monkeypatch.setattr(dispatch, "_unavailable", {})
     monkeypatch.setattr(ops.build, "build", fail)
-    x, f = torch.randn(3, 4), [torch.randn(2, 2), torch.randn(2, 2)]
+    u, h0, f = torch.randn(3, 5, 4), torch.randn(3, 4), [torch.randn(2, 2), torch.randn(2, 2)]
     with caplog.at_level("WARNING", logger="krubench"):
-        y = ops.kron_matvec(x, f, "auto")
-        ops.kron_matvec(x, f, "cpp")
-    torch.testing.assert_close(y, ops.kron_matvec_ref(x, f))
+        H = ops.kru_recurrence(u, h0, f, "tanh", kernel="auto")
+        ops.kru_recurrence(u, h0, f, "tanh", kernel="cpp")
+    torch.testing.assert_close(H, kru_recurrence_ref(u, h0, f, "tanh"))
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1 and "the compiler is missing" in warnings[0] and "model.kernel=reference" in warnings[0]
     assert ops.backend_for("auto", "cpu") == "reference"
@@ -514,6 +468,23 @@ def test_the_cuda_recurrence_kernel_is_chosen_by_the_factor_shapes(sizes, dtype,
     loaded("cpp")
     shapes = [s for n in sizes for s in (n, n)]
     assert torch.ops.krubench.kru_recurrence_kernel(shapes, dtype, H200_SMEM) == expected
+
+
+def test_layer_path_chooses_each_layers_operator_and_layout():
+    """The one place a layer's operator and layout are chosen, by backend, read-out and whether x needs a
+    gradient (and, for LSTM+KRU, the input's width)."""
+    from krubench.ops.layer import LSTM_INPUT_IN_KERNEL_UPTO, layer_path
+    data, trained = torch.zeros(2, 3, 4), torch.zeros(2, 3, 4, requires_grad=True)
+    assert layer_path("kru", "cpp", data) == "lanes_fused"
+    assert layer_path("kru", "cpp", data, readout=False) == layer_path("kru", "cpp", trained) == "lanes"
+    assert layer_path("kru", "cuda", data) == layer_path("kru", "cuda", data, readout=False) == "rows_input_inside"
+    assert layer_path("kru", "cuda", trained) == layer_path("kru", "reference", data) == "rows"
+    wide = torch.zeros(2, 3, LSTM_INPUT_IN_KERNEL_UPTO + 1)
+    assert layer_path("lstm_kru", "cpp", data) == "input_inside"
+    assert {layer_path("lstm_kru", "cpp", trained), layer_path("lstm_kru", "cpp", wide),
+            layer_path("lstm_kru", "cuda", data), layer_path("lstm_kru", "reference", data)} == {"gates"}
+    with pytest.raises(ValueError, match="layer='gru'"):
+        layer_path("gru", "cpp", data)
 
 
 def test_the_kru_layer_leaves_factors_unmerged_where_the_register_resident_kernels_take_them(monkeypatch):

@@ -1,7 +1,6 @@
 """The CUDA kernels of cuda/kru_cuda.cu, run without a GPU by the emulator (cuda/kru_emu.h: the kernel
 bodies compiled as host C++, each CUDA thread a fiber that runs to its next __syncthreads(), shared memory
-filled with NaN), against the pure-PyTorch reference: values and gradients of the recurrence and of
-kron_matvec, every thread order the emulator has, the >48 KB shared-memory (opt-in) path and its limit.
+filled with NaN), against the pure-PyTorch reference: values and gradients of the KRU and LSTM+KRU recurrences, every thread order the emulator has, the >48 KB shared-memory (opt-in) path and its limit.
 
 Planted bugs: every __syncthreads() of kru_cuda.cu is removed in turn (at run time, by its line) and the
 results must then differ from the reference or the emulator must report a barrier error; the slow tests
@@ -96,28 +95,6 @@ def recurrence_errors(lib, sizes, B, T, complex_, nonlinearity, seed=0):
     got = emu_recurrence(lib, *problem, nonlinearity, f32)
     names = ["H", "grad u", "grad h0"] + [f"grad factor {i}" for i in range(len(sizes))] + ["grad bias"]
     return errors(got, ref32, ref64, names)
-
-
-def matvec_errors(lib, shapes, M, seed=0):
-    """kron_matvec and its backward (complex) against the reference, factors p × q (not square)."""
-    g = torch.Generator().manual_seed(seed)
-    n_in, n_out = math.prod(q for _, q in shapes), math.prod(p for p, _ in shapes)
-    x = torch.randn(M, n_in, dtype=torch.complex128, generator=g)
-    factors = [torch.randn(p, q, dtype=torch.complex128, generator=g) / math.sqrt(q) for p, q in shapes]
-    gy = torch.randn(M, n_out, dtype=torch.complex128, generator=g)
-
-    def reference(dtype):
-        leaves = [t.to(dtype).requires_grad_() for t in (x, *factors)]
-        y = kron_matvec_ref(leaves[0], leaves[1:])
-        return [y.detach(), *torch.autograd.grad((y * gy.to(dtype).conj()).real.sum(), leaves)]
-
-    w, flat = compiled._pack(factors, torch.complex64)
-    x32 = x.to(torch.complex64)
-    y = lib.kron_matvec(x32, w, flat)
-    gx, gw = lib.kron_matvec_backward(gy.to(torch.complex64), x32, w, flat)
-    got = [y, gx, *split_factor_grad(gw, flat)]
-    names = ["y", "grad x"] + [f"grad factor {i}" for i in range(len(shapes))]
-    return errors(got, reference(torch.complex64), reference(torch.complex128), names)
 
 
 RECURRENCE_CASES = [  # (factor sizes, B, T): the stage shapes of the model's merges, and one odd size
@@ -287,14 +264,6 @@ def test_the_register_resident_forward_takes_2x2_factors_and_n_from_8(emu):
                                 torch.zeros(4))
 
 
-@pytest.mark.parametrize("order", ["ascending", "descending", "shuffled"])
-@pytest.mark.parametrize("shapes,M", [([(2, 3), (4, 2)], 3), ([(8, 8), (2, 2)], 2), ([(1, 5), (16, 4)], 2)],
-                         ids=["2x3,4x2", "8x8,2x2", "1x5,16x4"])
-def test_emulated_kron_matvec_matches_reference(emu, order, shapes, M):
-    configure(emu, order, seed=M)
-    assert matvec_errors(emu, shapes, M) == []
-
-
 def test_sizes_beyond_48kb_of_shared_memory_take_the_opt_in_path(emu):
     """N = 2048 and 4096 (256 threads a block): up to 80 KB of shared memory (N = 4096, forward and backward),
     which a launch gets only after cudaFuncSetAttribute, up to the device's opt-in limit (emulated)."""
@@ -344,7 +313,6 @@ def test_every_barrier_of_the_kernels_runs(emu):
     recurrence_errors(emu, [4, 2], 2, 2, True, "modrelu")
     recurrence_errors(emu, [2] * 5, 1, 2, True, "modrelu")
     recurrence_errors(emu, [2] * 8, 1, 2, True, "modrelu")
-    matvec_errors(emu, [(2, 3), (4, 2)], 2)
     regs_errors(emu, 5, 1, 2, True, "modrelu")
     lstm_errors(emu, [(8, 2), (2, 2)], 1, 2, 2, True)
     assert set(BARRIER_LINES) <= set(emu.barrier_lines()), "a __syncthreads() of kru_cuda.cu never ran in the emulator"
@@ -359,7 +327,6 @@ def test_removing_any_barrier_fails(emu, line):
         configure(emu, order, skip_barrier_line=line)
         try:
             exposed += recurrence_errors(emu, [4, 2, 2], 2, 2, True, "modrelu")
-            exposed += matvec_errors(emu, [(2, 3), (4, 2)], 2)
             exposed += regs_errors(emu, 7, 1, 3, True, "modrelu")
             exposed += recurrence_errors(emu, [2] * 7, 1, 3, True, "modrelu")  # one warp a sequence, both ways
             exposed += recurrence_errors(emu, [2] * 8, 1, 3, True, "modrelu")  # register-resident, both ways
@@ -403,7 +370,7 @@ def test_a_flipped_sign_fails(tmp_path, mutant):
     (tmp_path / "build").mkdir()
     cpp_extension.load(build_directory=str(tmp_path / "build"), **flags)
     lib = getattr(torch.ops, lib_name)
-    found = recurrence_errors(lib, [4, 2], 2, 2, True, "modrelu") + matvec_errors(lib, [(2, 3), (4, 2)], 2)
+    found = recurrence_errors(lib, [4, 2], 2, 2, True, "modrelu")
     found += recurrence_errors(lib, [2] * 4, 2, 2, True, "modrelu")  # register-resident
     found += recurrence_errors(lib, [2] * 6, 2, 2, True, "modrelu")  # one warp a sequence
     assert found, f"the kernels still match the reference with {mutant} flipped ({file}: {mutated})"

@@ -1,12 +1,10 @@
-"""kron_matvec (the reference and the dispatched default) against the dense torch.kron product;
+"""kron_matvec_ref (the Kronecker matrix-vector product the recurrences use) against the dense torch.kron product;
 factor-shape helpers."""
 import pytest
 import torch
 
 from krubench.models.kru import random_unitary, unitary_penalty
-from krubench.ops import factor_sizes, kron_dense, kron_matvec, kron_matvec_ref, merge_factors
-
-IMPLS = pytest.mark.parametrize("impl", [kron_matvec_ref, kron_matvec], ids=["reference", "auto"])
+from krubench.ops.kron import factor_sizes, kron_dense, kron_matvec_ref, merge_factors
 
 SHAPES = [
     [(2, 2)],
@@ -21,54 +19,50 @@ def _factors(shapes, dtype, requires_grad=False):
     return [torch.randn(*s, dtype=dtype, requires_grad=requires_grad) for s in shapes]
 
 
-@IMPLS
 @pytest.mark.parametrize("shapes", SHAPES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_matches_dense_kron(impl, shapes, dtype):
+def test_matches_dense_kron(shapes, dtype):
     factors = _factors(shapes, dtype)
     n = kron_dense(factors).shape[1]
     x = torch.randn(3, 5, n, dtype=dtype)
     expected = x @ kron_dense(factors).T  # (3, 5, prod p)
-    y = impl(x, factors)
+    y = kron_matvec_ref(x, factors)
     assert y.shape == expected.shape
     torch.testing.assert_close(y, expected)
 
 
-@IMPLS
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_gradients_match_dense(impl, dtype):
+def test_gradients_match_dense(dtype):
     shapes = [(3, 2), (2, 4), (2, 2)]
     factors = _factors(shapes, dtype, requires_grad=True)
     x = torch.randn(4, 16, dtype=dtype, requires_grad=True)
     g = torch.randn(4, 12, dtype=dtype)
-    grads = torch.autograd.grad((impl(x, factors) * g.conj()).real.sum(), [x, *factors])
+    grads = torch.autograd.grad((kron_matvec_ref(x, factors) * g.conj()).real.sum(), [x, *factors])
     dense_grads = torch.autograd.grad((x @ kron_dense(factors).T * g.conj()).real.sum(), [x, *factors])
     for a, b in zip(grads, dense_grads):
         torch.testing.assert_close(a, b)
 
 
-@IMPLS
 @pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_gradcheck(impl, dtype):
+def test_gradcheck(dtype):
     factors = _factors([(2, 3), (3, 2)], dtype, requires_grad=True)
     x = torch.randn(2, 6, dtype=dtype, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, a, b: impl(x, [a, b]), (x, *factors))
+    assert torch.autograd.gradcheck(lambda x, a, b: kron_matvec_ref(x, [a, b]), (x, *factors))
 
 
 def test_mixed_real_input_complex_factors():
     factors = _factors([(2, 2), (2, 2)], torch.complex64)
     x = torch.randn(7, 4)
-    torch.testing.assert_close(kron_matvec(x, factors), x.to(torch.complex64) @ kron_dense(factors).T)
+    torch.testing.assert_close(kron_matvec_ref(x, factors), x.to(torch.complex64) @ kron_dense(factors).T)
 
 
-@IMPLS
-def test_wrong_shapes_raise_clear_errors(impl):
+def test_wrong_shapes_raise_clear_errors():
     with pytest.raises(ValueError, match=r"last dimension of prod\(q_i\) = 8"):
-        impl(torch.randn(3, 6), [torch.randn(2, 2)] * 3)
+        kron_matvec_ref(torch.randn(3, 6), [torch.randn(2, 2)] * 3)
     with pytest.raises(ValueError, match="must be a matrix"):
-        impl(torch.randn(2), [torch.randn(2)])
+        kron_matvec_ref(torch.randn(2), [torch.randn(2)])
     with pytest.raises(ValueError, match="at least one factor"):
-        impl(torch.randn(2), [])
+        kron_matvec_ref(torch.randn(2), [])
 
 
 def test_unitary_factors_give_unitary_product():
@@ -76,7 +70,7 @@ def test_unitary_factors_give_unitary_product():
     W = kron_dense(factors)
     torch.testing.assert_close(W.conj().T @ W, torch.eye(48, dtype=W.dtype), atol=1e-5, rtol=0)
     x = torch.randn(10, 48, dtype=torch.complex64)
-    torch.testing.assert_close(kron_matvec(x, factors).abs().norm(dim=-1), x.abs().norm(dim=-1))
+    torch.testing.assert_close(kron_matvec_ref(x, factors).abs().norm(dim=-1), x.abs().norm(dim=-1))
     assert unitary_penalty(factors).item() < 1e-10
     assert unitary_penalty([f * 1.1 for f in factors]).item() > 0.1
 

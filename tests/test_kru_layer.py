@@ -12,7 +12,8 @@ import torch
 import krubench
 from krubench import KRUCell, KRULayer
 from krubench.models import KRU
-from krubench.ops import apply_nonlinearity, kron_dense
+from krubench.ops import apply_nonlinearity
+from krubench.ops.kron import kron_dense
 
 KERNELS = ["reference", "cpp"]
 OLD_STATE_DICTS = Path(__file__).parent / "data" / "kru_state_dict_0.1.0.pt"  # saved by krubench 0.1.0's KRU

@@ -1,6 +1,6 @@
 """LSTM+KRU's whole recurrence in one C++ call (`lstm_kru_recurrence`: gates from gx = W_ih x + b and the
 Kronecker-factored W_hh, the LSTM cell, all T steps; backward through time with the factors' gradients)
-against its definition, `ops.lstm_kru_recurrence_ref` on the pure-PyTorch reference: H, C and the gradients
+against its definition, `lstm_kru_recurrence_ref` (ops/recurrence.py) on the pure-PyTorch reference: H, C and the gradients
 of gx, h0, c0 and every factor, under STYLE.md's tolerance rule (test_kernels.assert_as_accurate); outputs
 poisoned with NaN; float64/complex128 gradcheck; the model against a dense LSTM. What LSTM+KRU runs on the CPU.
 """
@@ -14,6 +14,8 @@ import torch
 from krubench import ops
 from krubench.models import LSTMKRU
 from krubench.models.kru import random_unitary
+from krubench.ops import dispatch
+from krubench.ops.kron import kron_dense
 
 from test_kernels import BACKENDS, assert_as_accurate, loaded
 
@@ -51,7 +53,7 @@ def outputs(kernel, p, complex_, dtype, use=("H", "C"), device="cpu"):
     fdtype = dtype.to_complex() if complex_ else dtype
     gx, h0, c0 = (p[k].to(device, dtype).requires_grad_() for k in ("gx", "h0", "c0"))
     products = [[f.to(device, fdtype).requires_grad_() for f in fs] for fs in p["products"]]
-    H, C = ops.lstm_kru_recurrence(gx, h0, c0, products, kernel)
+    H, C = dispatch.lstm_kru_recurrence(gx, h0, c0, products, kernel)
     loss = sum((out * p[f"grad_{name}"].to(device, dtype)).sum() for name, out in (("H", H), ("C", C)) if name in use)
     leaves = [gx, h0, c0, *(f for fs in products for f in fs)]
     return [H.detach(), C.detach(), *torch.autograd.grad(loss, leaves, materialize_grads=True)]
@@ -113,7 +115,7 @@ def test_gradcheck(complex_, G, shapes):
     k = len(shapes)
 
     def f(gx, h0, c0, *flat):
-        return ops.lstm_kru_recurrence(gx, h0, c0, [list(flat[i:i + k]) for i in range(0, len(flat), k)], "cpp")
+        return dispatch.lstm_kru_recurrence(gx, h0, c0, [list(flat[i:i + k]) for i in range(0, len(flat), k)], "cpp")
     assert torch.autograd.gradcheck(f, leaves)
 
 
@@ -121,11 +123,11 @@ def test_bad_shapes_are_refused_with_their_shapes():
     loaded("cpp")
     p = lstm_problem([(2, 2), (2, 2)], 4, 3, 3, False, seed=1)
     with pytest.raises(RuntimeError, match=r"gx must be \(B, T, 4N\) = \(B, T, 16\), got \[3, 3, 15\]"):
-        ops.lstm_kru_recurrence(p["gx"][..., :15], p["h0"], p["c0"], p["products"], "cpp")
+        dispatch.lstm_kru_recurrence(p["gx"][..., :15], p["h0"], p["c0"], p["products"], "cpp")
     with pytest.raises(RuntimeError, match=r"c0 must be \(3, 4\), got \[3, 5\]"):
-        ops.lstm_kru_recurrence(p["gx"], p["h0"], torch.zeros(3, 5, dtype=torch.float64), p["products"], "cpp")
+        dispatch.lstm_kru_recurrence(p["gx"], p["h0"], torch.zeros(3, 5, dtype=torch.float64), p["products"], "cpp")
     with pytest.raises(RuntimeError, match=r"w must hold G products of 8 entries each with G · 4 = 4 · 4 output rows"):
-        ops.lstm_kru_recurrence(p["gx"], p["h0"], p["c0"], p["products"][:3], "cpp")
+        dispatch.lstm_kru_recurrence(p["gx"], p["h0"], p["c0"], p["products"][:3], "cpp")
 
 
 @pytest.mark.parametrize("kernel", ["cpp", "reference"])
@@ -137,7 +139,7 @@ def test_the_model_is_an_lstm_with_the_dense_kronecker_product_as_w_hh(kernel, f
     model = LSTMKRU(3, 2, hidden_size=8, factorisation=factorisation, kernel=kernel, complex=True).double()
     for factor in model.recurrent_parameters():  # .double() leaves complex parameters as they are
         factor.data = factor.data.to(torch.complex128)
-    dense = torch.cat([ops.kron_dense(list(kf.factors)) for kf in model.W_hh]).real  # (4N, N)
+    dense = torch.cat([kron_dense(list(kf.factors)) for kf in model.W_hh]).real  # (4N, N)
     assert dense.shape == (32, 8)
     x = torch.randn(4, 5, 3, dtype=torch.float64)
     h, c, hs = torch.zeros(4, 8, dtype=torch.float64), torch.zeros(4, 8, dtype=torch.float64), []
@@ -163,7 +165,7 @@ def layer_outputs(p, complex_, dtype, fused: bool):
     if fused:
         H, C = compiled.lstm_kru_layer(x, W, b, h0, c0, products)
     else:
-        H, C = ops.lstm_kru_recurrence(torch.nn.functional.linear(x, W, b), h0, c0, products, "reference")
+        H, C = dispatch.lstm_kru_recurrence(torch.nn.functional.linear(x, W, b), h0, c0, products, "reference")
     loss = (H * p["grad_H"].to(dtype)).sum() + (C * p["grad_C"].to(dtype)).sum()
     leaves = [W, b, h0, c0, *(f for fs in products for f in fs)]
     return [H.detach(), C.detach(), *torch.autograd.grad(loss, leaves)]
@@ -236,9 +238,9 @@ def test_the_layer_operator_passes_opcheck():
 def test_the_layer_dispatch_gives_the_same_results_and_a_gradient_to_x_when_asked(I, monkeypatch):
     """`ops.lstm_kru_layer` on the C++ backend: the input map inside the kernel for narrow inputs, a GEMM
     before it for wide ones or when x needs a gradient; the same values either way."""
-    from krubench.ops import compiled, dispatch
+    from krubench.ops import compiled, layer
     loaded("cpp")
-    assert (I <= dispatch.LSTM_INPUT_IN_KERNEL_UPTO) == (I == 1)
+    assert (I <= layer.LSTM_INPUT_IN_KERNEL_UPTO) == (I == 1)
     calls = []
     monkeypatch.setattr(compiled, "lstm_kru_layer", lambda *a: calls.append(1) or compiled._LSTMKRULayer.apply(
         *a[:5], *compiled._packed_products(a[5], "test")[:2]))

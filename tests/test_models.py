@@ -6,7 +6,8 @@ import torch
 
 from krubench.models import KRU, LSTM, LSTMKRU, MODELS, RNN
 from krubench import ops
-from krubench.ops import apply_nonlinearity, kron_dense
+from krubench.ops import apply_nonlinearity
+from krubench.ops.kron import kron_dense
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -26,7 +26,8 @@ log = logging.getLogger("krubench")
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # emu: the CUDA kernels compiled as host C++ and run by an emulator (cuda/kru_emu.h), for the tests
-EXTENSIONS = {"cpp": ("krubench_cpu", ["kru_cpu.cpp"]), "cuda": ("krubench_cuda", ["kru_cuda.cu"]),
+EXTENSIONS = {"cpp": ("krubench_cpu", ["kru_cpu.cpp", "kru_cpu_recurrence.cpp", "kru_cpu_layer.cpp", "kru_cpu_lstm.cpp"]),
+              "cuda": ("krubench_cuda", ["kru_cuda.cu"]),
               "emu": ("krubench_emu", ["kru_emu.cpp"])}
 LOCK_TIMEOUT_S = float(os.environ.get("KRUBENCH_BUILD_TIMEOUT", "900"))  # longest wait for another build
 

@@ -7,7 +7,6 @@ p_1, q_1, ...]; autograd splits the gradient of `w` back onto the factors throug
 from __future__ import annotations
 
 import logging
-import math
 from typing import Sequence
 
 import torch
@@ -38,14 +37,6 @@ def _common_dtype(*tensors: torch.Tensor) -> torch.dtype:
     for t in tensors[1:]:
         dtype = torch.promote_types(dtype, t.dtype)
     return dtype
-
-
-def kron_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Compiled `kron_matvec` (same contract as `kron_matvec_ref`)."""
-    dtype = _common_dtype(x, *factors)
-    w, shapes = _pack(factors, dtype)
-    y = torch.ops.krubench.kron_matvec(_ready(x.reshape(-1, x.shape[-1]), dtype), w, shapes)  # (M, Π p)
-    return y.reshape(*x.shape[:-1], -1)
 
 
 def _recurrence_args(factors, dtype: torch.dtype, nonlinearity: str, bias, n: int, like: torch.Tensor):
@@ -210,18 +201,6 @@ def lstm_kru_layer(x, W_ih, b_ih, h0, c0, products: Sequence[Sequence[torch.Tens
     return _LSTMKRULayer.apply(*(_ready(t, real) for t in (x, W_ih, b, h0, c0)), w, shapes)
 
 
-def _matvec_setup(ctx, inputs, output):
-    x, w, shapes = inputs
-    ctx.save_for_backward(x, w)
-    ctx.shapes = shapes
-
-
-def _matvec_backward(ctx, grad):
-    x, w = ctx.saved_tensors
-    gx, gw = torch.ops.krubench.kron_matvec_backward(_ready(grad, x.dtype), x, w, ctx.shapes)
-    return gx, gw, None
-
-
 def _recurrence_setup(ctx, inputs, output):
     u, h0, w, shapes, nonlinearity, bias = inputs
     ctx.save_for_backward(h0, w, bias, output)  # not u: the backward pass needs only H (B·T·N, once)
@@ -292,20 +271,11 @@ def register() -> None:
     global _registered
     if _registered:
         return
-    torch.library.register_autograd("krubench::kron_matvec", _matvec_backward, setup_context=_matvec_setup)
     torch.library.register_autograd("krubench::kru_layer_input", _layer_input_backward, setup_context=_layer_input_setup)
     for name in ("kru_recurrence", "kru_recurrence_lanes"):
         _define_functional(f"{name}_backward")
         torch.library.register_autograd(f"krubench::{name}", _recurrence_backward_by(f"{name}_backward"),
                                         setup_context=_recurrence_setup)
-
-    @torch.library.register_fake("krubench::kron_matvec")
-    def _(x, w, shapes):
-        return x.new_empty(x.shape[0], math.prod(shapes[0::2]))
-
-    @torch.library.register_fake("krubench::kron_matvec_backward")
-    def _(grad_y, x, w, shapes):
-        return torch.empty_like(x), torch.empty_like(w)
 
     @torch.library.register_fake("krubench::kru_recurrence")
     def _(u, h0, w, shapes, nonlinearity, bias):

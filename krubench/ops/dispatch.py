@@ -1,4 +1,4 @@
-"""Which implementation of `kron_matvec` / `kru_recurrence` runs, and the dispatching functions.
+"""Which implementation of the KRU and LSTM+KRU recurrences runs, and the dispatching functions.
 
 `kernel` (the model's `model.kernel` option) is one of KERNELS: `auto` picks the fastest backend for the
 tensors' device (`cpp` on the CPU, `cuda` on a GPU); `cpp`/`cuda` ask for one; `reference` is the
@@ -18,7 +18,7 @@ from typing import Sequence
 import torch
 
 from . import build, compiled
-from .kron import check_matvec, kron_matvec_ref, merge_factors
+from .kron import kron_matvec_ref, merge_factors
 from .recurrence import kru_recurrence_ref, lstm_kru_recurrence_ref
 
 log = logging.getLogger("krubench")
@@ -108,16 +108,6 @@ def stages(factors: Sequence[torch.Tensor], backend: str, merge_upto: int) -> li
     return merge_factors(list(factors), size) if size > 1 else list(factors)
 
 
-def kron_matvec(x: torch.Tensor, factors: Sequence[torch.Tensor], kernel: str = "auto") -> torch.Tensor:
-    """`(F_0 ⊗ … ⊗ F_{k-1}) x` on the backend `kernel` selects; the contract is `kron_matvec_ref`'s."""
-    check_matvec(x, factors)
-    x, factors = at_least_fp32(x), [at_least_fp32(f) for f in factors]
-    with without_autocast(x.device):
-        if backend_for(kernel, x.device) == "reference":
-            return kron_matvec_ref(x, factors)
-        return compiled.kron_matvec(x, factors)
-
-
 def kru_recurrence(u, h0, factors, nonlinearity: str, bias=None, kernel: str = "auto") -> torch.Tensor:
     """All states of the KRU recurrence on the backend `kernel` selects; the contract is `kru_recurrence_ref`'s."""
     u, h0, bias, factors = at_least_fp32(u), at_least_fp32(h0), at_least_fp32(bias), [at_least_fp32(f) for f in factors]
@@ -148,30 +138,6 @@ def lstm_kru_recurrence(gx, h0, c0, products: Sequence[Sequence[torch.Tensor]], 
             return compiled.lstm_kru_recurrence(gx, h0, c0, [[at_least_fp32(f) for f in fs] for fs in products])
     products = [[at_least_fp32(f) for f in fs] for fs in products]
     return lstm_kru_recurrence_ref(gx, h0, c0, [lambda x, fs=fs: kron_matvec_ref(x, fs) for fs in products])
-
-
-# Inputs up to this wide get LSTM+KRU's input map inside the C++ kernel: there it costs 3 · 4N · I multiply-adds
-# a step (forward, recomputed, gradient) on 8 lanes, against one GEMM each way outside and a (B, T, 4N) tensor.
-# Measured in BENCHMARKS.md ("LSTM+KRU's input map inside the kernel"): faster for pixel MNIST (I = 1), not for
-# PTB (I = 50) or JSB (I = 88).
-LSTM_INPUT_IN_KERNEL_UPTO = 16
-
-
-def lstm_kru_layer(x, W_ih, b_ih, h0, c0, products: Sequence[Sequence[torch.Tensor]], kernel: str = "auto",
-                   merge_upto: int = 16):
-    """(H, C) of the LSTM+KRU layer from its input x (B, T, I): gates W_ih x + b_ih + W_hh h, W_hh the Kronecker
-    products of `products` (G factor lists, as the model holds them: the backend's merging happens here, as in
-    `ops.kru_layer`). On the C++ kernel, for inputs up to LSTM_INPUT_IN_KERNEL_UPTO wide, the input map runs inside
-    it (no (B, T, 4N) tensor; x gets no gradient); otherwise, or when x needs a gradient, it is one GEMM before
-    `lstm_kru_recurrence`."""
-    x, h0, c0 = at_least_fp32(x), at_least_fp32(h0), at_least_fp32(c0)
-    backend = backend_for(kernel, x.device)
-    products = [stages(fs, backend, merge_upto) for fs in products]
-    if backend == "cpp" and not x.requires_grad and x.shape[-1] <= LSTM_INPUT_IN_KERNEL_UPTO:
-        with without_autocast(x.device):
-            return compiled.lstm_kru_layer(x, at_least_fp32(W_ih), at_least_fp32(b_ih), h0, c0,
-                                           [[at_least_fp32(f) for f in fs] for fs in products])
-    return lstm_kru_recurrence(torch.nn.functional.linear(x, W_ih, b_ih), h0, c0, products, backend)
 
 
 def kru_recurrence_lanes(u, h0, factors, nonlinearity: str, bias=None) -> torch.Tensor:
