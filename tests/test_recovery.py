@@ -344,18 +344,24 @@ def test_a_stop_signal_during_the_final_evaluation_finishes_it_and_exits_with_th
 
 # ---- the command line ----
 
+def default_stop_signals():
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def start(args, cwd):
     """The command line in the background. Its output goes to files, not pipes: nobody reads a pipe while the run
     goes on, and a run logging every step fills one (64 KiB) and then blocks in write(), deaf to signals."""
-    # SIGINT at its default, as for a run started in a terminal: a pytest started as a shell's background job
-    # (`pytest &`) passes SIGINT on ignored, and a run that inherits that rightly ignores Ctrl-C
+    # SIGINT and SIGHUP at their defaults, as for a run started in a terminal: a pytest started as a shell's
+    # background job (`pytest &`) passes SIGINT on ignored, one started under nohup SIGHUP, and a run that inherits
+    # that rightly ignores Ctrl-C or the terminal closing
     fd, out = tempfile.mkstemp(dir=cwd, prefix="krubench-", suffix=".out")
     os.close(fd)
     out = Path(out)
     with out.open("w") as sink:
         proc = subprocess.Popen([*krubench_command(), *args], cwd=cwd, stdout=sink, stderr=subprocess.STDOUT,
                                 text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                preexec_fn=default_stop_signals)
     proc.output = out
     return proc
 
