@@ -63,8 +63,63 @@ void stage_groups(const Stage& s, const T* wr, const T* wi, const T* xr, const T
     }
 }
 
+// R outputs of a large factor's stage for one group (a, r), rows fr, fi of length q: the R sums of each plane
+// in registers (independent chains), each input vector loaded once for the R rows. stage_rows' sums over q,
+// one output's lanes at a time, ran at 3 GFLOP/s on PTB's 137×137 (BENCHMARKS.md "Large factors on the CPU").
+template <typename T, bool CPLX, int R>
+void stage_tile(const T* fr, const T* fi, long q, const Lanes<T>* XR, const Lanes<T>* XI, long step, Lanes<T>* YR,
+                Lanes<T>* YI) {
+  using V = Lanes<T>;
+  V ar[R], ai[R];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) ar[i] = ai[i] = V{};
+  for (long j = 0; j < q; ++j) {
+    const V xr = XR[j * step], xi = CPLX ? XI[j * step] : V{};
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const T w_r = fr[i * q + j];
+      ar[i] += w_r * xr;
+      if (CPLX) {
+        const T w_i = fi[i * q + j];
+        ar[i] -= w_i * xi;
+        ai[i] += w_r * xi;
+        ai[i] += w_i * xr;
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i) {
+    YR[i * step] = ar[i];
+    if (CPLX) YI[i * step] = ai[i];
+  }
+}
+
+// y = factor · x for a factor larger than the compile-time cases: R rows at a time (8 sums of lanes in registers:
+// 4 rows × 2 planes when complex, 8 rows when real), the last rows one at a time.
+template <typename T, bool CPLX>
+void stage_large(const Stage& s, const T* wr, const T* wi, const T* xr, const T* xi, T* yr, T* yi) {
+  constexpr int R = CPLX ? 4 : 8;
+  const Lanes<T> *XR = as_lanes(xr), *XI = as_lanes(xi);
+  Lanes<T> *YR = as_lanes(yr), *YI = as_lanes(yi);
+  const T *fr = wr + s.woff, *fi = wi + s.woff;
+  const long q = s.q, post = s.post;
+  for (long a = 0; a < s.pre; ++a)
+    for (long r = 0; r < post; ++r) {
+      const long xo = stage_index<long>(a, 0, r, q, post), yo = stage_index<long>(a, 0, r, s.p, post);
+      long i = 0;
+      for (; i + R <= s.p; i += R)
+        stage_tile<T, CPLX, R>(fr + i * q, fi + i * q, q, XR + xo, XI + xo, post, YR + yo + i * post, YI + yo + i * post);
+      for (; i < s.p; ++i)
+        stage_tile<T, CPLX, 1>(fr + i * q, fi + i * q, q, XR + xo, XI + xo, post, YR + yo + i * post, YI + yo + i * post);
+    }
+}
+
+// Factors up to this size take the kernels above; larger ones stage_large.
+constexpr int kLargeFactor = 16;
+
 template <typename T, bool CPLX>
 void stage(const Stage& s, const T* wr, const T* wi, const T* xr, const T* xi, T* yr, T* yi) {
+  if (s.q > kLargeFactor) return stage_large<T, CPLX>(s, wr, wi, xr, xi, yr, yi);
   if (s.p == s.q) switch (s.q) {  // the sizes the model's merging produces
       case 2: return stage_groups<T, CPLX, 2, 2>(s, wr, wi, xr, xi, yr, yi);
       case 4: return stage_groups<T, CPLX, 4, 4>(s, wr, wi, xr, xi, yr, yi);
@@ -156,12 +211,14 @@ long run_stages(const Plan& plan, const T* wr, const T* wi, Scratch<T>& st, bool
 // Backward through every stage, given the stage inputs kept by run_stages (stage 0's: the planes x0r,
 // x0i): slot d holds ∂L/∂(result), slot e is free. Adds each factor's gradient to (gr, gi); returns the
 // slot holding ∂L/∂(input).
+// Without `last_grad` the last factor's gradient is left to the caller (LastFactorGrad).
 template <typename T, bool CPLX>
 long backprop_stages(const Plan& plan, const Plan& adj, const T* awr, const T* awi, Scratch<T>& st, long d, long e,
-                     T* gr, T* gi, const T* x0r, const T* x0i) {
-  for (long k = static_cast<long>(plan.stages.size()) - 1; k >= 0; --k) {
+                     T* gr, T* gi, const T* x0r, const T* x0i, bool last_grad = true) {
+  const long F = static_cast<long>(plan.stages.size());
+  for (long k = F - 1; k >= 0; --k) {
     const T *xr = k == 0 ? x0r : st.re(k), *xi = k == 0 ? x0i : st.im(k);
-    accumulate_factor_grad<T, CPLX>(plan.stages[k], st.re(d), st.im(d), xr, xi, gr, gi);
+    if (k + 1 < F || last_grad) accumulate_factor_grad<T, CPLX>(plan.stages[k], st.re(d), st.im(d), xr, xi, gr, gi);
     stage<T, CPLX>(adj.stages[k], awr, awi, st.re(d), st.im(d), st.re(e), st.im(e));
     std::swap(d, e);
   }
@@ -215,40 +272,74 @@ void lanes_affine(const T* __restrict w, const T* __restrict b, long rows, long 
   if (r < rows) lanes_affine_rows<T, 1, 8>(w, b, r, cols, X, Y);
 }
 
-// R rows × Q columns of gw (rows, cols, L) += Σ_s d_s x_sᵀ over `count` steps, summed in registers.
-template <typename T, int R, int Q>
-void affine_grad_tile(const Lanes<T>* __restrict D, long dstep, const Lanes<T>* __restrict X, long xstep, long cols,
-                      long count, long r, long c, Lanes<T>* __restrict G) {
+// Where the vectors d_s (rows) and x_s (cols) of lanes_outer_grad are: element i of d_s at D[s·step + i·stride].
+struct Strides {
+  long step, stride;
+};
+
+// R rows × Q columns of g (rows, cols, L) += Σ_s d_s x_sᴴ over `count` steps (d_s x_sᵀ when real), summed in
+// registers, vectors of lanes. The imaginary parts (DI, XI, GI) are read only when complex.
+template <typename T, bool CPLX, int R, int Q>
+void outer_grad_tile(const Lanes<T>* __restrict DR, const Lanes<T>* __restrict DI, Strides ds,
+                     const Lanes<T>* __restrict XR, const Lanes<T>* __restrict XI, Strides xs, long cols, long count,
+                     long r, long c, Lanes<T>* __restrict GR, Lanes<T>* __restrict GI) {
   using V = Lanes<T>;
-  V acc[R][Q];
+  V ar[R][Q], ai[R][Q];
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 16
-    for (int j = 0; j < Q; ++j) acc[i][j] = G[(r + i) * cols + c + j];
+    for (int j = 0; j < Q; ++j) ar[i][j] = ai[i][j] = V{};  // the block's sum, then added to g: less rounding
   for (long s = 0; s < count; ++s) {
-    V xv[Q];
+    V xr[Q], xi[Q];
 #pragma GCC unroll 16
-    for (int j = 0; j < Q; ++j) xv[j] = X[s * xstep + c + j];
+    for (int j = 0; j < Q; ++j) {
+      xr[j] = XR[s * xs.step + (c + j) * xs.stride];
+      xi[j] = CPLX ? XI[s * xs.step + (c + j) * xs.stride] : V{};
+    }
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i) {
-      const V dv = D[s * dstep + r + i];
+      const long at = s * ds.step + (r + i) * ds.stride;
+      const V dr = DR[at], di = CPLX ? DI[at] : V{};
 #pragma GCC unroll 16
-      for (int j = 0; j < Q; ++j) acc[i][j] += dv * xv[j];
+      for (int j = 0; j < Q; ++j) {
+        ar[i][j] += dr * xr[j];
+        if (CPLX) {  // d · conj(x)
+          ar[i][j] += di * xi[j];
+          ai[i][j] += di * xr[j];
+          ai[i][j] -= dr * xi[j];
+        }
+      }
     }
   }
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 16
-    for (int j = 0; j < Q; ++j) G[(r + i) * cols + c + j] = acc[i][j];
+    for (int j = 0; j < Q; ++j) {
+      GR[(r + i) * cols + c + j] += ar[i][j];
+      if (CPLX) GI[(r + i) * cols + c + j] += ai[i][j];
+    }
 }
 
-template <typename T, int R>
-void affine_grad_rows(const Lanes<T>* D, long dstep, const Lanes<T>* X, long xstep, long cols, long count, long r,
-                      Lanes<T>* G) {
+template <typename T, bool CPLX, int R>
+void outer_grad_rows(const Lanes<T>* DR, const Lanes<T>* DI, Strides ds, const Lanes<T>* XR, const Lanes<T>* XI,
+                     Strides xs, long cols, long count, long r, Lanes<T>* GR, Lanes<T>* GI) {
+  constexpr int Q = CPLX ? 2 : 4;  // 8 sums in registers
   long c = 0;
-  for (; c + 4 <= cols; c += 4) affine_grad_tile<T, R, 4>(D, dstep, X, xstep, cols, count, r, c, G);
-  if (c + 2 <= cols) affine_grad_tile<T, R, 2>(D, dstep, X, xstep, cols, count, r, c, G), c += 2;
-  if (c < cols) affine_grad_tile<T, R, 1>(D, dstep, X, xstep, cols, count, r, c, G);
+  for (; c + Q <= cols; c += Q) outer_grad_tile<T, CPLX, R, Q>(DR, DI, ds, XR, XI, xs, cols, count, r, c, GR, GI);
+  for (; c < cols; ++c) outer_grad_tile<T, CPLX, R, 1>(DR, DI, ds, XR, XI, xs, cols, count, r, c, GR, GI);
+}
+
+// g (rows, cols, L) += Σ_s d_s x_sᴴ (x_sᵀ when real) per lane over `count` steps, d_s's and x_s's elements (vectors
+// of L lanes) where ds and xs say (in vectors) from (dr, di) and (xr, xi): register tiles of 2 rows, each d_s and
+// x_s loaded once a tile.
+template <typename T, bool CPLX>
+void lanes_outer_grad(const T* dr, const T* di, Strides ds, long rows, const T* xr, const T* xi, Strides xs, long cols,
+                      long count, T* gr, T* gi) {
+  const Lanes<T>*DR = as_lanes(dr), *DI = as_lanes(di), *XR = as_lanes(xr), *XI = as_lanes(xi);
+  Lanes<T>*GR = as_lanes(gr), *GI = as_lanes(gi);
+  long r = 0;
+  for (; r + 2 <= rows; r += 2) outer_grad_rows<T, CPLX, 2>(DR, DI, ds, XR, XI, xs, cols, count, r, GR, GI);
+  if (r < rows) outer_grad_rows<T, CPLX, 1>(DR, DI, ds, XR, XI, xs, cols, count, r, GR, GI);
 }
 
 // The gradients of lanes_affine's W and b, per lane (the partials a chunk sums), over `count` steps:
@@ -257,13 +348,11 @@ void affine_grad_rows(const Lanes<T>* D, long dstep, const Lanes<T>* X, long xst
 // was a load, one multiply-add and a store (store-bound; BENCHMARKS.md).
 template <typename T>
 void lanes_affine_grad(const T* d, long dstep, long rows, const T* x, long xstep, long cols, long count, T* gw, T* gb) {
-  const Lanes<T>*D = as_lanes(d), *X = as_lanes(x);
-  Lanes<T>*G = as_lanes(gw), *GB = as_lanes(gb);
-  const long ds = dstep / L, xs = xstep / L;  // in vectors of lanes
-  long r = 0;
-  for (; r + 2 <= rows; r += 2) affine_grad_rows<T, 2>(D, ds, X, xs, cols, count, r, G);
-  if (r < rows) affine_grad_rows<T, 1>(D, ds, X, xs, cols, count, r, G);
-  for (r = 0; r < rows; ++r) {
+  lanes_outer_grad<T, false>(d, nullptr, {dstep / L, 1}, rows, x, nullptr, {xstep / L, 1}, cols, count, gw, nullptr);
+  const Lanes<T>* D = as_lanes(d);
+  Lanes<T>* GB = as_lanes(gb);
+  const long ds = dstep / L;
+  for (long r = 0; r < rows; ++r) {
     Lanes<T> sum = GB[r];
     for (long s = 0; s < count; ++s) sum += D[s * ds + r];
     GB[r] = sum;

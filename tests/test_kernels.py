@@ -48,7 +48,10 @@ def recurrence_problem(sizes, B, T, complex_, nonlinearity, seed):
     g = torch.Generator().manual_seed(seed)
     dtype = torch.complex128 if complex_ else torch.float64
     N = math.prod(sizes)
-    factors = [(random_unitary(s, complex_, g) + 0.05 * torch.randn(s, s, generator=g)).to(dtype) for s in sizes]
+    # the perturbation's norm (≈ 2·scale·√s) the same at every size (at 0.05 for every size, the 19×19 case's
+    # factor gradients reached 5·10³ over 37 steps, and float32 rounding with them)
+    factors = [(random_unitary(s, complex_, g) + 0.05 * math.sqrt(2 / s) * torch.randn(s, s, generator=g)).to(dtype)
+               for s in sizes]
     u = torch.randn(B, T, N, dtype=dtype, generator=g)
     h0 = torch.randn(B, N, dtype=dtype, generator=g)
     # b <= 0: with b > 0 modReLU jumps at z = 0 (h -> b·z/|z|), where float32 rounding decides the side
@@ -82,6 +85,8 @@ RECURRENCE_CASES = [  # (factor sizes, B, T)
     ([16, 16, 2], 3, 4),
     ([3, 2], 2, 3),  # a size without an unrolled path
     ([2, 32], 3, 4),  # CUDA: the last factor's gradient one matrix product after the kernel
+    ([3, 19], 10, 37),  # C++: a large factor (stage_large), its gradient over blocks of 16 steps, the last partial
+    ([19, 3], 3, 5),  # C++: a large factor that is not the last (post = 3)
 ]
 
 
@@ -121,9 +126,10 @@ def test_cpp_results_do_not_depend_on_the_thread_count(complex_, nonlinearity):
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("nonlinearity", ops.NONLINEARITIES)
 @pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
-def test_recurrence_gradcheck(backend, device, nonlinearity, complex_):
+@pytest.mark.parametrize("sizes,T", [([2, 4], 3), ([2, 17], 17)], ids=["small", "large-factor"])
+def test_recurrence_gradcheck(backend, device, nonlinearity, complex_, sizes, T):
     loaded(backend)
-    factors, u, h0, bias, _ = recurrence_problem([2, 4], 2, 3, complex_, nonlinearity, seed=7)
+    factors, u, h0, bias, _ = recurrence_problem(sizes, 2, T, complex_, nonlinearity, seed=7)
     leaves = [t.to(device).requires_grad_() for t in (u, h0, *factors)]
     b = bias.to(device).requires_grad_() if bias is not None else None
 
@@ -159,9 +165,10 @@ def test_lanes_layout_matches_reference(nonlinearity, complex_, sizes, B, T):
 
 @pytest.mark.parametrize("nonlinearity", ops.NONLINEARITIES)
 @pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
-def test_lanes_layout_gradcheck(nonlinearity, complex_):
+@pytest.mark.parametrize("sizes,T", [([2, 4], 3), ([2, 17], 17)], ids=["small", "large-factor"])
+def test_lanes_layout_gradcheck(nonlinearity, complex_, sizes, T):
     loaded("cpp")
-    factors, u, h0, bias, _ = recurrence_problem([2, 4], 2, 3, complex_, nonlinearity, seed=8)
+    factors, u, h0, bias, _ = recurrence_problem(sizes, 2, T, complex_, nonlinearity, seed=8)
     leaves = [t.requires_grad_() for t in (u, h0, *factors)]
     b = [bias.requires_grad_()] if bias is not None else []
 
