@@ -117,52 +117,6 @@ struct MapsGrad {
   }
 };
 
-// The gradient of a large last factor (q > kLargeFactor), summed a block of kBlock steps at a time. Its stage
-// has post = 1 (N = pre·p), so a step gives each of its p·q entries only `pre` products per lane: summed step
-// by step (accumulate_factor_grad) every entry was loaded and stored for 3 multiply-adds on PTB's 137×137
-// (1.2 MB of partials a chunk, every step). The block keeps ∂L/∂z_t and the stage's input x_t of its steps,
-// then adds Σ dz conj(x)ᵀ over the block's kBlock·pre (step, slice) pairs k in register tiles (lanes_outer_grad).
-// Kept transposed, element i of pair k at i·K + k (K = kBlock·pre): a tile streams each element's pairs
-// from contiguous memory (with pairs contiguous, the loads strode p vectors, 4.4 KB on PTB: beyond the
-// hardware prefetchers' page).
-template <typename T, bool CPLX>
-struct LastFactorGrad {
-  static constexpr long kBlock = 16;
-  const Stage& s;
-  long K, count = 0;                       // pairs (step, slice) a block; pairs kept so far
-  std::vector<Lanes<T>> dzr, dzi, xr, xi;  // (p, K), (p, K), (q, K), (q, K) vectors of lanes
-  static bool applies(const Plan& plan) { return plan.stages.back().q > kLargeFactor; }
-  explicit LastFactorGrad(const Plan& plan)
-      : s(plan.stages.back()), K(kBlock * s.pre), dzr(s.p * K), dzi(CPLX ? s.p * K : 0), xr(s.q * K),
-        xi(CPLX ? s.q * K : 0) {}
-  // Step t's ∂L/∂z_t and the last stage's input; a full block is added to the chunk's partials (gr, gi).
-  void add(const T* dr, const T* di, const T* x_r, const T* x_i, T* gr, T* gi) {
-    keep(dr, dzr, s.p);
-    keep(x_r, xr, s.q);
-    if (CPLX) {
-      keep(di, dzi, s.p);
-      keep(x_i, xi, s.q);
-    }
-    count += s.pre;
-    if (count == K) flush(gr, gi);
-  }
-  void flush(T* gr, T* gi) {
-    if (count == 0) return;
-    auto p = [](std::vector<Lanes<T>>& v) { return v.empty() ? nullptr : reinterpret_cast<T*>(v.data()); };
-    lanes_outer_grad<T, CPLX>(p(dzr), p(dzi), {1, K}, s.p, p(xr), p(xi), {1, K}, s.q, count, gr + s.woff * L,
-                              gi + s.woff * L);
-    count = 0;
-  }
-
- private:
-  // A step's (pre, n) vectors into the block's columns count ... count + pre − 1.
-  void keep(const T* from, std::vector<Lanes<T>>& to, long n) {
-    const Lanes<T>* v = as_lanes(from);
-    for (long a = 0; a < s.pre; ++a)
-      for (long i = 0; i < n; ++i) to[i * K + count + a] = v[a * n + i];
-  }
-};
-
 template <typename T, bool CPLX, int NL, bool LANES>
 void recurrence_forward(const Plan& plan, const T* wr, const T* wi, const T* u, const T* h0, const T* bias, T* H,
                         const Sequences<T, CPLX, LANES>& seq, const Maps<T>* maps = nullptr) {

@@ -113,6 +113,10 @@ void lstm_backward(const Plan& plan, const Plan& adj, const Products<T>& w, cons
     const long I = in ? in->I : 0;
     std::vector<Lanes<T>> xs(in ? kBlock * I + I : 0), das(in ? kBlock * 4 * N : 0);
     T *xb = reinterpret_cast<T*>(xs.data()), *xjunk = xb + kBlock * I * L, *dab = reinterpret_cast<T*>(das.data());
+    // each product's large last factor's gradient, by blocks of steps (none for small factors)
+    std::vector<LastFactorGrad<T, CPLX>> lgs;
+    if (LastFactorGrad<T, CPLX>::applies(plan))
+      for (long g = 0; g < G; ++g) lgs.emplace_back(plan);
     for (long ch = c0_; ch < c1_; ++ch) {
       const long m0 = ch * L, lanes = std::min<long>(L, B - m0);
       T *cwr = gwr + ch * G * plan.wsize * L, *cwi = gwi + ch * G * plan.wsize * L;
@@ -163,13 +167,18 @@ void lstm_backward(const Plan& plan, const Plan& adj, const Products<T>& w, cons
           const long d = F + 1;
           std::copy(a + g * plan.n_out * L, a + (g + 1) * plan.n_out * L, st.re(d));
           std::fill(st.im(d), st.im(d) + plan.n_out * L, T(0));
-          const long r = backprop_stages<T, CPLX>(plan, adj, w.awr[g], w.awi[g], st, d, F + 2,
-                                                  cwr + g * plan.wsize * L, cwi + g * plan.wsize * L, h1, zero);
+          T *gwr_g = cwr + g * plan.wsize * L, *gwi_g = cwi + g * plan.wsize * L;
+          if (!lgs.empty()) lgs[g].add(st.re(d), st.im(d), F > 1 ? st.re(F - 1) : h1, F > 1 ? st.im(F - 1) : zero,
+                                       gwr_g, gwi_g);
+          const long r = backprop_stages<T, CPLX>(plan, adj, w.awr[g], w.awi[g], st, d, F + 2, gwr_g, gwi_g, h1, zero,
+                                                  lgs.empty());
           const T* rr = st.re(r);
 #pragma omp simd
           for (long o = 0; o < N * L; ++o) dh[o] += rr[o];
         }
       }
+      for (long g = 0; g < static_cast<long>(lgs.size()); ++g)
+        lgs[g].flush(cwr + g * plan.wsize * L, cwi + g * plan.wsize * L);
       scatter<T, false>(dh, junk, lanes, N, gh0 + m0 * N, N);
       scatter<T, false>(dc, junk, lanes, N, gc0 + m0 * N, N);
     }

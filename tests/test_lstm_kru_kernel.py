@@ -25,6 +25,7 @@ CASES = [  # (one product's factor shapes (p, q), products G, B, T)
     ([(8, 2), (2, 2), (2, 2)], 1, 9, 5),      # joint: one 4N × N product, its first factor 4·q × q
     ([(3, 3), (2, 2)], 4, 5, 4),              # a size without an unrolled stage
     ([(4, 4), (4, 4), (4, 4)], 4, 8, 3),      # N = 64, as merged for the C++ kernel
+    ([(2, 2), (19, 19)], 4, 10, 37),          # a large last factor: its gradient by blocks of 16 steps in C++
 ]
 
 
