@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from krubench.report.plots import draw_setting, plot_setting, read_scalars
+from krubench.report import plots as plots_module
+from krubench.report.plots import draw_setting, plot_setting, plot_settings, read_scalars
 from krubench.config import setting_key
 from krubench.report.table import find_runs, group, load_paper_numbers, main, summary
 
@@ -200,6 +201,25 @@ def test_plot_of_a_row_of_seeds_draws_a_band(tmp_path):
     assert len(row.runs) == 2
     png = plot_setting(row.setting, [row], tmp_path / "plot.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_settings_plot_draws_the_paper_presets_runs_and_the_other_rows_go_to_a_second_plot(tmp_path, monkeypatch):
+    runs, _ = find_runs([RUNS])
+    rows = [r for r in group(runs, load_paper_numbers()) if r.setting == "copy_T1000"]
+    assert {r.model for r in rows} == {"kru", "lstm"}
+    kru = next(r for r in rows if r.model == "kru")
+    plots = plot_settings(rows, tmp_path, "R", paper_runs={run.dir for run in kru.runs})
+    assert plots == {"copy_T1000": tmp_path / "R_copy_T1000.png",
+                     "copy_T1000, other set-ups": tmp_path / "R_copy_T1000_more.png"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in plots.values())
+    drawn = {}
+    monkeypatch.setattr(plots_module, "plot_setting", lambda title, rows, path, _: drawn.setdefault(
+        title, sorted(r.model for r in rows)) and path)
+    plot_settings(rows, tmp_path, "R", paper_runs={run.dir for run in kru.runs})
+    assert drawn == {"copy_T1000": ["kru"], "copy_T1000, other set-ups": ["lstm"]}
+    drawn.clear()  # without runs of the paper's presets: one plot of every row
+    assert list(plot_settings(rows, tmp_path, "R")) == ["copy_T1000"]
+    assert drawn == {"copy_T1000": ["kru", "lstm"]}
 
 
 def test_plots_draw_the_tables_metric_in_its_unit_with_the_baseline_in_that_unit():

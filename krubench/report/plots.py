@@ -107,12 +107,21 @@ def draw_setting(setting: str, rows, in_samples: bool = False) -> Figure:
     return fig
 
 
-def plot_settings(rows, folder: Path, stem: str, in_samples=frozenset()) -> dict[str, Path]:
+def plot_settings(rows, folder: Path, stem: str, in_samples=frozenset(), paper_runs=frozenset()) -> dict[str, Path]:
     """A plot per setting of `rows`, written as folder/<stem>_<setting>.png, the settings `in_samples` over
-    training samples; returns {setting: path}."""
+    training samples; returns {title: path}. Where some rows of a setting are runs of the paper's presets (their
+    folders in `paper_runs`), its plot draws those rows alone, as the paper's figure, and the setting's other rows
+    (sweeps, earlier set-ups) go to a second plot, <stem>_<setting>_more.png, titled '<setting>, other set-ups':
+    one plot of every row drew twenty curves for adding T=200."""
     folder.mkdir(parents=True, exist_ok=True)
     settings: dict[str, list] = {}
     for row in rows:
         settings.setdefault(row.setting, []).append(row)
-    return {setting: plot_setting(setting, group, folder / f"{stem}_{setting}.png", setting in in_samples)
-            for setting, group in settings.items()}
+    plots = {}
+    for setting, group in settings.items():
+        paper = [row for row in group if all(run.dir in paper_runs for run in row.runs)]
+        other = [row for row in group if row not in paper]
+        parts = [(setting, paper or other, ""), *([(f"{setting}, other set-ups", other, "_more")] if paper and other else [])]
+        for title, part, suffix in parts:
+            plots[title] = plot_setting(title, part, folder / f"{stem}_{setting}{suffix}.png", setting in in_samples)
+    return plots

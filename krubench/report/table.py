@@ -242,6 +242,14 @@ def paper_sections(paper: dict, runs: list[Run]) -> list[str]:
     return lines
 
 
+def paper_preset_runs(paper: dict, runs: list[Run]) -> set[Path]:
+    """The folders of the runs that fill a row of the paper's own tables and figures (runs of its presets)."""
+    from .paper_tables import runs_of_preset
+
+    return {run.dir for entry in paper.values() for spec in (entry.get("paper") or {}).get("rows", [])
+            for run in runs_of_preset(runs, spec.get("preset"), identity)}
+
+
 def splice(old: str, text: str) -> str:
     """`old` with what stands between its report markers replaced by `text` (all of it if it has no markers)."""
     if BEGIN in old and END in old:
@@ -304,8 +312,8 @@ def markdown(rows: list[Row], skipped: list[tuple[Path, str]], plots: dict[str, 
         lines += ["", "Rows that repeat a seed (their std is not over independent seeds):", *notes]
     if plots:
         metrics = {row.setting: row.metric for row in rows}
-        lines += ["", *(f"![{setting}: validation {metrics[setting]} vs memoryless baseline]({path})"
-                        for setting, path in plots.items())]
+        lines += ["", *(f"![{title}: validation {metrics[title.split(',')[0]]} vs memoryless baseline]({path})"
+                        for title, path in plots.items())]
     if skipped:
         lines += ["", f"Skipped {len(skipped)} run(s) that did not finish:",
                   *(f"- `{folder}`: {why}" for folder, why in skipped)]
@@ -354,7 +362,7 @@ def main(argv=None) -> int:
         stem = args.out.stem if args.out else "report"
         in_samples = {setting for setting, entry in paper.items()  # the paper's figure counts samples, not steps
                       if (entry.get("paper") or {}).get("figure", {}).get("samples_per_step", 1) > 1}
-        plots = plot_settings(rows, Path(plot_dir), stem, in_samples)
+        plots = plot_settings(rows, Path(plot_dir), stem, in_samples, paper_preset_runs(paper, runs))
     if args.format == "md":
         base = args.out.parent if args.out else Path.cwd()  # plot links relative to the table's folder
         text = markdown(rows, skipped, {k: os.path.relpath(v, base) for k, v in plots.items()},
