@@ -984,21 +984,52 @@ __global__ void recurrence_backward_warp_kernel(int batch, const T* wr_g, const 
 // sequences: the factor gradients summed in the kernel are the block's (B / S partials), the last large
 // factor's one matrix product after the kernel.
 
+// The k-slices' partial sums of a register tile added up: slices z > 0 put theirs in buf (planes of `slots`
+// entries, after every thread is done with it), slice 0 adds them. slot: this thread's place among the slices
+// 1 ... ks - 1 (z - 1) grid + j, `grid` threads a slice; entry e of the tile at e · slots + slot.
+template <typename T, bool CPLX>
+__device__ __forceinline__ void sum_slices(T (&accr)[kTileRows][kTileCols], T (&acci)[kTileRows][kTileCols],
+                                           bool busy, int z, int j, int grid, int ks, T* buf_r, T* buf_i) {
+  const int slots = (ks - 1) * grid;
+  __syncthreads();  // every slice has read the tile: buf takes the partial sums
+  KRU_UNROLL
+  for (int e = 0; e < kTileRows * kTileCols; ++e) {
+    if (busy && z > 0) {
+      buf_r[e * slots + (z - 1) * grid + j] = accr[e / kTileCols][e % kTileCols];
+      if (CPLX) buf_i[e * slots + (z - 1) * grid + j] = acci[e / kTileCols][e % kTileCols];
+    }
+  }
+  __syncthreads();
+  if (busy && z == 0) {
+    for (int other = 0; other + 1 < ks; ++other) {
+      KRU_UNROLL
+      for (int e = 0; e < kTileRows * kTileCols; ++e) {
+        accr[e / kTileCols][e % kTileCols] += buf_r[e * slots + other * grid + j];
+        if (CPLX) acci[e / kTileCols][e % kTileCols] += buf_i[e * slots + other * grid + j];
+      }
+    }
+  }
+}
+
 // Rows (a, r) of stage s: Y (R × p) = X (R × q) Fᵀ, R = pre·post. m holds F's conjugate transpose (q × p planes,
 // as factor_planes(adjoint) gives it: a tile's loads run along its rows, coalesced), F(i, j) = conj(m[j p + i]).
-// The threads form a grid of rt × ct (the others only load tiles): each holds a register tile of kTileRows rows
-// (ty + rt m) by kTileCols columns (tx + ct n). A pass covers rt kTileRows rows and bc = ct kTileCols columns,
-// in chunks of bk inputs: the chunk's factor tile (bk × bc, conjugated as loaded: F's entries) is loaded into
-// (tile_r, tile_i) by all threads and used by every row. Ends with a barrier.
+// A grid of rt × ct threads covers a pass of rt kTileRows rows by bc = ct kTileCols columns, each thread a
+// register tile of kTileRows rows (ty + rt m) by kTileCols columns (tx + ct n); the inputs come in chunks of bk,
+// the chunk's factor tile (bk × bc, conjugated as loaded: F's entries) loaded into (tile_r, tile_i) by all
+// threads and used by every row. Few rows or columns (one PTB sequence: 3 rows) leave threads over: ks grids
+// (k-slices) take every ks-th input of a chunk each, their partial sums added up through the tile buffer at the
+// pass's end (sum_slices). Threads past ks grids only load tiles. Ends with a barrier.
 template <typename T, bool CPLX>
 __device__ void tiled_stage(const DevStage& s, const T* mr, const T* mi, const T* xr, const T* xi, T* yr, T* yi,
                             T* tile_r, T* tile_i, int tile_entries) {
-  const int R = s.pre * s.post, tid = threadIdx.x;
-  int rt = 1, ct = 1;
-  while (rt < kTiledMaxRowGroups && rt * kTileRows < R) rt *= 2;
-  while (2 * rt * ct <= static_cast<int>(blockDim.x) && ct * kTileCols < s.p) ct *= 2;
-  const int bc = ct * kTileCols, bk = tile_entries / bc, ty = tid / ct, tx = tid % ct;
-  const bool busy = tid < rt * ct;
+  constexpr int kTile = kTileRows * kTileCols;
+  const int R = s.pre * s.post, threads = blockDim.x;
+  const int rt = min(kTiledMaxRowGroups, (R + kTileRows - 1) / kTileRows);  // as few padded rows and columns as can be
+  const int ct = min(threads / rt, (s.p + kTileCols - 1) / kTileCols), grid = rt * ct;
+  const int ks = max(1, min(threads / grid, 1 + tile_entries / (kTile * grid)));  // the partial sums fit the tile
+  const int bc = ct * kTileCols, bk = tile_entries / bc;
+  const int z = threadIdx.x / grid, j = threadIdx.x % grid, ty = j / ct, tx = j % ct;
+  const bool busy = z < ks;
   for (int r0 = 0; r0 < R; r0 += rt * kTileRows) {
     for (int c0 = 0; c0 < s.p; c0 += bc) {
       int xo[kTileRows], yo[kTileRows];
@@ -1010,7 +1041,7 @@ __device__ void tiled_stage(const DevStage& s, const T* mr, const T* mi, const T
       }
       T accr[kTileRows][kTileCols] = {}, acci[kTileRows][kTileCols] = {};
       for (int k0 = 0; k0 < s.q; k0 += bk) {
-        for (int e = tid; e < bk * bc; e += blockDim.x) {  // zeros past q and p
+        for (int e = threadIdx.x; e < bk * bc; e += threads) {  // zeros past q and p
           const int k = k0 + e / bc, c = c0 + e % bc;
           const bool in = k < s.q && c < s.p;
           tile_r[e] = in ? mr[s.woff + k * s.p + c] : T(0);
@@ -1018,7 +1049,7 @@ __device__ void tiled_stage(const DevStage& s, const T* mr, const T* mi, const T
         }
         __syncthreads();
         const int kn = min(bk, s.q - k0);
-        for (int kk = 0; busy && kk < kn; ++kk) {
+        for (int kk = z; busy && kk < kn; kk += ks) {
           const int k = k0 + kk;
           T x_r[kTileRows], x_i[kTileRows], w_r[kTileCols], w_i[kTileCols];
           KRU_UNROLL
@@ -1043,7 +1074,8 @@ __device__ void tiled_stage(const DevStage& s, const T* mr, const T* mi, const T
             }
           }
         }
-        if (busy && k0 + bk >= s.q) {  // the pass's last chunk: its outputs, ordered by the barrier below
+        if (k0 + bk >= s.q && ks > 1) sum_slices<T, CPLX>(accr, acci, busy, z, j, grid, ks, tile_r, tile_i);
+        if (busy && z == 0 && k0 + bk >= s.q) {  // the pass's last chunk: its outputs, ordered by the barrier below
           KRU_UNROLL
           for (int m = 0; m < kTileRows; ++m) {
             KRU_UNROLL
@@ -1056,7 +1088,7 @@ __device__ void tiled_stage(const DevStage& s, const T* mr, const T* mi, const T
             }
           }
         }
-        __syncthreads();  // the tile is overwritten next
+        __syncthreads();  // the tile (or the partial sums in it) is overwritten next
       }
     }
   }

@@ -8,8 +8,9 @@
 //   gpu::smem_optin(device)    the device's opt-in limit of shared memory per block (queried, not assumed)
 //   gpu::allow_smem(kernel, bytes)   cudaFuncSetAttribute(MaxDynamicSharedMemorySize)
 //   gpu::sm_count(device)      the device's multiprocessors (the tiled kernels' sequences a block)
-//   gpu::tiled_entries()       the factor size from which the recurrence runs tiled: kTiledEntries on a GPU, lowered
-//                              by the emulator's tests to take the tiled kernels on small factors
+//   gpu::tiled_entries()       the factor size from which the recurrence runs tiled: kTiledEntries on a GPU (or
+//                              KRUBENCH_CUDA_TILED_ENTRIES: scripts/gpu_check.py times the fused kernels beside the
+//                              tiled ones), lowered by the emulator's tests to take the tiled kernels on small factors
 #pragma once
 
 #if defined(KRU_EMULATE)
@@ -43,6 +44,9 @@ inline int sm_count(int device) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
   return count;
 }
-inline long tiled_entries() { return kTiledEntries; }
+inline long tiled_entries() {
+  const char* entries = std::getenv("KRUBENCH_CUDA_TILED_ENTRIES");
+  return entries != nullptr && entries[0] != '\0' ? std::atol(entries) : kTiledEntries;
+}
 }  // namespace kru::gpu
 #endif

@@ -316,7 +316,7 @@ inline int tiled_max_seqs(const Plan& plan, size_t elem, size_t smem_limit) {
   return 0;
 }
 
-inline bool tiled_factor(long p, long q, long tiled_entries) { return p * q >= tiled_entries; }
+KRU_HD bool tiled_factor(long p, long q, long tiled_entries) { return p * q >= tiled_entries; }
 
 // The CUDA recurrence's kernel: tiled when a factor has `tiled_entries` (kTiledEntries; the emulator's tests
 // lower it) entries or more and a block of one sequence fits; for 2×2 factors one warp a sequence for
@@ -338,8 +338,8 @@ inline RecurrenceKernel cuda_recurrence_kernel(const Plan& plan, at::ScalarType 
 }
 
 // The fused and tiled backward kernels leave the last factor's gradient to one matrix product over all steps when
-// that factor has at least this many entries (PTB's 137×137 and 331×331): summed in the kernel, every block would read and
-// write all of them in global memory at every step.
+// that factor has at least this many entries (PTB's 137×137 and 331×331): summed in the kernel, every block would
+// read and write all of them in global memory at every step.
 constexpr long kGemmGradEntries = 1024;
 
 inline bool gemm_last_factor(const Plan& plan) {

@@ -270,7 +270,7 @@ TILED_CASES = [  # (factor sizes, B, T, complex, nonlinearity, order, smem_optin
     pytest.param([3, 37], 1, 3, False, "tanh", "shuffled", 227, -1, id="3x37-B1-real"),
     pytest.param([5, 40], 3, 2, False, "relu", "ascending", 227, -1, id="5x40-S2-real"),
     pytest.param([37, 3], 3, 2, True, "relu", "ascending", 227, -1, id="37x3-first-factor-gradient-in-kernel"),
-    pytest.param([3, 70], 17, 2, True, "tanh", "descending", 227, -1, id="3x70-S16-2blocks-2column-passes"),
+    pytest.param([70, 2, 2], 17, 2, True, "tanh", "descending", 227, -1, id="70x70-S16-2blocks-2column-passes"),
     pytest.param([4, 2, 2, 2, 2], 8, 2, True, "modrelu", "ascending", 227, 16, id="4x4-tiled-S8-2row-passes"),
     pytest.param([3, 4], 3, 2, False, "modrelu", "shuffled", 227, 9, id="3x4-every-factor-tiled"),
 ]
