@@ -161,6 +161,39 @@ struct InputMap {
   }
 };
 
+// h_t = σ(z + u_t) for element n of sequence b: z in (zr, zi) becomes h_t, also written to H. u_t is read from u
+// (B, T, N), or computed by `in` when it has x.
+template <typename T, bool CPLX, int NL>
+__device__ void step_output(const T* u, const InputMap<T>& in, const T* bias, T* H, long b, int t, int steps, int N,
+                            int n, T& zr, T& zi) {
+  constexpr int C = CPLX ? 2 : 1;
+  const long x = ((b * steps + t) * N + n) * C;
+  const T ur = in.x ? in.at(b, t, steps, n * C) : u[x];
+  const T ui = !CPLX ? T(0) : in.x ? in.at(b, t, steps, n * C + 1) : u[x + 1];
+  T hr, hi;
+  nl_forward<NL, T, CPLX>(zr + ur, CPLX ? zi + ui : T(0), bias[n], hr, hi);
+  zr = hr;
+  zi = hi;
+  H[x] = hr;
+  if (CPLX) H[x + 1] = hi;
+}
+
+// ∂L/∂z_t for element n of sequence b from ∂L/∂h_t = d + gH_t: d in (dr, di) becomes it, also written to gu (which
+// may be gH itself: the element is read, then written); the modReLU bias gradient is added to db.
+template <typename T, bool CPLX, int NL>
+__device__ void step_input_grad(const T* H, const T* gH, const T* bias, T* gu, long b, int t, int steps, int N, int n,
+                                T& dr, T& di, T& db) {
+  constexpr int C = CPLX ? 2 : 1;
+  const long x = ((b * steps + t) * N + n) * C;
+  T dzr, dzi;
+  nl_backward<NL, T, CPLX>(H[x], CPLX ? H[x + 1] : T(0), bias[n], dr + gH[x], CPLX ? di + gH[x + 1] : T(0), dzr, dzi,
+                           db);
+  dr = dzr;
+  di = dzi;
+  gu[x] = dzr;
+  if (CPLX) gu[x + 1] = dzi;
+}
+
 // Shared memory: the factors' planes (2 wsize) unless they are read from global memory (`shared_factors`
 // false: factors too large for shared memory, as PTB's 137×137 and 331×331, are read through the caches), a
 // PingPong of N. Block b runs sequence b.
@@ -184,18 +217,8 @@ __global__ void recurrence_forward_kernel(DevPlan plan, const T* wr_g, const T* 
   __syncthreads();
   for (int t = 0; t < steps; ++t) {
     for (int f = 0; f < plan.k; ++f, h.swap()) stage<T, CPLX>(plan.s[f], wr, wi, h.xr, h.xi, h.yr, h.yi);
-    const T* ut = in.x ? nullptr : u + (b * steps + t) * N * C;
-    T* ht = H + (b * steps + t) * N * C;
-    for (int n = threadIdx.x; n < N; n += blockDim.x) {  // h_t = σ(W h_{t-1} + u_t), in place
-      T hr, hi;
-      const T ur = in.x ? in.at(b, t, steps, n * C) : ut[n * C];
-      const T ui = !CPLX ? T(0) : in.x ? in.at(b, t, steps, n * C + 1) : ut[n * C + 1];
-      nl_forward<NL, T, CPLX>(h.xr[n] + ur, CPLX ? h.xi[n] + ui : T(0), bias[n], hr, hi);
-      h.xr[n] = hr;
-      h.xi[n] = hi;
-      ht[n * C] = hr;
-      if (CPLX) ht[n * C + 1] = hi;
-    }
+    for (int n = threadIdx.x; n < N; n += blockDim.x)  // h_t = σ(W h_{t-1} + u_t), in place
+      step_output<T, CPLX, NL>(u, in, bias, H, b, t, steps, N, n, h.xr[n], h.xi[n]);
     __syncthreads();
   }
 }
@@ -236,20 +259,11 @@ __global__ void recurrence_backward_kernel(DevPlan plan, const T* wr_g, const T*
     // store_planes after the loop when steps = 0, by the threads that wrote them).
     load_planes(t > 0 ? H + (b * steps + t - 1) * N * C : h0 + b * N * C, N, CPLX, sr, sr + N);
     __syncthreads();
-    for (int f = 0; f + 1 < plan.k; ++f)  // recompute the stage inputs of step t
+    for (int f = 0; f + 1 < grad_stages; ++f)  // recompute the inputs of the stages whose gradients are summed here
       stage<T, CPLX>(plan.s[f], wr, wi, sr + 2 * f * N, sr + (2 * f + 1) * N, sr + 2 * (f + 1) * N,
                      sr + (2 * (f + 1) + 1) * N);
-    const long row = (b * steps + t) * N * C;
-    for (int n = threadIdx.x; n < N; n += blockDim.x) {
-      const long x = row + n * C;
-      T dzr, dzi;  // ∂L/∂z_t from ∂L/∂h_t = the carried d.x + gH_t, in place
-      nl_backward<NL, T, CPLX>(H[x], CPLX ? H[x + 1] : T(0), bias[n], d.xr[n] + gH[x],
-                               CPLX ? d.xi[n] + gH[x + 1] : T(0), dzr, dzi, bgb[n]);
-      d.xr[n] = dzr;
-      d.xi[n] = dzi;
-      gu[x] = dzr;
-      if (CPLX) gu[x + 1] = dzi;
-    }
+    for (int n = threadIdx.x; n < N; n += blockDim.x)  // ∂L/∂z_t from ∂L/∂h_t = the carried d.x + gH_t, in place
+      step_input_grad<T, CPLX, NL>(H, gH, bias, gu, b, t, steps, N, n, d.xr[n], d.xi[n], bgb[n]);
     __syncthreads();
     for (int f = plan.k - 1; f >= 0; --f, d.swap()) {  // ends with ∂L/∂h_{t-1} in d.x
       if (f < grad_stages)  // the others' gradients are one matrix product after the kernel (gemm_last_factor_grad)
@@ -960,6 +974,230 @@ __global__ void recurrence_backward_warp_kernel(int batch, const T* wr_g, const 
   });
 }
 
+// ---- tiled kernels: several sequences a block, large factors as matrix products ----
+//
+// Block c runs the ns sequences b0 = c S ... b0 + ns - 1 (S = seqs; ns = S but in the last block), their states
+// back to back in shared memory, so that a stage over them is the stage with pre · ns: ns·pre·post rows (a, r)
+// of q inputs. A factor of tiled_entries entries or more (kru_plan.h: PTB's 137×137 and 331×331) is applied as
+// the matrix product of those rows with its transpose (tiled_stage); smaller ones as in the fused kernels
+// (stage(), a thread an output, their entries through L1). Backward as the fused one, over the block's
+// sequences: the factor gradients summed in the kernel are the block's (B / S partials), the last large
+// factor's one matrix product after the kernel.
+
+// The k-slices' partial sums of a register tile added up: slices z > 0 put theirs in buf (planes of `slots`
+// entries, after every thread is done with it), slice 0 adds them. slot: this thread's place among the slices
+// 1 ... ks - 1 (z - 1) grid + j, `grid` threads a slice; entry e of the tile at e · slots + slot.
+template <typename T, bool CPLX>
+__device__ __forceinline__ void sum_slices(T (&accr)[kTileRows][kTileCols], T (&acci)[kTileRows][kTileCols],
+                                           bool busy, int z, int j, int grid, int ks, T* buf_r, T* buf_i) {
+  const int slots = (ks - 1) * grid;
+  __syncthreads();  // every slice has read the tile: buf takes the partial sums
+  KRU_UNROLL
+  for (int e = 0; e < kTileRows * kTileCols; ++e) {
+    if (busy && z > 0) {
+      buf_r[e * slots + (z - 1) * grid + j] = accr[e / kTileCols][e % kTileCols];
+      if (CPLX) buf_i[e * slots + (z - 1) * grid + j] = acci[e / kTileCols][e % kTileCols];
+    }
+  }
+  __syncthreads();
+  if (busy && z == 0) {
+    for (int other = 0; other + 1 < ks; ++other) {
+      KRU_UNROLL
+      for (int e = 0; e < kTileRows * kTileCols; ++e) {
+        accr[e / kTileCols][e % kTileCols] += buf_r[e * slots + other * grid + j];
+        if (CPLX) acci[e / kTileCols][e % kTileCols] += buf_i[e * slots + other * grid + j];
+      }
+    }
+  }
+}
+
+// Rows (a, r) of stage s: Y (R × p) = X (R × q) Fᵀ, R = pre·post. m holds F's conjugate transpose (q × p planes,
+// as factor_planes(adjoint) gives it: a tile's loads run along its rows, coalesced), F(i, j) = conj(m[j p + i]).
+// A grid of rt × ct threads covers a pass of rt kTileRows rows by bc = ct kTileCols columns, each thread a
+// register tile of kTileRows rows (ty + rt m) by kTileCols columns (tx + ct n); the inputs come in chunks of bk,
+// the chunk's factor tile (bk × bc, conjugated as loaded: F's entries) loaded into (tile_r, tile_i) by all
+// threads and used by every row. Few rows or columns (one PTB sequence: 3 rows) leave threads over: ks grids
+// (k-slices) take every ks-th input of a chunk each, their partial sums added up through the tile buffer at the
+// pass's end (sum_slices). Threads past ks grids only load tiles. Ends with a barrier.
+template <typename T, bool CPLX>
+__device__ void tiled_stage(const DevStage& s, const T* mr, const T* mi, const T* xr, const T* xi, T* yr, T* yi,
+                            T* tile_r, T* tile_i, int tile_entries) {
+  constexpr int kTile = kTileRows * kTileCols;
+  const int R = s.pre * s.post, threads = blockDim.x;
+  const int rt = min(kTiledMaxRowGroups, (R + kTileRows - 1) / kTileRows);  // as few padded rows and columns as can be
+  const int ct = min(threads / rt, (s.p + kTileCols - 1) / kTileCols), grid = rt * ct;
+  const int ks = max(1, min(threads / grid, 1 + tile_entries / (kTile * grid)));  // the partial sums fit the tile
+  const int bc = ct * kTileCols, bk = tile_entries / bc;
+  const int z = threadIdx.x / grid, j = threadIdx.x % grid, ty = j / ct, tx = j % ct;
+  const bool busy = z < ks;
+  for (int r0 = 0; r0 < R; r0 += rt * kTileRows) {
+    for (int c0 = 0; c0 < s.p; c0 += bc) {
+      int xo[kTileRows], yo[kTileRows];
+      KRU_UNROLL
+      for (int m = 0; m < kTileRows; ++m) {  // rows past R are clamped: computed, not stored
+        const int row = min(r0 + ty + rt * m, R - 1), a = row / s.post, r = row % s.post;
+        xo[m] = stage_index(a, 0, r, s.q, s.post);
+        yo[m] = stage_index(a, 0, r, s.p, s.post);
+      }
+      T accr[kTileRows][kTileCols] = {}, acci[kTileRows][kTileCols] = {};
+      for (int k0 = 0; k0 < s.q; k0 += bk) {
+        for (int e = threadIdx.x; e < bk * bc; e += threads) {  // zeros past q and p
+          const int k = k0 + e / bc, c = c0 + e % bc;
+          const bool in = k < s.q && c < s.p;
+          tile_r[e] = in ? mr[s.woff + k * s.p + c] : T(0);
+          tile_i[e] = in && CPLX ? -mi[s.woff + k * s.p + c] : T(0);
+        }
+        __syncthreads();
+        const int kn = min(bk, s.q - k0);
+        for (int kk = z; busy && kk < kn; kk += ks) {
+          const int k = k0 + kk;
+          T x_r[kTileRows], x_i[kTileRows], w_r[kTileCols], w_i[kTileCols];
+          KRU_UNROLL
+          for (int m = 0; m < kTileRows; ++m) {
+            x_r[m] = xr[xo[m] + k * s.post];
+            x_i[m] = CPLX ? xi[xo[m] + k * s.post] : T(0);
+          }
+          KRU_UNROLL
+          for (int n = 0; n < kTileCols; ++n) {
+            w_r[n] = tile_r[kk * bc + tx + ct * n];
+            w_i[n] = CPLX ? tile_i[kk * bc + tx + ct * n] : T(0);
+          }
+          KRU_UNROLL
+          for (int m = 0; m < kTileRows; ++m) {
+            KRU_UNROLL
+            for (int n = 0; n < kTileCols; ++n) {  // y += F(i, k) x_k
+              accr[m][n] += w_r[n] * x_r[m];
+              if (CPLX) {
+                accr[m][n] -= w_i[n] * x_i[m];
+                acci[m][n] += w_r[n] * x_i[m] + w_i[n] * x_r[m];
+              }
+            }
+          }
+        }
+        if (k0 + bk >= s.q && ks > 1) sum_slices<T, CPLX>(accr, acci, busy, z, j, grid, ks, tile_r, tile_i);
+        if (busy && z == 0 && k0 + bk >= s.q) {  // the pass's last chunk: its outputs, ordered by the barrier below
+          KRU_UNROLL
+          for (int m = 0; m < kTileRows; ++m) {
+            KRU_UNROLL
+            for (int n = 0; n < kTileCols; ++n) {
+              const int c = c0 + tx + ct * n;
+              if (r0 + ty + rt * m < R && c < s.p) {
+                yr[yo[m] + c * s.post] = accr[m][n];
+                if (CPLX) yi[yo[m] + c * s.post] = acci[m][n];
+              }
+            }
+          }
+        }
+        __syncthreads();  // the tile (or the partial sums in it) is overwritten next
+      }
+    }
+  }
+}
+
+// What a tiled kernel's stage needs: the factors' planes (w) and their conjugate transposes' (aw), the block's
+// sequences ns, the factor tile's planes of tile_entries each, and the size from which a factor runs tiled.
+template <typename T>
+struct TiledFactors {
+  const T *wr, *wi, *awr, *awi;
+  int ns, tile_entries;
+  long tiled_entries;
+  T* tile;
+};
+
+// Stage s over the block's sequences, tiled when its factor is large; adjoint: its factor's conjugate transpose
+// instead, from p back to q. Ends with a barrier.
+template <typename T, bool CPLX>
+__device__ void block_stage(DevStage s, bool adjoint, const TiledFactors<T>& w, const T* xr, const T* xi, T* yr,
+                            T* yi) {
+  s.pre *= w.ns;
+  if (adjoint) {
+    const int p = s.p;
+    s.p = s.q;
+    s.q = p;
+  }
+  const T *fr = adjoint ? w.awr : w.wr, *fi = adjoint ? w.awi : w.wi;  // the stage's factor
+  const T *mr = adjoint ? w.wr : w.awr, *mi = adjoint ? w.wi : w.awi;  // its conjugate transpose
+  if (tiled_factor(s.p, s.q, w.tiled_entries))
+    tiled_stage<T, CPLX>(s, mr, mi, xr, xi, yr, yi, w.tile, w.tile + w.tile_entries, w.tile_entries);
+  else
+    stage<T, CPLX>(s, fr, fi, xr, xi, yr, yi);
+}
+
+// Shared memory: a PingPong of seqs · max_size (the block's states back to back, N apart between steps), the
+// reduction scratch (unused here: the backward's size), the factor tile (2 tile_entries). Factors from global
+// memory.
+template <typename T, bool CPLX, int NL>
+__global__ void recurrence_forward_tiled_kernel(DevPlan plan, int batch, int seqs, TiledFactors<T> w, const T* u,
+                                                const T* h0, const T* bias, T* H, int steps, InputMap<T> in) {
+  KRU_DYNAMIC_SHARED(smem);
+  constexpr int C = CPLX ? 2 : 1;
+  const int N = plan.n_in, M = seqs * plan.max_size;
+  const long b0 = static_cast<long>(blockIdx.x) * seqs;
+  w.ns = min(seqs, static_cast<int>(batch - b0));
+  T* at = reinterpret_cast<T*>(smem);
+  PingPong<T> h(at, M);
+  w.tile = at + 4 * M + 2 * blockDim.x;
+  load_planes(h0 + b0 * N * C, w.ns * N, CPLX, h.xr, h.xi);
+  __syncthreads();
+  for (int t = 0; t < steps; ++t) {
+    for (int f = 0; f < plan.k; ++f, h.swap()) block_stage<T, CPLX>(plan.s[f], false, w, h.xr, h.xi, h.yr, h.yi);
+    for (int n = threadIdx.x; n < N; n += blockDim.x)  // h_t = σ(W h_{t-1} + u_t), in place
+      for (int q = 0; q < w.ns; ++q)
+        step_output<T, CPLX, NL>(u, in, bias, H, b0 + q, t, steps, N, n, h.xr[q * N + n], h.xi[q * N + n]);
+    __syncthreads();
+  }
+}
+
+// Shared memory: a PingPong of seqs · max_size for ∂L/∂h_t and the adjoint stages, the reduction scratch
+// (2 blockDim), the factor tile (2 tile_entries). Global scratch ws: this block's stage inputs, (k + 1) × 2 ×
+// seqs · max_size. gwr, gwi, gb: a row per block. Each n's elements (every sequence's) are one thread's, so that
+// the bias gradient gb[n] has one writer.
+template <typename T, bool CPLX, int NL>
+__global__ void recurrence_backward_tiled_kernel(DevPlan plan, int batch, int seqs, TiledFactors<T> w, const T* h0,
+                                                 const T* H, const T* gH, const T* bias, int steps, T* gu, T* gh0,
+                                                 T* gwr, T* gwi, T* gb, T* ws, int grad_stages) {
+  KRU_DYNAMIC_SHARED(smem);
+  constexpr int C = CPLX ? 2 : 1;
+  const int N = plan.n_in, M = seqs * plan.max_size, red = blockDim.x;
+  const long b0 = static_cast<long>(blockIdx.x) * seqs;
+  w.ns = min(seqs, static_cast<int>(batch - b0));
+  T* at = reinterpret_cast<T*>(smem);
+  PingPong<T> d(at, M);
+  T *redr = at + 4 * M, *redi = redr + red;
+  w.tile = redi + red;
+  T* sr = ws + blockIdx.x * (plan.k + 1) * 2 * static_cast<long>(M);  // stage input f: planes sr + 2 f M, + M
+  T *bgr = gwr + blockIdx.x * plan.wsize, *bgi = gwi + blockIdx.x * plan.wsize, *bgb = gb + blockIdx.x * N;
+  for (int e = threadIdx.x; e < w.ns * N; e += blockDim.x) d.xr[e] = d.xi[e] = T(0);  // ∂L/∂h_T: none
+  for (int t = steps - 1; t >= 0; --t) {
+    // The barrier after this load also orders the zeros above (read below, and by store_planes after the loop
+    // when steps = 0, by the threads that wrote them).
+    for (int e = threadIdx.x; e < w.ns * N; e += blockDim.x) {  // h_{t-1} of each sequence
+      const long b = b0 + e / N, n = e % N;
+      const T* hp = t > 0 ? H + ((b * steps + t - 1) * N + n) * C : h0 + (b * N + n) * C;
+      sr[e] = hp[0];
+      sr[M + e] = CPLX ? hp[1] : T(0);
+    }
+    __syncthreads();
+    for (int f = 0; f + 1 < grad_stages; ++f)  // recompute the inputs of the stages whose gradients are summed here
+      block_stage<T, CPLX>(plan.s[f], false, w, sr + 2 * f * M, sr + (2 * f + 1) * M, sr + 2 * (f + 1) * M,
+                           sr + (2 * (f + 1) + 1) * M);
+    for (int n = threadIdx.x; n < N; n += blockDim.x)  // ∂L/∂z_t from ∂L/∂h_t = the carried d.x + gH_t, in place
+      for (int q = 0; q < w.ns; ++q)
+        step_input_grad<T, CPLX, NL>(H, gH, bias, gu, b0 + q, t, steps, N, n, d.xr[q * N + n], d.xi[q * N + n],
+                                     bgb[n]);
+    __syncthreads();
+    for (int f = plan.k - 1; f >= 0; --f, d.swap()) {  // ends with ∂L/∂h_{t-1} in d.x
+      DevStage st = plan.s[f];
+      if (f < grad_stages) {  // summed over the block's sequences: they are slices of the stage
+        st.pre *= w.ns;
+        accumulate_factor_grad<T, CPLX>(st, d.xr, d.xi, sr + 2 * f * M, sr + (2 * f + 1) * M, redr, redi, bgr, bgi);
+      }
+      block_stage<T, CPLX>(plan.s[f], true, w, d.xr, d.xi, d.yr, d.yi);
+    }
+  }
+  store_planes(d.xr, d.xi, w.ns * N, CPLX, gh0 + b0 * N * C);
+}
+
 // ---- host side ----
 
 int block_threads(long size) { return size >= 512 ? 256 : 128; }
@@ -1029,7 +1267,32 @@ void warp_dispatch(int log_n, F&& f) {
 
 // The kernel the recurrence runs on this device (both directions choose alike: kru_plan.h).
 RecurrenceKernel choose_kernel(const Plan& plan, const at::Tensor& like) {
-  return cuda_recurrence_kernel(plan, like.scalar_type(), gpu::smem_optin(like.get_device()));
+  return cuda_recurrence_kernel(plan, like.scalar_type(), gpu::smem_optin(like.get_device()), gpu::tiled_entries());
+}
+
+// A tiled kernel's launch over a batch of B: sequences a block (as many as shared memory holds, fewer where the
+// blocks would not fill the device's multiprocessors), the factor tile (what shared memory leaves, at most
+// kMaxTileEntries a plane), blocks, shared memory.
+struct TiledLaunch {
+  int seqs, tile_entries;
+  long blocks;
+  size_t smem;
+};
+
+TiledLaunch tiled_launch(const Plan& plan, long B, const at::Tensor& like) {
+  const size_t elem = c10::elementSize(c10::toRealValueType(like.scalar_type()));
+  const size_t limit = gpu::smem_optin(like.get_device());
+  int seqs = tiled_max_seqs(plan, elem, limit);
+  while (seqs > 1 && seqs * gpu::sm_count(like.get_device()) > B) seqs /= 2;
+  const size_t state = tiled_state_smem(plan, seqs, elem);
+  const int tile = static_cast<int>(std::min<size_t>(kMaxTileEntries, (limit - state) / (2 * elem)));
+  return {seqs, tile, (B + seqs - 1) / seqs, state + 2 * tile * elem};
+}
+
+template <typename T>
+TiledFactors<T> tiled_factors(const at::Tensor& wr, const at::Tensor& wi, const at::Tensor& awr, const at::Tensor& awi,
+                              const TiledLaunch& l) {
+  return {ptr<T>(wr), ptr<T>(wi), ptr<T>(awr), ptr<T>(awi), 0, l.tile_entries, gpu::tiled_entries(), nullptr};
 }
 
 // The forward kernel `kernel` over h0's batch, reading u (B, T, N), or computing it from `in` (H shaped like `like`).
@@ -1037,8 +1300,9 @@ at::Tensor launch_recurrence(const Plan& plan, RecurrenceKernel kernel, const at
                              const at::Tensor& w, c10::string_view nonlinearity, const at::Tensor& bias,
                              at::IntArrayRef sizes, const at::Tensor& x, const at::Tensor& uw, const at::Tensor& ub) {
   const gpu::Guard guard(h0.device());
-  at::Tensor wr, wi;
+  at::Tensor wr, wi, awr, awi;
   std::tie(wr, wi) = factor_planes(w, plan, false);
+  if (kernel == RecurrenceKernel::kTiled) std::tie(awr, awi) = factor_planes(w, plan, true);
   at::Tensor H = new_output(sizes, h0.options());
   const long B = sizes[0];
   if (B == 0 || sizes[1] == 0) return H;
@@ -1066,6 +1330,12 @@ at::Tensor launch_recurrence(const Plan& plan, RecurrenceKernel kernel, const at
         allow_shared_memory(k, smem, h0, "the register-resident recurrence");
         KRU_LAUNCH(k, B, static_cast<int>(plan.n_in / kRegs), smem, stream, RegsPlan{log_n, regs_groups(log_n)},
                    ptr<T>(wr), ptr<T>(wi), u_ptr, ptr<T>(h0), ptr<T>(bias), ptr<T>(H), steps, in);
+      } else if (kernel == RecurrenceKernel::kTiled) {
+        const TiledLaunch l = tiled_launch(plan, B, h0);
+        auto k = recurrence_forward_tiled_kernel<T, CPLX, decltype(nl)::value>;
+        allow_shared_memory(k, l.smem, h0, "the tiled recurrence");
+        KRU_LAUNCH(k, l.blocks, kTiledThreads, l.smem, stream, device_plan(plan), static_cast<int>(B), l.seqs,
+                   tiled_factors<T>(wr, wi, awr, awi, l), u_ptr, ptr<T>(h0), ptr<T>(bias), ptr<T>(H), steps, in);
       } else {
         auto k = recurrence_forward_kernel<T, CPLX, decltype(nl)::value>;
         const size_t state = 4 * plan.n_in * sizeof(T), factors = 2 * plan.wsize * sizeof(T);
@@ -1115,10 +1385,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
   const Plan plan = check_recurrence_backward(grad_H, H, h0, w, shapes, bias, grad_u);
   const gpu::Guard guard(H.device());
   const RecurrenceKernel chosen = choose_kernel(plan, H);
-  const bool gemm_last = chosen == RecurrenceKernel::kFused && gemm_last_factor(plan) && H.size(1) > 0;
+  const bool tiled = chosen == RecurrenceKernel::kTiled;
+  const bool gemm_last = (chosen == RecurrenceKernel::kFused || tiled) && gemm_last_factor(plan) && H.size(1) > 0;
   const long B = H.size(0), N = plan.n_in;
+  const TiledLaunch launch = tiled ? tiled_launch(plan, B, H) : TiledLaunch{};
+  const long partials = tiled ? launch.blocks : B;  // the factor and bias gradients' rows: one a block
   at::Tensor gh0 = new_output(h0.sizes(), h0.options());
-  at::Tensor gwr = real_zeros({B, plan.wsize}, H), gwi = real_zeros({B, plan.wsize}, H), gb = real_zeros({B, N}, H);
+  at::Tensor gwr = real_zeros({partials, plan.wsize}, H), gwi = real_zeros({partials, plan.wsize}, H),
+             gb = real_zeros({partials, N}, H);
   if (B > 0) {
     auto stream = gpu::stream();
     const int steps = static_cast<int>(H.size(1));
@@ -1152,8 +1426,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kru_recurrence_backward_cuda(
         }
         const DevPlan dp = device_plan(plan);
         const auto [wr, wi, awr, awi] = backward_planes(w, plan);
-        at::Tensor ws = scratch({B, static_cast<long>(plan.stages.size()) + 1, 2, N}, H);
         const int grad_stages = gemm_last ? dp.k - 1 : dp.k;
+        if (tiled) {
+          at::Tensor ws = scratch({launch.blocks, dp.k + 1, 2, launch.seqs * plan.max_size}, H);
+          auto kernel = recurrence_backward_tiled_kernel<T, CPLX, decltype(nl)::value>;
+          allow_shared_memory(kernel, launch.smem, H, "the tiled recurrence's backward pass");
+          KRU_LAUNCH(kernel, launch.blocks, kTiledThreads, launch.smem, stream, dp, static_cast<int>(B), launch.seqs,
+                     tiled_factors<T>(wr, wi, awr, awi, launch), ptr<T>(h0), ptr<T>(H), ptr<T>(grad_H), ptr<T>(bias),
+                     steps, ptr<T>(grad_u), ptr<T>(gh0), ptr<T>(gwr), ptr<T>(gwi), ptr<T>(gb), ptr<T>(ws), grad_stages);
+          return;
+        }
+        at::Tensor ws = scratch({B, dp.k + 1, 2, N}, H);
         const int threads = block_threads(N);
         auto kernel = recurrence_backward_kernel<T, CPLX, decltype(nl)::value>;
         const size_t rest = (4 * N + 2 * threads) * sizeof(T), factors = 4 * plan.wsize * sizeof(T);

@@ -1,6 +1,7 @@
 // The CUDA kernels of kru_cuda.cu, compiled as host C++ and run by the emulator of kru_emu.h; registered as
 // CPU operators `torch.ops.krubench_emu.*` with the schemas of `torch.ops.krubench.*`, plus `configure`
-// (schedule order, seed, a planted missing barrier, the opt-in shared-memory limit) and `barrier_lines`
+// (schedule order, seed, a planted missing barrier, the opt-in shared-memory limit, the factor size from which the
+// recurrence runs tiled) and `barrier_lines`
 // (the source lines of kru_cuda.cu whose __syncthreads() ran since the last configure), plus self-tests of
 // the emulator (`lane_stage`, `misbehave`). Built by krubench/ops/build.py (backend
 // "emu"); tested by tests/test_kernels_emu.py against the reference. Test code, not a backend to train with.
@@ -184,9 +185,10 @@ void run_grid(const void* kernel, unsigned grid, unsigned block, size_t smem, co
 
 namespace {
 
-void configure(int64_t order, int64_t seed, int64_t skip_barrier_line, int64_t smem_optin) {
+void configure(int64_t order, int64_t seed, int64_t skip_barrier_line, int64_t smem_optin, int64_t tiled_entries) {
   TORCH_CHECK(order >= 0 && order <= 2, "kru_emu: order must be 0 (ascending), 1 (descending) or 2 (shuffled)");
-  kru_emu::g_config = {static_cast<int>(order), static_cast<uint64_t>(seed), skip_barrier_line, smem_optin};
+  kru_emu::g_config = {static_cast<int>(order), static_cast<uint64_t>(seed), skip_barrier_line, smem_optin,
+                       tiled_entries};
   kru_emu::g_lines.clear();  // barrier_lines() reports what runs from here on
 }
 
@@ -253,7 +255,7 @@ at::Tensor lane_stage(const at::Tensor& x, const at::Tensor& w, int64_t bit) {
 
 KRU_EMU_TORCH_LIBRARY(KRU_EMU_LIB, m) {
   kru::define_schemas(m);  // those of torch.ops.krubench; the emulator implements the CUDA backend's
-  m.def("configure(int order, int seed, int skip_barrier_line, int smem_optin) -> ()", &configure);
+  m.def("configure(int order, int seed, int skip_barrier_line, int smem_optin, int tiled_entries=-1) -> ()", &configure);
   m.def("barrier_lines() -> int[]", &barrier_lines);
   m.def("lane_stage(Tensor x, Tensor w, int bit) -> Tensor", &lane_stage);
   m.def("misbehave(int mode) -> ()", &misbehave);

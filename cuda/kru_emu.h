@@ -42,11 +42,13 @@ namespace kru_emu {
 // order: 0 threads in ascending order each round, 1 descending, 2 shuffled per round (seeded).
 // skip_barrier_line: a __syncthreads() on this line of kru_cuda.cu does nothing (a planted missing barrier).
 // smem_optin: the emulated device's opt-in limit of shared memory per block, in bytes.
+// tiled_entries: the factor size from which the recurrence runs its tiled kernels (-1: kTiledEntries, as on a GPU).
 struct Config {
   int order = 0;
   uint64_t seed = 0;
   long skip_barrier_line = -1;
   long smem_optin = 227 * 1024;
+  long tiled_entries = -1;
 };
 Config& config();
 
@@ -105,6 +107,11 @@ inline size_t smem_optin(int) { return static_cast<size_t>(kru_emu::config().sme
 template <typename Kernel>
 void allow_smem(Kernel kernel, size_t bytes) {
   kru_emu::set_max_dynamic_smem(reinterpret_cast<const void*>(kernel), bytes);
+}
+// One multiprocessor: the tiled kernels then put as many sequences in a block as its shared memory holds.
+inline int sm_count(int) { return 1; }
+inline long tiled_entries() {
+  return kru_emu::config().tiled_entries > 0 ? kru_emu::config().tiled_entries : kTiledEntries;
 }
 }  // namespace gpu
 }  // namespace kru

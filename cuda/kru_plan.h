@@ -280,27 +280,66 @@ inline int regs_log_n(const Plan& plan) {
   return log_n >= kRegBits && log_n <= kRegsMaxLogN ? log_n : -1;
 }
 
-enum class RecurrenceKernel { kFused, kRegisters, kWarp };
+enum class RecurrenceKernel { kFused, kRegisters, kWarp, kTiled };
 
 // The warp kernels (one warp a sequence, N / 32 elements a lane, lane bits by shuffles) take N = 32 ... 128.
 constexpr int kWarpMinLogN = 5, kWarpMaxLogN = 7;
 
-// The CUDA recurrence's kernel for 2×2 factors: one warp a sequence for N = 32 ... 128 (not latency-bound by a
-// block of N / 8 threads and its barriers), register-resident for N = 8, 16 and 256 ... 8192 when both
-// directions' shared memory fits `smem_limit` bytes a block (the device's opt-in limit); fused otherwise.
-inline RecurrenceKernel cuda_recurrence_kernel(const Plan& plan, at::ScalarType dtype, size_t smem_limit) {
+// The tiled kernels: a block of kTiledThreads runs up to kTiledMaxSeqs sequences, their states back to back in
+// shared memory, and applies a factor of kTiledEntries entries or more as one matrix product over the block's
+// rows (sequence, slice), tiles of the factor streamed from global memory into shared memory (tile_entries a
+// plane, at least kMinTileEntries: one chunk of the widest pass) and used by every row. Each thread holds a
+// register tile of kTileRows × kTileCols outputs; a pass covers at most kTiledMaxRowGroups · kTileRows rows.
+constexpr int kTiledThreads = 256, kTiledMaxSeqs = 16;
+constexpr int kTileRows = 4, kTileCols = 4, kTiledMaxRowGroups = 16;
+constexpr int kMinTileEntries = kTiledThreads * kTileCols, kMaxTileEntries = 8192;
+// Why 32×32: the fused stage does 2 shared-memory (or L1) loads a multiply-add, one factor entry and one input;
+// the tiled stage kTileRows + kTileCols loads for kTileRows · kTileCols multiply-adds (4× fewer) and one global
+// load a factor entry per pass of up to 64 rows, but pays two barriers a chunk and pads rows and columns to its
+// tiles. Below 32×32 a factor's row is shorter than a warp and the factors fit shared memory anyway (a 31×31
+// complex64 one is 7.7 KB): the fused kernel's per-output rows are as good there. From 32×32 on (PTB's 137×137
+// and 331×331) the fused kernel reads every factor entry once a row and sequence from L1/L2 (876 KB a step and
+// sequence at 331×331, more than L1 holds), the tiled one once a pass for S·pre·post rows.
+constexpr long kTiledEntries = 1024;
+
+// Shared memory (bytes) of the tiled kernels without the factor tile: a PingPong of `seqs` states of max_size,
+// the backward's reduction scratch (2 kTiledThreads; the forward takes the same size).
+inline size_t tiled_state_smem(const Plan& plan, int seqs, size_t elem) {
+  return (4 * static_cast<size_t>(seqs) * plan.max_size + 2 * kTiledThreads) * elem;
+}
+
+// The most sequences a tiled block can hold (a power of two up to kTiledMaxSeqs) with a tile of
+// kMinTileEntries next to them in `smem_limit` bytes; 0 when not even one fits.
+inline int tiled_max_seqs(const Plan& plan, size_t elem, size_t smem_limit) {
+  for (int seqs = kTiledMaxSeqs; seqs >= 1; seqs /= 2)
+    if (tiled_state_smem(plan, seqs, elem) + 2 * kMinTileEntries * elem <= smem_limit) return seqs;
+  return 0;
+}
+
+KRU_HD bool tiled_factor(long p, long q, long tiled_entries) { return p * q >= tiled_entries; }
+
+// The CUDA recurrence's kernel: tiled when a factor has `tiled_entries` (kTiledEntries; the emulator's tests
+// lower it) entries or more and a block of one sequence fits; for 2×2 factors one warp a sequence for
+// N = 32 ... 128 (not latency-bound by a block of N / 8 threads and its barriers), register-resident for N = 8,
+// 16 and 256 ... 8192 when both directions' shared memory fits `smem_limit` bytes a block (the device's opt-in
+// limit); fused otherwise.
+inline RecurrenceKernel cuda_recurrence_kernel(const Plan& plan, at::ScalarType dtype, size_t smem_limit,
+                                               long tiled_entries = kTiledEntries) {
+  const size_t elem = c10::elementSize(c10::toRealValueType(dtype));
+  for (const Stage& st : plan.stages)
+    if (tiled_factor(st.p, st.q, tiled_entries) && tiled_max_seqs(plan, elem, smem_limit) > 0)
+      return RecurrenceKernel::kTiled;
   const int log_n = regs_log_n(plan);
   if (log_n < 0) return RecurrenceKernel::kFused;
   if (log_n >= kWarpMinLogN && log_n <= kWarpMaxLogN) return RecurrenceKernel::kWarp;
-  const size_t elem = c10::elementSize(c10::toRealValueType(dtype));
   const bool fits = regs_forward_smem(log_n, elem) <= smem_limit &&
                     regs_backward_smem(log_n, c10::isComplexType(dtype), elem) <= smem_limit;
   return fits ? RecurrenceKernel::kRegisters : RecurrenceKernel::kFused;
 }
 
-// The fused backward leaves the last factor's gradient to one matrix product over all steps when that factor
-// has at least this many entries (PTB's 137×137 and 331×331): summed in the kernel, every block would read and
-// write all of them in global memory at every step.
+// The fused and tiled backward kernels leave the last factor's gradient to one matrix product over all steps when
+// that factor has at least this many entries (PTB's 137×137 and 331×331): summed in the kernel, every block would
+// read and write all of them in global memory at every step.
 constexpr long kGemmGradEntries = 1024;
 
 inline bool gemm_last_factor(const Plan& plan) {
@@ -309,7 +348,10 @@ inline bool gemm_last_factor(const Plan& plan) {
 }
 
 inline const char* kernel_name(RecurrenceKernel k) {
-  return k == RecurrenceKernel::kWarp ? "warp" : k == RecurrenceKernel::kRegisters ? "registers" : "fused";
+  return k == RecurrenceKernel::kWarp        ? "warp"
+         : k == RecurrenceKernel::kRegisters ? "registers"
+         : k == RecurrenceKernel::kTiled     ? "tiled"
+                                             : "fused";
 }
 
 // The operator kru_recurrence_kernel: the kernel the CUDA recurrence runs for factors of these shapes, by name.

@@ -13,7 +13,8 @@ then runs in the emulator (cuda/kru_emu.h). The KRU runs as training runs it: it
 recurrence as the KRU layer hands them (ops.layer.recurrence_stages: 2×2 factors unmerged where the CUDA
 recurrence runs them register-resident, else merged up to 16), modReLU on complex states, the kernel the
 operator chose named in the table; 2×2 rows also time the fused kernel on factors merged up to 16 (what ran
-before the register-resident kernels were dispatched). nn.RNN is dense, real, tanh, input size 1 (its
+before the register-resident kernels were dispatched), rows that run tiled (PTB) the fused kernels on the same
+factors (KRUBENCH_CUDA_TILED_ENTRIES past their size: what ran before the tiled kernels were dispatched). nn.RNN is dense, real, tanh, input size 1 (its
 recurrence, as the KRU's u is given). Times: best of --repeats rounds after a warm-up, each round a forward
 then a backward (with a plain upstream gradient) timed apart.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import math
 import os
 import platform
@@ -204,13 +206,13 @@ def sanitize(args) -> int:
     backend, device = ("cpp", "cpu") if args.dry_run else ("cuda", "cuda")
     worst = 0.0
     problem = kru_problem(64, 2, 3, seed=1)
-    for dtype in (torch.complex64, torch.float32):
-        for nl in ops.NONLINEARITIES:
-            stages, u, h0, bias, grad = on(problem, device, dtype)
-            H = ops.kru_recurrence(u, h0, stages, nl, bias, kernel=backend)
-            torch.autograd.grad(H, [u, h0, bias, *stages], grad)
-            ref = ops.kru_recurrence(u, h0, stages, nl, bias, kernel="reference")
-            worst = max(worst, rel_err(H.detach().cpu(), ref.detach().cpu()))
+    tiled = kru_problem(111, 3, 3, seed=1, sizes=[3, 37])  # the tiled kernels (a 37×37 factor)
+    for dtype, nl, case in itertools.product((torch.complex64, torch.float32), ops.NONLINEARITIES, (problem, tiled)):
+        stages, u, h0, bias, grad = on(case, device, dtype)
+        H = ops.kru_recurrence(u, h0, stages, nl, bias, kernel=backend)
+        torch.autograd.grad(H, [u, h0, bias, *stages], grad)
+        ref = ops.kru_recurrence(u, h0, stages, nl, bias, kernel="reference")
+        worst = max(worst, rel_err(H.detach().cpu(), ref.detach().cpu()))
     factors, run = regs_forward(problem, device)  # the register-resident forward (dry run: the emulator's)
     stages, u, h0, bias, _ = on(problem, device)
     ref = ops.kru_recurrence(u, h0, [f.to(device) for f in factors], "modrelu", bias, kernel="reference")
@@ -289,7 +291,8 @@ def bench(args) -> int:
           f"ms, best of {args.repeats}; memory roof {bw / 1e9:.0f} GB/s (device copy)\n\n" +
           table(["factors", "B", "T", "kernel", "KRU fwd", "KRU bwd", "RNN fwd", "RNN bwd", "RNN/KRU fwd",
                  "RNN/KRU fwd+bwd", "KRU fwd / HBM floor", "KRU bwd / HBM floor",
-                 "fused fwd+bwd, factors merged up to 16", "cuDNN algorithm (kernels)"], []), flush=True)
+                 "fused fwd+bwd (2×2: merged up to 16; tiled: same factors)", "cuDNN algorithm (kernels)"], []),
+          flush=True)
     for name, sizes, complex_ in specs:
         N, dtype = math.prod(sizes), torch.complex64 if complex_ else torch.float32
         for B in batches:
@@ -307,6 +310,16 @@ def bench(args) -> int:
                 stages, u, h0, bias, grad = on(kru_problem(N, B, T, sizes=sizes, merge=16), device, dtype)
                 ff, fb = fwd_bwd_times(lambda: ops.kru_recurrence(u, h0, stages, "modrelu", bias, kernel=backend),
                                        grad, args.repeats, device)
+                fused = f"{(ff + fb) * 1e3:.2f} ms ({(ff + fb) / (kf + kb):.1f}× the KRU's)"
+                del stages, u, h0, bias, grad
+            elif kernel == "tiled":  # the fused kernels on the same factors, as before the tiled dispatch
+                os.environ["KRUBENCH_CUDA_TILED_ENTRIES"] = str(2 ** 62)
+                try:
+                    stages, u, h0, bias, grad = on(problem, device, dtype)
+                    ff, fb = fwd_bwd_times(lambda: ops.kru_recurrence(u, h0, stages, "modrelu", bias, kernel=backend),
+                                           grad, args.repeats, device)
+                finally:
+                    del os.environ["KRUBENCH_CUDA_TILED_ENTRIES"]
                 fused = f"{(ff + fb) * 1e3:.2f} ms ({(ff + fb) / (kf + kb):.1f}× the KRU's)"
                 del stages, u, h0, bias, grad
             del problem

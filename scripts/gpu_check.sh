@@ -7,7 +7,7 @@
 #   tests      tests/test_kernels.py and tests/test_lstm_kru_kernel.py, the cuda rows
 #   bench      forward and backward, 2×2 factors at N 128/512/1024 and the paper's music (2,2,5,5) and PTB (3×137,
 #              3×331) factors, B 32/128, T 1000, the kernel the recurrence chose, vs nn.RNN (cuDNN, with the
-#              kernels it ran), the HBM floor and the fused kernel on merged factors
+#              kernels it ran), the HBM floor and the fused kernel on merged factors (PTB: on its own factors)
 #   e2e        a training step of the pixel MNIST and PTB KRU presets (synthetic data): steps/s, the full run's time
 #   large      N 1024/2048/4096 × B 133/257 × T 200: complex64 vs complex128 on the GPU, and the cpp backend
 #   memcheck, racecheck   compute-sanitizer on a tiny forward+backward of every kernel, where installed

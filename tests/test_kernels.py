@@ -465,13 +465,16 @@ H200_SMEM = 232448  # shared memory a block may opt in to on H100/H200
     ([2] * 2, torch.complex64, "fused"),         # N = 4: fewer elements than a thread holds
     ([4] * 5, torch.complex64, "fused"),         # merged factors
     ([2, 2, 5, 5], torch.float32, "fused"),      # music, N = 100
-    ([3, 137], torch.complex64, "fused"),        # PTB, N = 411
-    ([3, 331], torch.complex64, "fused"),        # PTB, N = 993
+    ([3, 137], torch.complex64, "tiled"),        # PTB, N = 411
+    ([3, 331], torch.complex64, "tiled"),        # PTB, N = 993
+    ([3, 331], torch.complex128, "tiled"),
+    ([2, 32], torch.float32, "tiled"),           # a factor of 32×32 entries: the tiled kernels' threshold
+    ([3, 31], torch.complex64, "fused"),         # 31×31: under it
 ], ids=lambda v: str(v).replace(" ", ""))
 def test_the_cuda_recurrence_kernel_is_chosen_by_the_factor_shapes(sizes, dtype, expected):
     """The CUDA recurrence's choice (cuda/kru_plan.h) as a pure function, asked through the CPU library without
-    a GPU: one warp a sequence for 2×2 factors at N = 32 ... 128, register-resident for other 2×2 factors whose
-    kernels fit the device's shared memory, fused otherwise."""
+    a GPU: tiled for a factor of 32×32 entries or more, one warp a sequence for 2×2 factors at N = 32 ... 128,
+    register-resident for other 2×2 factors whose kernels fit the device's shared memory, fused otherwise."""
     loaded("cpp")
     shapes = [s for n in sizes for s in (n, n)]
     assert torch.ops.krubench.kru_recurrence_kernel(shapes, dtype, H200_SMEM) == expected

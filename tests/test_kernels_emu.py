@@ -39,8 +39,9 @@ def emu():
     lib.configure(0, 0, -1, DEFAULT_OPTIN)
 
 
-def configure(lib, order="ascending", seed=0, skip_barrier_line=-1, smem_optin=DEFAULT_OPTIN):
-    lib.configure(ORDERS[order], seed, skip_barrier_line, smem_optin)
+def configure(lib, order="ascending", seed=0, skip_barrier_line=-1, smem_optin=DEFAULT_OPTIN, tiled_entries=-1):
+    """tiled_entries: the factor size from which the recurrence runs its tiled kernels (-1: the GPU's, 1024)."""
+    lib.configure(ORDERS[order], seed, skip_barrier_line, smem_optin, tiled_entries)
 
 
 def split_factor_grad(gw, shapes):
@@ -102,7 +103,7 @@ RECURRENCE_CASES = [  # (factor sizes, B, T): the stage shapes of the model's me
     ([4, 4, 2], 2, 2),
     ([16, 2], 2, 2),
     ([3, 2], 2, 3),
-    ([2, 32], 2, 3),  # a last factor of 1024 entries: its gradient one matrix product after the kernel
+    ([2, 32], 2, 3),  # a 32×32 factor: the tiled kernels; the last factor's gradient one matrix product after them
 ]
 
 
@@ -118,11 +119,13 @@ def test_emulated_recurrence_matches_reference(emu, order, nonlinearity, complex
 @pytest.mark.parametrize("order", ["ascending", *(pytest.param(o, marks=pytest.mark.slow) for o in ("descending", "shuffled"))])
 @pytest.mark.parametrize("nonlinearity", ["modrelu", "relu"])
 @pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
-@pytest.mark.parametrize("sizes,B,T,I", [([2, 2, 2], 3, 3, 3), ([4, 2], 2, 2, 1)], ids=lambda v: str(v).replace(" ", ""))
+@pytest.mark.parametrize("sizes,B,T,I", [([2, 2, 2], 3, 3, 3), ([4, 2], 2, 2, 1), ([3, 37], 3, 2, 2)],
+                         ids=lambda v: str(v).replace(" ", ""))
 def test_emulated_recurrence_with_the_input_map_inside_matches_reference(emu, order, nonlinearity, complex_, sizes, B,
                                                                          T, I):
-    """kru_layer_input's forward kernel (u_t = U x_t + b_U computed per step, no u tensor) against the reference's
-    H on u made in torch; its backward is kru_recurrence_backward's, tested above."""
+    """kru_layer_input's forward kernel (u_t = U x_t + b_U computed per step, no u tensor; [3, 37]: the tiled one,
+    two blocks) against the reference's H on u made in torch; its backward is kru_recurrence_backward's, tested
+    above."""
     configure(emu, order, seed=B * 1000 + T)
     problem = layer_input_problem(sizes, B, T, I, complex_, nonlinearity, seed=len(sizes) + I)
     factors, x, uw, ub, h0, bias, _ = problem
@@ -155,16 +158,17 @@ def ran_kernels(lib) -> set[str]:
 
 
 def _barriers_of(kernel: str) -> set[int]:
-    """The source lines of the __syncthreads() in the body of `kernel` (to the next __global__)."""
+    """The source lines of the __syncthreads() in the body of `kernel` (to its closing brace at column 0)."""
     text = SOURCE.read_text().splitlines()
     start = next(i for i, line in enumerate(text) if f" {kernel}(" in line and "__global__" in text[i - 1] + line)
-    end = next((i for i in range(start + 1, len(text)) if "__global__" in text[i]), len(text))
+    end = next(i for i in range(start + 1, len(text)) if text[i] == "}")
     return {i + 1 for i in range(start, end) if "__syncthreads()" in text[i]}
 
 
 KERNEL_BARRIERS = {"registers": _barriers_of("recurrence_backward_regs_kernel"),
                    "warp": _barriers_of("recurrence_backward_warp_kernel"),
-                   "fused": _barriers_of("recurrence_backward_kernel")}
+                   "fused": _barriers_of("recurrence_backward_kernel"),
+                   "tiled": _barriers_of("recurrence_backward_tiled_kernel")}
 assert all(KERNEL_BARRIERS.values()), KERNEL_BARRIERS
 
 
@@ -189,15 +193,22 @@ def test_emulated_recurrence_of_2x2_factors_gradcheck(emu, complex_, nonlinearit
     """torch.autograd.gradcheck in complex128/float64 of the register-resident (N = 8: one layout, 16: two) and warp
     (N = 32) kernels, emulated, wrapped in an autograd.Function: their backward is the derivative of their forward."""
     configure(emu)
-    problem = recurrence_problem([2] * log_n, 2, 3, complex_, nonlinearity, seed=log_n)
-    factors, u, h0, bias, _ = problem
+    # fast mode (a random projection of the Jacobian) for the warp kernels, whose emulated shuffles are slow
+    assert recurrence_gradcheck(emu, [2] * log_n, 2, 3, complex_, nonlinearity, seed=log_n, fast_mode=log_n == 5)
+    assert ran_kernels(emu) == {"warp" if log_n == 5 else "registers"}
+
+
+def recurrence_gradcheck(lib, sizes, B, T, complex_, nonlinearity, seed, fast_mode=False):
+    """torch.autograd.gradcheck (complex128, float64) of the emulated forward and backward kernels, wrapped in an
+    autograd.Function: their backward is the derivative of their forward."""
+    factors, u, h0, bias, _ = recurrence_problem(sizes, B, T, complex_, nonlinearity, seed)
     w, shapes = compiled._pack(factors, factors[0].dtype)
     b = torch.zeros(u.shape[-1], dtype=torch.float64) if bias is None else bias
 
     class Recurrence(torch.autograd.Function):
         @staticmethod
         def forward(ctx, u, h0, w, b):
-            H = emu.kru_recurrence(u, h0, w, shapes, nonlinearity, b)
+            H = lib.kru_recurrence(u, h0, w, shapes, nonlinearity, b)
             ctx.save_for_backward(h0, w, b, H)
             return H
 
@@ -205,13 +216,11 @@ def test_emulated_recurrence_of_2x2_factors_gradcheck(emu, complex_, nonlinearit
         def backward(ctx, grad):
             h0, w, b, H = ctx.saved_tensors
             grad_u = torch.empty_like(H)
-            gh0, gw, gb = emu.kru_recurrence_backward(grad.contiguous(), H, h0, w, shapes, nonlinearity, b, grad_u)
+            gh0, gw, gb = lib.kru_recurrence_backward(grad.contiguous(), H, h0, w, shapes, nonlinearity, b, grad_u)
             return grad_u, gh0, gw, gb
 
     inputs = [t.clone().requires_grad_() for t in (u, h0, w, b)]
-    # fast mode (a random projection of the Jacobian) for the warp kernels, whose emulated shuffles are slow
-    assert torch.autograd.gradcheck(Recurrence.apply, inputs, fast_mode=log_n == 5)
-    assert ran_kernels(emu) == {"warp" if log_n == 5 else "registers"}
+    return torch.autograd.gradcheck(Recurrence.apply, inputs, fast_mode=fast_mode)
 
 
 def empty_sequence_errors(lib, log_n=4):
@@ -236,8 +245,8 @@ PAPER_SHAPES = {  # the paper's KRUs: factor sizes, and the kernel the CUDA recu
     "pixel MNIST N=512": ([2] * 9, True, "registers"),
     "N=1024": ([2] * 10, True, "registers"),
     "music N=100": ([2, 2, 5, 5], False, "fused"),
-    "PTB N=411": ([3, 137], True, "fused"),  # factors read from global memory: too large for shared memory
-    "PTB N=993": ([3, 331], True, "fused"),
+    "PTB N=411": ([3, 137], True, "tiled"),  # the 137×137 factor as a matrix product over a block's sequences
+    "PTB N=993": ([3, 331], True, "tiled"),
 }
 
 
@@ -252,6 +261,51 @@ def test_the_recurrence_runs_the_kernel_its_choice_names(emu, shape):
     configure(emu)
     assert recurrence_errors(emu, sizes, 1, 2, complex_, "modrelu", seed=len(sizes)) == []
     assert ran_kernels(emu) == {expected}
+
+
+TILED_CASES = [  # (factor sizes, B, T, complex, nonlinearity, order, smem_optin KB, tiled_entries): blocks of
+    # S sequences, S = the largest power of two up to 16 that shared memory holds and B reaches (the emulated
+    # device has one multiprocessor)
+    pytest.param([3, 37], 5, 2, True, "modrelu", "descending", 16, -1, id="3x37-S2-3blocks-2chunks"),
+    pytest.param([3, 37], 1, 3, False, "tanh", "shuffled", 227, -1, id="3x37-B1-real"),
+    pytest.param([5, 40], 3, 2, False, "relu", "ascending", 227, -1, id="5x40-S2-real"),
+    pytest.param([37, 3], 3, 2, True, "relu", "ascending", 227, -1, id="37x3-first-factor-gradient-in-kernel"),
+    pytest.param([70, 2, 2], 17, 2, True, "tanh", "descending", 227, -1, id="70x70-S16-2blocks-2column-passes"),
+    pytest.param([4, 2, 2, 2, 2], 8, 2, True, "modrelu", "ascending", 227, 16, id="4x4-tiled-S8-2row-passes"),
+    pytest.param([3, 4], 3, 2, False, "modrelu", "shuffled", 227, 9, id="3x4-every-factor-tiled"),
+]
+
+
+@pytest.mark.parametrize("sizes,B,T,complex_,nonlinearity,order,smem_kb,tiled_entries", TILED_CASES)
+def test_emulated_tiled_recurrence_matches_reference(emu, sizes, B, T, complex_, nonlinearity, order, smem_kb,
+                                                     tiled_entries):
+    """The tiled pair (a block of S sequences, factors of tiled_entries entries or more as a matrix product with
+    factor tiles in shared memory): H and every gradient against the reference, batches not a multiple of S (a
+    partial last block), several chunks of a factor tile (a small shared memory), several row and column passes."""
+    configure(emu, order, seed=B, smem_optin=smem_kb * 1024, tiled_entries=tiled_entries)
+    assert recurrence_errors(emu, sizes, B, T, complex_, nonlinearity, seed=len(sizes) + B) == []
+    assert ran_kernels(emu) == {"tiled"}
+
+
+@pytest.mark.parametrize("complex_,nonlinearity", [(True, "modrelu"), (False, "tanh")], ids=["complex", "real"])
+def test_emulated_tiled_recurrence_gradcheck(emu, complex_, nonlinearity):
+    """gradcheck in complex128/float64 of the tiled pair: 3×3 and 4×4 factors, both tiled (tiled_entries 9), two
+    blocks (S = 2, B = 3). Fast mode (a random projection of the Jacobian): each emulated launch of 256 fibers
+    costs, and the full Jacobian takes ~300 of them (100 s)."""
+    configure(emu, tiled_entries=9)
+    assert recurrence_gradcheck(emu, [3, 4], 3, 2, complex_, nonlinearity, seed=3, fast_mode=True)
+    assert ran_kernels(emu) == {"tiled"}
+
+
+@pytest.mark.parametrize("complex_", [True, False], ids=["complex", "real"])
+def test_the_fused_kernel_still_takes_large_factors(emu, complex_):
+    """The fused pair on a factor of 1024 entries (the tiled kernels' threshold raised past it): factors in shared
+    memory, or read from global memory when they do not fit (a small shared memory); the last factor's gradient
+    one matrix product after the kernel."""
+    for smem_kb in (227, 20):
+        configure(emu, "descending", smem_optin=smem_kb * 1024, tiled_entries=1 << 30)
+        assert recurrence_errors(emu, [2, 32], 2, 2, complex_, "modrelu", seed=2) == []
+        assert ran_kernels(emu) == {"fused"}
 
 
 def test_the_register_resident_forward_takes_2x2_factors_and_n_from_8(emu):
@@ -314,6 +368,7 @@ def test_every_barrier_of_the_kernels_runs(emu):
     recurrence_errors(emu, [2] * 5, 1, 2, True, "modrelu")
     recurrence_errors(emu, [2] * 8, 1, 2, True, "modrelu")
     regs_errors(emu, 5, 1, 2, True, "modrelu")
+    recurrence_errors(emu, [3, 37], 3, 2, True, "modrelu")  # tiled
     lstm_errors(emu, [(8, 2), (2, 2)], 1, 2, 2, True)
     assert set(BARRIER_LINES) <= set(emu.barrier_lines()), "a __syncthreads() of kru_cuda.cu never ran in the emulator"
 
@@ -330,6 +385,9 @@ def test_removing_any_barrier_fails(emu, line):
             exposed += regs_errors(emu, 7, 1, 3, True, "modrelu")
             exposed += recurrence_errors(emu, [2] * 7, 1, 3, True, "modrelu")  # one warp a sequence, both ways
             exposed += recurrence_errors(emu, [2] * 8, 1, 3, True, "modrelu")  # register-resident, both ways
+            # tiled, two blocks of 2 and 1; first and last factors small: the first stage reads the state loaded or
+            # written before it, the last factor's gradient and adjoint read ∂L/∂z_t first
+            exposed += recurrence_errors(emu, [3, 37, 2], 3, 2, True, "modrelu")
             exposed += empty_sequence_errors(emu)
             exposed += lstm_errors(emu, [(8, 2), (2, 2)], 1, 2, 2, True)  # joint: gate rows cross threads
             exposed += lstm_errors(emu, [(2, 2), (4, 4)], 4, 2, 2, False)
@@ -349,6 +407,8 @@ SIGN_MUTANTS = {  # file, original, mutant: a sign of the complex arithmetic fli
     "conj(x) in the register-resident factor gradient": ("kron_math.h", "    im -= ar * bi;", "    im += ar * bi;"),
     "conj in the warp kernels' lane-bit adjoint": ("kru_cuda.cu", "di[e] = sr * d0i - si * d0r", "di[e] = sr * d0i + si * d0r"),
     "Re(a x) in the warp kernels' lane-bit stage": ("kru_cuda.cu", "xr[e] += -si * x0i - oi * pi;", "xr[e] += si * x0i - oi * pi;"),
+    "conj in the tiled stage's factor tile": ("kru_cuda.cu", "? -mi[s.woff + k * s.p + c]", "? mi[s.woff + k * s.p + c]"),
+    "Re(F x) in the tiled product": ("kru_cuda.cu", "accr[m][n] -= w_i[n] * x_i[m];", "accr[m][n] += w_i[n] * x_i[m];"),
 }
 
 
@@ -373,6 +433,7 @@ def test_a_flipped_sign_fails(tmp_path, mutant):
     found = recurrence_errors(lib, [4, 2], 2, 2, True, "modrelu")
     found += recurrence_errors(lib, [2] * 4, 2, 2, True, "modrelu")  # register-resident
     found += recurrence_errors(lib, [2] * 6, 2, 2, True, "modrelu")  # one warp a sequence
+    found += recurrence_errors(lib, [3, 37], 3, 2, True, "modrelu")  # tiled
     assert found, f"the kernels still match the reference with {mutant} flipped ({file}: {mutated})"
 
 
