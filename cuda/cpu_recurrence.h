@@ -316,7 +316,7 @@ inline Plan check_lanes_recurrence(const at::Tensor& h0, const at::Tensor& w, at
                                    const at::Tensor& bias, long chunks) {
   check_dtype(w);
   const Plan plan = make_plan(shapes);
-  TORCH_CHECK(plan.n_in == plan.n_out, "krubench: the recurrence needs square factors, got shapes ", shapes);
+  check_recurrence_factors(plan, shapes);
   const long C = w.is_complex() ? 2 : 1, N = plan.n_in;
   TORCH_CHECK(h0.dim() == 4 && h0.size(0) == chunks && h0.size(1) == C && h0.size(2) == N && h0.size(3) == L,
               "krubench: h0 must be (", chunks, ", ", C, ", ", N, ", ", L, ") in the lanes layout, got ", h0.sizes());

@@ -132,12 +132,22 @@ inline at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& opt
   return t;
 }
 
+// The compiled recurrence's factors: W = F_0 ⊗ F_1 ⊗ … square, and no stage's output wider than N: the kernels size
+// their state buffers by N (a non-square pair such as 4×2 ⊗ 2×4 widens the state to 16 between stages, and wrote past
+// them). Square factors always pass.
+inline void check_recurrence_factors(const Plan& plan, at::IntArrayRef shapes) {
+  TORCH_CHECK(plan.n_in == plan.n_out && plan.max_size == plan.n_in, "krubench: the compiled recurrence needs factors ",
+              "whose product is square and whose partial products never widen the state beyond N = ", plan.n_in,
+              " (square factors do); got shapes [p0, q0, p1, q1, ...] = ", shapes, ", whose widest stage has ",
+              plan.max_size, " elements: use square factors, or kernel='reference'");
+}
+
 // u, H: (B, T, N); h0: (B, N); w: (Σ p q,); bias: (N,) real.
 inline Plan check_recurrence(const at::Tensor& u, const at::Tensor& h0, const at::Tensor& w,
                              at::IntArrayRef shapes, const at::Tensor& bias) {
   check_dtype(u);
   Plan plan = make_plan(shapes);
-  TORCH_CHECK(plan.n_in == plan.n_out, "krubench: the recurrence needs square factors, got shapes ", shapes);
+  check_recurrence_factors(plan, shapes);
   TORCH_CHECK(u.dim() == 3 && u.size(2) == plan.n_in, "krubench: u must be (B, T, N) with N = ", plan.n_in,
               ", got ", u.sizes());
   TORCH_CHECK(h0.dim() == 2 && h0.size(0) == u.size(0) && h0.size(1) == plan.n_in, "krubench: h0 must be (B, N) = (",

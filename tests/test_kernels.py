@@ -242,6 +242,25 @@ def test_recurrence_with_the_input_map_inside_gradcheck(complex_):
     assert torch.autograd.gradcheck(f, leaves)
 
 
+@pytest.mark.parametrize("kernel", ["cpp", "lanes"])
+def test_factors_that_widen_the_state_between_stages_are_refused_and_narrowing_ones_run(kernel):
+    """4×2 ⊗ 2×4 is 8×8, but its state is 16 wide between the stages: the kernels' buffers hold N = 8, and the C++
+    kernel wrote past them (its H off by 2.8). Refused by name; 2×4 ⊗ 4×2 (narrower between) matches the reference."""
+    loaded("cpp")
+    g = torch.Generator().manual_seed(3)
+    u, h0 = torch.randn(3, 5, 8, dtype=torch.complex128, generator=g), torch.zeros(3, 8, dtype=torch.complex128)
+    widen = [torch.randn(4, 2, dtype=torch.complex128, generator=g), torch.randn(2, 4, dtype=torch.complex128, generator=g)]
+    with pytest.raises(RuntimeError, match=r"shapes \[p0, q0, p1, q1, ...\] = \[4, 2, 2, 4\], whose widest stage has 16 "
+                                           r"elements: use square factors, or kernel='reference'"):
+        recurrence_outputs(kernel, widen, u, h0, None, u, "tanh", torch.complex64)
+    narrow = [f.t().contiguous() for f in widen]  # 2×4 ⊗ 4×2
+    got = recurrence_outputs(kernel, narrow, u, h0, None, u, "tanh", torch.complex64)
+    ref64 = recurrence_outputs("reference", narrow, u, h0, None, u, "tanh", torch.complex128)
+    ref32 = recurrence_outputs("reference", narrow, u, h0, None, u, "tanh", torch.complex64)
+    for name, a, r32, r64 in zip(["H", "grad u", "grad h0", "grad factor 0", "grad factor 1"], got, ref32, ref64):
+        assert_as_accurate(a, r32, r64, name)
+
+
 def test_the_input_map_refuses_mismatched_shapes_naming_them():
     loaded("cpp")
     factors, x, uw, ub, h0, bias, _ = layer_input_problem([2, 2], 2, 3, 2, True, "modrelu", seed=5)
