@@ -310,10 +310,24 @@ def test_csv_to_stdout(capsys):
     assert rows[3]["paper"] == "0.964" and rows[3]["verified"] == "verified" and rows[0]["paper"] == ""
 
 
+def test_the_papers_tables_as_csv_a_line_per_cell(capsys):
+    assert main([str(RUNS), "--format", "paper-csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    kru = {r["column"]: r for r in rows if r["setting"] == "pixel_mnist" and r["model"] == "KRU"}
+    assert set(kru) == {"valid", "test"} and kru["test"]["paper"] == "0.964" and kru["valid"]["paper"] == "0.966"
+    assert kru["test"]["source"] == "KRU paper Table 2" and kru["test"]["verdict"] in ("reproduced", "not reproduced",
+                                                                                      "not run")
+    if kru["test"]["ours"]:  # ours − paper where both are numbers
+        assert float(kru["test"]["ours_minus_paper"]) == pytest.approx(float(kru["test"]["ours"]) - 0.964)
+    adding = {r["column"] for r in rows if r["setting"] == "adding_T100" and r["model"] == "KRU"}
+    assert adding == {"end", "baseline", "first_below_zero_level"}
+    assert {r["setting"] for r in rows} >= {"copy_T1000", "adding_T750", "ptb_char", "music_jsb", "music_piano"}
+
+
 def test_bad_format_and_no_runs_are_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(RUNS), "--format", "xlsx"])
-    assert "--format xlsx is not supported: use one of md, csv" in capsys.readouterr().err
+    assert "--format xlsx is not supported: use one of md, csv, paper-csv" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 1
     assert "no finished run" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match="is not a folder"):

@@ -168,6 +168,13 @@ def table_markdown(title: str, paper: dict, rows: list[PaperRow], unit: str) -> 
     return lines
 
 
+def reached_at(firsts: list, per: int) -> str:
+    """Each run's first validation below the ≈0 level, in the figure's x unit (steps, or samples where a step
+    holds `per` of them)."""
+    return ", ".join("never" if s is None else (f"step {s:,}" if per == 1 else f"{s * per // 1000:,}K samples")
+                     for s in firsts)
+
+
 def figure_markdown(title: str, paper: dict, rows: list[PaperRow]) -> list[str]:
     fig = paper["figure"]
     until, per = fig["until"], fig["samples_per_step"]
@@ -179,8 +186,7 @@ def figure_markdown(title: str, paper: dict, rows: list[PaperRow]) -> list[str]:
              f"{fig['plateau_above']:g} × it.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         firsts, reach = row.cells.get("reached", ([], None))
-        where = ", ".join("never" if s is None else (f"step {s:,}" if per == 1 else f"{s * per // 1000:,}K samples")
-                          for s in firsts) or "—"
+        where = reached_at(firsts, per) or "—"
         level = {"zero": "≈0", "plateau": "plateau", None: "—"}[row.spec.get("level")]
         out = [row.label, len(row.runs), fmt(row.cells.get("end", (None,))[0]),
                fmt(row.cells.get("baseline", (None,))[0]), level, where, reach or "—",

@@ -32,7 +32,7 @@ MODEL_ORDER = tuple(MODELS)  # a model added to MODELS is listed without touchin
 INCIDENTAL = ("seed", *INCIDENTAL_KEYS)
 #: the groups whose differences a row's variant names first
 LISTED_FIRST = ("trainer.", "schedule.")
-FORMATS = ("md", "csv")
+FORMATS = ("md", "csv", "paper-csv")
 #: --out FILE with these lines: only what stands between them is rewritten (a hand-written RESULTS.md around it)
 BEGIN, END = "<!-- krubench-report: begin -->", "<!-- krubench-report: end -->"
 
@@ -219,27 +219,68 @@ def paper_number(entry: dict, model: str, hidden_size: int, split: str) -> dict 
     return entry.get("peers", {}).get(model)
 
 
-def paper_sections(paper: dict, runs: list[Run]) -> list[str]:
-    """The KRU paper's tables and figures, row by row beside our runs of each row's preset (paper_tables)."""
+def paper_rows(paper: dict, runs: list[Run]):
+    """(setting, spec, rows, unit) for each of the KRU paper's tables and figures: its rows beside our runs of each
+    row's preset (paper_tables)."""
     from . import paper_tables
     from .plots import read_scalars
     from ..tasks import TASKS
 
-    lines = []
     for setting, entry in paper.items():
         if "paper" not in entry:
             continue
         spec = {**entry["paper"], "metric": entry["metric"]}
-        title = f"{setting}: {spec['source']}"
         if "figure" in spec:
-            rows = paper_tables.figure_rows(setting, spec, runs, identity, read_scalars)
-            lines += ["", *paper_tables.figure_markdown(title, spec, rows)]
+            yield setting, spec, paper_tables.figure_rows(setting, spec, runs, identity, read_scalars), ""
         else:
             task = next((r.results["task"] for r in runs if r.results["setting"] == setting), None)
             higher = TASKS[task].higher_is_better if task in TASKS else spec["metric"] == "accuracy"
-            rows = paper_tables.table_rows(setting, spec, runs, identity, higher)
-            lines += ["", *paper_tables.table_markdown(title, spec, rows, unit(task, spec["metric"]) if task else "")]
+            yield (setting, spec, paper_tables.table_rows(setting, spec, runs, identity, higher),
+                   unit(task, spec["metric"]) if task else "")
+
+
+def paper_sections(paper: dict, runs: list[Run]) -> list[str]:
+    """The KRU paper's tables and figures, row by row beside our runs of each row's preset, as Markdown."""
+    from . import paper_tables
+
+    lines = []
+    for setting, spec, rows, unit_ in paper_rows(paper, runs):
+        title = f"{setting}: {spec['source']}"
+        lines += ["", *(paper_tables.figure_markdown(title, spec, rows) if "figure" in spec
+                        else paper_tables.table_markdown(title, spec, rows, unit_))]
     return lines
+
+
+def paper_csv(paper: dict, runs: list[Run]) -> str:
+    """The same as CSV, a line per cell: a table's valid/test/train columns; a figure's value at the end of its
+    x-axis (against the paper's level), our memoryless baseline and each run's first validation below the ≈0 level
+    (in the figure's unit, against where the paper reached it)."""
+    from . import paper_tables
+
+    fields = ["setting", "source", "model", "n", "runs", "column", "ours", "paper", "ours_minus_paper", "verdict",
+              "note"]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for setting, spec, rows, _ in paper_rows(paper, runs):
+        for row in rows:
+            if "figure" in spec:
+                firsts, reach = row.cells.get("reached", ([], None))
+                level = {"zero": "≈0", "plateau": "plateau", None: None}[row.spec.get("level")]
+                cells = {"end": (row.cells.get("end", (None,))[0], level),
+                         "baseline": (row.cells.get("baseline", (None,))[0], None),
+                         "first_below_zero_level": (paper_tables.reached_at(firsts, spec["figure"]["samples_per_step"])
+                                                    or None, reach)}
+            else:
+                cells = row.cells
+            for column, (ours, theirs) in cells.items():
+                numbers = isinstance(ours, float) and isinstance(theirs, float)
+                writer.writerow({"setting": setting, "source": spec["source"], "model": row.label,
+                                 "n": row.spec.get("n", ""), "runs": len(row.runs), "column": column,
+                                 "ours": "" if ours is None else ours, "paper": "" if theirs is None else theirs,
+                                 "ours_minus_paper": ours - theirs if numbers else "", "verdict": row.verdict,
+                                 "note": row.note})
+    return out.getvalue()
 
 
 def paper_preset_runs(paper: dict, runs: list[Run]) -> set[Path]:
@@ -333,7 +374,9 @@ def csv_table(rows: list[Row]) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="krubench-report", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dirs", nargs="+", type=Path, help="run folders, or folders holding them (searched recursively)")
-    p.add_argument("--format", default="md", help="md (Markdown table, default) or csv")
+    p.add_argument("--format", default="md", help="md (Markdown: the paper's tables and figures beside ours, then "
+                   "every configuration run; default), csv (every configuration run) or paper-csv (the paper's tables "
+                   "and figures beside ours, a line per cell)")
     p.add_argument("--out", type=Path, help="write the table to this file (plots go beside it) instead of stdout")
     p.add_argument("--plots", type=Path, help="folder for the PNG plots (default: beside --out; none without --out)")
     p.add_argument("--paper-numbers", type=Path, default=PAPER_NUMBERS, help="the paper's numbers (YAML)")
@@ -368,7 +411,7 @@ def main(argv=None) -> int:
         text = markdown(rows, skipped, {k: os.path.relpath(v, base) for k, v in plots.items()},
                         paper_sections(paper, runs))
     else:
-        text = csv_table(rows)
+        text = csv_table(rows) if args.format == "csv" else paper_csv(paper, runs)
         for folder, why in skipped:
             print(f"skipped {folder}: {why}", file=sys.stderr)
     if args.out:
