@@ -48,6 +48,8 @@ commands() {
   for m in urnn fcurnn eurnn exprnn; do run music_jsb_$m 0; done
   for m in exprnn eurnn fcurnn urnn; do run copy_T1000_$m 0; done
   for m in eurnn fcurnn exprnn; do run copy_T1000_$m 1; done
+  # the uRNN rows of Figs. 1 and 2 beyond T=1000 / T=100 and 400 (2-12 h a run)
+  run copy_T2000_fcurnn 0; run adding_T200_fcurnn 0; run adding_T750_fcurnn 0; run adding_T200_urnn 0; run copy_T2000_urnn 0
 }
 if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
 snapshot=$ROOT/.runtree/$(git rev-parse --short HEAD)

@@ -49,7 +49,10 @@ def test_there_is_a_preset_per_benchmark_setting_and_model():
     sizes = {"pixel_mnist_fcurnn_n116", "permuted_mnist_fcurnn_n116", "ptb_char_kru_n993", "ptb_char_rnn_n600",
              "ptb_char_lstm_n300"}
     assert sizes <= set(PRESETS)
-    assert len(PRESETS) == 46 + 4 * len(peer_settings) + 2 + len(sizes)
+    # the uRNN rows of the paper's figures outside the peers' settings (Fig. 1 T=2000, Fig. 2 T=200 and 750)
+    figure_rows = {"copy_T2000_urnn", "copy_T2000_fcurnn", "adding_T200_urnn", "adding_T200_fcurnn", "adding_T750_fcurnn"}
+    assert figure_rows <= set(PRESETS)
+    assert len(PRESETS) == 46 + 4 * len(peer_settings) + 2 + len(sizes) + len(figure_rows)
 
 
 #: the edit-test loop composes each setting's KRU preset and each model's copy T=1000 one; the full suite all
