@@ -1,8 +1,10 @@
-"""Why Piano-midi KRU seed 2's best-on-validation checkpoint scores 11.09 nats on test (val 8.82), RESULTS.md.
+"""Why Piano-midi KRU seed 2's best-on-validation checkpoint scores 11.09 nats on test (val 8.82), RESULTS.md: the KRU
+of the set-up copy and adding share (lr 1e-3, factors at lr/10; the music_piano_kru preset until 7 Dec).
 
-Reads best.pt of RUNS/music_piano_kru_s{0,1,2} (RUNS: results/runs by default, whose checkpoints are not committed;
-elsewhere, `krubench experiment=paper/music_piano_kru seed=S hydra.run.dir=RUNS/music_piano_kru_sS` retrains them,
-≈10 min each, the same runs) and prints, for each seed: the test NLL of every sequence's worst ones, the
+Reads best.pt of RUNS/music_piano_kru_n100_shared_s{0,1,2} (RUNS: results/sweeps by default, whose checkpoints are
+not committed; elsewhere, `krubench experiment=paper/music_piano_kru optim.lr=1e-3 optim.factor_lr_scale=0.1 seed=S
+hydra.run.dir=RUNS/music_piano_kru_n100_shared_sS` retrains them, ≈10 min each, the same runs) and prints, for each
+seed: the test NLL of every sequence's worst ones, the
 NLL of test sequence 24 per 64 frames, W's spectral norm, the modReLU biases, and whether the state holds itself up:
 silence fed after frame 400 of sequence 24, against silence from a zero state. Then the same with the reference
 kernel (`model.kernel=reference`), to rule out the C++ kernel.
@@ -21,12 +23,12 @@ from krubench.tasks import build_task  # noqa: E402
 from krubench.tasks.music import frame_nll, pad_batch  # noqa: E402
 
 torch.set_num_threads(1)
-RUNS = sys.argv[1] if len(sys.argv) > 1 else "results/runs"
+RUNS = sys.argv[1] if len(sys.argv) > 1 else "results/sweeps"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def load(seed, kernel="cpp"):
-    ck = checkpoint.load(f"{RUNS}/music_piano_kru_s{seed}/best.pt")
+    ck = checkpoint.load(f"{RUNS}/music_piano_kru_n100_shared_s{seed}/best.pt")
     cfg = ck["config"]
     task = build_task(cfg["task"], seed=cfg["seed"], data_dir=str(DATA))
     model = build_model({**cfg["model"], "kernel": kernel}, task.input_size, task.output_size)
