@@ -157,6 +157,9 @@ def _train(cfg: DictConfig, run_dir: Path, mark_running, stop: StopOnSignal) -> 
     mark_running()
     if tcfg["threads"] > 0:
         torch.set_num_threads(tcfg["threads"])
+    # Gradients that fade over long sequences reach denormal floats (< 1.2e-38), each op on one ~100x slower
+    # on x86 CPUs: flushing them to zero made adding T=400's LSTM 10x faster and changes nothing above 1e-38
+    torch.set_flush_denormal(True)
     seed_everything(config["seed"], tcfg["deterministic"])
 
     run = Run(config, run_dir, device)
