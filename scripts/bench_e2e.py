@@ -11,6 +11,7 @@ a step the recurrence itself is. The last column is the preset's full budget at 
     python scripts/bench_e2e.py                                   # all presets, 1 and 2 threads
     python scripts/bench_e2e.py --presets copy_T1000 --models kru lstm --threads 1
     python scripts/bench_e2e.py --override model.kernel=reference  # any config override, applied to all
+    python scripts/bench_e2e.py --presets adding_T400 --models lstm --threads 1 --denormals flush keep
     python scripts/bench_e2e.py --memory --presets pixel_mnist --models kru --threads 2   # + the memory table
 
 --memory adds, per preset and model, what a training step keeps for its backward pass (the tensors autograd
@@ -36,7 +37,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from krubench.config import config_dir, register_configs
-from krubench.train import Run, resolve_config, seed_everything
+from krubench.train import Run, configure_cpu, resolve_config, seed_everything
 
 PRESETS = ("copy_T1000", "adding_T750", "pixel_mnist", "ptb_char", "music_jsb")
 MODELS = ("kru", "lstm_kru", "rnn", "lstm")
@@ -68,29 +69,34 @@ def kernel_share(run: Run) -> float | None:
     return kernels / 1e6 / total if kernels else None
 
 
-def bench(preset: str, models: list[str], overrides: list[str], rounds: int, scratch: Path) -> list[dict]:
+def bench(preset: str, models: list[str], overrides: list[str], rounds: int, scratch: Path,
+          denormals: list[str]) -> list[dict]:
     runs = {}
     for name in models:
         config = preset_config(preset, name, overrides)
         if config is None:
             continue
-        seed_everything(0, False)
-        run = Run(config, scratch / f"{preset}_{name}", torch.device("cpu"))
-        run.model.train()
-        run.train_step()  # warm-up: first-call allocations, kernel builds
-        runs[name] = run
-    times = {name: [] for name in runs}
+        for mode in denormals:
+            torch.set_flush_denormal(mode == "flush")
+            seed_everything(0, False)
+            run = Run(config, scratch / f"{preset}_{name}_{mode}", torch.device("cpu"))
+            run.model.train()
+            run.train_step()  # warm-up: first-call allocations, kernel builds
+            runs[name, mode] = run
+    times = {key: [] for key in runs}
     for _ in range(rounds):
-        for name, run in runs.items():
+        for (name, mode), run in runs.items():
+            torch.set_flush_denormal(mode == "flush")
             start = time.perf_counter()
             run.train_step()
-            times[name].append(time.perf_counter() - start)
+            times[name, mode].append(time.perf_counter() - start)
+    torch.set_flush_denormal(True)
     rows = []
-    for name, run in runs.items():
-        best = min(times[name])
-        rows.append({"preset": preset, "model": name, "N": run.config["model"]["hidden_size"],
+    for (name, mode), run in runs.items():
+        best = min(times[name, mode])
+        rows.append({"preset": preset, "model": name, "denormals": mode, "N": run.config["model"]["hidden_size"],
                      "B": run.config["task"]["batch_size"], "backend": run.backend, "best": best,
-                     "median": statistics.median(times[name]), "steps": run.steps,
+                     "median": statistics.median(times[name, mode]), "steps": run.steps,
                      "share": kernel_share(run) if run.has_factors else None})
     return rows
 
@@ -160,18 +166,21 @@ def main(argv=None) -> None:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch CPU thread counts to run at")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds after one warm-up step each")
     p.add_argument("--override", nargs="*", default=[], help="config overrides for every run, e.g. trainer.threads=1")
+    p.add_argument("--denormals", nargs="+", choices=("flush", "keep"), default=["flush"],
+                   help="flush denormal floats to zero (the trainer's mode) or keep them; both: side by side "
+                        "(the mode is the main thread's: compare at --threads 1)")
     p.add_argument("--memory", action="store_true", help="also the memory of a step (kept for backward, peak)")
     args = p.parse_args(argv)
     print(f"torch {torch.__version__}, {args.rounds} rounds; ms per step: best (median)\n")
-    print("| preset | model | N | B | threads | backend | ms per step | steps/s | kernel share | full budget |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| preset | model | N | B | threads | denormals | backend | ms per step | steps/s | kernel share | full budget |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
         for threads in args.threads:
-            torch.set_num_threads(threads)
+            configure_cpu(threads)
             for preset in args.presets:
-                for r in bench(preset, args.models, args.override, args.rounds, Path(scratch)):
+                for r in bench(preset, args.models, args.override, args.rounds, Path(scratch), args.denormals):
                     share = "" if r["share"] is None else f"{100 * r['share']:.0f}%"
-                    print(f"| {r['preset']} | {r['model']} | {r['N']} | {r['B']} | {threads} | {r['backend']} | "
+                    print(f"| {r['preset']} | {r['model']} | {r['N']} | {r['B']} | {threads} | {r['denormals']} | {r['backend']} | "
                           f"{1e3 * r['best']:.0f} ({1e3 * r['median']:.0f}) | {1 / r['best']:.2f} | {share} | "
                           f"{hours(r['steps'] * r['best'])} |", flush=True)
     if args.memory:

@@ -26,6 +26,7 @@ from krubench.config import register_configs
 from krubench.models import MODELS, build_model
 from krubench.models.unitary import RECURRENCES
 from krubench.optim import build_optimizer
+from krubench.train import configure_cpu
 
 CLASSES = 10  # copy task: 8 symbols, blank, delimiter
 
@@ -85,8 +86,7 @@ def main(argv=None) -> None:
                    help="the unitary peers: a row for each model.recurrence given (default: their config's, auto)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+    configure_cpu(args.threads)  # as the trainer: threads, denormals flushed
     torch.manual_seed(0)
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"batch {args.batch}, T {args.length}, {args.repeats} rounds\n")

@@ -238,3 +238,15 @@ def test_a_key_the_checkpoint_predates_is_no_difference_while_it_is_null():
     assert config_diff(saved, {"task": {"name": "music", "dataset": "jsb", "val_limit": None}, "seed": 0}) == []
     assert config_diff(saved, {"task": {"name": "music", "dataset": "jsb", "val_limit": 5}, "seed": 0}) == [
         "  task.val_limit: '<absent>' (checkpoint) -> 5 (now)"]
+
+
+def test_a_run_flushes_denormal_floats_to_zero(tmp_path):
+    # denormals made adding T=400's LSTM 8x slower (BENCHMARKS.md "Denormal floats"); a run must turn them off
+    torch.set_flush_denormal(False)
+    tiny = torch.tensor([1e-39])  # below float32's smallest normal, 1.2e-38 (made after: flushing zeroes it)
+    try:
+        assert (tiny * 1.0).item() > 0
+        train(small_run_config(tmp_path, "trainer.steps=2"), tmp_path)
+        assert (tiny * 1.0).item() == 0
+    finally:
+        torch.set_flush_denormal(False)  # the process default again
