@@ -27,7 +27,7 @@ from .runtime.csvlog import CSVMirror
 from .runtime.interrupt import Interrupted, StopOnSignal
 from .runtime.memory import check_memory
 from .runtime.page_faults import PageFaultWatch
-from .runtime.results import read_results, write_results, write_status
+from .runtime.results import machine, read_results, write_results, write_status
 from .tasks import build_task
 
 log = logging.getLogger("krubench")
@@ -244,6 +244,8 @@ class Run:
         log.info(f"model {config['model']['name']}: {counts['total']:,} parameters, {counts['recurrent']:,} "
                  f"recurrent; {self.model.describe_compute(self.device)}; device: {self.device}")
         log.info(f"run directory: {self.run_dir}")
+        host = machine()
+        log.info(f"machine: {host['cpu']}, {host['cores']} cores" + (f", {host['gpu']}" if "gpu" in host else ""))
         self.writer = tb.open_writer(self.run_dir, self.step, self.task)
         if config["trainer"]["csv_log"]:
             self.writer = CSVMirror(self.writer, self.run_dir, self.step)

@@ -250,3 +250,12 @@ def test_a_run_flushes_denormal_floats_to_zero(tmp_path):
         assert (tiny * 1.0).item() == 0
     finally:
         torch.set_flush_denormal(False)  # the process default again
+
+
+def test_a_run_records_the_machine_it_ran_on(tmp_path, caplog):
+    # a resumed run can change hosts between sessions: results.json names the last, the log every start
+    with caplog.at_level("INFO", logger="krubench"):
+        train(small_run_config(tmp_path, "trainer.steps=2"), tmp_path)
+    host = json.loads((tmp_path / "results.json").read_text())["machine"]
+    assert host["cpu"] and host["cores"] >= 1
+    assert f"machine: {host['cpu']}, {host['cores']} cores" in caplog.text

@@ -3,6 +3,7 @@ results.json when it finishes."""
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -26,6 +27,24 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
     out["cuda"] = torch.version.cuda or "none"
+    return out
+
+
+def machine() -> dict:
+    """What the run ran on: the CPU's model name (Linux's /proc/cpuinfo, else platform's), its cores, and the
+    GPU's name when CUDA is there. Hosts can change between the sessions of a resumed run: the log has a line
+    per start, results.json the last."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {"cpu": cpu, "cores": os.cpu_count()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name()
     return out
 
 
@@ -59,10 +78,10 @@ def write_results(run_dir: Path, results: dict, before: dict | None = None) -> N
     run, which trains nothing; `before`: the results.json it replaces, as read_results gave it) keeps the
     provenance and wall time of the run that trained, and records its own under "reported_by": the numbers are
     the trained weights', whichever checkout evaluated them."""
-    here = {"versions": versions(), "git": git_revision()}
+    here = {"versions": versions(), "machine": machine(), "git": git_revision()}
     before = before or {}
     if "git" in before:
-        kept = {k: before[k] for k in ("versions", "git", "wall_time_s") if k in before}
+        kept = {k: before[k] for k in ("versions", "machine", "git", "wall_time_s") if k in before}
         record = {**results, **kept, "reported_by": {**here, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
     else:
         record = {**results, **here}
