@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Why the KRU n=411 (complex 3×3 ⊗ 137×137, Table 3's ≈120K row) falls short of the paper's 1.65 / 1.60 BPC on PTB
+# char: each lever of the preset moved alone, seed 0, over the first 5 of its 20 epochs (1,305 steps, ≈ 20 min a
+# run on one thread), judged on the validation BPC at step 1,305 against the preset's own run at that step
+# (results/runs/ptb_char_kru_s0: the preset has a constant lr, so its first 1,305 steps are this sweep's base).
+# The test split is not looked at. RESULTS.md ("Table 3: why the KRU falls short") reads the runs.
+# Usage (from the repository root): bash scripts/sweep_ptb_kru.sh [PATTERN] [JOBS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
+if [ -z "${KRUBENCH_DATA:-}" ] && [ -d ../shared/data ]; then export KRUBENCH_DATA=$PWD/../shared/data; fi
+COMMON="trainer.steps=1305 trainer.threads=1 trainer.progress=never"
+commands() {  # most telling first
+  while read -r name overrides; do
+    dir=results/sweeps/ptb_char_kru_n411_${name}_s0
+    grep -qs '"status": "ok"' "$dir/status.json" && continue
+    echo "krubench experiment=paper/ptb_char_kru $overrides seed=0 $COMMON hydra.run.dir=$dir"
+  done <<'LEVERS'
+lr3e-3 optim.lr=3e-3
+scale0.1 optim.factor_lr_scale=0.1
+pen0.1 trainer.unitary_penalty=0.1
+initid model.init=identity
+lr3e-4 optim.lr=3e-4
+batch32 task.batch_size=32
+clip0 trainer.grad_clip=0
+LEVERS
+}
+if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi
+commands | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
