@@ -87,7 +87,7 @@ def test_the_end_to_end_benchmark_prints_speed_and_memory_and_holds_the_kru_step
     out = subprocess.run([sys.executable, str(SCRIPT.parent / "bench_e2e.py"), "--memory", "--presets", "copy_T1000",
                           "--models", "kru", "rnn", "--threads", "1", "--rounds", "1", "--override", "task.T=400"],
                          capture_output=True, text=True, check=True).stdout
-    assert "| copy_T1000 | kru | 128 | 20 | 1 | cpp |" in out and "| copy_T1000 | rnn | 128 | 20 | 1 | none |" in out
+    assert "| copy_T1000 | kru | 128 | 20 | 1 | flush | cpp |" in out and "| copy_T1000 | rnn | 128 | 20 | 1 | flush | none |" in out
     rows = {line.split(" | ")[1]: line.split(" | ") for line in out.splitlines()
             if line.startswith("| copy_T1000 |") and line.count("|") == 8}
     assert set(rows) == {"kru", "rnn"}, out
