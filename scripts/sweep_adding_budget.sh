@@ -4,7 +4,7 @@
 # kept on the machine that ran it) in a copy of its folder: with the constant schedule and the runner's exact
 # resume (RNG, optimizer, task state) that is the 20,000-step run from scratch, minus its first half's time.
 # Where last.pt is gone (a fresh clone), the run starts from scratch (the same run by that argument; not checked).
-# Usage (from the repository root): bash scripts/sweep_adding_budget.sh [PATTERN] [JOBS]
+# Usage (from the repository root): bash scripts/sweep_adding_budget.sh [PATTERN] [JOBS]   (DRY_RUN=1 prints the runs instead)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
@@ -17,8 +17,9 @@ commands() {  # prints the runs to do, having copied each one's 10,000-step fold
     local cmd="krubench experiment=paper/adding_${T}_${model} seed=$seed trainer.steps=20000 $COMMON hydra.run.dir=$dst"
     echo "$cmd" | grep -q -e "${1:-.}" || continue
     grep -qs '"status": "ok"' "$dst/status.json" && continue
-    [ -d "$dst" ] || [ ! -f "$src/last.pt" ] || { mkdir -p "$dst" && cp -r "$src/." "$dst/" && rm -f "$dst/status.json" "$dst/results.json"; }  # not finished: the report skips it
+    [ -n "${DRY_RUN:-}" ] || [ -d "$dst" ] || [ ! -f "$src/last.pt" ] || { mkdir -p "$dst" && cp -r "$src/." "$dst/" && rm -f "$dst/status.json" "$dst/results.json"; }  # not finished: the report skips it
     echo "$cmd"
   done
 }
+if [ -n "${DRY_RUN:-}" ]; then commands "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run (copying nothing)
 commands "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"

@@ -4,7 +4,7 @@
 # two levers that helped (identity init, factors at the full lr) together, and with the lr that helped a little.
 # Then the same for the KRU-LSTM (n=45, real 3·3·5 per gate), which misses Table 4 by a little.
 # RESULTS.md ("Table 4: why the KRU falls short") reads its runs. Usage (from the repository root):
-#   bash scripts/sweep_music_kru.sh [PATTERN] [JOBS]
+#   bash scripts/sweep_music_kru.sh [PATTERN] [JOBS]   (DRY_RUN=1 prints the runs instead)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
@@ -70,4 +70,5 @@ LEVERS
     echo "krubench experiment=paper/music_piano_lstm_kru optim.lr=3e-3 seed=$seed $COMMON hydra.run.dir=results/sweeps/music_piano_lstm_kru_n45_lr3e-3_s$seed"
   done
 }
+if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
 commands | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"

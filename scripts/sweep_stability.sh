@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The sweep behind the KRU presets' stability settings (optim.factor_lr_scale, trainer.unitary_penalty): adding T=100,
 # seeds 0-2, with and without each of the two. RESULTS.md ("How the KRU presets were chosen") reads its runs.
-# Usage (from the repository root): bash scripts/sweep_stability.sh [PATTERN] [JOBS]
+# Usage (from the repository root): bash scripts/sweep_stability.sh [PATTERN] [JOBS]   (DRY_RUN=1 prints the runs instead)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MALLOC_MMAP_THRESHOLD_=2147483647 MALLOC_TRIM_THRESHOLD_=2147483647  # docs/kernels.md "Large tensors on the CPU"
@@ -16,4 +16,5 @@ commands() {
     done
   done
 }
+if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
 commands | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
