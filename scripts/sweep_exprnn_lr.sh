@@ -13,5 +13,6 @@ commands() {
     echo "krubench experiment=paper/adding_T${T}_exprnn optim.lr=2e-4 trainer.steps=10000 seed=0 $COMMON hydra.run.dir=results/sweeps/adding_T${T}_exprnn_lr2e-4_s0"
   done
 }
-if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
-commands | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
+source scripts/unfinished.sh  # finished runs are skipped
+if [ -n "${DRY_RUN:-}" ]; then commands | unfinished | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
+commands | unfinished | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"

@@ -70,5 +70,6 @@ LEVERS
     echo "krubench experiment=paper/music_piano_lstm_kru optim.lr=3e-3 seed=$seed $COMMON hydra.run.dir=results/sweeps/music_piano_lstm_kru_n45_lr3e-3_s$seed"
   done
 }
-if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
-commands | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
+source scripts/unfinished.sh  # finished runs are skipped
+if [ -n "${DRY_RUN:-}" ]; then commands | unfinished | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
+commands | unfinished | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
