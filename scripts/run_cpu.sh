@@ -20,7 +20,6 @@ run() {  # run PRESET SEEDS [OVERRIDES...]
   local preset=$1 seeds=$2; shift 2
   for seed in $seeds; do
     local dir="$ROOT/results/runs/${preset}_s$seed"
-    grep -qs '"status": "ok"' "$dir/status.json" && continue
     echo "python -m krubench.cli experiment=paper/$preset seed=$seed $* $COMMON hydra.run.dir=$dir"
   done
 }
@@ -51,9 +50,10 @@ commands() {
   # the uRNN rows of Figs. 1 and 2 beyond T=1000 / T=100 and 400 (2-12 h a run)
   run copy_T2000_fcurnn 0; run adding_T200_fcurnn 0; run adding_T750_fcurnn 0; run adding_T200_urnn 0; run copy_T2000_urnn 0
 }
-if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
+source scripts/unfinished.sh  # finished runs are skipped
+if [ -n "${DRY_RUN:-}" ]; then commands | unfinished | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
 snapshot=$ROOT/.runtree/$(git rev-parse --short HEAD)
 # one chain at a time creates it (two chains started together raced on git's worktree lock)
 mkdir -p "$ROOT/.runtree"
 (flock 9; [ -d "$snapshot" ] || git worktree add --quiet --detach -f "$snapshot" HEAD) 9>"$ROOT/.runtree/.lock"
-commands | grep -e "${1:-.}" | (cd "$snapshot" && PYTHONPATH="$snapshot" xargs -P "${2:-2}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'")
+commands | unfinished | grep -e "${1:-.}" | (cd "$snapshot" && PYTHONPATH="$snapshot" xargs -P "${2:-2}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'")

@@ -17,7 +17,6 @@ ROOT=$PWD
 commands() {  # T, seed, name, then the overrides of that lever (10,000 steps unless they say otherwise)
   while read -r T seed name overrides; do
     local dir=results/sweeps/adding_T${T}_kru_${name}_s$seed
-    grep -qs '"status": "ok"' "$dir/status.json" && continue
     case " $overrides " in *" trainer.steps="*) ;; *) overrides="trainer.steps=10000 $overrides";; esac
     echo "python -m krubench.cli experiment=paper/adding_T${T}_kru $overrides seed=$seed $COMMON hydra.run.dir=$ROOT/$dir"
   done <<'LEVERS'
@@ -43,9 +42,10 @@ commands() {  # T, seed, name, then the overrides of that lever (10,000 steps un
 200 0 adam_pen0.1 optim=adam trainer.unitary_penalty=0.1
 LEVERS
 }
-if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
+source scripts/unfinished.sh  # finished runs are skipped
+if [ -n "${DRY_RUN:-}" ]; then commands | unfinished | grep -e "${1:-.}"; exit 0; fi  # DRY_RUN=1: print what would run
 # from a snapshot of HEAD, as scripts/run_cpu.sh does: code edited while the sweep runs cannot change it
 snapshot=$ROOT/.runtree/$(git rev-parse --short HEAD)
 mkdir -p "$ROOT/.runtree"
 (flock 9; [ -d "$snapshot" ] || git worktree add --quiet --detach -f "$snapshot" HEAD) 9>"$ROOT/.runtree/.lock"
-commands | grep -e "${1:-.}" | (cd "$snapshot" && PYTHONPATH="$snapshot" xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'")
+commands | unfinished | grep -e "${1:-.}" | (cd "$snapshot" && PYTHONPATH="$snapshot" xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'")

@@ -16,7 +16,6 @@ COMMON="trainer.threads=1 trainer.progress=never"
 commands() {  # most telling first
   while read -r preset name overrides; do  # the preset (conf/experiment/paper/), the run's name, the lever
     dir=results/sweeps/${name}_s0
-    grep -qs '"status": "ok"' "$dir/status.json" && continue
     case $overrides in *trainer.steps=*) steps= ;; *) steps=trainer.steps=1305 ;; esac  # 5 epochs unless the line says
     echo "krubench experiment=paper/$preset $overrides $steps seed=0 $COMMON hydra.run.dir=$dir"
   done <<'LEVERS'
@@ -32,5 +31,6 @@ ptb_char_lstm ptb_char_lstm_n150_lr3e-3_full optim.lr=3e-3 trainer.steps=5220
 ptb_char_rnn ptb_char_rnn_n300_lr3e-3_full optim.lr=3e-3 trainer.steps=5220
 LEVERS
 }
-if [ -n "${DRY_RUN:-}" ]; then commands | grep -e "${1:-.}"; exit 0; fi
-commands | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
+source scripts/unfinished.sh  # finished runs are skipped
+if [ -n "${DRY_RUN:-}" ]; then commands | unfinished | grep -e "${1:-.}"; exit 0; fi
+commands | unfinished | grep -e "${1:-.}" | xargs -P "${2:-1}" -I{} bash -c "{} > /dev/null 2>&1 || echo 'FAILED: {}'"
